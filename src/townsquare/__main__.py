@@ -1,0 +1,3 @@
+from townsquare.cli import app
+
+app(prog_name="townsquare")

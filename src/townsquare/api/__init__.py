@@ -1,0 +1,1 @@
+"""HTTP adapters: parse, authenticate, call a service, render."""

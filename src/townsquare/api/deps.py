@@ -1,0 +1,87 @@
+"""FastAPI dependencies as ``Annotated`` aliases, so route signatures read like prose."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from townsquare.errors import Forbidden, Unauthorized
+from townsquare.identity import user_for_key, user_for_session
+from townsquare.services import Services
+from townsquare.storage.tables import User
+
+SESSION_COOKIE = "townsquare_session"
+CSRF_HEADER = "x-townsquare-csrf"
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_db(services: ServicesDep) -> Iterator[Session]:
+    with services.sessions() as db:
+        yield db
+
+
+DbDep = Annotated[Session, Depends(get_db)]
+
+
+def authenticate(request: Request, db: Session) -> User | None:
+    """The user behind the request's bearer key or web session cookie, if any.
+
+    A bad key is an error (401), never a silent fall-back to the cookie. Cookie-authenticated
+    writes must carry the ``X-Townsquare-CSRF`` header, which a cross-site form cannot send.
+    """
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
+        user = user_for_key(db, key.strip())
+        if user is None:
+            raise Unauthorized(
+                "The API key is not valid or was revoked. An admin can issue a new one with "
+                "`townsquare users key NAME`."
+            )
+        return user
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        user = user_for_session(db, token)
+        if user is not None:
+            if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+                raise Forbidden(
+                    "Browser requests that change data must send the header "
+                    "'X-Townsquare-CSRF: 1'. API clients should use a bearer key instead."
+                )
+            return user
+    return None
+
+
+def current_user(request: Request, db: DbDep) -> User:
+    user = authenticate(request, db)
+    if user is None:
+        raise Unauthorized(
+            "This endpoint needs an API key: send 'Authorization: Bearer <key>'. An admin creates "
+            "users and keys with `townsquare users create NAME`."
+        )
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_admin(user: CurrentUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("Only admins may do this. Ask an admin of this townsquare.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(require_admin)]

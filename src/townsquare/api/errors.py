@@ -1,0 +1,108 @@
+"""Maps exceptions to responses: OpenAI-shaped bodies on /v1, ``{"error": {code, message}}``
+elsewhere. Every message says what to do next."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from townsquare.errors import Busy, ContentBlocked, InvalidField, TownsquareError, Unauthorized
+from townsquare.observability import request_id_var
+
+log = logging.getLogger("townsquare.api")
+
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_payload(
+    path: str, status: int, code: str, message: str, *, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The error body for ``path``; also used for errors sent inside an SSE stream."""
+    if path.startswith("/v1"):
+        kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        body: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code}
+    else:
+        body = {"code": code, "message": message}
+        if param is not None:
+            body["field"] = param
+    body.update(extra)
+    return {"error": body}
+
+
+def exception_payload(path: str, exc: TownsquareError) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ContentBlocked):
+        extra["hazards"] = exc.hazards
+    param = exc.field if isinstance(exc, InvalidField) else None
+    return error_payload(path, exc.status_code, exc.code, exc.message, param=param, **extra)
+
+
+def _headers(exc: TownsquareError) -> dict[str, str]:
+    if isinstance(exc, Busy):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TownsquareError)
+    async def townsquare_error(request: Request, exc: TownsquareError) -> JSONResponse:
+        return JSONResponse(
+            exception_payload(request.url.path, exc), exc.status_code, headers=_headers(exc)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = _field(tuple(error.get("loc", ())))
+            if error.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({error.get('msg')})")
+            elif error.get("type") == "extra_forbidden":
+                problems.append(f"{where}: unknown field, remove it")
+            else:
+                problems.append(f"{where}: {error.get('msg')}")
+        first = _field(tuple(exc.errors()[0].get("loc", ()))) if exc.errors() else None
+        message = "Fix these fields and send again: " + "; ".join(problems) + "."
+        return JSONResponse(
+            error_payload(request.url.path, 422, "invalid_field", message, param=first), 422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"There is no {request.url.path}. The API is described at /docs."
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}. See /docs."
+        else:
+            message = str(exc.detail)
+        return JSONResponse(
+            error_payload(request.url.path, exc.status_code, "http_error", message),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        message = (
+            f"Something went wrong on our side (request id {request_id_var.get()}). "
+            "Try again; if it keeps happening, the server log has the details."
+        )
+        return JSONResponse(error_payload(request.url.path, 500, "internal_error", message), 500)

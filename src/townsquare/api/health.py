@@ -1,0 +1,49 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from townsquare.api.deps import ServicesDep, authenticate
+from townsquare.errors import Forbidden, Unauthorized
+
+router = APIRouter(tags=["health"])
+
+
+def _guard(request: Request, services: ServicesDep) -> None:
+    """Public by default; a path removed from server.public_paths needs an admin key."""
+    if request.url.path in services.settings.server.public_paths:
+        return
+    with services.sessions() as db:
+        user = authenticate(request, db)
+    if user is None:
+        raise Unauthorized(f"{request.url.path} is not public here: send an admin's API key.")
+    if user.role != "admin":
+        raise Forbidden(f"{request.url.path} is for admins only on this server.")
+
+
+@router.get("/healthz")
+async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
+    """The process is up."""
+    _guard(request, services)
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+    """The model is loaded (or the remote engine answers) and the database is reachable."""
+    _guard(request, services)
+    checks = {"database": services.database_ok(), "text_model": await services.text.ready()}
+    ready = all(checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus metrics of this app."""
+    _guard(request, services)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

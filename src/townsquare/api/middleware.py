@@ -1,0 +1,100 @@
+"""Pure ASGI middleware (safe with streaming): request ids, body limit, metrics, access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from townsquare.api.errors import error_payload
+from townsquare.errors import PayloadTooLarge
+from townsquare.observability import Metrics, request_id_var
+
+log = logging.getLogger("townsquare.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (``X-Request-ID``, echoed back), enforces the body limit,
+    and records a log line and metrics per request."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    def _too_large(self, size: str) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is {size}; the limit is {self.max_body_bytes} bytes "
+            "(limits.max_body_bytes). Send less, or split it into several requests."
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": 500, "started": False, "received": 0}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["started"] = True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body_bytes:
+                    raise self._too_large("larger than that")
+            return message
+
+        try:
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                await self._send_error(scope, send_with_id, self._too_large(f"{length} bytes"))
+                return
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except PayloadTooLarge as exc:
+                if state["started"]:
+                    raise
+                await self._send_error(scope, send_with_id, exc)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(state["status"])).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            log.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                state["status"],
+                extra={"route": route, "status": state["status"], "ms": round(elapsed * 1000, 1)},
+            )
+            request_id_var.reset(token)
+
+    async def _send_error(self, scope: Scope, send: Send, exc: PayloadTooLarge) -> None:
+        body = json.dumps(error_payload(scope["path"], 413, exc.code, exc.message)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,13 @@
+"""All HTTP routes of the app, in one place."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from townsquare.api import health, openai
+from townsquare.features.assistant import routes as assistant
+
+router = APIRouter()
+router.include_router(health.router)
+router.include_router(assistant.router)
+router.include_router(openai.router)

@@ -1,0 +1,72 @@
+"""Server-Sent Events in OpenAI's chat streaming format (``data: {...}`` ... ``data: [DONE]``).
+
+``primed`` pulls the first item before the response starts, so everything that fails before
+the first token (full queue, prompt too long, blocked input) is a plain HTTP error with the right
+status; anything after it is sent as ``data: {"error": ...}``, which OpenAI clients raise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from sse_starlette import EventSourceResponse
+
+from townsquare.api.errors import error_payload, exception_payload
+from townsquare.errors import TownsquareError
+
+T = TypeVar("T")
+log = logging.getLogger("townsquare.api")
+
+
+async def primed(source: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Return an iterator equivalent to ``source`` whose first item has already been pulled."""
+    iterator = aiter(source)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        first = None
+        empty = True
+    else:
+        empty = False
+
+    async def chained() -> AsyncIterator[T]:
+        if not empty:
+            yield first  # type: ignore[misc]
+        async for item in iterator:
+            yield item
+
+    return chained()
+
+
+def data(payload: dict[str, Any] | str) -> dict[str, str]:
+    return {"data": payload if isinstance(payload, str) else json.dumps(payload)}
+
+
+def sse_response(path: str, chunks: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
+    """Stream ``chunks`` as SSE ``data:`` lines, then ``[DONE]``; errors become an error event."""
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async with aclosing(chunks) as items:  # type: ignore[type-var]
+            try:
+                async for chunk in items:
+                    yield data(chunk)
+            except TownsquareError as exc:
+                log.warning("stream ended with an error: %s", exc.message)
+                yield data(exception_payload(path, exc))
+                return
+            except Exception:
+                log.exception("stream failed")
+                yield data(
+                    error_payload(
+                        path, 500, "internal_error", "The reply failed on our side. Try again."
+                    )
+                )
+                return
+        yield data("[DONE]")
+
+    # sep="\n": OpenAI's wire format (sse-starlette defaults to "\r\n").
+    return EventSourceResponse(events(), sep="\n", ping=15)

@@ -1,0 +1,110 @@
+"""The backend seams: one small abstract class per modality.
+
+Capabilities are class attributes so callers check ``supports_schema`` instead of catching
+``NotImplementedError``. Backends never import features, storage or the API.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """What a caller may ask of one generation.
+
+    ``schema`` is a JSON schema; a backend with ``supports_schema`` constrains its output to it
+    (a llama.cpp grammar locally, ``response_format`` on OpenAI-compatible engines), so the
+    reply always parses. ``json_object`` asks for any JSON object.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = None
+    json_object: bool = False
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length"
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One piece of a streamed reply. The last one carries ``finish_reason`` and ``usage``."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class TextBackend(ABC):
+    """Turns chat messages into a reply.
+
+    Contract: ``complete`` and ``stream`` raise ``Busy`` when they cannot accept more work,
+    ``PromptTooLong`` when the messages do not fit the context, and ``BackendError`` for
+    failures of the engine. ``stream`` yields text deltas and ends with one delta that has
+    ``finish_reason`` set.
+    """
+
+    backend_id: ClassVar[str]
+    supports_schema: ClassVar[bool] = False
+    is_local: ClassVar[bool] = False  # a single in-process model behind our own queue
+
+    model_id: str
+    context_window: int
+
+    @abstractmethod
+    async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
+        """Generate the whole reply."""
+
+    @abstractmethod
+    def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
+        """Generate the reply piece by piece (an async generator)."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes; backends without a tokenizer estimate (4 chars a token)."""
+        return max(1, len(text) // 4 + 1)
+
+    message_overhead_tokens: ClassVar[int] = 8  # role markers of the chat template
+
+    def count_message_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens the chat template will take for ``messages`` (an upper estimate)."""
+        return sum(self.count_tokens(m.content) + self.message_overhead_tokens for m in messages)
+
+    async def ready(self) -> bool:
+        """Whether the backend can serve now (model loaded, server reachable)."""
+        return True
+
+    def queue_depth(self) -> int:
+        """Requests waiting for this backend (0 for backends that queue elsewhere)."""
+        return 0
+
+    async def aclose(self) -> None:
+        """Release the model or the connection pool."""

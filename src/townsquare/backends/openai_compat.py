@@ -1,0 +1,148 @@
+"""Any OpenAI-compatible chat server: vLLM, llama.cpp's server, Ollama, LocalAI, hosted APIs.
+
+They differ only in settings (base URL, model name, key). The official ``openai`` client does
+the wire protocol; this class maps its errors onto townsquare's tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+import openai
+
+from townsquare.backends.base import (
+    Completion,
+    Delta,
+    GenerationOptions,
+    Message,
+    TextBackend,
+    Usage,
+)
+from townsquare.errors import (
+    BackendError,
+    BackendUnavailable,
+    Busy,
+    PromptTooLong,
+    TownsquareError,
+)
+
+
+def _request_kwargs(options: GenerationOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_tokens": options.max_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+    }
+    if options.stop:
+        kwargs["stop"] = list(options.stop)
+    if options.seed is not None:
+        kwargs["seed"] = options.seed
+    if options.schema is not None:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": options.schema, "strict": True},
+        }
+    elif options.json_object:
+        kwargs["response_format"] = {"type": "json_object"}
+    return kwargs
+
+
+class OpenAICompatText(TextBackend):
+    """A remote chat model reached over the OpenAI HTTP protocol."""
+
+    backend_id: ClassVar[str] = "openai"
+    supports_schema: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        context_window: int = 8192,
+        timeout_s: float = 120.0,
+        model_alias: str | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.remote_model = model
+        self.model_id = model_alias or model
+        self.context_window = context_window
+        # max_retries=0: a retry storm against a busy engine helps nobody; callers see 429/503.
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=0
+        )
+
+    def _translate(self, exc: Exception) -> TownsquareError:
+        where = f"the OpenAI-compatible server at {self.base_url}"
+        if isinstance(exc, openai.RateLimitError):
+            return Busy(f"{where} is busy (429). Retry shortly.", retry_after=2)
+        if isinstance(exc, openai.APIConnectionError):
+            return BackendUnavailable(
+                f"Could not reach {where}: {exc}. Check that it is running and that "
+                "TOWNSQUARE_TEXT__BACKEND has the right URL."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            message = str(exc)
+            if exc.status_code == 400 and "context" in message.lower():
+                return PromptTooLong(f"{where} says the prompt is too long: {message}")
+            if exc.status_code == 404:
+                return BackendUnavailable(
+                    f"{where} does not serve model '{self.remote_model}' ({message}). Fix the "
+                    "model name after '#' in TOWNSQUARE_TEXT__BACKEND."
+                )
+            return BackendError(f"{where} answered {exc.status_code}: {message}")
+        return BackendError(f"{where} failed: {exc}")
+
+    def _messages(self, messages: Sequence[Message]) -> list[Any]:
+        return [{"role": m.role, "content": m.content} for m in messages]
+
+    async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.remote_model, messages=self._messages(messages), **_request_kwargs(options)
+            )
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason or "stop",
+            usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+        )
+
+    async def stream(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Delta]:
+        finish: str | None = None
+        usage = Usage()
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.remote_model,
+                messages=self._messages(messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                **_request_kwargs(options),
+            )
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            yield Delta(text=choice.delta.content)
+                        finish = choice.finish_reason or finish
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+        yield Delta(finish_reason=finish or "stop", usage=usage)
+
+    async def ready(self) -> bool:
+        try:
+            await self._client.models.list()
+        except openai.OpenAIError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,280 @@
+"""The ``townsquare`` command line: serve, init, chat, users, settings, doctor."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from townsquare.errors import TownsquareError
+from townsquare.settings import Settings, env_name, iter_settings
+
+app = typer.Typer(
+    help="townsquare: a self-hostable AI layer for social, community and marketplace apps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+users_app = typer.Typer(help="Create and list users and their API keys.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        err.print(f"[red]The settings are invalid:[/red] {exc}\nFix the TOWNSQUARE_* variables.")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: TownsquareError) -> typer.Exit:
+    err.print(f"[red]Error:[/red] {exc.message}")
+    return typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+) -> None:
+    """Start the HTTP server (API, /v1, web pages) with the configured backends."""
+    import uvicorn
+
+    from townsquare.app import create_app
+    from townsquare.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    host = host or settings.server.host
+    port = port or settings.server.port
+    err.print(f"townsquare on http://{host}:{port}  (log in at http://{host}:{port}/login)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def init() -> None:
+    """Migrate the database and, if it has no users, create the first admin and print its key."""
+    from townsquare.identity import count_users, create_user
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    with make_sessions(engine).begin() as db:
+        if count_users(db):
+            console.print("Database is up to date; users already exist.")
+            return
+        user, key = create_user(db, "admin", role="admin", display_name="Admin")
+    host, port = settings.server.host, settings.server.port
+    typer.echo(
+        f"Created the first admin, '{user.name}'. Its API key (shown only now, keep it):\n\n"
+        f"    {key}\n\n"
+        f"Log in at http://{host}:{port}/login with this key, or call the API with\n"
+        f"    curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/conversations"
+    )
+    engine.dispose()
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="member, creator or admin.")] = "member",
+    display_name: Annotated[str, typer.Option(help="Name shown to others.")] = "",
+) -> None:
+    """Create a user and print their first API key (shown once)."""
+    from townsquare.identity import create_user
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+
+    engine = make_engine(_settings().resolved_database_url)
+    migrate(engine)
+    try:
+        with make_sessions(engine).begin() as db:
+            user, key = create_user(db, name, role=role, display_name=display_name)
+    except TownsquareError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"Created {user.role} '{user.name}'. API key (shown only now):\n{key}")
+
+
+@users_app.command("key")
+def users_key(name: str) -> None:
+    """Issue another API key for an existing user."""
+    from townsquare.identity import find_user, issue_key
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+
+    engine = make_engine(_settings().resolved_database_url)
+    migrate(engine)
+    with make_sessions(engine).begin() as db:
+        user = find_user(db, name)
+        if user is None:
+            err.print(f"[red]Error:[/red] no user '{name}'. List them with `townsquare users list`.")
+            raise typer.Exit(1)
+        key = issue_key(db, user, label="cli")
+    typer.echo(key)
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users and their roles."""
+    from sqlalchemy import select
+
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.tables import User
+
+    engine = make_engine(_settings().resolved_database_url)
+    migrate(engine)
+    table = Table("id", "name", "role", "display name", "created")
+    with make_sessions(engine)() as db:
+        for user in db.scalars(select(User).order_by(User.id)):
+            table.add_row(str(user.id), user.name, user.role, user.display_name, f"{user.created_at:%Y-%m-%d}")
+    console.print(table)
+
+
+@app.command("settings")
+def show_settings(
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the reference page (docs/settings.md).")
+    ] = False,
+) -> None:
+    """Print every setting with its value (or, with --markdown, its default) and description."""
+    if markdown:
+        typer.echo(settings_reference(), nl=False)
+        return
+    table = Table("setting", "environment variable", "value", "description", show_lines=False)
+    for name, value, description in iter_settings(_settings()):
+        table.add_row(name, env_name(name), repr(value), description)
+    console.print(table)
+
+
+def settings_reference() -> str:
+    """The settings reference in Markdown, generated from the defaults and descriptions."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated by `townsquare settings --markdown`; a test fails when this page is stale.",
+        "Set each one in the environment (nested sections use `__`), e.g.",
+        "`TOWNSQUARE_TEXT__N_CTX=4096`.",
+        "",
+        "| setting | environment variable | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value, description in iter_settings(Settings):
+        shown = str(value).replace("|", "\\|")
+        lines.append(f"| `{name}` | `{env_name(name)}` | `{shown}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def chat(
+    system: Annotated[str | None, typer.Option(help="A persona for this chat.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
+) -> None:
+    """Chat with the assistant in the terminal, replies streamed as they are written.
+
+    Uses the configured backend in-process, through the same safety pipeline as the server.
+    Type /exit (or press Ctrl-D) to leave.
+    """
+    from townsquare.backends.base import GenerationOptions, Message
+    from townsquare.features.assistant.service import fit_context, system_prompt
+    from townsquare.safety.pipeline import Context
+    from townsquare.services import Services
+
+    settings = _settings()
+    services = Services.build(settings)
+    text = services.guarded_text
+    limit = max_tokens or settings.text.default_max_tokens
+    history: list[Message] = []
+    console.print(f"Chatting with [bold]{text.model_id}[/bold]. /exit to leave.")
+
+    async def turn(content: str) -> str:
+        messages = fit_context(
+            Message("system", system_prompt(system)),
+            history,
+            Message("user", content),
+            count=text.count_message_tokens,
+            window=text.context_window,
+            max_tokens=limit,
+        )
+        pieces: list[str] = []
+        async for delta in text.stream(messages, GenerationOptions(max_tokens=limit), Context("cli")):
+            pieces.append(delta.text)
+            console.print(delta.text, end="", markup=False, highlight=False)
+        console.print()
+        return "".join(pieces)
+
+    async def loop() -> None:
+        try:
+            while True:
+                try:
+                    content = await asyncio.to_thread(console.input, "[bold green]you>[/bold green] ")
+                except EOFError:
+                    break
+                if content.strip() in {"/exit", "/quit"}:
+                    break
+                if not content.strip():
+                    continue
+                try:
+                    answer = await turn(content)
+                except TownsquareError as exc:
+                    err.print(f"[red]{exc.message}[/red]")
+                    continue
+                history.extend([Message("user", content), Message("assistant", answer)])
+        finally:
+            await services.aclose()
+
+    asyncio.run(loop())
+
+
+@app.command()
+def doctor() -> None:
+    """Check the settings, the model file, the database and the backend; print what to fix."""
+    from townsquare.backends.registry import build_text_backend, model_path_for, parse_spec
+    from townsquare.storage.db import make_engine, migration_status
+
+    problems = 0
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal problems
+        problems += not ok
+        mark = "[green]ok[/green]  " if ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {what}" + ("" if ok else f"\n      -> {fix}"))
+
+    settings = _settings()
+    report(True, "settings parsed")
+    try:
+        kind, target = parse_spec(settings.text.backend)
+    except TownsquareError as exc:
+        report(False, f"text backend '{settings.text.backend}'", exc.message)
+        raise typer.Exit(1) from exc
+    if kind == "llamacpp":
+        try:
+            path = model_path_for(target)
+            report(path.is_file(), f"model file {path}", "Point TOWNSQUARE_TEXT__BACKEND at an existing GGUF file.")
+        except TownsquareError as exc:
+            report(False, "model file", exc.message)
+    url = settings.resolved_database_url
+    try:
+        engine = make_engine(url)
+        current, head = migration_status(engine)
+        report(True, f"database reachable ({engine.url.render_as_string(hide_password=True)})")
+        report(current == head, f"database schema at {current or 'nothing'} (code wants {head})",
+               "Run `townsquare init` to migrate it.")
+        engine.dispose()
+    except Exception as exc:  # any driver error: report it, keep checking
+        report(False, f"database {url}", f"{exc}. Check TOWNSQUARE_DATABASE_URL and that the server runs.")
+    try:
+        backend = build_text_backend(settings.text)
+        ok = asyncio.run(backend.ready())
+        report(ok, f"text backend {settings.text.backend} answers ({backend.model_id})",
+               "Start the server it points at, or fix the URL in TOWNSQUARE_TEXT__BACKEND.")
+        asyncio.run(backend.aclose())
+    except TownsquareError as exc:
+        report(False, f"text backend {settings.text.backend}", exc.message)
+    if problems:
+        console.print(f"\n{problems} problem(s) found.")
+        raise typer.Exit(1)
+    console.print("\nAll checks passed.")
+

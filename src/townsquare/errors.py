@@ -1,0 +1,111 @@
+"""The one exception tree of townsquare. ``api/errors.py`` maps it to HTTP responses.
+
+::
+
+    TownsquareError                 500 internal_error
+    ├── InvalidRequest              400 invalid_request
+    │   └── PromptTooLong           400 context_length_exceeded
+    ├── Unauthorized                401 invalid_api_key
+    ├── Forbidden                   403 forbidden
+    ├── NotFound                    404 not_found
+    │   └── ModelNotFound           404 model_not_found
+    ├── PayloadTooLarge             413 payload_too_large
+    ├── InvalidField                422 invalid_field        (carries the field's name)
+    ├── ContentBlocked              422 content_blocked      (carries hazard codes)
+    ├── Busy                        429 busy                 (carries retry_after seconds)
+    └── BackendError                502 backend_error
+        └── BackendUnavailable      503 backend_unavailable
+
+Every message says what to do next: it is shown to the caller as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TownsquareError(Exception):
+    """Base of every error townsquare raises on purpose."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(TownsquareError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class PromptTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(TownsquareError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(TownsquareError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(TownsquareError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(TownsquareError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidField(TownsquareError):
+    """A field passed type validation but breaks a limit or rule (names the field)."""
+
+    status_code = 422
+    code = "invalid_field"
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ContentBlocked(TownsquareError):
+    """The safety pipeline refused an input or an output."""
+
+    status_code = 422
+    code = "content_blocked"
+
+    def __init__(self, message: str, hazards: Sequence[str]) -> None:
+        super().__init__(message)
+        self.hazards = list(hazards)
+
+
+class Busy(TownsquareError):
+    """The model's queue is full; the caller should retry after ``retry_after`` seconds."""
+
+    status_code = 429
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendError(TownsquareError):
+    status_code = 502
+    code = "backend_error"
+
+
+class BackendUnavailable(BackendError):
+    status_code = 503
+    code = "backend_unavailable"

@@ -1,0 +1,1 @@
+"""Features: each a service (plain Python), its schemas, prompts and thin routes."""

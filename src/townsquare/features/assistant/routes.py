@@ -1,0 +1,112 @@
+"""Assistant routes: thin translations between HTTP and the service."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
+from townsquare.api.sse import primed, sse_response
+from townsquare.features.assistant import service
+from townsquare.features.assistant.schemas import (
+    ConversationCreate,
+    ConversationDetail,
+    ConversationList,
+    ConversationOut,
+    Exchange,
+    MessageCreate,
+)
+from townsquare.features.assistant.service import Stored
+
+router = APIRouter(prefix="/api/conversations", tags=["assistant"])
+
+
+@router.post("", status_code=201)
+async def create_conversation(
+    body: ConversationCreate, user: CurrentUser, db: DbDep, services: ServicesDep
+) -> ConversationOut:
+    """Start a conversation, optionally with its own persona (system prompt)."""
+    conversation = service.create_conversation(db, user, body, services.settings)
+    return ConversationOut.model_validate(conversation)
+
+
+@router.get("")
+async def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
+    """The member's conversations, most recent first."""
+    rows = service.list_conversations(db, user)
+    return ConversationList(data=[ConversationOut.model_validate(row) for row in rows])
+
+
+@router.get("/{conversation_id}")
+async def get_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> ConversationDetail:
+    """One conversation with all its messages."""
+    return ConversationDetail.model_validate(service.get_conversation(db, user, conversation_id))
+
+
+@router.delete("/{conversation_id}", status_code=204)
+async def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> Response:
+    """Delete a conversation and its messages."""
+    service.delete_conversation(db, user, conversation_id)
+    return Response(status_code=204)
+
+
+@router.post("/{conversation_id}/messages", response_model=Exchange)
+async def post_message(
+    conversation_id: int,
+    body: MessageCreate,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    services: ServicesDep,
+) -> Any:
+    """Send a message and get the assistant's reply; ``stream=true`` answers with SSE.
+
+    The stream uses OpenAI's chunk format; the last chunk carries ``townsquare`` with the ids
+    of the stored messages.
+    """
+    text = services.guarded_text
+    turn = service.prepare_turn(
+        db, user, conversation_id, body, text=text, settings=services.settings
+    )
+    if not body.stream:
+        return await service.reply(services.sessions, turn, text=text)
+
+    items = await primed(service.stream_reply(services.sessions, turn, text=text))
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": text.model_id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield chunk({"role": "assistant", "content": ""})
+        finish = "stop"
+        async for item in items:
+            if isinstance(item, Stored):
+                reply = item.exchange.reply
+                yield chunk(
+                    {},
+                    finish,
+                    usage={
+                        "prompt_tokens": reply.prompt_tokens,
+                        "completion_tokens": reply.completion_tokens,
+                        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+                    },
+                    townsquare=item.exchange.model_dump(mode="json"),
+                )
+            elif item.finish_reason is not None:
+                finish = item.finish_reason
+            elif item.text:
+                yield chunk({"content": item.text})
+
+    return sse_response(request.url.path, chunks())

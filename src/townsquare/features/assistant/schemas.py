@@ -1,0 +1,64 @@
+"""Wire shapes of the assistant API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConversationCreate(Strict):
+    title: str = Field("", max_length=200, description="Shown in the conversation list.")
+    system_prompt: str | None = Field(
+        None, description="Persona / instructions for this conversation's assistant."
+    )
+
+
+class MessageCreate(Strict):
+    content: str = Field(min_length=1, description="The member's message.")
+    stream: bool = Field(False, description="Answer with Server-Sent Events, token by token.")
+    max_tokens: int | None = Field(None, ge=1, description="Longest reply, in tokens.")
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    role: str
+    content: str
+    model: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: datetime
+
+
+class ConversationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    system_prompt: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationDetail(ConversationOut):
+    messages: list[MessageOut]
+
+
+class ConversationList(BaseModel):
+    data: list[ConversationOut]
+
+
+class Exchange(BaseModel):
+    """The stored pair of one turn: the member's message and the assistant's reply."""
+
+    conversation_id: int
+    user_message: MessageOut
+    reply: MessageOut

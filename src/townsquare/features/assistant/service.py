@@ -1,0 +1,245 @@
+"""The assistant's application logic: conversations, context fitting, replies.
+
+Nothing here knows about HTTP. A turn is stored only when the reply is complete and passed the
+safety pipeline: the member's message and the reply are committed together, so a failure
+mid-generation leaves the conversation exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+import jinja2
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import Completion, Delta, GenerationOptions, Message, Usage
+from townsquare.errors import InvalidField, NotFound, PromptTooLong
+from townsquare.features.assistant.schemas import (
+    ConversationCreate,
+    Exchange,
+    MessageCreate,
+    MessageOut,
+)
+from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.settings import Settings
+from townsquare.storage.tables import ChatMessage, Conversation, User
+
+FEATURE = "assistant"
+
+
+@cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "prompts"),
+        autoescape=False,  # plain-text prompts, never HTML
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+    )
+
+
+def system_prompt(persona: str | None) -> str:
+    return _templates().get_template("system.j2").render(persona=persona or "").strip()
+
+
+def fit_context(
+    system: Message,
+    history: Sequence[Message],
+    new: Message,
+    *,
+    count: Callable[[Sequence[Message]], int],
+    window: int,
+    max_tokens: int,
+) -> list[Message]:
+    """Keep the system prompt, the new message and as many recent turns as fit.
+
+    Turns are dropped whole, oldest first, never cut mid-message; the kept history starts at
+    a member's message so the model never sees a reply without its question.
+    """
+    budget = window - max_tokens
+    required = count([system, new])
+    if required > budget:
+        raise PromptTooLong(
+            f"The message and the system prompt take about {required} tokens, but only {budget} "
+            f"fit (context window {window} minus max_tokens {max_tokens}). Shorten the message "
+            "or ask for fewer max_tokens."
+        )
+    kept: list[Message] = []
+    used = required
+    for message in reversed(history):
+        cost = count([message])
+        if used + cost > budget:
+            break
+        kept.append(message)
+        used += cost
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        kept.pop(0)
+    return [system, *kept, new]
+
+
+def create_conversation(
+    db: Session, user: User, body: ConversationCreate, settings: Settings
+) -> Conversation:
+    limit = settings.limits.max_system_prompt_chars
+    if body.system_prompt is not None and len(body.system_prompt) > limit:
+        raise InvalidField(
+            f"system_prompt has {len(body.system_prompt)} characters; the limit is {limit} "
+            "(limits.max_system_prompt_chars). Shorten it.",
+            "system_prompt",
+        )
+    conversation = Conversation(user_id=user.id, title=body.title, system_prompt=body.system_prompt)
+    db.add(conversation)
+    db.commit()
+    return conversation
+
+
+def list_conversations(db: Session, user: User) -> list[Conversation]:
+    rows = db.scalars(
+        select(Conversation)
+        .where(Conversation.user_id == user.id)
+        .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+    )
+    return list(rows)
+
+
+def get_conversation(db: Session, user: User, conversation_id: int) -> Conversation:
+    """The member's own conversation; someone else's reads as missing (404), never 403."""
+    conversation = db.get(Conversation, conversation_id)
+    if conversation is None or conversation.user_id != user.id:
+        raise NotFound(
+            f"Conversation {conversation_id} does not exist. List yours with "
+            "GET /api/conversations."
+        )
+    return conversation
+
+
+def delete_conversation(db: Session, user: User, conversation_id: int) -> None:
+    db.delete(get_conversation(db, user, conversation_id))
+    db.commit()
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    conversation_id: int
+    user_id: int
+    content: str
+    messages: list[Message]
+    options: GenerationOptions
+    context: Context
+
+
+def prepare_turn(
+    db: Session,
+    user: User,
+    conversation_id: int,
+    body: MessageCreate,
+    *,
+    text: GuardedText,
+    settings: Settings,
+) -> PreparedTurn:
+    """Validate the message and build the model's context from the stored history."""
+    limit = settings.limits.max_message_chars
+    if len(body.content) > limit:
+        raise InvalidField(
+            f"content has {len(body.content)} characters; the limit is {limit} "
+            "(limits.max_message_chars). Shorten the message.",
+            "content",
+        )
+    cap = settings.text.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > cap:
+        raise InvalidField(
+            f"max_tokens is {body.max_tokens}; the most allowed is {cap} (text.max_tokens_limit).",
+            "max_tokens",
+        )
+    conversation = get_conversation(db, user, conversation_id)
+    max_tokens = body.max_tokens or settings.text.default_max_tokens
+    history = [Message(m.role, m.content) for m in conversation.messages]  # type: ignore[arg-type]
+    messages = fit_context(
+        Message("system", system_prompt(conversation.system_prompt)),
+        history,
+        Message("user", body.content),
+        count=text.count_message_tokens,
+        window=text.context_window,
+        max_tokens=max_tokens,
+    )
+    options = GenerationOptions(
+        max_tokens=max_tokens,
+        temperature=0.7 if body.temperature is None else body.temperature,
+    )
+    return PreparedTurn(
+        conversation.id, user.id, body.content, messages, options, Context(FEATURE, user.id)
+    )
+
+
+def store_turn(
+    sessions: sessionmaker[Session], turn: PreparedTurn, reply: str, completion: Completion, model: str
+) -> Exchange:
+    """Commit the member's message and the complete reply together."""
+    now = datetime.now(UTC)
+    with sessions.begin() as db:
+        conversation = db.get(Conversation, turn.conversation_id)
+        if conversation is None:
+            raise NotFound(
+                f"Conversation {turn.conversation_id} was deleted while the reply was written."
+            )
+        asked = ChatMessage(
+            conversation_id=conversation.id, role="user", content=turn.content, created_at=now
+        )
+        answered = ChatMessage(
+            conversation_id=conversation.id,
+            role="assistant",
+            content=reply,
+            model=model,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+            created_at=now,
+        )
+        db.add_all([asked, answered])
+        if not conversation.title:
+            conversation.title = turn.content[:60]
+        conversation.updated_at = now
+        db.flush()
+        return Exchange(
+            conversation_id=conversation.id,
+            user_message=MessageOut.model_validate(asked),
+            reply=MessageOut.model_validate(answered),
+        )
+
+
+async def reply(
+    sessions: sessionmaker[Session], turn: PreparedTurn, *, text: GuardedText
+) -> Exchange:
+    """Generate the whole reply, then store the turn."""
+    completion = await text.complete(turn.messages, turn.options, turn.context)
+    return store_turn(sessions, turn, completion.text, completion, text.model_id)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The last item of a reply stream: the turn as stored."""
+
+    exchange: Exchange
+
+
+async def stream_reply(
+    sessions: sessionmaker[Session], turn: PreparedTurn, *, text: GuardedText
+) -> AsyncIterator[Delta | Stored]:
+    """Yield the reply's deltas, then store the turn and yield ``Stored``.
+
+    If generation or a safety check fails, the exception propagates and nothing is stored.
+    """
+    pieces: list[str] = []
+    finish, usage = "stop", Usage()
+    async for delta in text.stream(turn.messages, turn.options, turn.context):
+        pieces.append(delta.text)
+        if delta.finish_reason is not None:
+            finish, usage = delta.finish_reason, delta.usage or Usage()
+        yield delta
+    full = "".join(pieces)
+    yield Stored(store_turn(sessions, turn, full, Completion(full, finish, usage), text.model_id))

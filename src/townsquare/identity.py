@@ -1,0 +1,106 @@
+"""Users, roles, API keys and web sessions.
+
+Keys look like ``ts_<43 url-safe chars>`` (256 random bits). Only their SHA-256 is stored; the
+key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from townsquare.errors import InvalidRequest
+from townsquare.storage.tables import ROLES, ApiKey, User, WebSession
+
+KEY_PREFIX = "ts_"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def create_user(
+    db: Session, name: str, *, role: str = "member", display_name: str = ""
+) -> tuple[User, str]:
+    """Create a user and a first API key; returns (user, key). The caller commits."""
+    if not NAME_PATTERN.match(name):
+        raise InvalidRequest(
+            f"'{name}' is not a valid user name: use 1-64 lowercase letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit."
+        )
+    if role not in ROLES:
+        raise InvalidRequest(f"Unknown role '{role}'. Use one of: {', '.join(ROLES)}.")
+    if db.scalar(select(User).where(User.name == name)) is not None:
+        raise InvalidRequest(
+            f"A user named '{name}' already exists. Pick another name, or give them a new key "
+            f"with `townsquare users key {name}`."
+        )
+    user = User(name=name, role=role, display_name=display_name or name)
+    db.add(user)
+    db.flush()
+    return user, issue_key(db, user, label="first key")
+
+
+def issue_key(db: Session, user: User, *, label: str = "") -> str:
+    """Create and return a new API key for ``user`` (stored hashed). The caller commits."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    db.add(ApiKey(user_id=user.id, prefix=key[:10], key_hash=_digest(key), label=label))
+    return key
+
+
+def user_for_key(db: Session, key: str) -> User | None:
+    """The active user owning ``key``, or None."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    row = db.scalar(
+        select(ApiKey).where(ApiKey.key_hash == _digest(key), ApiKey.revoked_at.is_(None))
+    )
+    if row is None or row.user.disabled:
+        return None
+    return row.user
+
+
+def count_users(db: Session) -> int:
+    return db.scalar(select(func.count()).select_from(User)) or 0
+
+
+def find_user(db: Session, name: str) -> User | None:
+    return db.scalar(select(User).where(User.name == name))
+
+
+def start_web_session(db: Session, user: User, *, days: int) -> str:
+    """Create a browser session and return its token (for the cookie). The caller commits."""
+    token = secrets.token_urlsafe(32)
+    db.add(
+        WebSession(
+            user_id=user.id,
+            token_hash=_digest(token),
+            expires_at=datetime.now(UTC) + timedelta(days=days),
+        )
+    )
+    return token
+
+
+def user_for_session(db: Session, token: str) -> User | None:
+    row = db.scalar(select(WebSession).where(WebSession.token_hash == _digest(token)))
+    if row is None or _as_utc(row.expires_at) < datetime.now(UTC):
+        return None
+    user = db.get(User, row.user_id)
+    return None if user is None or user.disabled else user
+
+
+def end_web_session(db: Session, token: str) -> None:
+    row = db.scalar(select(WebSession).where(WebSession.token_hash == _digest(token)))
+    if row is not None:
+        db.delete(row)

@@ -1,0 +1,100 @@
+"""Structured logs with request ids, and Prometheus metrics (one registry per app)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id_var.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.request_id = request_id_var.get()
+        return super().format(record)
+
+
+def configure_logging(level: str, *, as_json: bool) -> None:
+    """Send townsquare's and uvicorn's logs to stderr in one format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else TextFormatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+    )
+    for name in ("townsquare", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    # uvicorn's access log duplicates ours (which carries the request id).
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class Metrics:
+    """The app's Prometheus metrics, in a registry of its own (several apps can share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "townsquare_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "townsquare_http_request_duration_seconds",
+            "Time to the end of the response, by route template.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "townsquare_tokens",
+            "Tokens read (prompt) and generated (completion), by model.",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "townsquare_model_queue_depth",
+            "Requests admitted to the local model and not finished (running + waiting).",
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "townsquare_model_queue_wait_seconds",
+            "Time a request waited for the local model before it started.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.busy_rejections = Counter(
+            "townsquare_model_busy_rejections",
+            "Requests refused with 429 because the model queue was full.",
+            registry=self.registry,
+        )

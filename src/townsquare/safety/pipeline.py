@@ -1,0 +1,230 @@
+"""The safety seam: services get a ``GuardedText``, never the raw backend.
+
+Every input is checked before generation and every output while it streams (each delta is
+checked, with the text so far, *before* it is handed on, so a blocked reply is never streamed
+past the point where the policy objected) and once more when it is complete. Each final
+decision is logged with its hazard codes and handed to an audit sink (the database).
+
+Policies here are cheap and run inline. Model-based moderation against the hazard taxonomy
+plugs in as another ``SafetyPolicy``.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import ClassVar, Literal, cast
+
+from townsquare.backends.base import (
+    Completion,
+    Delta,
+    GenerationOptions,
+    Message,
+    TextBackend,
+    Usage,
+)
+from townsquare.errors import ContentBlocked
+
+log = logging.getLogger("townsquare.safety")
+
+Stage = Literal["input", "output"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    hazards: tuple[str, ...] = ()
+    reason: str = ""
+
+    @classmethod
+    def allow(cls) -> Decision:
+        return cls(True)
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyEvent:
+    """One decision, as the audit sink receives it."""
+
+    stage: Stage
+    feature: str
+    user_id: int | None
+    decision: Decision
+    excerpt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Who asked, and for which feature; carried into every decision and log line."""
+
+    feature: str
+    user_id: int | None = None
+
+
+class SafetyPolicy(ABC):
+    """One check. ``check_output`` sees the reply so far; ``final`` says whether it is complete."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def check_input(self, messages: Sequence[Message]) -> Decision: ...
+
+    @abstractmethod
+    def check_output(self, text: str, *, final: bool) -> Decision: ...
+
+
+class LengthPolicy(SafetyPolicy):
+    """Blocks over-long inputs and outputs, and inputs carrying control characters."""
+
+    name: ClassVar[str] = "length"
+
+    def __init__(self, max_input_chars: int, max_output_chars: int) -> None:
+        self.max_input_chars = max_input_chars
+        self.max_output_chars = max_output_chars
+
+    def check_input(self, messages: Sequence[Message]) -> Decision:
+        total = sum(len(m.content) for m in messages)
+        if total > self.max_input_chars:
+            return Decision(
+                False,
+                ("length",),
+                f"The input has {total} characters; the limit is {self.max_input_chars} "
+                "(safety.max_input_chars). Shorten it.",
+            )
+        for message in messages:
+            if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in message.content):
+                return Decision(
+                    False, ("format",), "The input contains control characters. Remove them."
+                )
+        return Decision.allow()
+
+    def check_output(self, text: str, *, final: bool) -> Decision:
+        if len(text) > self.max_output_chars:
+            return Decision(
+                False,
+                ("length",),
+                f"The reply grew past {self.max_output_chars} characters "
+                "(safety.max_output_chars). Ask for a shorter answer.",
+            )
+        return Decision.allow()
+
+
+@dataclass
+class SafetyPipeline:
+    """Runs every policy; the first refusal wins. Decisions go to the log and the audit sink."""
+
+    policies: list[SafetyPolicy]
+    audit: Callable[[SafetyEvent], None] | None = None
+
+    def _record(self, event: SafetyEvent) -> None:
+        level = logging.INFO if event.decision.allowed else logging.WARNING
+        log.log(
+            level,
+            "safety %s %s",
+            event.stage,
+            "allowed" if event.decision.allowed else "blocked",
+            extra={
+                "feature": event.feature,
+                "user_id": event.user_id,
+                "hazards": list(event.decision.hazards),
+                "allowed": event.decision.allowed,
+            },
+        )
+        if self.audit is not None:
+            self.audit(event)
+
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
+        decision = self._first_refusal(lambda p: p.check_input(messages))
+        excerpt = messages[-1].content[:200] if messages else ""
+        self._record(SafetyEvent("input", context.feature, context.user_id, decision, excerpt))
+        return decision
+
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
+        decision = self._first_refusal(lambda p: p.check_output(text, final=final))
+        if final or not decision.allowed:
+            self._record(SafetyEvent("output", context.feature, context.user_id, decision, text[:200]))
+        return decision
+
+    def _first_refusal(self, check: Callable[[SafetyPolicy], Decision]) -> Decision:
+        for policy in self.policies:
+            decision = check(policy)
+            if not decision.allowed:
+                return decision
+        return Decision.allow()
+
+
+def _raise_blocked(stage: Stage, decision: Decision) -> None:
+    what = "request" if stage == "input" else "reply"
+    raise ContentBlocked(
+        decision.reason or f"The {what} was blocked by the safety policy "
+        f"(hazards: {', '.join(decision.hazards)}). Rephrase and try again.",
+        decision.hazards,
+    )
+
+
+class GuardedText:
+    """A text backend wrapped in the safety pipeline: the only way services generate text."""
+
+    def __init__(
+        self,
+        backend: TextBackend,
+        pipeline: SafetyPipeline,
+        *,
+        on_usage: Callable[[str, Usage], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.pipeline = pipeline
+        self._on_usage = on_usage
+
+    def _count(self, usage: Usage | None) -> None:
+        if usage is not None and self._on_usage is not None:
+            self._on_usage(self.backend.model_id, usage)
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    @property
+    def context_window(self) -> int:
+        return self.backend.context_window
+
+    def count_message_tokens(self, messages: Sequence[Message]) -> int:
+        return self.backend.count_message_tokens(messages)
+
+    async def complete(
+        self, messages: Sequence[Message], options: GenerationOptions, context: Context
+    ) -> Completion:
+        decision = self.pipeline.check_input(messages, context)
+        if not decision.allowed:
+            _raise_blocked("input", decision)
+        completion = await self.backend.complete(messages, options)
+        self._count(completion.usage)
+        decision = self.pipeline.check_output(completion.text, context, final=True)
+        if not decision.allowed:
+            _raise_blocked("output", decision)
+        return completion
+
+    async def stream(
+        self, messages: Sequence[Message], options: GenerationOptions, context: Context
+    ) -> AsyncIterator[Delta]:
+        decision = self.pipeline.check_input(messages, context)
+        if not decision.allowed:
+            _raise_blocked("input", decision)
+        text = ""
+        # aclosing: when a check fails or the client leaves, the backend stream is closed now,
+        # which frees a local model at once instead of whenever the generator is collected.
+        source = cast(AsyncGenerator[Delta, None], self.backend.stream(messages, options))
+        async with aclosing(source) as deltas:
+            async for delta in deltas:
+                text += delta.text
+                final = delta.finish_reason is not None
+                if final:
+                    self._count(delta.usage)
+                if delta.text or final:
+                    decision = self.pipeline.check_output(text, context, final=final)
+                    if not decision.allowed:
+                        _raise_blocked("output", decision)
+                yield delta

@@ -1,0 +1,103 @@
+"""Services: the built backends, stores and pipelines, one set per app (or CLI command)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import TextBackend, Usage
+from townsquare.backends.registry import build_text_backend
+from townsquare.observability import Metrics
+from townsquare.safety.pipeline import GuardedText, LengthPolicy, SafetyEvent, SafetyPipeline, SafetyPolicy
+from townsquare.settings import Settings
+from townsquare.storage.db import make_engine, make_sessions, migrate
+from townsquare.storage.tables import SafetyEventRow
+
+log = logging.getLogger("townsquare.services")
+
+
+@dataclass
+class Services:
+    """Everything a request may need. Adapters (API, web, CLI) hand pieces of it to services."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    metrics: Metrics
+    text: TextBackend
+    safety: SafetyPipeline
+    guarded_text: GuardedText
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        text: TextBackend | None = None,
+        policies: Sequence[SafetyPolicy] | None = None,
+        metrics: Metrics | None = None,
+    ) -> Services:
+        """Migrate the database, load the text backend and wire the safety pipeline.
+
+        ``text`` and ``policies`` replace the configured ones (tests, embedding apps).
+        """
+        engine = make_engine(settings.resolved_database_url)
+        migrate(engine)
+        sessions = make_sessions(engine)
+        metrics = metrics or Metrics()
+        backend = text or build_text_backend(settings.text, on_wait=metrics.queue_wait.observe)
+        metrics.queue_depth.set_function(backend.queue_depth)
+
+        def audit(event: SafetyEvent) -> None:
+            if event.decision.allowed:
+                return
+            with sessions.begin() as db:
+                db.add(
+                    SafetyEventRow(
+                        user_id=event.user_id,
+                        feature=event.feature,
+                        stage=event.stage,
+                        allowed=False,
+                        hazards=json.dumps(list(event.decision.hazards)),
+                        reason=event.decision.reason,
+                        excerpt=event.excerpt,
+                    )
+                )
+
+        def count_usage(model: str, usage: Usage) -> None:
+            metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+
+        pipeline = SafetyPipeline(
+            list(policies)
+            if policies is not None
+            else [LengthPolicy(settings.safety.max_input_chars, settings.safety.max_output_chars)],
+            audit=audit,
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            metrics=metrics,
+            text=backend,
+            safety=pipeline,
+            guarded_text=GuardedText(backend, pipeline, on_usage=count_usage),
+        )
+
+    def database_ok(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:  # any driver error means "not reachable"
+            log.exception("database check failed")
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self.text.aclose()
+        self.engine.dispose()

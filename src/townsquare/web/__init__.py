@@ -1,0 +1,1 @@
+"""Server-rendered web pages with a little JavaScript."""

@@ -1,0 +1,141 @@
+// The chat page: lists conversations, loads one, streams replies with fetch + ReadableStream.
+// It talks to the same /api as host apps; the session cookie authenticates it and the CSRF
+// header marks its writes as coming from this page.
+"use strict";
+
+const headers = { "Content-Type": "application/json", "X-Townsquare-CSRF": "1" };
+const list = document.getElementById("conversation-list");
+const messages = document.getElementById("messages");
+const form = document.getElementById("composer");
+const prompt = document.getElementById("prompt");
+const sendButton = document.getElementById("send");
+const statusLine = document.getElementById("status");
+let current = null;
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return body.error ? body.error.message : response.statusText;
+  } catch (_) {
+    return response.statusText;
+  }
+}
+
+function bubble(role, text) {
+  const item = document.createElement("li");
+  item.className = `msg ${role}`;
+  item.dataset.role = role;
+  item.textContent = text;
+  messages.appendChild(item);
+  messages.scrollTop = messages.scrollHeight;
+  return item;
+}
+
+async function loadList() {
+  const response = await fetch("/api/conversations");
+  if (!response.ok) { statusLine.textContent = await errorText(response); return; }
+  const { data } = await response.json();
+  list.replaceChildren(...data.map((c) => {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `#${c.id}`;
+    link.textContent = c.title || "New chat";
+    link.className = c.id === current ? "active" : "";
+    link.addEventListener("click", (event) => { event.preventDefault(); open(c.id); });
+    item.appendChild(link);
+    return item;
+  }));
+}
+
+async function open(id) {
+  const response = await fetch(`/api/conversations/${id}`);
+  if (!response.ok) { statusLine.textContent = await errorText(response); return; }
+  const conversation = await response.json();
+  current = conversation.id;
+  messages.replaceChildren();
+  for (const m of conversation.messages) bubble(m.role, m.content);
+  await loadList();
+}
+
+async function create() {
+  const response = await fetch("/api/conversations", { method: "POST", headers, body: "{}" });
+  if (!response.ok) throw new Error(await errorText(response));
+  const conversation = await response.json();
+  current = conversation.id;
+  messages.replaceChildren();
+  await loadList();
+}
+
+async function send(content) {
+  if (current === null) await create();
+  bubble("user", content);
+  const reply = bubble("assistant", "");
+  const response = await fetch(`/api/conversations/${current}/messages`, {
+    method: "POST", headers, body: JSON.stringify({ content, stream: true }),
+  });
+  if (!response.ok) {
+    reply.classList.add("error");
+    reply.textContent = await errorText(response);
+    return;
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+      for (const line of event.split(/\r?\n/)) {
+        if (!line.startsWith("data:")) continue;
+        const payload = line.slice(5).trim();
+        if (payload === "[DONE]") continue;
+        const chunk = JSON.parse(payload);
+        if (chunk.error) {
+          reply.classList.add("error");
+          reply.textContent = chunk.error.message;
+          continue;
+        }
+        const delta = chunk.choices.length ? chunk.choices[0].delta : {};
+        if (delta.content) reply.textContent += delta.content;
+        if (chunk.townsquare) reply.dataset.messageId = chunk.townsquare.reply.id;
+      }
+      messages.scrollTop = messages.scrollHeight;
+    }
+  }
+  await loadList();
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const content = prompt.value.trim();
+  if (!content) return;
+  prompt.value = "";
+  sendButton.disabled = true;
+  statusLine.textContent = "The assistant is writing…";
+  try {
+    await send(content);
+    statusLine.textContent = "";
+  } catch (error) {
+    statusLine.textContent = `Could not send: ${error.message}`;
+  } finally {
+    sendButton.disabled = false;
+    prompt.focus();
+  }
+});
+
+prompt.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); form.requestSubmit(); }
+});
+
+document.getElementById("new-chat").addEventListener("click", () => create().catch((e) => {
+  statusLine.textContent = e.message;
+}));
+
+loadList().then(() => {
+  const first = list.querySelector("a");
+  if (first) open(Number(first.getAttribute("href").slice(1)));
+});
