@@ -110,7 +110,9 @@ def users_key(name: str) -> None:
     with make_sessions(engine).begin() as db:
         user = find_user(db, name)
         if user is None:
-            err.print(f"[red]Error:[/red] no user '{name}'. List them with `townsquare users list`.")
+            err.print(
+                f"[red]Error:[/red] no user '{name}'. List them with `townsquare users list`."
+            )
             raise typer.Exit(1)
         key = issue_key(db, user, label="cli")
     typer.echo(key)
@@ -129,7 +131,9 @@ def users_list() -> None:
     table = Table("id", "name", "role", "display name", "created")
     with make_sessions(engine)() as db:
         for user in db.scalars(select(User).order_by(User.id)):
-            table.add_row(str(user.id), user.name, user.role, user.display_name, f"{user.created_at:%Y-%m-%d}")
+            table.add_row(
+                str(user.id), user.name, user.role, user.display_name, f"{user.created_at:%Y-%m-%d}"
+            )
     console.print(table)
 
 
@@ -199,7 +203,9 @@ def chat(
             max_tokens=limit,
         )
         pieces: list[str] = []
-        async for delta in text.stream(messages, GenerationOptions(max_tokens=limit), Context("cli")):
+        async for delta in text.stream(
+            messages, GenerationOptions(max_tokens=limit), Context("cli")
+        ):
             pieces.append(delta.text)
             console.print(delta.text, end="", markup=False, highlight=False)
         console.print()
@@ -209,7 +215,9 @@ def chat(
         try:
             while True:
                 try:
-                    content = await asyncio.to_thread(console.input, "[bold green]you>[/bold green] ")
+                    content = await asyncio.to_thread(
+                        console.input, "[bold green]you>[/bold green] "
+                    )
                 except EOFError:
                     break
                 if content.strip() in {"/exit", "/quit"}:
@@ -252,7 +260,11 @@ def doctor() -> None:
     if kind == "llamacpp":
         try:
             path = model_path_for(target)
-            report(path.is_file(), f"model file {path}", "Point TOWNSQUARE_TEXT__BACKEND at an existing GGUF file.")
+            report(
+                path.is_file(),
+                f"model file {path}",
+                "Point TOWNSQUARE_TEXT__BACKEND at an existing GGUF file.",
+            )
         except TownsquareError as exc:
             report(False, "model file", exc.message)
     url = settings.resolved_database_url
@@ -260,16 +272,26 @@ def doctor() -> None:
         engine = make_engine(url)
         current, head = migration_status(engine)
         report(True, f"database reachable ({engine.url.render_as_string(hide_password=True)})")
-        report(current == head, f"database schema at {current or 'nothing'} (code wants {head})",
-               "Run `townsquare init` to migrate it.")
+        report(
+            current == head,
+            f"database schema at {current or 'nothing'} (code wants {head})",
+            "Run `townsquare init` to migrate it.",
+        )
         engine.dispose()
     except Exception as exc:  # any driver error: report it, keep checking
-        report(False, f"database {url}", f"{exc}. Check TOWNSQUARE_DATABASE_URL and that the server runs.")
+        report(
+            False,
+            f"database {url}",
+            f"{exc}. Check TOWNSQUARE_DATABASE_URL and that the server runs.",
+        )
     try:
         backend = build_text_backend(settings.text)
         ok = asyncio.run(backend.ready())
-        report(ok, f"text backend {settings.text.backend} answers ({backend.model_id})",
-               "Start the server it points at, or fix the URL in TOWNSQUARE_TEXT__BACKEND.")
+        report(
+            ok,
+            f"text backend {settings.text.backend} answers ({backend.model_id})",
+            "Start the server it points at, or fix the URL in TOWNSQUARE_TEXT__BACKEND.",
+        )
         asyncio.run(backend.aclose())
     except TownsquareError as exc:
         report(False, f"text backend {settings.text.backend}", exc.message)
@@ -277,4 +299,3 @@ def doctor() -> None:
         console.print(f"\n{problems} problem(s) found.")
         raise typer.Exit(1)
     console.print("\nAll checks passed.")
-

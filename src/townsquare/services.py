@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import TextBackend, Usage
 from townsquare.backends.registry import build_text_backend
 from townsquare.observability import Metrics
-from townsquare.safety.pipeline import GuardedText, LengthPolicy, SafetyEvent, SafetyPipeline, SafetyPolicy
+from townsquare.safety.pipeline import (
+    GuardedText,
+    LengthPolicy,
+    SafetyEvent,
+    SafetyPipeline,
+    SafetyPolicy,
+)
 from townsquare.settings import Settings
 from townsquare.storage.db import make_engine, make_sessions, migrate
 from townsquare.storage.tables import SafetyEventRow
@@ -32,6 +38,7 @@ class Services:
     text: TextBackend
     safety: SafetyPipeline
     guarded_text: GuardedText
+    owns_text: bool = True
 
     @classmethod
     def build(
@@ -44,13 +51,15 @@ class Services:
     ) -> Services:
         """Migrate the database, load the text backend and wire the safety pipeline.
 
-        ``text`` and ``policies`` replace the configured ones (tests, embedding apps).
+        ``text`` and ``policies`` replace the configured ones (tests, embedding apps); a backend
+        passed in stays the caller's to close.
         """
         engine = make_engine(settings.resolved_database_url)
         migrate(engine)
         sessions = make_sessions(engine)
         metrics = metrics or Metrics()
-        backend = text or build_text_backend(settings.text, on_wait=metrics.queue_wait.observe)
+        backend = text or build_text_backend(settings.text)
+        backend.observe(on_wait=metrics.queue_wait.observe, on_busy=metrics.busy_rejections.inc)
         metrics.queue_depth.set_function(backend.queue_depth)
 
         def audit(event: SafetyEvent) -> None:
@@ -87,6 +96,7 @@ class Services:
             text=backend,
             safety=pipeline,
             guarded_text=GuardedText(backend, pipeline, on_usage=count_usage),
+            owns_text=text is None,
         )
 
     def database_ok(self) -> bool:
@@ -99,5 +109,6 @@ class Services:
         return True
 
     async def aclose(self) -> None:
-        await self.text.aclose()
+        if self.owns_text:
+            await self.text.aclose()
         self.engine.dispose()

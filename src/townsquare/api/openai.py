@@ -37,7 +37,9 @@ class ChatMessageIn(BaseModel):
     content: str | list[TextPart]
 
     def plain(self) -> Message:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        text = (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
         role = "system" if self.role == "developer" else self.role
         return Message(role, text)
 

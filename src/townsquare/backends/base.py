@@ -7,7 +7,7 @@ Capabilities are class attributes so callers check ``supports_schema`` instead o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -85,7 +85,9 @@ class TextBackend(ABC):
         """Generate the whole reply."""
 
     @abstractmethod
-    def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
+    def stream(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Delta]:
         """Generate the reply piece by piece (an async generator)."""
 
     def count_tokens(self, text: str) -> int:
@@ -105,6 +107,17 @@ class TextBackend(ABC):
     def queue_depth(self) -> int:
         """Requests waiting for this backend (0 for backends that queue elsewhere)."""
         return 0
+
+    def observe(
+        self,
+        *,
+        on_wait: Callable[[float], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+    ) -> None:
+        """Attach metrics hooks: seconds each request waited, and each request refused as busy.
+
+        Only backends with their own queue (local models) call them.
+        """
 
     async def aclose(self) -> None:
         """Release the model or the connection pool."""

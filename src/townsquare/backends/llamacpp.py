@@ -93,7 +93,6 @@ class LlamaCppText(TextBackend):
         max_queue: int = 8,
         retry_after_s: int = 2,
         model_alias: str | None = None,
-        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         if not model_path.is_file():
             raise BackendUnavailable(
@@ -114,15 +113,16 @@ class LlamaCppText(TextBackend):
                 flash_attn=flash_attn,
                 verbose=False,
             )
-            self._vocab = llama_cpp.Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+            self._vocab = llama_cpp.Llama(
+                model_path=str(model_path), vocab_only=True, verbose=False
+            )
         except (ValueError, RuntimeError) as exc:
             raise BackendUnavailable(
-                f"llama.cpp could not load {model_path}: {exc}. Check that the file is a GGUF model."
+                f"llama.cpp could not load {model_path}: {exc}. "
+                "Check that the file is a GGUF model."
             ) from exc
         self._vocab_lock = threading.Lock()
-        self._worker = ModelWorker(
-            self.model_id, max_queue=max_queue, retry_after_s=retry_after_s, on_wait=on_wait
-        )
+        self._worker = ModelWorker(self.model_id, max_queue=max_queue, retry_after_s=retry_after_s)
 
     def count_tokens(self, text: str) -> int:
         with self._vocab_lock:
@@ -130,6 +130,14 @@ class LlamaCppText(TextBackend):
 
     def queue_depth(self) -> int:
         return self._worker.depth
+
+    def observe(
+        self,
+        *,
+        on_wait: Callable[[float], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+    ) -> None:
+        self._worker.on_wait, self._worker.on_busy = on_wait, on_busy
 
     def _check_fits(self, messages: Sequence[Message], options: GenerationOptions) -> None:
         needed = self.count_message_tokens(messages)

@@ -100,7 +100,9 @@ class OpenAICompatText(TextBackend):
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         try:
             response = await self._client.chat.completions.create(
-                model=self.remote_model, messages=self._messages(messages), **_request_kwargs(options)
+                model=self.remote_model,
+                messages=self._messages(messages),
+                **_request_kwargs(options),
             )
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc

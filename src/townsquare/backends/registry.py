@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from townsquare.backends.base import TextBackend
@@ -41,9 +40,7 @@ def model_path_for(target: str) -> Path:
     return bundled_model_path() if target == "bundled" else Path(target).expanduser()
 
 
-def build_text_backend(
-    settings: TextSettings, *, on_wait: Callable[[float], None] | None = None
-) -> TextBackend:
+def build_text_backend(settings: TextSettings) -> TextBackend:
     """Construct (and, for local models, load) the configured text backend."""
     kind, target = parse_spec(settings.backend)
     if kind == "fake":
@@ -72,5 +69,4 @@ def build_text_backend(
         max_queue=settings.max_queue,
         retry_after_s=settings.retry_after_s,
         model_alias=settings.model_alias,
-        on_wait=on_wait,
     )

@@ -32,11 +32,13 @@ class ModelWorker:
         max_queue: int,
         retry_after_s: int,
         on_wait: Callable[[float], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._capacity = max_queue + 1  # the running request plus the waiting ones
         self._retry_after_s = retry_after_s
-        self._on_wait = on_wait
+        self.on_wait = on_wait
+        self.on_busy = on_busy
         self._lock = threading.Lock()
         self._admitted = 0
 
@@ -48,6 +50,8 @@ class ModelWorker:
     def _admit(self) -> float:
         with self._lock:
             if self._admitted >= self._capacity:
+                if self.on_busy is not None:
+                    self.on_busy()
                 raise Busy(
                     f"The model is busy: {self._admitted - 1} requests are already waiting "
                     f"(limit text.max_queue={self._capacity - 1}). Retry in "
@@ -62,8 +66,8 @@ class ModelWorker:
             self._admitted -= 1
 
     def _started(self, admitted_at: float) -> None:
-        if self._on_wait is not None:
-            self._on_wait(time.perf_counter() - admitted_at)
+        if self.on_wait is not None:
+            self.on_wait(time.perf_counter() - admitted_at)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the model thread and return its result."""

@@ -95,7 +95,9 @@ class LengthPolicy(SafetyPolicy):
                 "(safety.max_input_chars). Shorten it.",
             )
         for message in messages:
-            if any(unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in message.content):
+            if any(
+                unicodedata.category(ch) == "Cc" and ch not in "\n\r\t" for ch in message.content
+            ):
                 return Decision(
                     False, ("format",), "The input contains control characters. Remove them."
                 )
@@ -145,7 +147,9 @@ class SafetyPipeline:
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         decision = self._first_refusal(lambda p: p.check_output(text, final=final))
         if final or not decision.allowed:
-            self._record(SafetyEvent("output", context.feature, context.user_id, decision, text[:200]))
+            self._record(
+                SafetyEvent("output", context.feature, context.user_id, decision, text[:200])
+            )
         return decision
 
     def _first_refusal(self, check: Callable[[SafetyPolicy], Decision]) -> Decision:
@@ -159,7 +163,8 @@ class SafetyPipeline:
 def _raise_blocked(stage: Stage, decision: Decision) -> None:
     what = "request" if stage == "input" else "reply"
     raise ContentBlocked(
-        decision.reason or f"The {what} was blocked by the safety policy "
+        decision.reason
+        or f"The {what} was blocked by the safety policy "
         f"(hazards: {', '.join(decision.hazards)}). Rephrase and try again.",
         decision.hazards,
     )

@@ -33,8 +33,10 @@ async def login(
         return templates.TemplateResponse(
             request,
             "login.html",
-            {"error": "That key is not valid. Paste the key `make run` printed, or ask an admin "
-             "for one (`townsquare users create NAME`)."},
+            {
+                "error": "That key is not valid. Paste the key `make run` printed, or ask an admin "
+                "for one (`townsquare users create NAME`)."
+            },
             status_code=401,
         )
     days = services.settings.server.session_days

@@ -42,7 +42,9 @@ async def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
 
 
 @router.get("/{conversation_id}")
-async def get_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> ConversationDetail:
+async def get_conversation(
+    conversation_id: int, user: CurrentUser, db: DbDep
+) -> ConversationDetail:
     """One conversation with all its messages."""
     return ConversationDetail.model_validate(service.get_conversation(db, user, conversation_id))
 

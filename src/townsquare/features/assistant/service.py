@@ -177,7 +177,11 @@ def prepare_turn(
 
 
 def store_turn(
-    sessions: sessionmaker[Session], turn: PreparedTurn, reply: str, completion: Completion, model: str
+    sessions: sessionmaker[Session],
+    turn: PreparedTurn,
+    reply: str,
+    completion: Completion,
+    model: str,
 ) -> Exchange:
     """Commit the member's message and the complete reply together."""
     now = datetime.now(UTC)

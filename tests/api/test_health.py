@@ -1,0 +1,58 @@
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+
+from tests.conftest import add_user, auth, make_settings
+from townsquare.app import create_app
+from townsquare.backends.fake import FakeText
+from townsquare.services import Services
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": True, "text_model": True}
+
+
+def test_readyz_fails_when_the_database_is_gone(client: TestClient, services: Services) -> None:
+    services.engine = create_engine("sqlite:////nonexistent/dir/x.db")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] is False
+
+
+def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "x-request-id"
+    ]
+    assert len(made) == 32 and " " not in made
+
+
+def test_metrics_count_requests_tokens_and_queue(client: TestClient, member_key: str) -> None:
+    cid = client.post("/api/conversations", json={}, headers=auth(member_key)).json()["id"]
+    client.post(
+        f"/api/conversations/{cid}/messages", json={"content": "a b c"}, headers=auth(member_key)
+    )
+    body = client.get("/metrics").text
+    assert (
+        'townsquare_http_requests_total{method="POST",route="/api/conversations/{conversation_id}/messages",'
+        'status="200"} 1.0' in body
+    )
+    assert 'townsquare_tokens_total{direction="completion",model="fake"} 4.0' in body
+    assert "townsquare_model_queue_depth 0.0" in body
+    assert "townsquare_http_request_duration_seconds_bucket" in body
+
+
+def test_metrics_can_be_made_private(tmp_path) -> None:
+    settings = make_settings(tmp_path, server={"public_paths": ["/healthz"]})
+    services = Services.build(settings, text=FakeText())
+    admin, member = add_user(services, "ada", "admin"), add_user(services, "mia")
+    with TestClient(create_app(services=services)) as client:
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=auth(member)).status_code == 403
+        assert client.get("/metrics", headers=auth(admin)).status_code == 200
+        assert client.get("/healthz").status_code == 200

@@ -1,0 +1,77 @@
+import json
+from collections.abc import Sequence
+from typing import ClassVar
+
+import pytest
+from sqlalchemy import select
+
+from townsquare.backends.base import GenerationOptions, Message
+from townsquare.backends.fake import FakeText
+from townsquare.errors import ContentBlocked
+from townsquare.safety.pipeline import Context, Decision, LengthPolicy, SafetyPolicy
+from townsquare.services import Services
+from townsquare.settings import Settings
+from townsquare.storage.tables import SafetyEventRow
+
+
+class BlockWord(SafetyPolicy):
+    """Blocks any input or output containing ``word`` (a test policy)."""
+
+    name: ClassVar[str] = "block-word"
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+
+    def check_input(self, messages: Sequence[Message]) -> Decision:
+        if any(self.word in m.content for m in messages):
+            return Decision(False, ("S1",), f"'{self.word}' is not allowed here.")
+        return Decision.allow()
+
+    def check_output(self, text: str, *, final: bool) -> Decision:
+        return Decision(False, ("S2",)) if self.word in text else Decision.allow()
+
+
+def test_length_policy() -> None:
+    policy = LengthPolicy(max_input_chars=10, max_output_chars=5)
+    assert policy.check_input([Message("user", "short")]).allowed
+    blocked = policy.check_input([Message("user", "much too long")])
+    assert not blocked.allowed and blocked.hazards == ("length",)
+    assert policy.check_input([Message("user", "a\x00b")]).hazards == ("format",)
+    assert policy.check_input([Message("user", "a\nb\tc")]).allowed
+    assert not policy.check_output("123456", final=False).allowed
+
+
+async def test_blocked_input_never_reaches_the_backend_and_is_audited(
+    settings: Settings, fake_text: FakeText
+) -> None:
+    services = Services.build(settings, text=fake_text, policies=[BlockWord("pills")])
+    with pytest.raises(ContentBlocked) as info:
+        await services.guarded_text.complete(
+            [Message("user", "buy pills")], GenerationOptions(), Context("test", user_id=4)
+        )
+    assert info.value.hazards == ["S1"]
+    assert fake_text.calls == []
+    with services.sessions() as db:
+        row = db.scalars(select(SafetyEventRow)).one()
+    assert (row.stage, row.feature, row.user_id, json.loads(row.hazards)) == (
+        "input",
+        "test",
+        4,
+        ["S1"],
+    )
+    await services.aclose()
+
+
+async def test_stream_stops_before_the_blocked_delta(
+    settings: Settings, fake_text: FakeText
+) -> None:
+    services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
+    fake_text.enqueue("hello there BUY CHEAP PILLS now")
+    seen = []
+    with pytest.raises(ContentBlocked):
+        async for delta in services.guarded_text.stream(
+            [Message("user", "hi")], GenerationOptions(), Context("test")
+        ):
+            seen.append(delta.text)
+    assert "".join(seen) == "hello there BUY CHEAP"
+    await services.aclose()

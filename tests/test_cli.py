@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from townsquare.cli import app
+from townsquare.identity import user_for_key
+from townsquare.storage.db import make_engine, make_sessions
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TOWNSQUARE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", "fake")
+    monkeypatch.setenv("TOWNSQUARE_LOG_JSON", "false")
+    return tmp_path
+
+
+def key_in(output: str) -> str:
+    return next(word for word in output.split() if word.startswith("ts_"))
+
+
+def test_init_creates_one_admin_once(env: Path) -> None:
+    first = runner.invoke(app, ["init"])
+    assert first.exit_code == 0, first.output
+    key = key_in(first.output)
+    assert "/login" in first.output
+    second = runner.invoke(app, ["init"])
+    assert "ts_" not in second.output
+    engine = make_engine(f"sqlite:///{env / 'townsquare.db'}")
+    with make_sessions(engine)() as db:
+        user = user_for_key(db, key)
+        assert user is not None and user.role == "admin"
+    engine.dispose()
+
+
+def test_users_create_list_and_key(env: Path) -> None:
+    created = runner.invoke(app, ["users", "create", "bea", "--role", "creator"])
+    assert created.exit_code == 0, created.output
+    duplicate = runner.invoke(app, ["users", "create", "bea"])
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.output
+    bad_role = runner.invoke(app, ["users", "create", "cy", "--role", "king"])
+    assert bad_role.exit_code == 1 and "member, creator, admin" in bad_role.output
+    listed = runner.invoke(app, ["users", "list"])
+    assert "bea" in listed.output and "creator" in listed.output
+    again = runner.invoke(app, ["users", "key", "bea"])
+    assert again.exit_code == 0 and key_in(again.output) != key_in(created.output)
+    assert runner.invoke(app, ["users", "key", "nobody"]).exit_code == 1
+
+
+def test_settings_prints_values_and_descriptions(env: Path) -> None:
+    result = runner.invoke(app, ["settings"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "TOWNSQUARE_TEXT__BACKEND" in result.output and "'fake'" in result.output
+    assert "Context window in tokens" in result.output
+
+
+def test_doctor_passes_and_fails_with_a_fix(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    ok = runner.invoke(app, ["doctor"])
+    assert ok.exit_code == 0, ok.output
+    assert "All checks passed" in ok.output
+    monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", f"llamacpp:{env / 'missing.gguf'}")
+    bad = runner.invoke(app, ["doctor"])
+    assert bad.exit_code == 1
+    assert "FAIL" in bad.output and "Point TOWNSQUARE_TEXT__BACKEND" in bad.output
+
+
+def test_doctor_reports_an_unmigrated_database(env: Path) -> None:
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 1 and "townsquare init" in result.output
+
+
+def test_chat_streams_in_the_terminal(env: Path) -> None:
+    result = runner.invoke(app, ["chat"], input="hello there\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "echo: hello there" in result.output
