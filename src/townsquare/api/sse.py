@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
-from sse_starlette import EventSourceResponse
+from fastapi.responses import StreamingResponse
 
 from townsquare.api.errors import error_payload, exception_payload
 from townsquare.errors import TownsquareError
@@ -42,14 +42,22 @@ async def primed(source: AsyncIterator[T]) -> AsyncIterator[T]:
     return chained()
 
 
-def data(payload: dict[str, Any] | str) -> dict[str, str]:
-    return {"data": payload if isinstance(payload, str) else json.dumps(payload)}
+def data(payload: dict[str, Any] | str) -> str:
+    """One SSE event in OpenAI's framing: ``data: ...`` and a blank line (``\n``, not ``\r\n``)."""
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n"
 
 
-def sse_response(path: str, chunks: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
-    """Stream ``chunks`` as SSE ``data:`` lines, then ``[DONE]``; errors become an error event."""
+def sse_response(path: str, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Stream ``chunks`` as SSE ``data:`` lines, then ``[DONE]``; errors become an error event.
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+    A plain ``StreamingResponse`` rather than sse-starlette: the stream starts only after the
+    first token exists (``primed``), so keep-alive pings buy nothing, and the leaner path costs
+    less CPU per token on a machine whose cores the model is using (bench/serving.py).
+    Starlette cancels the generator when the client disconnects, which frees the model.
+    """
+
+    async def events() -> AsyncIterator[str]:
         async with aclosing(chunks) as items:  # type: ignore[type-var]
             try:
                 async for chunk in items:
@@ -68,5 +76,8 @@ def sse_response(path: str, chunks: AsyncIterator[dict[str, Any]]) -> EventSourc
                 return
         yield data("[DONE]")
 
-    # sep="\n": OpenAI's wire format (sse-starlette defaults to "\r\n").
-    return EventSourceResponse(events(), sep="\n", ping=15)
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
