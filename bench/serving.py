@@ -213,8 +213,12 @@ def main() -> None:
     raw_ttft, served_ttft = med(raw_runs, "ttft_s"), med(served_runs, "ttft_s")
     # Each served run follows its raw twin within a second: the ratio within a pair cancels the
     # machine's drift (other tenants), so the median of pair ratios is the headline figure.
-    pair_ratios = [s["decode_tok_s"] / r["decode_tok_s"] for r, s in zip(raw_runs, served_runs)]
-    pair_ttft = [(s["ttft_s"] - r["ttft_s"]) * 1000 for r, s in zip(raw_runs, served_runs)]
+    pair_ratios = [
+        s["decode_tok_s"] / r["decode_tok_s"] for r, s in zip(raw_runs, served_runs, strict=True)
+    ]
+    pair_ttft = [
+        (s["ttft_s"] - r["ttft_s"]) * 1000 for r, s in zip(raw_runs, served_runs, strict=True)
+    ]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "model": model_path.name,
