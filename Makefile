@@ -22,6 +22,7 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/townsquare init
+	$(BIN)/townsquare seed demo --if-empty
 	$(BIN)/townsquare serve
 
 # Browser tests drive Debian's chromium; it is installed here when missing (as root).

@@ -77,3 +77,40 @@ def test_chat_streams_in_the_terminal(env: Path) -> None:
     result = runner.invoke(app, ["chat"], input="hello there\n/exit\n")
     assert result.exit_code == 0, result.output
     assert "echo: hello there" in result.output
+
+
+def test_seed_demo_once(env: Path) -> None:
+    first = runner.invoke(app, ["seed", "demo"])
+    assert first.exit_code == 0, first.output
+    assert "sol.rivera" in first.output and "ts_" in first.output
+    again = runner.invoke(app, ["seed", "demo"])
+    assert again.exit_code == 1 and "--if-empty" in again.output
+    quiet = runner.invoke(app, ["seed", "demo", "--if-empty"])
+    assert quiet.exit_code == 0 and "already there" in quiet.output
+
+
+def test_ingest_jsonl_file(env: Path) -> None:
+    users = env / "users.jsonl"
+    users.write_text(
+        '{"external_id": "u-1", "name": "una"}\n\n{"external_id": "u-2", "name": "bo"}\n'
+    )
+    result = runner.invoke(app, ["ingest", "users", str(users)])
+    assert result.exit_code == 0, result.output
+    assert "2 created" in result.output
+    again = runner.invoke(app, ["ingest", "users", str(users)])
+    assert "2 unchanged" in again.output
+    bad = env / "bad.jsonl"
+    bad.write_text(
+        '{"external_id": "u-3", "name": "Not Valid"}\n{"external_id": "u-4", "name": "ok"}\n'
+    )
+    refused = runner.invoke(app, ["ingest", "users", str(bad)])
+    assert (
+        refused.exit_code == 1
+        and "row 1" in refused.output
+        and "nothing was stored" in refused.output
+    )
+    partial = runner.invoke(app, ["ingest", "users", str(bad), "--partial"])
+    assert (
+        partial.exit_code == 0 and "1 created" in partial.output and "1 rejected" in partial.output
+    )
+    assert runner.invoke(app, ["ingest", "gizmos", str(bad)]).exit_code == 2

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 users_app = typer.Typer(help="Create and list users and their API keys.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+seed_app = typer.Typer(help="Fill the database with example content.", no_args_is_help=True)
+app.add_typer(seed_app, name="seed")
 console = Console()
 err = Console(stderr=True)
 
@@ -135,6 +138,109 @@ def users_list() -> None:
                 str(user.id), user.name, user.role, user.display_name, f"{user.created_at:%Y-%m-%d}"
             )
     console.print(table)
+
+
+def _migrated_sessions(settings: Settings) -> Any:
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    return make_sessions(engine)
+
+
+@seed_app.command("demo")
+def seed_demo(
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Do nothing when the town already exists.")
+    ] = False,
+) -> None:
+    """Build the demo town (members, group chats, posts, creators' DMs, listings, reels)."""
+    from townsquare.social.demo import is_seeded, seed
+
+    settings = _settings()
+    with _migrated_sessions(settings).begin() as db:
+        if is_seeded(db):
+            if if_empty:
+                console.print("The demo town is already there.")
+                return
+            err.print(
+                "[red]Error:[/red] the database already has groups; seed an empty database "
+                "(a new TOWNSQUARE_DATA_DIR) or use --if-empty."
+            )
+            raise typer.Exit(1)
+        keys = seed(db, settings.ingest, lambda kind, n: console.print(f"  {kind:<13} {n:>5}"))
+    url = f"http://{settings.server.host}:{settings.server.port}/login"
+    typer.echo(f"Demo town ready. Log in at {url} as one of them (keys shown only now):")
+    for name, key in keys.items():
+        typer.echo(f"  {name:<16} {key}")
+
+
+@app.command("ingest")
+def ingest_file(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="users, groups, messages, posts, comments, "
+            "dm-threads, dm-messages, listings, reels or interactions."
+        ),
+    ],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A JSON Lines file, one row per line.", exists=True, dir_okay=False),
+    ],
+    partial: Annotated[bool, typer.Option(help="Store valid rows, report bad ones.")] = False,
+) -> None:
+    """Upsert rows from a JSON Lines file, like POST /api/<kind>:batch, in batches."""
+    import json
+
+    from rich.progress import Progress
+
+    from townsquare.errors import InvalidBatch
+    from townsquare.social.ingest import KINDS, ingest
+
+    if kind not in KINDS:
+        err.print(f"[red]Error:[/red] unknown kind '{kind}'. Use one of: {', '.join(KINDS)}.")
+        raise typer.Exit(2)
+    settings = _settings()
+    sessions = _migrated_sessions(settings)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows: list[Any] = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                err.print(f"[red]Error:[/red] line {number} is not valid JSON: {exc}")
+                raise typer.Exit(1) from exc
+    size = settings.ingest.max_batch_rows
+    totals = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"Ingesting {kind}", total=len(rows))
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            try:
+                with sessions.begin() as db:
+                    report = ingest(
+                        db,
+                        KINDS[kind],
+                        batch,
+                        settings=settings.ingest,
+                        actor=None,
+                        partial=partial,
+                    )
+            except InvalidBatch as exc:
+                for bad in exc.rows:
+                    err.print(f"  row {bad['row'] + start}: {'; '.join(bad['errors'])}")
+                err.print(f"[red]Error:[/red] {exc.message}")
+                raise typer.Exit(1) from exc
+            for skipped in report.rejected:
+                err.print(f"  skipped row {skipped.row + start}: {'; '.join(skipped.errors)}")
+            totals["created"] += report.created
+            totals["updated"] += report.updated
+            totals["unchanged"] += report.unchanged
+            totals["rejected"] += len(report.rejected)
+            progress.advance(task, len(batch))
+    console.print(", ".join(f"{v} {k}" for k, v in totals.items()))
 
 
 @app.command("settings")

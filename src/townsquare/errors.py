@@ -11,8 +11,10 @@
     │   └── ModelNotFound           404 model_not_found
     ├── PayloadTooLarge             413 payload_too_large
     ├── InvalidField                422 invalid_field        (carries the field's name)
+    ├── InvalidBatch                422 invalid_batch        (carries the bad rows)
     ├── ContentBlocked              422 content_blocked      (carries hazard codes)
     ├── Busy                        429 busy                 (carries retry_after seconds)
+    │   └── QuotaExceeded           429 quota_exceeded
     └── BackendError                502 backend_error
         └── BackendUnavailable      503 backend_unavailable
 
@@ -22,6 +24,7 @@ Every message says what to do next: it is shown to the caller as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class TownsquareError(Exception):
@@ -79,6 +82,17 @@ class InvalidField(TownsquareError):
         self.field = field
 
 
+class InvalidBatch(TownsquareError):
+    """Some rows of an ingestion batch are bad; nothing was stored. ``rows`` says which and why."""
+
+    status_code = 422
+    code = "invalid_batch"
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 class ContentBlocked(TownsquareError):
     """The safety pipeline refused an input or an output."""
 
@@ -99,6 +113,12 @@ class Busy(TownsquareError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(Busy):
+    """A per-user or per-group quota is used up until its window ends."""
+
+    code = "quota_exceeded"
 
 
 class BackendError(TownsquareError):

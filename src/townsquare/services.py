@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import TextBackend, Usage
 from townsquare.backends.registry import build_text_backend
 from townsquare.observability import Metrics
+from townsquare.quotas import Quotas
 from townsquare.safety.pipeline import (
+    Context,
     GuardedText,
     LengthPolicy,
     SafetyEvent,
@@ -38,7 +40,11 @@ class Services:
     text: TextBackend
     safety: SafetyPipeline
     guarded_text: GuardedText
+    quotas: Quotas
     owns_text: bool = True
+    # Called as hook(kind, external_id) after a delete commits: derived data (embeddings,
+    # caches) registers here so that a removal reaches it too.
+    deletion_hooks: list[Callable[[str, str], None]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -78,9 +84,15 @@ class Services:
                     )
                 )
 
-        def count_usage(model: str, usage: Usage) -> None:
+        quotas = Quotas(settings.quotas)
+
+        def admit(context: Context) -> None:
+            quotas.before_generation(context.user_id, context.role, context.group_id)
+
+        def count_usage(context: Context, model: str, usage: Usage) -> None:
             metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
             metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+            quotas.record_tokens(context.user_id, context.group_id, usage.total_tokens)
 
         pipeline = SafetyPipeline(
             list(policies)
@@ -95,7 +107,8 @@ class Services:
             metrics=metrics,
             text=backend,
             safety=pipeline,
-            guarded_text=GuardedText(backend, pipeline, on_usage=count_usage),
+            guarded_text=GuardedText(backend, pipeline, admit=admit, on_usage=count_usage),
+            quotas=quotas,
             owns_text=text is None,
         )
 

@@ -101,6 +101,40 @@ class LimitSettings(BaseModel):
     )
 
 
+class IngestSettings(BaseModel):
+    """How host apps push their content."""
+
+    max_batch_rows: int = Field(
+        5000, ge=1, le=100_000, description="Most rows accepted in one batch request."
+    )
+    max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        description="Longest text (message, post, comment, caption, transcript) accepted; "
+        "longer ones are refused with 422.",
+    )
+
+
+class QuotaSettings(BaseModel):
+    """Per-user and per-group limits; 0 means unlimited. Counted in fixed windows."""
+
+    user_requests_per_minute: int = Field(
+        120, ge=0, description="API requests one user may make per minute."
+    )
+    user_tokens_per_day: int = Field(
+        200_000, ge=0, description="Tokens (prompt + reply) one user's requests may use per day."
+    )
+    group_requests_per_minute: int = Field(
+        300, ge=0, description="Generation requests made in one group's context per minute."
+    )
+    group_tokens_per_day: int = Field(
+        1_000_000, ge=0, description="Tokens generation in one group's context may use per day."
+    )
+    exempt_admins: bool = Field(
+        True, description="Admins (host apps' service keys) are not rate limited."
+    )
+
+
 class SafetySettings(BaseModel):
     """The safety seam. Moderation against the hazard taxonomy plugs in here."""
 
@@ -132,6 +166,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     text: TextSettings = Field(default_factory=TextSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
 
     @field_validator("log_level")

@@ -65,13 +65,15 @@ def authenticate(request: Request, db: Session) -> User | None:
     return None
 
 
-def current_user(request: Request, db: DbDep) -> User:
+def current_user(request: Request, db: DbDep, services: ServicesDep) -> User:
+    """The authenticated user; counts the request against their per-minute quota."""
     user = authenticate(request, db)
     if user is None:
         raise Unauthorized(
             "This endpoint needs an API key: send 'Authorization: Bearer <key>'. An admin creates "
             "users and keys with `townsquare users create NAME`."
         )
+    services.quotas.request(user.id, user.role)
     return user
 
 

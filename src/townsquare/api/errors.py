@@ -11,7 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from townsquare.errors import Busy, ContentBlocked, InvalidField, TownsquareError, Unauthorized
+from townsquare.errors import (
+    Busy,
+    ContentBlocked,
+    InvalidBatch,
+    InvalidField,
+    TownsquareError,
+    Unauthorized,
+)
 from townsquare.observability import request_id_var
 
 log = logging.getLogger("townsquare.api")
@@ -45,6 +52,8 @@ def exception_payload(path: str, exc: TownsquareError) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if isinstance(exc, ContentBlocked):
         extra["hazards"] = exc.hazards
+    if isinstance(exc, InvalidBatch):
+        extra["rows"] = exc.rows
     param = exc.field if isinstance(exc, InvalidField) else None
     return error_payload(path, exc.status_code, exc.code, exc.message, param=param, **extra)
 

@@ -24,14 +24,14 @@ def _guard(request: Request, services: ServicesDep) -> None:
         raise Forbidden(f"{request.url.path} is for admins only on this server.")
 
 
-@router.get("/healthz")
+@router.get("/healthz", openapi_extra={"x-access": "public"})
 async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
     """The process is up."""
     _guard(request, services)
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", openapi_extra={"x-access": "public"})
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """The model is loaded (or the remote engine answers) and the database is reachable."""
     _guard(request, services)
@@ -42,7 +42,7 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", openapi_extra={"x-access": "public"})
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus metrics of this app."""
     _guard(request, services)

@@ -138,7 +138,7 @@ def _messages(services: Services, body: ChatCompletionRequest) -> list[Message]:
     return messages
 
 
-@router.get("/models")
+@router.get("/models", openapi_extra={"x-access": "authenticated"})
 async def list_models(user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     """The models this server answers for."""
     return {
@@ -154,7 +154,7 @@ async def list_models(user: CurrentUser, services: ServicesDep) -> dict[str, Any
     }
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra={"x-access": "authenticated"})
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, user: CurrentUser, services: ServicesDep
 ) -> Any:
@@ -163,7 +163,7 @@ async def chat_completions(
     options = _options(services, body)
     messages = _messages(services, body)
     text = services.guarded_text
-    context = Context("openai", user.id)
+    context = Context("openai", user.id, user.role)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": completion_id, "created": created, "model": text.model_id}
 

@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from townsquare.api import health, openai
 from townsquare.features.assistant import routes as assistant
+from townsquare.social import routes as social
 
 router = APIRouter()
 router.include_router(health.router)
 router.include_router(assistant.router)
 router.include_router(openai.router)
+router.include_router(social.router)

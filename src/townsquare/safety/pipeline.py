@@ -58,10 +58,12 @@ class SafetyEvent:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Who asked, and for which feature; carried into every decision and log line."""
+    """Who asked, for which feature, in which group; carried into decisions, logs and quotas."""
 
     feature: str
     user_id: int | None = None
+    role: str | None = None
+    group_id: int | None = None
 
 
 class SafetyPolicy(ABC):
@@ -178,15 +180,24 @@ class GuardedText:
         backend: TextBackend,
         pipeline: SafetyPipeline,
         *,
-        on_usage: Callable[[str, Usage], None] | None = None,
+        admit: Callable[[Context], None] | None = None,
+        on_usage: Callable[[Context, str, Usage], None] | None = None,
     ) -> None:
         self.backend = backend
         self.pipeline = pipeline
+        self._admit = admit
         self._on_usage = on_usage
 
-    def _count(self, usage: Usage | None) -> None:
+    def _before(self, messages: Sequence[Message], context: Context) -> None:
+        if self._admit is not None:
+            self._admit(context)  # quotas: raises QuotaExceeded
+        decision = self.pipeline.check_input(messages, context)
+        if not decision.allowed:
+            _raise_blocked("input", decision)
+
+    def _count(self, context: Context, usage: Usage | None) -> None:
         if usage is not None and self._on_usage is not None:
-            self._on_usage(self.backend.model_id, usage)
+            self._on_usage(context, self.backend.model_id, usage)
 
     @property
     def model_id(self) -> str:
@@ -202,11 +213,9 @@ class GuardedText:
     async def complete(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context
     ) -> Completion:
-        decision = self.pipeline.check_input(messages, context)
-        if not decision.allowed:
-            _raise_blocked("input", decision)
+        self._before(messages, context)
         completion = await self.backend.complete(messages, options)
-        self._count(completion.usage)
+        self._count(context, completion.usage)
         decision = self.pipeline.check_output(completion.text, context, final=True)
         if not decision.allowed:
             _raise_blocked("output", decision)
@@ -215,9 +224,7 @@ class GuardedText:
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context
     ) -> AsyncIterator[Delta]:
-        decision = self.pipeline.check_input(messages, context)
-        if not decision.allowed:
-            _raise_blocked("input", decision)
+        self._before(messages, context)
         text = ""
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,
         # which frees a local model at once instead of whenever the generator is collected.
@@ -227,7 +234,7 @@ class GuardedText:
                 text += delta.text
                 final = delta.finish_reason is not None
                 if final:
-                    self._count(delta.usage)
+                    self._count(context, delta.usage)
                 if delta.text or final:
                     decision = self.pipeline.check_output(text, context, final=final)
                     if not decision.allowed:

@@ -28,7 +28,9 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
     display_name: Mapped[str] = mapped_column(String(128), default="")
+    locale: Mapped[str] = mapped_column(String(16), default="en")
     role: Mapped[str] = mapped_column(String(16), default="member")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

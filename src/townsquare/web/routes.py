@@ -19,12 +19,12 @@ templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/login")
+@router.get("/login", openapi_extra={"x-access": "public"})
 async def login_page(request: Request) -> HTMLResponse:
     return templates.TemplateResponse(request, "login.html", {"error": None})
 
 
-@router.post("/login", response_model=None)
+@router.post("/login", response_model=None, openapi_extra={"x-access": "public"})
 async def login(
     request: Request, key: Annotated[str, Form()], db: DbDep, services: ServicesDep
 ) -> Response:
@@ -54,7 +54,7 @@ async def login(
     return response
 
 
-@router.post("/logout")
+@router.post("/logout", openapi_extra={"x-access": "public"})
 async def logout(request: Request, db: DbDep) -> RedirectResponse:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
@@ -65,7 +65,7 @@ async def logout(request: Request, db: DbDep) -> RedirectResponse:
     return response
 
 
-@router.get("/", response_model=None)
+@router.get("/", response_model=None, openapi_extra={"x-access": "public"})
 async def chat_page(request: Request, db: DbDep, services: ServicesDep) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     user = user_for_session(db, token) if token else None

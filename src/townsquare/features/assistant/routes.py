@@ -25,7 +25,7 @@ from townsquare.features.assistant.service import Stored
 router = APIRouter(prefix="/api/conversations", tags=["assistant"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra={"x-access": "authenticated"})
 async def create_conversation(
     body: ConversationCreate, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> ConversationOut:
@@ -34,14 +34,14 @@ async def create_conversation(
     return ConversationOut.model_validate(conversation)
 
 
-@router.get("")
+@router.get("", openapi_extra={"x-access": "authenticated"})
 async def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
     """The member's conversations, most recent first."""
     rows = service.list_conversations(db, user)
     return ConversationList(data=[ConversationOut.model_validate(row) for row in rows])
 
 
-@router.get("/{conversation_id}")
+@router.get("/{conversation_id}", openapi_extra={"x-access": "owner"})
 async def get_conversation(
     conversation_id: int, user: CurrentUser, db: DbDep
 ) -> ConversationDetail:
@@ -49,14 +49,16 @@ async def get_conversation(
     return ConversationDetail.model_validate(service.get_conversation(db, user, conversation_id))
 
 
-@router.delete("/{conversation_id}", status_code=204)
+@router.delete("/{conversation_id}", status_code=204, openapi_extra={"x-access": "owner"})
 async def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> Response:
     """Delete a conversation and its messages."""
     service.delete_conversation(db, user, conversation_id)
     return Response(status_code=204)
 
 
-@router.post("/{conversation_id}/messages", response_model=Exchange)
+@router.post(
+    "/{conversation_id}/messages", response_model=Exchange, openapi_extra={"x-access": "owner"}
+)
 async def post_message(
     conversation_id: int,
     body: MessageCreate,

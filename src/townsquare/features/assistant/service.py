@@ -172,7 +172,12 @@ def prepare_turn(
         temperature=0.7 if body.temperature is None else body.temperature,
     )
     return PreparedTurn(
-        conversation.id, user.id, body.content, messages, options, Context(FEATURE, user.id)
+        conversation.id,
+        user.id,
+        body.content,
+        messages,
+        options,
+        Context(FEATURE, user.id, user.role),
     )
 
 

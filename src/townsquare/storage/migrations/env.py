@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from townsquare.storage import social_tables  # noqa: F401  (registers its tables)
 from townsquare.storage.tables import Base
 
 config = context.config

@@ -1,0 +1,130 @@
+"""Who may see what: the one place for access rules. Every route that returns social content
+goes through these functions.
+
+- group content (messages, group posts, group reels): the group's members; admins everywhere;
+- a DM thread: its participants (and admins);
+- public posts, active listings and public reels: every authenticated user;
+- a listing that is not active: its seller (and admins); a private reel: its creator;
+- moderators act within their own group.
+
+Something a user may not see reads as missing (404), so its existence is not revealed. Being
+refused an action on something one can see is 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, or_, select, true
+from sqlalchemy.orm import Session
+
+from townsquare.errors import Forbidden, NotFound
+from townsquare.storage.social_tables import (
+    DMParticipant,
+    DMThread,
+    Group,
+    Listing,
+    Membership,
+    Post,
+    Reel,
+)
+from townsquare.storage.tables import User
+
+
+def is_admin(user: User) -> bool:
+    return user.role == "admin"
+
+
+def membership_role(db: Session, user: User, group_id: int) -> str | None:
+    """'member', 'moderator', or None when the user is not in the group."""
+    return db.scalar(
+        select(Membership.role).where(
+            Membership.group_id == group_id, Membership.user_id == user.id
+        )
+    )
+
+
+def _missing(kind: str, external_id: str) -> NotFound:
+    return NotFound(f"There is no {kind} '{external_id}' that you can see.")
+
+
+def group_visible_to(db: Session, user: User, external_id: str) -> Group:
+    group = db.scalar(select(Group).where(Group.external_id == external_id))
+    if group is None or not (is_admin(user) or membership_role(db, user, group.id)):
+        raise _missing("group", external_id)
+    return group
+
+
+def moderated_group(db: Session, user: User, external_id: str) -> Group:
+    """A group the user moderates (admins moderate every group)."""
+    group = group_visible_to(db, user, external_id)
+    if not is_admin(user) and membership_role(db, user, group.id) != "moderator":
+        raise Forbidden(
+            f"Only moderators of '{external_id}' may do this. Ask one of them, or an admin."
+        )
+    return group
+
+
+def thread_visible_to(db: Session, user: User, external_id: str) -> DMThread:
+    thread = db.scalar(select(DMThread).where(DMThread.external_id == external_id))
+    if thread is None:
+        raise _missing("DM thread", external_id)
+    if not is_admin(user):
+        participant = db.scalar(
+            select(DMParticipant.id).where(
+                DMParticipant.thread_id == thread.id, DMParticipant.user_id == user.id
+            )
+        )
+        if participant is None:
+            raise _missing("DM thread", external_id)
+    return thread
+
+
+def _member_of(group_column: Any, user: User) -> ColumnElement[bool]:
+    return exists().where(Membership.group_id == group_column, Membership.user_id == user.id)
+
+
+def visible_posts(user: User) -> ColumnElement[bool]:
+    """SQL condition: posts ``user`` may see."""
+    if is_admin(user):
+        return true()
+    return or_(Post.group_id.is_(None), _member_of(Post.group_id, user))
+
+
+def visible_listings(user: User) -> ColumnElement[bool]:
+    if is_admin(user):
+        return true()
+    return or_(Listing.status == "active", Listing.seller_id == user.id)
+
+
+def visible_reels(user: User) -> ColumnElement[bool]:
+    if is_admin(user):
+        return true()
+    return or_(
+        Reel.visibility == "public",
+        and_(Reel.visibility == "group", _member_of(Reel.group_id, user)),
+        Reel.creator_id == user.id,
+    )
+
+
+def post_visible_to(db: Session, user: User, external_id: str) -> Post:
+    post = db.scalar(select(Post).where(Post.external_id == external_id, visible_posts(user)))
+    if post is None:
+        raise _missing("post", external_id)
+    return post
+
+
+def listing_visible_to(db: Session, user: User, external_id: str) -> Listing:
+    listing = db.scalar(
+        select(Listing).where(Listing.external_id == external_id, visible_listings(user))
+    )
+    if listing is None:
+        raise _missing("listing", external_id)
+    return listing
+
+
+def reel_visible_to(db: Session, user: User, external_id: str) -> Reel:
+    reel = db.scalar(select(Reel).where(Reel.external_id == external_id, visible_reels(user)))
+    if reel is None:
+        raise _missing("reel", external_id)
+    return reel

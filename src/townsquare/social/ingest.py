@@ -1,0 +1,547 @@
+"""Ingestion: host apps upsert their content by external id, one row or a batch at a time.
+
+A batch is validated whole before anything is written: every row is parsed, every reference
+(``"group": "g-42"``) is looked up in one query per kind, and if any row is bad the batch is
+refused with each bad row's number and reasons, nothing stored. With ``partial=True`` the good
+rows are stored and the bad ones reported. Rows whose values equal what is stored are left
+alone, so sending the same batch twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from townsquare.errors import Forbidden, InvalidBatch, NotFound
+from townsquare.settings import IngestSettings
+from townsquare.social import audit
+from townsquare.social.schemas import (
+    CommentIn,
+    DMMessageIn,
+    DMThreadIn,
+    GroupIn,
+    IngestModel,
+    IngestReport,
+    InteractionIn,
+    ListingIn,
+    MessageIn,
+    PostIn,
+    ReelIn,
+    RowError,
+    UserIn,
+    describe_errors,
+)
+from townsquare.storage.social_tables import (
+    EXTERNAL_ID,
+    Comment,
+    DMMessage,
+    DMParticipant,
+    DMThread,
+    Group,
+    GroupMessage,
+    Interaction,
+    Listing,
+    Membership,
+    Post,
+    Reel,
+)
+from townsquare.storage.tables import User
+
+Table = Any  # an ORM class with ``id`` and ``external_id`` columns
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference from an input field to another entity, stored in ``column``."""
+
+    field: str
+    table: Table
+    column: str
+    label: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of entity is ingested."""
+
+    name: str  # as in the URL: /api/<name>/{external_id}
+    label: str  # one of them, in messages
+    model: type[IngestModel]
+    table: Table
+    refs: Callable[[Any], list[tuple[Ref, str | None]]]
+    columns: Callable[[Any], dict[str, Any]]
+    soft_delete: bool = False
+    check: Callable[[Session, Any, dict[str, int | None]], str | None] | None = None
+    after: Callable[[Session, Any, Any, Resolver], None] | None = None
+
+
+def _ref(field: str, table: Table, column: str, label: str, url: str) -> Ref:
+    return Ref(field, table, column, label, url)
+
+
+def USER(field: str, column: str) -> Ref:
+    return _ref(field, User, column, "user", "users")
+
+
+GROUP = _ref("group", Group, "group_id", "group", "groups")
+POST = _ref("post", Post, "post_id", "post", "posts")
+THREAD = _ref("thread", DMThread, "thread_id", "DM thread", "dm-threads")
+REPLY = _ref("reply_to", GroupMessage, "reply_to_id", "message", "messages")
+TARGETS = {
+    "reel": _ref("target", Reel, "target_id", "reel", "reels"),
+    "listing": _ref("target", Listing, "target_id", "listing", "listings"),
+    "post": _ref("target", Post, "target_id", "post", "posts"),
+}
+
+
+def _created(model: Any) -> dict[str, Any]:
+    return {"created_at": model.created_at} if model.created_at is not None else {}
+
+
+def _cents(price: Decimal) -> int:
+    return int((price * 100).to_integral_value())
+
+
+class Resolver:
+    """External id → internal id, per table, looked up in batches and extended as rows are added."""
+
+    def __init__(self, db: Session) -> None:
+        self.db = db
+        self.ids: dict[Table, dict[str, int]] = {}
+
+    def load(self, table: Table, external_ids: Iterable[str]) -> None:
+        known = self.ids.setdefault(table, {})
+        wanted = sorted(set(external_ids) - known.keys())
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for ext, id_ in self.db.execute(
+                select(table.external_id, table.id).where(table.external_id.in_(chunk))
+            ):
+                known[ext] = id_
+
+    def get(self, table: Table, external_id: str) -> int | None:
+        return self.ids.get(table, {}).get(external_id)
+
+    def add(self, table: Table, external_id: str, id_: int) -> None:
+        self.ids.setdefault(table, {})[external_id] = id_
+
+
+def _group_members(db: Session, group: Group, model: GroupIn, resolver: Resolver) -> None:
+    if model.members is None:
+        return
+    db.execute(delete(Membership).where(Membership.group_id == group.id))
+    for member in model.members:
+        user_id = resolver.get(User, member.user)
+        db.add(Membership(group_id=group.id, user_id=user_id, role=member.role))
+
+
+def _thread_participants(
+    db: Session, thread: DMThread, model: DMThreadIn, resolver: Resolver
+) -> None:
+    db.execute(delete(DMParticipant).where(DMParticipant.thread_id == thread.id))
+    for external in dict.fromkeys(model.participants):
+        db.add(DMParticipant(thread_id=thread.id, user_id=resolver.get(User, external)))
+
+
+def _author_in_group(db: Session, model: MessageIn, ids: dict[str, int | None]) -> str | None:
+    found = db.scalar(
+        select(Membership.id).where(
+            Membership.group_id == ids["group_id"], Membership.user_id == ids["author_id"]
+        )
+    )
+    if found is None:
+        return (
+            f"author: '{model.author}' is not a member of group '{model.group}'; "
+            "add them to its members first"
+        )
+    return None
+
+
+def _author_in_thread(db: Session, model: DMMessageIn, ids: dict[str, int | None]) -> str | None:
+    found = db.scalar(
+        select(DMParticipant.id).where(
+            DMParticipant.thread_id == ids["thread_id"], DMParticipant.user_id == ids["author_id"]
+        )
+    )
+    if found is None:
+        return f"author: '{model.author}' is not a participant of DM thread '{model.thread}'"
+    return None
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in [
+        Kind(
+            "users",
+            "user",
+            UserIn,
+            User,
+            refs=lambda m: [],
+            columns=lambda m: {
+                "name": m.name,
+                "display_name": m.display_name or m.name,
+                "locale": m.locale,
+                "role": m.role,
+            },
+        ),
+        Kind(
+            "groups",
+            "group",
+            GroupIn,
+            Group,
+            refs=lambda m: [(USER("members", "-"), x.user) for x in (m.members or [])],
+            columns=lambda m: {"name": m.name, "kind": m.kind, "description": m.description},
+            after=_group_members,
+        ),
+        Kind(
+            "messages",
+            "message",
+            MessageIn,
+            GroupMessage,
+            refs=lambda m: [
+                (GROUP, m.group),
+                (USER("author", "author_id"), m.author),
+                (REPLY, m.reply_to),
+            ],
+            columns=lambda m: {"text": m.text, **_created(m)},
+            soft_delete=True,
+            check=_author_in_group,
+        ),
+        Kind(
+            "posts",
+            "post",
+            PostIn,
+            Post,
+            refs=lambda m: [(USER("author", "author_id"), m.author), (GROUP, m.group)],
+            columns=lambda m: {"text": m.text, "image_url": m.image_url, **_created(m)},
+        ),
+        Kind(
+            "comments",
+            "comment",
+            CommentIn,
+            Comment,
+            refs=lambda m: [(POST, m.post), (USER("author", "author_id"), m.author)],
+            columns=lambda m: {"text": m.text, **_created(m)},
+        ),
+        Kind(
+            "dm-threads",
+            "DM thread",
+            DMThreadIn,
+            DMThread,
+            refs=lambda m: [(USER("participants", "-"), p) for p in m.participants],
+            columns=lambda m: {},
+            after=_thread_participants,
+        ),
+        Kind(
+            "dm-messages",
+            "DM message",
+            DMMessageIn,
+            DMMessage,
+            refs=lambda m: [(THREAD, m.thread), (USER("author", "author_id"), m.author)],
+            columns=lambda m: {"text": m.text, **_created(m)},
+            soft_delete=True,
+            check=_author_in_thread,
+        ),
+        Kind(
+            "listings",
+            "listing",
+            ListingIn,
+            Listing,
+            refs=lambda m: [(USER("seller", "seller_id"), m.seller)],
+            columns=lambda m: {
+                "title": m.title,
+                "attributes": dict(m.attributes),
+                "price_cents": _cents(m.price),
+                "currency": m.currency,
+                "category": m.category,
+                "condition": m.condition,
+                "location": m.location,
+                "lat": m.lat,
+                "lon": m.lon,
+                "image_refs": list(m.images),
+                "status": m.status,
+            },
+        ),
+        Kind(
+            "reels",
+            "reel",
+            ReelIn,
+            Reel,
+            refs=lambda m: [(USER("creator", "creator_id"), m.creator), (GROUP, m.group)],
+            columns=lambda m: {
+                "caption": m.caption,
+                "transcript": m.transcript,
+                "tags": list(m.tags),
+                "duration_s": m.duration_s,
+                "media_url": m.media_url,
+                "visibility": m.visibility,
+                **_created(m),
+            },
+        ),
+        Kind(
+            "interactions",
+            "interaction",
+            InteractionIn,
+            Interaction,
+            refs=lambda m: [(USER("user", "user_id"), m.user), (TARGETS[m.target_kind], m.target)],
+            columns=lambda m: {
+                "target_kind": m.target_kind,
+                "action": m.action,
+                "value": m.value,
+                **_created(m),
+            },
+        ),
+    ]
+}
+
+
+def _as_utc(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass
+class _Row:
+    number: int
+    external_id: str
+    model: Any
+    ids: dict[str, int | None] = field(default_factory=dict)
+
+
+def ingest(
+    db: Session,
+    kind: Kind,
+    rows: list[dict[str, Any]],
+    *,
+    settings: IngestSettings,
+    actor: User | None,
+    partial: bool = False,
+) -> IngestReport:
+    """Validate and upsert ``rows`` (each with an ``external_id``). The caller commits."""
+    report = IngestReport(kind=kind.name)
+    good: list[_Row] = []
+    seen: set[str] = set()
+    context = {"max_text_chars": settings.max_text_chars}
+    for number, raw in enumerate(rows, start=1):
+        if not isinstance(raw, dict):
+            report.rejected.append(
+                RowError(row=number, external_id=None, errors=["row: must be a JSON object"])
+            )
+            continue
+        values = dict(raw)
+        external_id = values.pop("external_id", None)
+        problems: list[str] = []
+        if not isinstance(external_id, str) or not external_id or len(external_id) > EXTERNAL_ID:
+            problems.append(f"external_id: required, a string of 1-{EXTERNAL_ID} characters")
+            external_id = None
+        elif external_id in seen:
+            problems.append(f"external_id: '{external_id}' appears twice in this batch")
+        try:
+            model = kind.model.model_validate(values, context=context)
+        except ValidationError as exc:
+            problems.extend(describe_errors(exc.errors()))
+            model = None
+        if problems or model is None or external_id is None:
+            report.rejected.append(RowError(row=number, external_id=external_id, errors=problems))
+            continue
+        seen.add(external_id)
+        good.append(_Row(number, external_id, model))
+
+    resolver = Resolver(db)
+    wanted: dict[Table, set[str]] = {}
+    for row in good:
+        for ref, target in kind.refs(row.model):
+            if target is not None:
+                wanted.setdefault(ref.table, set()).add(target)
+    for table, external_ids in wanted.items():
+        resolver.load(table, external_ids)
+    resolver.load(kind.table, [row.external_id for row in good])
+
+    in_batch: set[str] = set()
+    ready: list[_Row] = []
+    for row in good:
+        problems = []
+        for ref, target in kind.refs(row.model):
+            if target is None:
+                row.ids.setdefault(ref.column, None)
+                continue
+            found = resolver.get(ref.table, target)
+            if found is None and not (ref.table is kind.table and target in in_batch):
+                problems.append(
+                    f"{ref.field}: {ref.label} '{target}' does not exist; create it first "
+                    f"(PUT /api/{ref.url}/{target})"
+                )
+            row.ids[ref.column] = found
+        in_batch.add(row.external_id)
+        if problems:
+            report.rejected.append(
+                RowError(row=row.number, external_id=row.external_id, errors=problems)
+            )
+        else:
+            ready.append(row)
+
+    if report.rejected and not partial:
+        report.rejected.sort(key=lambda r: r.row)
+        raise InvalidBatch(
+            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored. Fix the "
+            "rows listed, or send ?partial=true to store the valid ones.",
+            [r.model_dump() for r in report.rejected],
+        )
+
+    existing = {
+        obj.external_id: obj
+        for start in range(0, len(ready), 500)
+        for obj in db.scalars(
+            select(kind.table).where(
+                kind.table.external_id.in_([r.external_id for r in ready[start : start + 500]])
+            )
+        )
+    }
+    now = datetime.now(UTC)
+    for row in ready:
+        # references to rows earlier in this batch (a reply in the same batch) are known now
+        for ref, target in kind.refs(row.model):
+            if target is not None and row.ids.get(ref.column) is None:
+                row.ids[ref.column] = resolver.get(ref.table, target)
+        if kind.check is not None:
+            db.flush()
+            problem = kind.check(db, row.model, row.ids)
+            if problem:
+                report.rejected.append(
+                    RowError(row=row.number, external_id=row.external_id, errors=[problem])
+                )
+                continue
+        values = {**{c: v for c, v in row.ids.items() if c != "-"}, **kind.columns(row.model)}
+        obj = existing.get(row.external_id)
+        if obj is None:
+            obj = kind.table(external_id=row.external_id, **values)
+            db.add(obj)
+            db.flush()
+            resolver.add(kind.table, row.external_id, obj.id)
+            report.created += 1
+        else:
+            if kind.table is User and obj.role == "admin":
+                report.rejected.append(
+                    RowError(
+                        row=row.number,
+                        external_id=row.external_id,
+                        errors=["external_id: belongs to an admin; manage admins with the CLI"],
+                    )
+                )
+                continue
+            changed = False
+            for column, value in values.items():
+                if _as_utc(getattr(obj, column)) != _as_utc(value):
+                    setattr(obj, column, value)
+                    changed = True
+            if kind.after is not None:
+                changed = _after_changes(db, kind, obj, row.model) or changed
+            if changed and hasattr(obj, "updated_at"):
+                obj.updated_at = now
+            if changed:
+                report.updated += 1
+            else:
+                report.unchanged += 1
+            continue
+        if kind.after is not None:
+            kind.after(db, obj, row.model, resolver)
+    if report.rejected and not partial:  # only checks that needed the database can land here
+        db.rollback()
+        raise InvalidBatch(
+            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored.",
+            [r.model_dump() for r in sorted(report.rejected, key=lambda r: r.row)],
+        )
+    report.rejected.sort(key=lambda r: r.row)
+    if actor is not None and (report.created or report.updated):
+        audit.record(
+            db,
+            actor,
+            f"ingest.{kind.name}",
+            "",
+            created=report.created,
+            updated=report.updated,
+            rejected=len(report.rejected),
+        )
+    return report
+
+
+def _after_changes(db: Session, kind: Kind, obj: Any, model: Any) -> bool:
+    """Re-apply members/participants only when they differ (keeps re-sends unchanged)."""
+    resolver = Resolver(db)
+    if kind.table is Group:
+        if model.members is None:
+            return False
+        resolver.load(User, [m.user for m in model.members])
+        wanted = {(resolver.get(User, m.user), m.role) for m in model.members}
+        current = set(
+            tuple(row)
+            for row in db.execute(
+                select(Membership.user_id, Membership.role).where(Membership.group_id == obj.id)
+            )
+        )
+    else:
+        resolver.load(User, model.participants)
+        wanted = {(resolver.get(User, p), None) for p in model.participants}
+        current = {
+            (u, None)
+            for u in db.scalars(
+                select(DMParticipant.user_id).where(DMParticipant.thread_id == obj.id)
+            )
+        }
+    if wanted == current:
+        return False
+    assert kind.after is not None
+    kind.after(db, obj, model, resolver)
+    return True
+
+
+def delete_entity(db: Session, kind: Kind, external_id: str, *, actor: User, hard: bool) -> str:
+    """Delete one entity; messages are soft-deleted unless ``hard``. Returns what was done.
+
+    Deleting a user removes everything they made (cascades) and the interactions that pointed at
+    it. The caller commits and runs deletion hooks for derived data.
+    """
+    obj = db.scalar(select(kind.table).where(kind.table.external_id == external_id))
+    if obj is None:
+        raise NotFound(f"There is no {kind.label} '{external_id}'.")
+    if kind.table is User and obj.role == "admin":
+        raise Forbidden("Admins cannot be deleted through the API. Use the CLI on the server.")
+    if kind.soft_delete and not hard:
+        obj.deleted_at = datetime.now(UTC)
+        outcome = "soft-deleted"
+    else:
+        _drop_interactions(db, kind, obj)
+        db.delete(obj)
+        outcome = "deleted"
+    audit.record(db, actor, f"delete.{kind.name}", external_id, outcome=outcome)
+    return outcome
+
+
+def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:
+    """Interactions point at posts, listings and reels without a foreign key: remove them too."""
+    targets: list[tuple[str, Any]] = []
+    if kind.table is User:
+        targets = [
+            ("post", select(Post.id).where(Post.author_id == obj.id)),
+            ("listing", select(Listing.id).where(Listing.seller_id == obj.id)),
+            ("reel", select(Reel.id).where(Reel.creator_id == obj.id)),
+        ]
+    else:
+        for name, ref in TARGETS.items():
+            if ref.table is kind.table:
+                targets = [(name, select(kind.table.id).where(kind.table.id == obj.id))]
+    for target_kind, ids in targets:
+        db.execute(
+            delete(Interaction).where(
+                Interaction.target_kind == target_kind, Interaction.target_id.in_(ids)
+            )
+        )

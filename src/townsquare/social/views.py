@@ -1,0 +1,89 @@
+"""What the read endpoints return."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+
+class GroupOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    description: str
+    my_role: str | None
+    members: int
+
+
+class MessageOut(BaseModel):
+    id: str
+    author: str
+    text: str
+    reply_to: str | None
+    created_at: datetime
+
+
+class CommentOut(BaseModel):
+    id: str
+    author: str
+    text: str
+    created_at: datetime
+
+
+class PostOut(BaseModel):
+    id: str
+    author: str
+    group: str | None
+    text: str
+    image_url: str | None
+    created_at: datetime
+    comments: list[CommentOut] | None = None
+
+
+class ThreadOut(BaseModel):
+    id: str
+    participants: list[str]
+
+
+class ListingOut(BaseModel):
+    id: str
+    seller: str
+    title: str
+    attributes: dict[str, Any]
+    price: str
+    currency: str
+    category: str
+    condition: str
+    location: str
+    images: list[str]
+    status: str
+
+
+class ReelOut(BaseModel):
+    id: str
+    creator: str
+    caption: str
+    transcript: str
+    tags: list[str]
+    duration_s: float
+    media_url: str
+    visibility: str
+
+
+class AuditOut(BaseModel):
+    id: int
+    created_at: datetime
+    actor_id: int | None
+    actor_role: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]

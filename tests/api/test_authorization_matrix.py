@@ -1,0 +1,261 @@
+"""Every route of the app, called as every persona, against the access rule it declares.
+
+Each route declares ``openapi_extra={"x-access": RULE}``. A route without one, or with a rule
+this table does not know, fails the test: a new route cannot slip in without a decision about
+who may call it. Writes run on a fresh copy of the town so that one persona's delete cannot
+change what the next one sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.routing import Mount, Route
+
+from tests.conftest import auth, make_settings
+from tests.town import build_town
+from townsquare.app import create_app
+from townsquare.backends.fake import FakeText
+from townsquare.services import Services
+
+PERSONAS = ("anonymous", "member", "outsider", "creator", "moderator", "admin")
+OK = "ok"
+
+# rule -> persona -> expected outcome ("ok" = 2xx/3xx, or an exact status)
+RULES: dict[str, dict[str, int | str]] = {
+    "public": dict.fromkeys(PERSONAS, OK),
+    "authenticated": {**dict.fromkeys(PERSONAS, OK), "anonymous": 401},
+    "admin": {**dict.fromkeys(PERSONAS, 403), "anonymous": 401, "admin": OK},
+    # the conversation belongs to the member; even admins do not read private chats
+    "owner": {**dict.fromkeys(PERSONAS, 404), "anonymous": 401, "member": OK},
+    # g1 has the member and the moderator; p1 and r1 are g1's
+    "group-member": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    "group-moderator": {
+        "anonymous": 401,
+        "member": 403,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    "post-viewer": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    "reel-viewer": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    # t1 is between the creator and the member
+    "dm-participant": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": OK,
+        "moderator": 404,
+        "admin": OK,
+    },
+    # l1 is the member's draft
+    "listing-viewer": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": 404,
+        "admin": OK,
+    },
+}
+# Framework routes with no handler of ours: the API docs and static files.
+FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
+
+PATH_VALUES = {
+    "group_id": "g1",
+    "message_id": "m1",
+    "post_id": "p1",
+    "thread_id": "t1",
+    "listing_id": "l1",
+    "reel_id": "r1",
+}
+EXISTING = {
+    "users": "u-extra",
+    "groups": "g1",
+    "messages": "m1",
+    "posts": "p1",
+    "comments": "c1",
+    "dm-threads": "t1",
+    "dm-messages": "d1",
+    "listings": "l1",
+    "reels": "r1",
+    "interactions": "i1",
+}
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "users": {"name": "newbie"},
+    "groups": {"name": "New group", "members": [{"user": "u-member"}]},
+    "messages": {"group": "g1", "author": "u-member", "text": "hello"},
+    "posts": {"author": "u-member", "text": "hello"},
+    "comments": {"post": "p1", "author": "u-member", "text": "hi"},
+    "dm-threads": {"participants": ["u-member", "u-outsider"]},
+    "dm-messages": {"thread": "t1", "author": "u-member", "text": "hi"},
+    "listings": {"seller": "u-member", "title": "Lamp", "price": "5", "category": "home"},
+    "reels": {"creator": "u-member", "duration_s": 5, "media_url": "https://v/x.mp4"},
+    "interactions": {
+        "user": "u-member",
+        "target_kind": "reel",
+        "target": "r-public",
+        "action": "view",
+    },
+}
+BODIES = {
+    ("POST", "/api/conversations"): {"title": "x"},
+    ("POST", "/api/conversations/{conversation_id}/messages"): {"content": "hi"},
+    ("POST", "/v1/chat/completions"): {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+}
+
+
+def all_routes(app: FastAPI) -> list[tuple[str, str, str | None]]:
+    """(method, path, declared rule) for every route, including those of included routers."""
+    found: list[tuple[str, str, str | None]] = []
+
+    def walk(routes: list[Any], prefix: str) -> None:
+        for route in routes:
+            if hasattr(route, "original_router"):  # FastAPI's lazily included routers
+                walk(route.original_router.routes, prefix + route.include_context.prefix)
+            elif isinstance(route, Mount):
+                found.append(("MOUNT", prefix + route.path, None))
+            elif isinstance(route, Route) or hasattr(route, "methods"):
+                rule = (getattr(route, "openapi_extra", None) or {}).get("x-access")
+                for method in sorted(set(route.methods or ()) - {"HEAD"}):
+                    found.append((method, prefix + route.path, rule))
+
+    walk(app.router.routes, "")
+    return found
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    directory = tmp_path_factory.mktemp("town")
+    services = Services.build(make_settings(directory), text=FakeText())
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        conversation = client.post("/api/conversations", json={}, headers=auth(keys["member"]))
+        keys["conversation_id"] = str(conversation.json()["id"])
+    asyncio.run(services.aclose())
+    return directory, keys
+
+
+def town_copy(template: Path, target: Path) -> Services:
+    for name in ("townsquare.db", "townsquare.db-wal", "townsquare.db-shm"):
+        if (template / name).exists():
+            shutil.copy(template / name, target / name)
+    return Services.build(make_settings(target), text=FakeText())
+
+
+def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    kind = path.split("/")[2].split(":")[0] if path.startswith("/api/") else ""
+    values = {
+        **PATH_VALUES,
+        "conversation_id": keys["conversation_id"],
+        "external_id": EXISTING.get(kind, "x") if method == "DELETE" else "new-1",
+    }
+    url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
+    kwargs: dict[str, Any] = {}
+    if path.endswith(":batch"):
+        kwargs["json"] = [{"external_id": "new-1", **EXAMPLES[kind]}]
+    elif method == "PUT":
+        kwargs["json"] = EXAMPLES[kind]
+    elif (method, path) in BODIES:
+        kwargs["json"] = BODIES[(method, path)]
+    elif (method, path) == ("POST", "/login"):
+        kwargs["data"] = {"key": keys.get("__persona_key", "ts_wrong")}
+    return url, kwargs
+
+
+def routes_to_check() -> list[tuple[str, str, str | None]]:
+    app = create_app(make_settings(Path("unused")))  # services are built only at start-up
+    return [r for r in all_routes(app) if r[1] not in FRAMEWORK]
+
+
+ROUTES = routes_to_check()
+
+
+def test_every_route_declares_a_known_rule() -> None:
+    missing = [f"{m} {p}" for m, p, rule in ROUTES if rule is None]
+    unknown = [
+        f"{m} {p}: {rule}" for m, p, rule in ROUTES if rule is not None and rule not in RULES
+    ]
+    assert missing == [], "routes without openapi_extra={'x-access': ...}"
+    assert unknown == []
+    assert len(ROUTES) > 50  # the walk really found the included routers
+
+
+@pytest.fixture
+def open_client(template: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Any]:
+    """Opens a client on a fresh copy of the town."""
+    directory, _ = template
+    opened: list[tuple[Services, TestClient]] = []
+
+    def open_one() -> TestClient:
+        target = tmp_path / str(len(opened))
+        target.mkdir()
+        services = town_copy(directory, target)
+        client = TestClient(create_app(services=services), follow_redirects=False)
+        client.__enter__()
+        opened.append((services, client))
+        return client
+
+    yield open_one
+    for services, client in opened:
+        client.__exit__(None, None, None)
+        asyncio.run(services.aclose())
+
+
+@pytest.mark.parametrize(("method", "path", "rule"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+def test_route_answers_each_persona_as_its_rule_says(
+    open_client: Any, template: tuple[Path, dict[str, str]], method: str, path: str, rule: str
+) -> None:
+    _, keys = template
+    shared = open_client()  # reads, and requests that must be refused, cannot change the town
+    failures = []
+    for persona in PERSONAS:
+        expected = RULES[rule][persona]
+        if (method, path) == ("POST", "/login") and persona == "anonymous":
+            expected = 401  # a wrong key is refused; that is the public page working
+        # a write that should succeed gets a town of its own
+        client = shared if method == "GET" or expected != OK else open_client()
+        url, kwargs = request_for(
+            method, path, {**keys, "__persona_key": keys.get(persona, "ts_wrong")}
+        )
+        headers = auth(keys[persona]) if persona != "anonymous" else {}
+        response = client.request(method, url, headers=headers, **kwargs)
+        ok = response.status_code < 400 if expected == OK else response.status_code == expected
+        if not ok:
+            failures.append(
+                f"{persona}: {response.status_code} (expected {expected}) {response.text[:160]}"
+            )
+    assert failures == []
