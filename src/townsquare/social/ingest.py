@@ -55,6 +55,7 @@ from townsquare.storage.social_tables import (
 from townsquare.storage.tables import User
 
 Table = Any  # an ORM class with ``id`` and ``external_id`` columns
+Cache = dict[Any, set[int]]  # lookups a check makes, shared across the rows of one batch
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Kind:
     refs: Callable[[Any], list[tuple[Ref, str | None]]]
     columns: Callable[[Any], dict[str, Any]]
     soft_delete: bool = False
-    check: Callable[[Session, Any, dict[str, int | None]], str | None] | None = None
+    check: Callable[[Session, Any, dict[str, int | None], Cache], str | None] | None = None
     after: Callable[[Session, Any, Any, Resolver], None] | None = None
 
 
@@ -151,13 +152,28 @@ def _thread_participants(
         db.add(DMParticipant(thread_id=thread.id, user_id=resolver.get(User, external)))
 
 
-def _author_in_group(db: Session, model: MessageIn, ids: dict[str, int | None]) -> str | None:
-    found = db.scalar(
-        select(Membership.id).where(
-            Membership.group_id == ids["group_id"], Membership.user_id == ids["author_id"]
+def _members_of(db: Session, cache: Cache, group_id: int | None) -> set[int]:
+    key = ("group", group_id)
+    if key not in cache:
+        cache[key] = set(
+            db.scalars(select(Membership.user_id).where(Membership.group_id == group_id))
         )
-    )
-    if found is None:
+    return cache[key]
+
+
+def _participants_of(db: Session, cache: Cache, thread_id: int | None) -> set[int]:
+    key = ("thread", thread_id)
+    if key not in cache:
+        cache[key] = set(
+            db.scalars(select(DMParticipant.user_id).where(DMParticipant.thread_id == thread_id))
+        )
+    return cache[key]
+
+
+def _author_in_group(
+    db: Session, model: MessageIn, ids: dict[str, int | None], cache: Cache
+) -> str | None:
+    if ids["author_id"] not in _members_of(db, cache, ids["group_id"]):
         return (
             f"author: '{model.author}' is not a member of group '{model.group}'; "
             "add them to its members first"
@@ -165,13 +181,10 @@ def _author_in_group(db: Session, model: MessageIn, ids: dict[str, int | None]) 
     return None
 
 
-def _author_in_thread(db: Session, model: DMMessageIn, ids: dict[str, int | None]) -> str | None:
-    found = db.scalar(
-        select(DMParticipant.id).where(
-            DMParticipant.thread_id == ids["thread_id"], DMParticipant.user_id == ids["author_id"]
-        )
-    )
-    if found is None:
+def _author_in_thread(
+    db: Session, model: DMMessageIn, ids: dict[str, int | None], cache: Cache
+) -> str | None:
+    if ids["author_id"] not in _participants_of(db, cache, ids["thread_id"]):
         return f"author: '{model.author}' is not a participant of DM thread '{model.thread}'"
     return None
 
@@ -407,14 +420,26 @@ def ingest(
         )
     }
     now = datetime.now(UTC)
+    cache: Cache = {}
+    pending: dict[str, Any] = {}  # rows added but not yet flushed: no id yet
+
+    def flush_pending() -> None:
+        # One flush for many rows: SQLAlchemy sends the INSERTs in batches.
+        if pending:
+            db.flush()
+            for external, added in pending.items():
+                resolver.add(kind.table, external, added.id)
+            pending.clear()
+
     for row in ready:
-        # references to rows earlier in this batch (a reply in the same batch) are known now
+        # references to rows earlier in this batch (a reply in the same batch) need their ids
         for ref, target in kind.refs(row.model):
             if target is not None and row.ids.get(ref.column) is None:
+                if ref.table is kind.table and target in pending:
+                    flush_pending()
                 row.ids[ref.column] = resolver.get(ref.table, target)
         if kind.check is not None:
-            db.flush()
-            problem = kind.check(db, row.model, row.ids)
+            problem = kind.check(db, row.model, row.ids, cache)
             if problem:
                 report.rejected.append(
                     RowError(row=row.number, external_id=row.external_id, errors=[problem])
@@ -425,35 +450,35 @@ def ingest(
         if obj is None:
             obj = kind.table(external_id=row.external_id, **values)
             db.add(obj)
-            db.flush()
-            resolver.add(kind.table, row.external_id, obj.id)
+            pending[row.external_id] = obj
             report.created += 1
-        else:
-            if kind.table is User and obj.role == "admin":
-                report.rejected.append(
-                    RowError(
-                        row=row.number,
-                        external_id=row.external_id,
-                        errors=["external_id: belongs to an admin; manage admins with the CLI"],
-                    )
-                )
-                continue
-            changed = False
-            for column, value in values.items():
-                if _as_utc(getattr(obj, column)) != _as_utc(value):
-                    setattr(obj, column, value)
-                    changed = True
             if kind.after is not None:
-                changed = _after_changes(db, kind, obj, row.model) or changed
-            if changed and hasattr(obj, "updated_at"):
-                obj.updated_at = now
-            if changed:
-                report.updated += 1
-            else:
-                report.unchanged += 1
+                flush_pending()
+                kind.after(db, obj, row.model, resolver)
             continue
+        if kind.table is User and obj.role == "admin":
+            report.rejected.append(
+                RowError(
+                    row=row.number,
+                    external_id=row.external_id,
+                    errors=["external_id: belongs to an admin; manage admins with the CLI"],
+                )
+            )
+            continue
+        changed = False
+        for column, value in values.items():
+            if _as_utc(getattr(obj, column)) != _as_utc(value):
+                setattr(obj, column, value)
+                changed = True
         if kind.after is not None:
-            kind.after(db, obj, row.model, resolver)
+            changed = _after_changes(db, kind, obj, row.model) or changed
+        if changed and hasattr(obj, "updated_at"):
+            obj.updated_at = now
+        if changed:
+            report.updated += 1
+        else:
+            report.unchanged += 1
+    flush_pending()
     if report.rejected and not partial:  # only checks that needed the database can land here
         db.rollback()
         raise InvalidBatch(
