@@ -22,13 +22,19 @@ from fastapi.testclient import TestClient
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
 from townsquare.backends.llamacpp import LlamaCppText, bundled_model_path
+from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
 from townsquare.identity import create_user
 from townsquare.services import Services
 from townsquare.settings import Settings
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": tmp_path, "log_json": False, "text": {"backend": "fake"}}
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "log_json": False,
+        "text": {"backend": "fake"},
+        "embed": {"backend": "fake"},
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -90,6 +96,12 @@ def real_text() -> Iterator[LlamaCppText]:
     asyncio.run(backend.aclose())
 
 
+@pytest.fixture(scope="session")
+def real_embed() -> SentenceEmbeddings:
+    """The bundled all-MiniLM-L6-v2, loaded once per test session."""
+    return SentenceEmbeddings(bundled_embedding_path())
+
+
 @pytest.fixture
 def real_services(tmp_path: Path, real_text: LlamaCppText) -> Iterator[Services]:
     built = Services.build(make_settings(tmp_path), text=real_text)
@@ -138,10 +150,14 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def live_server(
-    tmp_path_factory: pytest.TempPathFactory, real_text: LlamaCppText
+    tmp_path_factory: pytest.TempPathFactory,
+    real_text: LlamaCppText,
+    real_embed: SentenceEmbeddings,
 ) -> Iterator[tuple[LiveServer, str]]:
-    """A live townsquare on loopback with the real model, and an admin's key."""
-    services = Services.build(make_settings(tmp_path_factory.mktemp("live")), text=real_text)
+    """A live townsquare on loopback with the real models, and an admin's key."""
+    services = Services.build(
+        make_settings(tmp_path_factory.mktemp("live")), text=real_text, embed=real_embed
+    )
     key = add_user(services, "live-admin", role="admin")
     with LiveServer(services) as server:
         yield server, key

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from townsquare.backends.base import TextBackend, Usage
-from townsquare.backends.registry import build_text_backend
+from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
+from townsquare.backends.registry import build_embedding_backend, build_text_backend
+from townsquare.errors import InvalidRequest
+from townsquare.features.search.indexer import Indexer
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
 from townsquare.safety.pipeline import (
@@ -25,6 +27,7 @@ from townsquare.safety.pipeline import (
 from townsquare.settings import Settings
 from townsquare.storage.db import make_engine, make_sessions, migrate
 from townsquare.storage.tables import SafetyEventRow
+from townsquare.storage.vectors import EmbeddedVectorIndex, VectorIndex
 
 log = logging.getLogger("townsquare.services")
 
@@ -41,6 +44,9 @@ class Services:
     safety: SafetyPipeline
     guarded_text: GuardedText
     quotas: Quotas
+    embed: EmbeddingBackend
+    vectors: VectorIndex
+    indexer: Indexer
     owns_text: bool = True
     # Called as hook(kind, external_id) after a delete commits: derived data (embeddings,
     # caches) registers here so that a removal reaches it too.
@@ -54,6 +60,8 @@ class Services:
         text: TextBackend | None = None,
         policies: Sequence[SafetyPolicy] | None = None,
         metrics: Metrics | None = None,
+        embed: EmbeddingBackend | None = None,
+        vectors: VectorIndex | None = None,
     ) -> Services:
         """Migrate the database, load the text backend and wire the safety pipeline.
 
@@ -100,7 +108,10 @@ class Services:
             else [LengthPolicy(settings.safety.max_input_chars, settings.safety.max_output_chars)],
             audit=audit,
         )
-        return cls(
+        embedder = embed or build_embedding_backend(settings.embed)
+        index = vectors or build_vector_index(settings, sessions, embedder.dimensions)
+        indexer = Indexer(sessions, embedder, index)
+        built = cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
@@ -110,7 +121,13 @@ class Services:
             guarded_text=GuardedText(backend, pipeline, admit=admit, on_usage=count_usage),
             quotas=quotas,
             owns_text=text is None,
+            embed=embedder,
+            vectors=index,
+            indexer=indexer,
         )
+        if settings.search.index_on_ingest:
+            built.deletion_hooks.append(lambda kind, external_id: indexer.prune())
+        return built
 
     def database_ok(self) -> bool:
         try:
@@ -124,4 +141,24 @@ class Services:
     async def aclose(self) -> None:
         if self.owns_text:
             await self.text.aclose()
+        self.vectors.close()
         self.engine.dispose()
+
+
+def build_vector_index(
+    settings: Settings, sessions: sessionmaker[Session], dimensions: int
+) -> VectorIndex:
+    """The configured vector index: embedded (default) or pgvector."""
+    spec = settings.search.vector_index
+    if spec == "embedded":
+        return EmbeddedVectorIndex(
+            sessions, ivf_min_items=settings.search.ivf_min_items, nprobe=settings.search.nprobe
+        )
+    if spec.startswith("pgvector:"):
+        from townsquare.storage.pgvector import PgVectorIndex
+
+        return PgVectorIndex(spec.removeprefix("pgvector:"), dimensions)
+    raise InvalidRequest(
+        f"Unknown search.vector_index '{spec}'. Use 'embedded' or "
+        "'pgvector:postgresql://user:pass@host/db'."
+    )

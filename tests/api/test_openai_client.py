@@ -17,9 +17,10 @@ def client(live_server: tuple[LiveServer, str]) -> openai.OpenAI:
 
 
 def model_id(client: openai.OpenAI) -> str:
+    """The chat model (the other one listed is the embedding model)."""
     models = client.models.list().data
-    assert len(models) == 1
-    return models[0].id
+    assert len(models) == 2
+    return next(m.id for m in models if m.owned_by == "townsquare:llamacpp")
 
 
 def test_non_streaming(client: openai.OpenAI) -> None:
@@ -104,3 +105,24 @@ def test_errors_raise_the_clients_own_exceptions(
     stranger = openai.OpenAI(base_url=f"{server.url}/v1", api_key="ts_nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.models.list()
+
+
+def test_embeddings(client: openai.OpenAI) -> None:
+    response = client.embeddings.create(
+        model="all-MiniLM-L6-v2",
+        input=["a sturdy kids' bike", "bicycle for a child", "oak dining table"],
+    )
+    vectors = [item.embedding for item in response.data]
+    assert [item.index for item in response.data] == [0, 1, 2]
+    assert all(len(v) == 384 for v in vectors)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.3
+    single = client.embeddings.create(model="all-MiniLM-L6-v2", input="hello")
+    assert len(single.data) == 1 and response.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="text-embedding-3-large", input="hi")
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.embeddings.create(model="all-MiniLM-L6-v2", input=[])

@@ -6,11 +6,13 @@ the queue (429 + Retry-After) and the token metrics apply here too.
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,7 +151,13 @@ async def list_models(user: CurrentUser, services: ServicesDep) -> dict[str, Any
                 "object": "model",
                 "created": 0,
                 "owned_by": f"townsquare:{services.text.backend_id}",
-            }
+            },
+            {
+                "id": services.embed.model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": f"townsquare:{services.embed.backend_id}",
+            },
         ],
     }
 
@@ -214,3 +222,57 @@ async def chat_completions(
                     }
 
     return sse_response(request.url.path, chunks())
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[str] = Field(description="One text or a list of texts.")
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _encode(vector: Any, encoding: str) -> list[float] | str:
+    """Floats, or base64 of little-endian float32 (what the official client asks for)."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return [float(x) for x in vector]
+
+
+@router.post("/embeddings", openapi_extra={"x-access": "authenticated"})
+async def embeddings(
+    body: EmbeddingRequest, user: CurrentUser, services: ServicesDep
+) -> dict[str, Any]:
+    """OpenAI's embeddings endpoint, served by the configured embedding model."""
+    embedder = services.embed
+    if body.model != embedder.model_id:
+        raise ModelNotFound(
+            f"The embedding model '{body.model}' does not exist here. Available: "
+            f"{embedder.model_id}."
+        )
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    limits = services.settings
+    if not texts or len(texts) > limits.embed.max_inputs:
+        raise InvalidField(
+            f"input has {len(texts)} texts; send 1 to {limits.embed.max_inputs} "
+            "(embed.max_inputs).",
+            "input",
+        )
+    for index, item in enumerate(texts):
+        if not item or len(item) > limits.limits.max_message_chars:
+            raise InvalidField(
+                f"input[{index}] must have 1 to {limits.limits.max_message_chars} characters "
+                "(limits.max_message_chars).",
+                f"input.{index}",
+            )
+    vectors = await embedder.embed(texts)
+    tokens = sum(max(1, len(t) // 4) for t in texts)
+    return {
+        "object": "list",
+        "model": embedder.model_id,
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(vector, body.encoding_format)}
+            for i, vector in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

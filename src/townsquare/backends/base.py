@@ -6,10 +6,14 @@ Capabilities are class attributes so callers check ``supports_schema`` instead o
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 Role = Literal["system", "user", "assistant"]
 
@@ -118,6 +122,29 @@ class TextBackend(ABC):
 
         Only backends with their own queue (local models) call them.
         """
+
+    async def aclose(self) -> None:
+        """Release the model or the connection pool."""
+
+
+class EmbeddingBackend(ABC):
+    """Turns texts into unit-length vectors (cosine similarity is a dot product).
+
+    Contract: ``embed`` returns a float32 array of shape (len(texts), dimensions), each row
+    L2-normalised; it batches internally. ``BackendError`` for engine failures.
+    """
+
+    backend_id: ClassVar[str]
+    model_id: str
+    dimensions: int
+
+    @abstractmethod
+    def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed in the calling thread (CLI, batch jobs, worker threads)."""
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed without blocking the event loop."""
+        return await asyncio.to_thread(self.embed_sync, texts)
 
     async def aclose(self) -> None:
         """Release the model or the connection pool."""

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from townsquare.backends.base import (
     Completion,
     Delta,
+    EmbeddingBackend,
     GenerationOptions,
     Message,
     TextBackend,
@@ -73,3 +79,27 @@ class FakeText(TextBackend):
             finish_reason="stop",
             usage=Usage(self.count_message_tokens(messages), len(words)),
         )
+
+
+class FakeEmbeddings(EmbeddingBackend):
+    """Deterministic bag-of-words vectors: texts sharing words are similar. For logic tests."""
+
+    backend_id: ClassVar[str] = "fake"
+
+    def __init__(self, dimensions: int = 64) -> None:
+        self.model_id = "fake-embed"
+        self.dimensions = dimensions
+        self.calls = 0
+
+    def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+                out[row, int.from_bytes(digest, "little") % self.dimensions] += 1.0
+            norm = float(np.linalg.norm(out[row]))
+            out[row] = out[row] / norm if norm else out[row]
+            if not norm:
+                out[row, 0] = 1.0
+        return out

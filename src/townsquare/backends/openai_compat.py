@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
 import openai
 
 from townsquare.backends.base import (
     Completion,
     Delta,
+    EmbeddingBackend,
     GenerationOptions,
     Message,
     TextBackend,
@@ -148,3 +151,54 @@ class OpenAICompatText(TextBackend):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+class OpenAICompatEmbeddings(EmbeddingBackend):
+    """``/v1/embeddings`` on any OpenAI-compatible server (vLLM, llama.cpp, Ollama, hosted)."""
+
+    backend_id: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        dimensions: int,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        batch_size: int = 64,
+    ) -> None:
+        self.base_url = base_url
+        self.model_id = model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=0
+        )
+
+    def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        rows: list[list[float]] = []
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                response = self._client.embeddings.create(
+                    model=self.model_id, input=list(texts[start : start + self.batch_size])
+                )
+                rows.extend(item.embedding for item in sorted(response.data, key=lambda d: d.index))
+        except openai.APIConnectionError as exc:
+            raise BackendUnavailable(
+                f"Could not reach the embedding server at {self.base_url}: {exc}. Check "
+                "TOWNSQUARE_EMBED__BACKEND."
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise BackendError(f"The embedding server at {self.base_url} failed: {exc}") from exc
+        vectors = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)  # (n, d)
+        if vectors.shape[1] != self.dimensions:
+            raise BackendError(
+                f"The embedding server returned {vectors.shape[1]} dimensions; the settings say "
+                f"{self.dimensions} (embed.dimensions). Fix the setting and rebuild the index."
+            )
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1, norms)
+
+    async def aclose(self) -> None:
+        self._client.close()

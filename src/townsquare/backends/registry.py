@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from townsquare.backends.base import TextBackend
+from townsquare.backends.base import EmbeddingBackend, TextBackend
 from townsquare.errors import InvalidRequest
-from townsquare.settings import TextSettings
+from townsquare.settings import EmbedSettings, TextSettings
 
 SPEC_HELP = (
     "Use 'llamacpp:bundled', 'llamacpp:/path/to/model.gguf', "
@@ -69,4 +69,33 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
         max_queue=settings.max_queue,
         retry_after_s=settings.retry_after_s,
         model_alias=settings.model_alias,
+    )
+
+
+def build_embedding_backend(settings: EmbedSettings) -> EmbeddingBackend:
+    """Construct (and load) the configured embedding backend."""
+    kind, _, target = settings.backend.partition(":")
+    if kind == "fake" and not target:
+        from townsquare.backends.fake import FakeEmbeddings
+
+        return FakeEmbeddings()
+    if kind == "sentence" and target:
+        from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
+
+        path = bundled_embedding_path() if target == "bundled" else Path(target).expanduser()
+        return SentenceEmbeddings(path, batch_size=settings.batch_size)
+    if kind == "openai" and "#" in target:
+        from townsquare.backends.openai_compat import OpenAICompatEmbeddings
+
+        base_url, _, model = target.partition("#")
+        return OpenAICompatEmbeddings(
+            base_url,
+            model,
+            dimensions=settings.dimensions,
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            batch_size=settings.batch_size,
+        )
+    raise InvalidRequest(
+        f"Unknown embedding backend '{settings.backend}'. Use 'sentence:bundled', "
+        "'sentence:/path/to/model', 'openai:http://host:port/v1#model-name' or 'fake'."
     )

@@ -6,6 +6,7 @@ matrix test reads it and checks each persona's status against it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from townsquare.api.deps import AdminUser, CurrentUser, DbDep, ServicesDep
 from townsquare.errors import InvalidRequest, NotFound, PayloadTooLarge
+from townsquare.services import Services
 from townsquare.social import access, audit
 from townsquare.social.ingest import KINDS, Kind, delete_entity, ingest
 from townsquare.social.schemas import IngestReport
@@ -39,6 +41,7 @@ from townsquare.storage.social_tables import (
     Listing,
     Membership,
     Post,
+    Reel,
 )
 from townsquare.storage.tables import User
 
@@ -84,6 +87,21 @@ async def _rows(request: Request) -> list[Any]:
     return rows
 
 
+SEARCHABLE = {"listings": Listing, "posts": Post, "reels": Reel}
+
+
+async def _reindex(services: Services, kind: Kind, external_ids: list[Any]) -> None:
+    """Embed what this request changed, so search never lags behind ingestion."""
+    table = SEARCHABLE.get(kind.name)
+    if table is None or not services.settings.search.index_on_ingest:
+        return
+    wanted = [e for e in external_ids if isinstance(e, str)]
+    with services.sessions() as db:
+        ids = list(db.scalars(select(table.id).where(table.external_id.in_(wanted))))
+    if ids:
+        await asyncio.to_thread(services.indexer.sync, kind.name, ids)
+
+
 def _add_ingest_routes(kind: Kind) -> None:
     async def put_one(
         external_id: str,
@@ -103,6 +121,7 @@ def _add_ingest_routes(kind: Kind) -> None:
             raise InvalidRequest("external_id in the body differs from the one in the URL.")
         report = ingest(db, kind, [body], settings=services.settings.ingest, actor=admin)
         db.commit()
+        await _reindex(services, kind, [external_id])
         status = "created" if report.created else "updated" if report.updated else "unchanged"
         response.status_code = 201 if report.created else 200
         return {"id": external_id, "status": status}
@@ -127,6 +146,7 @@ def _add_ingest_routes(kind: Kind) -> None:
             db, kind, rows, settings=services.settings.ingest, actor=admin, partial=partial
         )
         db.commit()
+        await _reindex(services, kind, [r.get("external_id") for r in rows if isinstance(r, dict)])
         return report
 
     async def delete_one(

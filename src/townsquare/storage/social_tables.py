@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -199,3 +200,26 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(300), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class VectorItem(Base):
+    """One embedded item, and the change log every process's vector index follows.
+
+    Every change is a new row (ids only grow: AUTOINCREMENT), so a reader that has seen rows up
+    to id N fetches ``id > N`` to catch up; a deletion leaves a tombstone (``vector`` NULL).
+    At most one row per (collection, item).
+    """
+
+    __tablename__ = "vector_items"
+    __table_args__ = (
+        UniqueConstraint("collection", "item_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection: Mapped[str] = mapped_column(String(32))
+    item_id: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    vector: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True
+    )  # float32 little-endian

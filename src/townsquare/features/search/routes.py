@@ -1,0 +1,103 @@
+"""Search routes: marketplace search and the sources behind search summaries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
+from townsquare.errors import InvalidField
+from townsquare.features.search import service
+from townsquare.features.search.schemas import Condition, ListingFilters, ListingResults, Sources
+from townsquare.services import Services
+
+router = APIRouter(prefix="/api", tags=["search"])
+
+
+def _query(services: Services, q: str) -> str:
+    q = q.strip()
+    limit = services.settings.search.max_query_chars
+    if not q:
+        raise InvalidField("q is empty. Say what you are looking for.", "q")
+    if len(q) > limit:
+        raise InvalidField(
+            f"q has {len(q)} characters; the limit is {limit} (search.max_query_chars).", "q"
+        )
+    return q
+
+
+@router.get("/listings/search", openapi_extra={"x-access": "authenticated"})
+async def search_listings(
+    user: CurrentUser,
+    db: DbDep,
+    services: ServicesDep,
+    q: Annotated[str, Query(description="What the member is looking for, in their words.")],
+    category: str | None = None,
+    min_price: Annotated[float | None, Query(ge=0)] = None,
+    max_price: Annotated[float | None, Query(ge=0)] = None,
+    condition: Condition | None = None,
+    near: Annotated[str | None, Query(description="'lat,lon' or a place name.")] = None,
+    radius_km: Annotated[float, Query(gt=0, le=500)] = 5.0,
+    page: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    page_size: Annotated[int | None, Query(ge=1)] = None,
+    understand: Annotated[
+        bool, Query(description="Also read filters from the wording ('under 150', 'in Alfama').")
+    ] = False,
+) -> ListingResults:
+    """Active listings ranked by words and meaning together; filters are hard."""
+    q = _query(services, q)
+    size = page_size or 20
+    if size > services.settings.search.max_page_size:
+        raise InvalidField(
+            f"page_size is {size}; the most is {services.settings.search.max_page_size} "
+            "(search.max_page_size).",
+            "page_size",
+        )
+    explicit = {
+        "category": category,
+        "min_price": min_price,
+        "max_price": max_price,
+        "condition": condition,
+        "near": near,
+    }
+    understood = {}
+    if understand:
+        read = await service.understand(
+            q, text_model=services.guarded_text, user=user, known_places=sorted(service.places(db))
+        )
+        # words never override what the caller set explicitly
+        understood = {k: v for k, v in read.items() if explicit.get(k) is None}
+    filters = ListingFilters(
+        **{k: v for k, v in explicit.items() if v is not None}, **understood, radius_km=radius_km
+    )
+    return await service.search_listings(
+        db,
+        user,
+        q,
+        filters,
+        page=page,
+        page_size=size,
+        embedder=services.embed,
+        vectors=services.vectors,
+        understood=understood,
+    )
+
+
+@router.get("/search/sources", openapi_extra={"x-access": "authenticated"})
+async def search_sources(
+    user: CurrentUser,
+    db: DbDep,
+    services: ServicesDep,
+    q: str,
+    limit: Annotated[int, Query(ge=1, le=20)] = 8,
+) -> Sources:
+    """Numbered sources across listings, posts and reels: the input of a search summary."""
+    return await service.retrieve_sources(
+        db,
+        user,
+        _query(services, q),
+        limit=limit,
+        embedder=services.embed,
+        vectors=services.vectors,
+    )
