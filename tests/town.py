@@ -116,6 +116,7 @@ def build_town(services: Services) -> dict[str, str]:
     with services.sessions.begin() as db:
         for kind, rows in ROWS.items():
             ingest(db, KINDS[kind], rows, settings=services.settings.ingest, actor=None)
+    services.indexer.sync_all()  # as the API does after ingestion
     keys = {"admin": add_user(services, "root", role="admin")}
     from townsquare.identity import issue_key
     from townsquare.storage.tables import User

@@ -22,6 +22,8 @@ users_app = typer.Typer(help="Create and list users and their API keys.", no_arg
 app.add_typer(users_app, name="users")
 seed_app = typer.Typer(help="Fill the database with example content.", no_args_is_help=True)
 app.add_typer(seed_app, name="seed")
+index_app = typer.Typer(help="Maintain the search indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 console = Console()
 err = Console(stderr=True)
 
@@ -241,6 +243,101 @@ def ingest_file(
             totals["rejected"] += len(report.rejected)
             progress.advance(task, len(batch))
     console.print(", ".join(f"{v} {k}" for k, v in totals.items()))
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    collection: Annotated[
+        str | None, typer.Option(help="listings, posts or reels (default: all three).")
+    ] = None,
+) -> None:
+    """Embed every listing, post and reel that is new or changed; drop what is gone.
+
+    Resumable: items already indexed with the same content are skipped, so a run that was
+    stopped continues where it stopped.
+    """
+    from rich.progress import Progress
+
+    from townsquare.features.search.indexer import COLLECTIONS
+    from townsquare.services import Services
+
+    if collection is not None and collection not in COLLECTIONS:
+        err.print(
+            f"[red]Error:[/red] unknown collection '{collection}'. Use one of: "
+            f"{', '.join(COLLECTIONS)}."
+        )
+        raise typer.Exit(2)
+    services = Services.build(_settings())
+    try:
+        with Progress(console=err, transient=True) as progress:
+            for name in [collection] if collection else list(COLLECTIONS):
+                task = progress.add_task(f"Indexing {name}", total=None)
+
+                def advance(done: int, total: int, task: Any = task) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                counts = services.indexer.sync(name, progress=advance)
+                console.print(
+                    f"{name}: {counts['indexed']} indexed, {counts['unchanged']} unchanged, "
+                    f"{counts['removed']} removed"
+                )
+    finally:
+        asyncio.run(services.aclose())
+
+
+@app.command("search")
+def search_cli(
+    query: str,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
+    near: Annotated[str | None, typer.Option(help="'lat,lon' or a place name.")] = None,
+    as_user: Annotated[str, typer.Option("--as", help="Search as this user.")] = "admin",
+) -> None:
+    """Search the marketplace from the terminal, as the server would answer a member."""
+    from townsquare.features.search.schemas import ListingFilters
+    from townsquare.features.search.service import search_listings
+    from townsquare.identity import find_user
+    from townsquare.services import Services
+
+    services = Services.build(_settings())
+
+    async def run() -> None:
+        try:
+            with services.sessions() as db:
+                user = find_user(db, as_user)
+                if user is None:
+                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+                    raise typer.Exit(1)
+                filters = ListingFilters(category=category, max_price=max_price, near=near)
+                results = await search_listings(
+                    db,
+                    user,
+                    query,
+                    filters,
+                    page=1,
+                    page_size=10,
+                    embedder=services.embed,
+                    vectors=services.vectors,
+                )
+        finally:
+            await services.aclose()
+        table = Table("id", "title", "price", "category", "location", "matched")
+        for hit in results.data:
+            table.add_row(
+                hit.id,
+                hit.title,
+                f"{hit.price} {hit.currency}",
+                hit.category,
+                hit.location,
+                ", ".join(hit.matched),
+            )
+        console.print(table)
+        console.print(f"{results.total} matching listings.")
+
+    try:
+        asyncio.run(run())
+    except TownsquareError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command("settings")

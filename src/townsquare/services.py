@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
 from townsquare.backends.registry import build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
+from townsquare.features.assistant.tools import RecommendReels
 from townsquare.features.search.indexer import Indexer
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
@@ -47,6 +49,7 @@ class Services:
     embed: EmbeddingBackend
     vectors: VectorIndex
     indexer: Indexer
+    tools: list[Any] = field(default_factory=list)  # the assistant's tools
     owns_text: bool = True
     # Called as hook(kind, external_id) after a delete commits: derived data (embeddings,
     # caches) registers here so that a removal reaches it too.
@@ -125,8 +128,13 @@ class Services:
             vectors=index,
             indexer=indexer,
         )
+        built.tools.append(RecommendReels(embedder, index))
         if settings.search.index_on_ingest:
-            built.deletion_hooks.append(lambda kind, external_id: indexer.prune())
+
+            def prune(kind: str, external_id: str) -> None:
+                indexer.prune()
+
+            built.deletion_hooks.append(prune)
         return built
 
     def database_ok(self) -> bool:

@@ -123,6 +123,13 @@ class SearchSettings(BaseModel):
     nprobe: int = Field(
         16, ge=1, le=4096, description="Embedded index: IVF cells searched per query."
     )
+    min_similarity: float = Field(
+        0.2,
+        ge=-1,
+        le=1,
+        description="Vector hits below this cosine similarity are not results (full-text hits "
+        "always are). 0.2 suits all-MiniLM-L6-v2; tune it for other models.",
+    )
     max_query_chars: int = Field(300, ge=1, description="Longest search query accepted.")
     max_page_size: int = Field(50, ge=1, le=500, description="Largest page of results.")
 

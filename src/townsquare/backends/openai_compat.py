@@ -198,7 +198,7 @@ class OpenAICompatEmbeddings(EmbeddingBackend):
                 f"{self.dimensions} (embed.dimensions). Fix the setting and rebuild the index."
             )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.where(norms == 0, 1, norms)
+        return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
     async def aclose(self) -> None:
         self._client.close()

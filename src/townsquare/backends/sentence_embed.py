@@ -56,7 +56,7 @@ class SentenceEmbeddings(EmbeddingBackend):
         self.model_id = model_alias or (
             "all-MiniLM-L6-v2" if model_path.name == "model" else model_path.name
         )
-        self.dimensions = int(self._model.get_embedding_dimension())
+        self.dimensions = int(self._model.get_embedding_dimension() or 0)
         self.batch_size = batch_size
         # torch already uses every core for one batch; concurrent encodes only thrash.
         self._lock = threading.Lock()

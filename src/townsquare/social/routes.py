@@ -92,7 +92,7 @@ SEARCHABLE = {"listings": Listing, "posts": Post, "reels": Reel}
 
 async def _reindex(services: Services, kind: Kind, external_ids: list[Any]) -> None:
     """Embed what this request changed, so search never lags behind ingestion."""
-    table = SEARCHABLE.get(kind.name)
+    table: Any = SEARCHABLE.get(kind.name)
     if table is None or not services.settings.search.index_on_ingest:
         return
     wanted = [e for e in external_ids if isinstance(e, str)]

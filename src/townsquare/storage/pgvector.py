@@ -61,7 +61,8 @@ class PgVectorIndex(VectorIndex):
                 text(
                     f"INSERT INTO {self.table} (collection, item_id, content_hash, embedding) "
                     "VALUES (:c, :i, :h, CAST(:v AS vector)) ON CONFLICT (collection, item_id) "
-                    "DO UPDATE SET content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding"
+                    "DO UPDATE SET content_hash = EXCLUDED.content_hash, "
+                    "embedding = EXCLUDED.embedding"
                 ),
                 rows,
             )

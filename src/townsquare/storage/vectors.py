@@ -236,7 +236,8 @@ class EmbeddedVectorIndex(VectorIndex):
             store = self._collections.get(collection)
             if store is None or item_id not in store.rows:
                 return None
-            return store.matrix[store.rows[item_id]].copy()
+            vector: Vectors = store.matrix[store.rows[item_id]].copy()
+            return vector
 
     def search(
         self, collection: str, query: Vectors, k: int, allowed: Sequence[int] | None = None
@@ -247,18 +248,18 @@ class EmbeddedVectorIndex(VectorIndex):
             if store is None or store.size == 0 or k <= 0:
                 return []
             query = np.asarray(query, dtype=np.float32).reshape(-1)  # (d,)
+            subset: npt.NDArray[np.int64] | None = None
             if allowed is not None:
-                rows = np.fromiter(
+                subset = np.fromiter(
                     (store.rows[i] for i in allowed if i in store.rows), dtype=np.int64
                 )
-                if len(rows) <= self.exact_allowed_max or store.size < self.ivf_min_items:
-                    return self._exact(store, query, k, rows)
+                if len(subset) <= self.exact_allowed_max or store.size < self.ivf_min_items:
+                    return self._exact(store, query, k, subset)
             elif store.size < self.ivf_min_items:
                 return self._exact(store, query, k, None)
             if not self._ivf_ready(collection, store):
                 # the IVF index is being trained in the background: exact meanwhile
-                rows = None if allowed is None else rows
-                return self._exact(store, query, k, rows)
+                return self._exact(store, query, k, subset)
             return self._ivf(store, query, k, allowed)
 
     @staticmethod
@@ -296,7 +297,7 @@ class EmbeddedVectorIndex(VectorIndex):
             with self._lock:
                 store = self._collections[collection]
                 n = store.size
-                matrix, ids = store.matrix[:n].copy(), store.ids[:n].copy()
+                matrix = store.matrix[:n].copy()
             nlist = int(max(16, min(65536, 4 * np.sqrt(n))))
             quantizer = faiss.IndexFlatIP(store.dimensions)
             ivf = faiss.IndexIVFFlat(quantizer, store.dimensions, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -314,7 +315,8 @@ class EmbeddedVectorIndex(VectorIndex):
     ) -> list[tuple[int, float]]:
         import faiss
 
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        params = faiss.SearchParametersIVF()
+        params.nprobe = self.nprobe
         if allowed is not None:
             params.sel = faiss.IDSelectorBatch(np.asarray(list(allowed), dtype=np.int64))
         candidates = max(4 * k, 64)

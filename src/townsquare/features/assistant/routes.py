@@ -21,6 +21,7 @@ from townsquare.features.assistant.schemas import (
     MessageCreate,
 )
 from townsquare.features.assistant.service import Stored
+from townsquare.features.assistant.tools import run_tools
 
 router = APIRouter(prefix="/api/conversations", tags=["assistant"])
 
@@ -73,8 +74,16 @@ async def post_message(
     of the stored messages.
     """
     text = services.guarded_text
+    service.get_conversation(db, user, conversation_id)  # 404 before any tool runs
+    tool_results = await run_tools(services.tools, services.sessions, user.id, body.content)
     turn = service.prepare_turn(
-        db, user, conversation_id, body, text=text, settings=services.settings
+        db,
+        user,
+        conversation_id,
+        body,
+        text=text,
+        settings=services.settings,
+        tool_results=tool_results,
     )
     if not body.stream:
         return await service.reply(services.sessions, turn, text=text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,9 @@ class MessageOut(BaseModel):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cards: list[dict[str, Any]] = Field(
+        default_factory=list, description="Attached by tools, e.g. reel cards to show."
+    )
     created_at: datetime
 
 

@@ -8,10 +8,11 @@ mid-generation leaves the conversation exactly as it was.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from sqlalchemy import select
@@ -25,6 +26,7 @@ from townsquare.features.assistant.schemas import (
     MessageCreate,
     MessageOut,
 )
+from townsquare.features.assistant.tools import ToolResult
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import Settings
 from townsquare.storage.tables import ChatMessage, Conversation, User
@@ -131,6 +133,7 @@ class PreparedTurn:
     messages: list[Message]
     options: GenerationOptions
     context: Context
+    cards: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prepare_turn(
@@ -141,8 +144,12 @@ def prepare_turn(
     *,
     text: GuardedText,
     settings: Settings,
+    tool_results: Sequence[ToolResult] = (),
 ) -> PreparedTurn:
-    """Validate the message and build the model's context from the stored history."""
+    """Validate the message and build the model's context from the stored history.
+
+    Notes from tools (e.g. the reels that will be shown) join the system prompt.
+    """
     limit = settings.limits.max_message_chars
     if len(body.content) > limit:
         raise InvalidField(
@@ -159,8 +166,10 @@ def prepare_turn(
     conversation = get_conversation(db, user, conversation_id)
     max_tokens = body.max_tokens or settings.text.default_max_tokens
     history = [Message(m.role, m.content) for m in conversation.messages]  # type: ignore[arg-type]
+    notes = "\n\n".join(r.note for r in tool_results if r.note)
+    system = system_prompt(conversation.system_prompt) + (f"\n\n{notes}" if notes else "")
     messages = fit_context(
-        Message("system", system_prompt(conversation.system_prompt)),
+        Message("system", system),
         history,
         Message("user", body.content),
         count=text.count_message_tokens,
@@ -178,6 +187,7 @@ def prepare_turn(
         messages,
         options,
         Context(FEATURE, user.id, user.role),
+        [card for result in tool_results for card in result.cards],
     )
 
 
@@ -207,6 +217,7 @@ def store_turn(
             finish_reason=completion.finish_reason,
             prompt_tokens=completion.usage.prompt_tokens,
             completion_tokens=completion.usage.completion_tokens,
+            cards=list(turn.cards),
             created_at=now,
         )
         db.add_all([asked, answered])

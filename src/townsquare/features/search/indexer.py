@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,7 +45,7 @@ def listing_body(listing: Listing) -> str:
 
 def documents(db: Session, collection: str, ids: Iterable[int] | None = None) -> list[Document]:
     """The searchable text of items (all of a collection, or the given ids)."""
-    table = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
+    table: Any = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
     query = select(table).order_by(table.id)
     if ids is not None:
         query = query.where(table.id.in_(list(ids)))
@@ -118,7 +119,7 @@ class Indexer:
         """Remove indexed items that no longer exist (after deletes). Returns how many."""
         removed = 0
         for collection in COLLECTIONS:
-            table = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
+            table: Any = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
             stored = self.vectors.hashes(collection)
             with self.sessions() as db:
                 present = set(db.scalars(select(table.id)))

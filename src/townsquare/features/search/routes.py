@@ -81,6 +81,7 @@ async def search_listings(
         embedder=services.embed,
         vectors=services.vectors,
         understood=understood,
+        min_similarity=services.settings.search.min_similarity,
     )
 
 
@@ -100,4 +101,5 @@ async def search_sources(
         limit=limit,
         embedder=services.embed,
         vectors=services.vectors,
+        min_similarity=services.settings.search.min_similarity,
     )

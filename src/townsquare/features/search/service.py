@@ -168,6 +168,8 @@ def candidate_listings(
     )
     ids = []
     for item_id, lat, lon in db.execute(query):
+        if lat is None or lon is None:
+            continue
         distance = haversine_km(lat0, lon0, lat, lon)
         if distance <= filters.radius_km:
             ids.append(item_id)
@@ -252,6 +254,7 @@ async def search_listings(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
     understood: dict[str, Any] | None = None,
+    min_similarity: float = 0.2,
 ) -> ListingResults:
     """Hybrid search over the listings ``user`` may see, hard filters first."""
     ids, distances = candidate_listings(db, user, filters)
@@ -269,7 +272,11 @@ async def search_listings(
     allowed = set(ids)
     text_rank = [i for i in fulltext(db, "listings", query, CANDIDATES * 4) if i in allowed]
     query_vector = (await embedder.embed([query]))[0]
-    vector_rank = [i for i, _ in vectors.search("listings", query_vector, CANDIDATES, allowed=ids)]
+    vector_rank = [
+        i
+        for i, similarity in vectors.search("listings", query_vector, CANDIDATES, allowed=ids)
+        if similarity >= min_similarity
+    ]
     fused = rrf([text_rank[:CANDIDATES], vector_rank])
     ordered = sorted(fused, key=lambda i: (-fused[i], i))
     results.total = len(ordered)
@@ -307,6 +314,7 @@ async def retrieve_sources(
     limit: int,
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
+    min_similarity: float = 0.2,
 ) -> Sources:
     """The best items for ``query`` across listings, public or visible posts and reels, as
     numbered sources for a summary (each ranked by fused full-text and vector rank)."""
@@ -327,7 +335,11 @@ async def retrieve_sources(
             continue
         allowed_set = set(allowed)
         text_rank = [i for i in fulltext(db, collection, query, 200) if i in allowed_set][:50]
-        vector_hits = vectors.search(collection, query_vector, 50, allowed=allowed)
+        vector_hits = [
+            hit
+            for hit in vectors.search(collection, query_vector, 50, allowed=allowed)
+            if hit[1] >= min_similarity
+        ]
         fused = rrf([text_rank, [i for i, _ in vector_hits]])
         similarity = dict(vector_hits)
         for item_id, score in fused.items():
@@ -345,7 +357,9 @@ def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Sourc
         listing = db.get(Listing, item_id)
         assert listing is not None
         attributes = ", ".join(f"{k}: {v}" for k, v in listing.attributes.items())
-        snippet = f"{listing.price_cents / 100:.2f} {listing.currency}, {listing.condition.replace('_', ' ')}, {listing.location}. {attributes}"
+        condition = listing.condition.replace("_", " ")
+        price = f"{listing.price_cents / 100:.2f} {listing.currency}"
+        snippet = f"{price}, {condition}, {listing.location}. {attributes}"
         return Source(
             n=n,
             kind="listing",

@@ -31,6 +31,27 @@ function bubble(role, text) {
   return item;
 }
 
+function showCards(item, cards) {
+  if (!cards || !cards.length) return;
+  const strip = document.createElement("div");
+  strip.className = "cards";
+  for (const card of cards) {
+    const link = document.createElement("a");
+    link.className = "card reel";
+    link.href = card.url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.dataset.reelId = card.id;
+    const caption = document.createElement("strong");
+    caption.textContent = card.caption;
+    const meta = document.createElement("span");
+    meta.textContent = `${card.creator} · ${Math.round(card.duration_s)} s`;
+    link.append(caption, meta);
+    strip.appendChild(link);
+  }
+  item.appendChild(strip);
+}
+
 async function loadList() {
   const response = await fetch("/api/conversations");
   if (!response.ok) { statusLine.textContent = await errorText(response); return; }
@@ -53,7 +74,7 @@ async function open(id) {
   const conversation = await response.json();
   current = conversation.id;
   messages.replaceChildren();
-  for (const m of conversation.messages) bubble(m.role, m.content);
+  for (const m of conversation.messages) showCards(bubble(m.role, m.content), m.cards);
   await loadList();
 }
 
@@ -101,7 +122,10 @@ async function send(content) {
         }
         const delta = chunk.choices.length ? chunk.choices[0].delta : {};
         if (delta.content) reply.textContent += delta.content;
-        if (chunk.townsquare) reply.dataset.messageId = chunk.townsquare.reply.id;
+        if (chunk.townsquare) {
+          reply.dataset.messageId = chunk.townsquare.reply.id;
+          showCards(reply, chunk.townsquare.reply.cards);
+        }
       }
       messages.scrollTop = messages.scrollHeight;
     }

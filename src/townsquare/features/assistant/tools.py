@@ -1,0 +1,81 @@
+"""Tools the assistant can use while answering.
+
+A tool decides from the member's message whether it applies, runs, and returns cards (shown
+with the reply) and a note for the model (so the answer can refer to them). The bundled 135M
+model cannot choose tools itself, so ``wants`` is a cheap intent check; a model with function
+calling can drive the same ``run`` later.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import EmbeddingBackend
+from townsquare.features.reels.service import recommend_reels
+from townsquare.storage.tables import User
+from townsquare.storage.vectors import VectorIndex
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    cards: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+
+class Tool(Protocol):
+    name: ClassVar[str]
+
+    def wants(self, message: str) -> bool: ...
+
+    async def run(self, db: Session, user: User, message: str) -> ToolResult: ...
+
+
+WATCHABLE = re.compile(
+    r"\b(watch|watching|video|videos|reel|reels|clip|clips|film|show me|something to see)\b",
+    re.IGNORECASE,
+)
+
+
+class RecommendReels:
+    """Suggests reels when the member asks for something to watch."""
+
+    name: ClassVar[str] = "recommend_reels"
+
+    def __init__(self, embedder: EmbeddingBackend, vectors: VectorIndex, *, limit: int = 3) -> None:
+        self.embedder, self.vectors, self.limit = embedder, vectors, limit
+
+    def wants(self, message: str) -> bool:
+        return bool(WATCHABLE.search(message))
+
+    async def run(self, db: Session, user: User, message: str) -> ToolResult:
+        found = await recommend_reels(
+            db, user, message, limit=self.limit, embedder=self.embedder, vectors=self.vectors
+        )
+        cards = [{"type": "reel", **card.model_dump()} for card in found.data]
+        if not cards:
+            return ToolResult(self.name)
+        listing = "\n".join(f'- "{c["caption"]}" by {c["creator"]}' for c in cards)
+        return ToolResult(
+            self.name,
+            cards,
+            f"The member will see these reels below your answer:\n{listing}\n"
+            "Introduce them in one short sentence.",
+        )
+
+
+async def run_tools(
+    tools: list[Any], sessions: sessionmaker[Session], user_id: int, message: str
+) -> list[ToolResult]:
+    results = []
+    for tool in tools:
+        if tool.wants(message):
+            with sessions() as db:
+                user = db.get(User, user_id)
+                assert user is not None
+                results.append(await tool.run(db, user, message))
+    return results

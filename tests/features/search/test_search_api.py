@@ -1,0 +1,202 @@
+"""Marketplace search over HTTP (fake embeddings: texts sharing words are similar)."""
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import auth
+from tests.town import build_town
+from townsquare.backends.fake import FakeText
+from townsquare.services import Services
+
+LISTINGS = [
+    {
+        "external_id": "bike-red",
+        "seller": "u-member",
+        "title": "Red kids bike",
+        "price": "90",
+        "category": "bikes",
+        "condition": "good",
+        "location": "Alfama",
+        "lat": 38.7115,
+        "lon": -9.1300,
+        "attributes": {"brand": "Btwin", "frame_size": "16 in"},
+    },
+    {
+        "external_id": "bike-road",
+        "seller": "u-creator",
+        "title": "Road bike carbon",
+        "price": "900",
+        "category": "bikes",
+        "condition": "like_new",
+        "location": "Belém",
+        "lat": 38.6979,
+        "lon": -9.2068,
+        "attributes": {"brand": "Trek"},
+    },
+    {
+        "external_id": "bike-cheap",
+        "seller": "u-outsider",
+        "title": "Old city bike",
+        "price": "40",
+        "category": "bikes",
+        "condition": "fair",
+        "location": "Alfama",
+        "lat": 38.7120,
+        "lon": -9.1310,
+    },
+    {
+        "external_id": "table-oak",
+        "seller": "u-outsider",
+        "title": "Oak dining table",
+        "price": "150",
+        "category": "furniture",
+        "condition": "good",
+        "location": "Graça",
+        "lat": 38.7180,
+        "lon": -9.1310,
+        "attributes": {"material": "oak"},
+    },
+    {
+        "external_id": "bike-sold",
+        "seller": "u-outsider",
+        "title": "Blue kids bike",
+        "price": "70",
+        "category": "bikes",
+        "status": "sold",
+        "location": "Alfama",
+        "lat": 38.7115,
+        "lon": -9.13,
+    },
+]
+
+
+@pytest.fixture
+def keys(services: Services, client: TestClient) -> dict[str, str]:
+    keys = build_town(services)
+    response = client.post("/api/listings:batch", json=LISTINGS, headers=auth(keys["admin"]))
+    assert response.status_code == 200, response.text
+    return keys
+
+
+def search(client: TestClient, key: str, **params: Any) -> Any:
+    response = client.get("/api/listings/search", params=params, headers=auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(results: Any) -> list[str]:
+    return [hit["id"] for hit in results["data"]]
+
+
+def test_ingested_listings_are_searchable_at_once(client: TestClient, keys: dict[str, str]) -> None:
+    results = search(client, keys["outsider"], q="kids bike")
+    assert set(ids(results)[:2]) == {"bike-red", "l-active"}  # both are kids' bikes
+    assert "bike-sold" not in ids(results)  # not active
+    assert "l1" not in ids(results)  # someone else's draft
+    red = next(hit for hit in results["data"] if hit["id"] == "bike-red")
+    assert set(red["matched"]) >= {"title", "category"}
+
+
+def test_filters_are_hard(client: TestClient, keys: dict[str, str]) -> None:
+    key = keys["outsider"]
+    assert set(ids(search(client, key, q="bike", max_price=100))) <= {
+        "bike-red",
+        "bike-cheap",
+        "l-active",
+    }
+    assert ids(search(client, key, q="oak table", category="bikes"))[:1] != ["table-oak"]
+    assert "table-oak" not in ids(search(client, key, q="oak dining table", category="bikes"))
+    near = search(client, key, q="bike", near="Alfama", radius_km=0.5)  # Graça is 0.73 km away
+    assert set(ids(near)) == {"bike-red", "bike-cheap"}
+    assert all(hit["distance_km"] <= 0.5 for hit in near["data"])
+    coords = search(client, key, q="bike", near="38.6979,-9.2068", radius_km=0.5)
+    assert ids(coords) == ["bike-road"]
+    assert ids(search(client, key, q="bike", condition="like_new")) == ["bike-road"]
+    assert ids(search(client, key, q="bike", min_price=100, max_price=1000)) == ["bike-road"]
+
+
+def test_pages(client: TestClient, keys: dict[str, str]) -> None:
+    first = search(client, keys["admin"], q="bike", page_size=2)
+    second = search(client, keys["admin"], q="bike", page_size=2, page=2)
+    assert len(first["data"]) == 2 and not set(ids(first)) & set(ids(second))
+    assert first["total"] >= 4
+    past = search(client, keys["admin"], q="bike", page=99)
+    assert past["data"] == [] and past["total"] == first["total"]
+
+
+def test_deleted_and_edited_listings_follow_the_index(
+    client: TestClient, keys: dict[str, str], services: Services
+) -> None:
+    admin = auth(keys["admin"])
+    assert "bike-red" in ids(search(client, keys["outsider"], q="red kids bike"))
+    client.delete("/api/listings/bike-red", headers=admin)
+    assert "bike-red" not in ids(search(client, keys["outsider"], q="red kids bike"))
+    assert services.vectors.vector("listings", 999_999) is None
+    edited = {**LISTINGS[3], "title": "Walnut writing desk"}
+    edited.pop("external_id")
+    client.put("/api/listings/table-oak", json=edited, headers=admin)
+    assert ids(search(client, keys["outsider"], q="walnut desk"))[0] == "table-oak"
+    # a member deleted everywhere takes their listings out of search too
+    client.delete("/api/users/u-outsider", headers=admin)
+    remaining = ids(search(client, keys["member"], q="bike table desk"))
+    assert not {"bike-cheap", "table-oak"} & set(remaining)
+    with services.sessions() as db:
+        from sqlalchemy import text
+
+        assert (
+            db.execute(text("SELECT count(*) FROM search_fts WHERE title LIKE '%Walnut%'")).scalar()
+            == 0
+        )
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "says"),
+    [
+        ({"q": ""}, "q", "empty"),
+        ({"q": "x" * 301}, "q", "search.max_query_chars"),
+        ({"q": "bike", "category": "spaceships"}, "category", "bikes"),
+        ({"q": "bike", "near": "Atlantis"}, "near", "Alfama"),
+        ({"q": "bike", "condition": "mint"}, "condition", "like_new"),
+        ({"q": "bike", "max_price": -1}, "max_price", ""),
+        ({"q": "bike", "page_size": 500}, "page_size", "search.max_page_size"),
+    ],
+)
+def test_bad_queries_are_422_naming_the_fix(
+    client: TestClient, keys: dict[str, str], params: dict[str, Any], field: str, says: str
+) -> None:
+    response = client.get("/api/listings/search", params=params, headers=auth(keys["member"]))
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == field and says in error["message"]
+
+
+def test_understood_filters_never_override_explicit_ones(
+    client: TestClient, keys: dict[str, str], fake_text: FakeText
+) -> None:
+    fake_text.enqueue('{"max_price": 50, "min_price": null, "near": "Alfama", "condition": null}')
+    results = search(client, keys["outsider"], q="cheap bike in alfama under 50", understand="true")
+    assert results["understood"] == {"max_price": 50.0, "near": "Alfama"}
+    assert ids(results) == ["bike-cheap"]
+    fake_text.enqueue(
+        '{"max_price": 50, "min_price": null, "near": "Atlantis", "condition": "new"}'
+    )
+    explicit = search(
+        client, keys["outsider"], q="bike under 50", understand="true", max_price=1000
+    )
+    assert explicit["understood"] == {"condition": "new"}  # Atlantis is unknown: dropped
+    assert explicit["filters"]["max_price"] == 1000
+
+
+def test_sources_respect_access(client: TestClient, keys: dict[str, str]) -> None:
+    member = client.get(
+        "/api/search/sources", params={"q": "bakers only"}, headers=auth(keys["member"])
+    ).json()
+    assert [s["n"] for s in member["sources"]] == list(range(1, len(member["sources"]) + 1))
+    assert ("post", "p1") in {(s["kind"], s["id"]) for s in member["sources"]}
+    outsider = client.get(
+        "/api/search/sources", params={"q": "bakers only"}, headers=auth(keys["outsider"])
+    ).json()
+    assert ("post", "p1") not in {(s["kind"], s["id"]) for s in outsider["sources"]}
+    assert all(s["url"].startswith("/api/") for s in outsider["sources"])
