@@ -14,6 +14,7 @@ runner = CliRunner()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOWNSQUARE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", "fake")
+    monkeypatch.setenv("TOWNSQUARE_EMBED__BACKEND", "fake")
     monkeypatch.setenv("TOWNSQUARE_LOG_JSON", "false")
     return tmp_path
 
@@ -114,3 +115,25 @@ def test_ingest_jsonl_file(env: Path) -> None:
         partial.exit_code == 0 and "1 created" in partial.output and "1 rejected" in partial.output
     )
     assert runner.invoke(app, ["ingest", "gizmos", str(bad)]).exit_code == 2
+
+
+def test_index_rebuild_is_resumable_and_search_finds(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    first = runner.invoke(app, ["index", "rebuild"])
+    assert first.exit_code == 0, first.output
+    assert "listings: 500 indexed, 0 unchanged" in first.output
+    again = runner.invoke(app, ["index", "rebuild", "--collection", "listings"])
+    assert "listings: 0 indexed, 500 unchanged, 0 removed" in again.output
+    assert runner.invoke(app, ["index", "rebuild", "--collection", "gizmos"]).exit_code == 2
+    found = runner.invoke(
+        app, ["search", "kids bike", "--category", "bikes", "--as", "admin"], env={"COLUMNS": "200"}
+    )
+    assert found.exit_code == 1  # no admin in a seeded-only database
+    runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    found = runner.invoke(
+        app, ["search", "kids bike", "--category", "bikes", "--as", "root"], env={"COLUMNS": "200"}
+    )
+    assert found.exit_code == 0, found.output
+    assert "bikes" in found.output and "matching listings" in found.output
+    bad = runner.invoke(app, ["search", "bike", "--category", "spaceships", "--as", "root"])
+    assert bad.exit_code == 1 and "Use one of" in bad.output

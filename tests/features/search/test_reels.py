@@ -165,3 +165,9 @@ def test_assistant_shows_reels_when_asked_for_something_to_watch(
 
     final = sse_data(streamed.text)[-2]
     assert final["townsquare"]["reply"]["cards"]
+
+
+def test_mmr_never_repeats_the_same_content() -> None:
+    a = np.array([1.0, 0.0], dtype=np.float32)
+    b = np.array([0.6, 0.8], dtype=np.float32)
+    assert [i for i, _ in mmr(a, [(1, a), (2, a.copy()), (3, b)], 3)] == [1, 3]

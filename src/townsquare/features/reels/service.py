@@ -28,6 +28,7 @@ WEIGHTS = {"like": 1.0, "save": 1.5, "hide": -1.0}
 LONG_VIEW = 0.6  # share of the reel watched that counts as interest
 CONTEXT_WEIGHT = 0.7  # of the query vector, when there is context text
 MMR_LAMBDA = 0.7
+DUPLICATE = 0.98  # a candidate this similar to a pick is the same content (a repost): skipped
 
 
 class ReelCard(BaseModel):
@@ -81,7 +82,10 @@ def profile(db: Session, user: User, vectors: VectorIndex) -> Profile:
 
 
 def mmr(query: Vectors, candidates: list[tuple[int, Vectors]], k: int) -> list[tuple[int, float]]:
-    """Pick ``k`` of ``candidates`` by maximal marginal relevance; returns (id, relevance)."""
+    """Pick ``k`` of ``candidates`` by maximal marginal relevance; returns (id, relevance).
+
+    Near-duplicates of a picked item are skipped outright.
+    """
     picked: list[tuple[int, float]] = []
     chosen: list[Vectors] = []
     pool = [(i, v, float(v @ query)) for i, v in candidates]
@@ -93,6 +97,8 @@ def mmr(query: Vectors, candidates: list[tuple[int, Vectors]], k: int) -> list[t
 
         best = max(pool, key=gain)
         pool.remove(best)
+        if any(float(best[1] @ c) >= DUPLICATE for c in chosen):
+            continue
         picked.append((best[0], best[2]))
         chosen.append(best[1])
     return picked
