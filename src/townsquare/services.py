@@ -132,7 +132,9 @@ class Services:
         if settings.search.index_on_ingest:
 
             def prune(kind: str, external_id: str) -> None:
-                indexer.prune()
+                # deleting one of these can remove indexed listings, posts or reels (cascades)
+                if kind in {"users", "groups", "listings", "posts", "reels"}:
+                    indexer.prune()
 
             built.deletion_hooks.append(prune)
         return built

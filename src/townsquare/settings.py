@@ -130,6 +130,13 @@ class SearchSettings(BaseModel):
         description="Vector hits below this cosine similarity are not results (full-text hits "
         "always are). 0.2 suits all-MiniLM-L6-v2; tune it for other models.",
     )
+    fulltext_weight: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Weight of the full-text ranking against the vector ranking (1.0) in "
+        "reciprocal rank fusion; chosen on the demo town's relevance set (bench/search.py).",
+    )
     max_query_chars: int = Field(300, ge=1, description="Longest search query accepted.")
     max_page_size: int = Field(50, ge=1, le=500, description="Largest page of results.")
 

@@ -57,3 +57,28 @@ async def test_errors_are_translated(
     assert not await nobody.ready()
     for backend in (remote, wrong_model, nobody):
         await backend.aclose()
+
+
+def test_embeddings_over_http(live_server: tuple[LiveServer, str]) -> None:
+    import numpy as np
+
+    from townsquare.backends.openai_compat import OpenAICompatEmbeddings
+    from townsquare.errors import BackendError
+
+    server, key = live_server
+    remote = OpenAICompatEmbeddings(
+        f"{server.url}/v1", "all-MiniLM-L6-v2", dimensions=384, api_key=key, batch_size=2
+    )
+    vectors = remote.embed_sync(["kids bike", "bicycle for a child", "oak table"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    local = server.services.embed.embed_sync(["kids bike"])[0]
+    assert float(vectors[0] @ local) > 0.999  # the same model behind HTTP
+    wrong = OpenAICompatEmbeddings(
+        f"{server.url}/v1", "all-MiniLM-L6-v2", dimensions=768, api_key=key
+    )
+    with pytest.raises(BackendError, match=r"embed\.dimensions"):
+        wrong.embed_sync(["x"])
+    nobody = OpenAICompatEmbeddings(f"http://127.0.0.1:{free_port()}/v1", "m", dimensions=384)
+    with pytest.raises(BackendUnavailable):
+        nobody.embed_sync(["x"])

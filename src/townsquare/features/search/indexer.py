@@ -132,21 +132,52 @@ class Indexer:
 
     def _fulltext_delete(self, collection: str, ids: list[int]) -> None:
         with self.sessions.begin() as db:
+            sqlite = db.get_bind().dialect.name == "sqlite"
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                marks = ",".join(str(int(i)) for i in chunk)
-                db.execute(
-                    text(f"DELETE FROM search_fts WHERE collection = :c AND item_id IN ({marks})"),
-                    {"c": collection},
-                )
+                if sqlite:  # by rowid: indexed, where item_id (UNINDEXED) would scan the table
+                    marks = ",".join(str(fts_rowid(collection, i)) for i in chunk)
+                    db.execute(text(f"DELETE FROM search_fts WHERE rowid IN ({marks})"))
+                else:
+                    marks = ",".join(str(int(i)) for i in chunk)
+                    db.execute(
+                        text(
+                            f"DELETE FROM search_fts WHERE collection = :c AND item_id IN ({marks})"
+                        ),
+                        {"c": collection},
+                    )
 
     def _fulltext_upsert(self, collection: str, docs: list[Document]) -> None:
         self._fulltext_delete(collection, [d.item_id for d in docs])
         with self.sessions.begin() as db:
-            db.execute(
-                text(
-                    "INSERT INTO search_fts (collection, item_id, title, body) "
-                    "VALUES (:c, :i, :t, :b)"
-                ),
-                [{"c": collection, "i": d.item_id, "t": d.title, "b": d.body} for d in docs],
-            )
+            rows = [
+                {
+                    "r": fts_rowid(collection, d.item_id),
+                    "c": collection,
+                    "i": d.item_id,
+                    "t": d.title,
+                    "b": d.body,
+                }
+                for d in docs
+            ]
+            if db.get_bind().dialect.name == "sqlite":
+                db.execute(
+                    text(
+                        "INSERT INTO search_fts (rowid, collection, item_id, title, body) "
+                        "VALUES (:r, :c, :i, :t, :b)"
+                    ),
+                    rows,
+                )
+            else:
+                db.execute(
+                    text(
+                        "INSERT INTO search_fts (collection, item_id, title, body) "
+                        "VALUES (:c, :i, :t, :b)"
+                    ),
+                    rows,
+                )
+
+
+def fts_rowid(collection: str, item_id: int) -> int:
+    """The FTS5 rowid of an item: unique across collections, so deletes use the rowid index."""
+    return int(item_id) * len(COLLECTIONS) + COLLECTIONS.index(collection)

