@@ -102,6 +102,7 @@ class ModelWorker:
             loop.call_soon_threadsafe(items.put_nowait, item)
 
         def job() -> None:
+            outcome: object = _DONE
             try:
                 self._started(admitted_at)
                 iterator = make_iter()
@@ -114,11 +115,13 @@ class ModelWorker:
                     close = getattr(iterator, "close", None)
                     if close is not None:
                         close()
-                put(_DONE)
             except BaseException as exc:  # handed to the consumer, raised there
-                put(exc)
+                outcome = exc
             finally:
+                # free the slot before the consumer learns the stream ended, so a request
+                # sent right after never sees a queue that is not really full
                 self._release()
+                put(outcome)
 
         try:
             self._executor.submit(job)
