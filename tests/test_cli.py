@@ -137,3 +137,17 @@ def test_index_rebuild_is_resumable_and_search_finds(env: Path) -> None:
     assert "bikes" in found.output and "matching listings" in found.output
     bad = runner.invoke(app, ["search", "bike", "--category", "spaceships", "--as", "root"])
     assert bad.exit_code == 1 and "Use one of" in bad.output
+
+
+def test_suggest_comments(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    result = runner.invoke(app, ["suggest", "comments", "p-001", "--count", "2", "--as", "root"])
+    assert result.exit_code == 0, result.output
+    assert "- fake text" in result.output and "generation" in result.output
+    missing = runner.invoke(app, ["suggest", "comments", "p-none", "--as", "root"])
+    assert missing.exit_code == 1 and "no post 'p-none'" in missing.output
+    bad = runner.invoke(
+        app, ["suggest", "comments", "p-001", "--tone", "sarcastic", "--as", "root"]
+    )
+    assert bad.exit_code == 2

@@ -24,6 +24,8 @@ seed_app = typer.Typer(help="Fill the database with example content.", no_args_i
 app.add_typer(seed_app, name="seed")
 index_app = typer.Typer(help="Maintain the search indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+suggest_app = typer.Typer(help="Draft text with the writing features.", no_args_is_help=True)
+app.add_typer(suggest_app, name="suggest")
 console = Console()
 err = Console(stderr=True)
 
@@ -333,6 +335,54 @@ def search_cli(
             )
         console.print(table)
         console.print(f"{results.total} matching listings.")
+
+    try:
+        asyncio.run(run())
+    except TownsquareError as exc:
+        raise _fail(exc) from exc
+
+
+@suggest_app.command("comments")
+def suggest_comments_cli(
+    post_id: Annotated[str, typer.Argument(help="The post's external id.")],
+    count: Annotated[int, typer.Option(min=1, max=5, help="How many (1-5).")] = 3,
+    tone: Annotated[
+        str, typer.Option(help="supportive, curious, funny or congratulatory.")
+    ] = "supportive",
+    as_user: Annotated[str, typer.Option("--as", help="Suggest as this user.")] = "admin",
+) -> None:
+    """Suggest comments on a post, as the API would for that user."""
+    from pydantic import ValidationError
+
+    from townsquare.features.suggestions.schemas import CommentRequest
+    from townsquare.features.suggestions.service import suggest_comments
+    from townsquare.identity import find_user
+    from townsquare.services import Services
+    from townsquare.social import access
+
+    try:
+        request = CommentRequest(count=count, tone=tone)
+    except ValidationError as exc:
+        err.print(f"[red]Error:[/red] {exc.errors()[0]['msg']} (--tone).")
+        raise typer.Exit(2) from exc
+    services = Services.build(_settings())
+
+    async def run() -> None:
+        try:
+            with services.sessions() as db:
+                user = find_user(db, as_user)
+                if user is None:
+                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+                    raise typer.Exit(1)
+                post = access.post_visible_to(db, user, post_id)
+                result = await suggest_comments(
+                    db, services.sessions, user, post, request, text=services.guarded_text
+                )
+        finally:
+            await services.aclose()
+        for suggestion in result.suggestions:
+            console.print(f"- {suggestion}", markup=False, highlight=False)
+        console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
 
     try:
         asyncio.run(run())

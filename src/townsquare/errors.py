@@ -16,6 +16,7 @@
     ├── Busy                        429 busy                 (carries retry_after seconds)
     │   └── QuotaExceeded           429 quota_exceeded
     └── BackendError                502 backend_error
+        ├── InvalidOutput           502 invalid_output       (structured output failed twice)
         └── BackendUnavailable      503 backend_unavailable
 
 Every message says what to do next: it is shown to the caller as it is.
@@ -124,6 +125,12 @@ class QuotaExceeded(Busy):
 class BackendError(TownsquareError):
     status_code = 502
     code = "backend_error"
+
+
+class InvalidOutput(BackendError):
+    """The model's structured answer failed validation, even after one retry."""
+
+    code = "invalid_output"
 
 
 class BackendUnavailable(BackendError):

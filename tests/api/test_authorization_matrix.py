@@ -136,6 +136,7 @@ BODIES = {
         "messages": [{"role": "user", "content": "hi"}],
     },
     ("POST", "/v1/embeddings"): {"model": "fake-embed", "input": "kids bike"},
+    ("POST", "/api/posts/{post_id}/comment-suggestions"): {"count": 2},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},

@@ -8,6 +8,7 @@ from townsquare.api import health, openai
 from townsquare.features.assistant import routes as assistant
 from townsquare.features.reels import routes as reels
 from townsquare.features.search import routes as search
+from townsquare.features.suggestions import routes as suggestions
 from townsquare.social import routes as social
 
 router = APIRouter()
@@ -17,4 +18,5 @@ router.include_router(openai.router)
 # before the social routes: /api/listings/search must win over /api/listings/{listing_id}
 router.include_router(search.router)
 router.include_router(reels.router)
+router.include_router(suggestions.router)
 router.include_router(social.router)

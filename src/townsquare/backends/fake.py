@@ -8,7 +8,7 @@ import json
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -51,7 +51,9 @@ class FakeText(TextBackend):
         if self.replies:
             return self.replies.popleft()
         last = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        if options.schema is not None or options.json_object:
+        if options.schema is not None:
+            return json.dumps(example(options.schema))
+        if options.json_object:
             return json.dumps({"echo": last})
         return f"echo: {last}"
 
@@ -103,3 +105,25 @@ class FakeEmbeddings(EmbeddingBackend):
             if not norm:
                 out[row, 0] = 1.0
         return out
+
+
+def example(schema: dict[str, Any]) -> Any:
+    """A small value that satisfies ``schema`` (objects, arrays, strings, numbers, enums)."""
+    if "enum" in schema:
+        return next(v for v in schema["enum"] if v is not None)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next(k for k in kind if k != "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {k: example(properties[k]) for k in schema.get("required", list(properties))}
+    if kind == "array":
+        return [
+            example(schema.get("items", {"type": "string"}))
+            for _ in range(max(1, schema.get("minItems", 1)))
+        ]
+    if kind in {"number", "integer"}:
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return "fake text"

@@ -211,15 +211,30 @@ class GuardedText:
         return self.backend.count_message_tokens(messages)
 
     async def complete(
-        self, messages: Sequence[Message], options: GenerationOptions, context: Context
+        self,
+        messages: Sequence[Message],
+        options: GenerationOptions,
+        context: Context,
+        *,
+        check_output: bool = True,
     ) -> Completion:
+        """Generate with input and output checks.
+
+        ``check_output=False`` is for structured answers whose items the caller checks one by
+        one with ``check_items`` (so one unsafe suggestion drops itself, not the whole answer).
+        """
         self._before(messages, context)
         completion = await self.backend.complete(messages, options)
         self._count(context, completion.usage)
-        decision = self.pipeline.check_output(completion.text, context, final=True)
-        if not decision.allowed:
-            _raise_blocked("output", decision)
+        if check_output:
+            decision = self.pipeline.check_output(completion.text, context, final=True)
+            if not decision.allowed:
+                _raise_blocked("output", decision)
         return completion
+
+    def check_items(self, items: Sequence[str], context: Context) -> list[str]:
+        """The items that pass the output check (each checked, and logged, on its own)."""
+        return [i for i in items if self.pipeline.check_output(i, context, final=True).allowed]
 
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -223,3 +224,23 @@ class VectorItem(Base):
     vector: Mapped[bytes | None] = mapped_column(
         LargeBinary, nullable=True
     )  # float32 little-endian
+
+
+class Generation(Base):
+    """One generation by a writing feature: what went in, what came out, how it went.
+
+    Feedback attaches to it later by id.
+    """
+
+    __tablename__ = "generations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    feature: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    output: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model: Mapped[str] = mapped_column(String(200), default="")
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    first_try_valid: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -1,0 +1,140 @@
+"""Comment suggestions: logic with the fake backend, and end to end with the real model."""
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.conftest import auth, make_settings
+from tests.town import build_town
+from townsquare.app import create_app
+from townsquare.backends.base import Message
+from townsquare.backends.fake import FakeText
+from townsquare.backends.llamacpp import LlamaCppText
+from townsquare.features.suggestions.service import clean
+from townsquare.safety.pipeline import Decision, LengthPolicy, SafetyPolicy
+from townsquare.services import Services
+from townsquare.storage.social_tables import Generation
+
+
+class NoPills(SafetyPolicy):
+    name: ClassVar[str] = "no-pills"
+
+    def check_input(self, messages: Sequence[Message]) -> Decision:
+        return Decision.allow()
+
+    def check_output(self, text: str, *, final: bool) -> Decision:
+        return Decision(False, ("S7",)) if "PILLS" in text else Decision.allow()
+
+
+def test_clean_drops_repeats_and_echoes() -> None:
+    kept, dropped = clean(
+        ["Nice!", "nice", " Bakers only ", "Love it", "So good", '"Wow"'], "Bakers only", 3
+    )
+    assert kept == ["Nice!", "Love it", "So good"]
+    assert dropped == 3
+
+
+@pytest.fixture
+def town(tmp_path) -> tuple[TestClient, dict[str, str], FakeText, Services]:  # type: ignore[misc]
+    fake = FakeText()
+    services = Services.build(
+        make_settings(tmp_path), text=fake, policies=[LengthPolicy(16000, 16000), NoPills()]
+    )
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        yield client, keys, fake, services
+
+
+def test_unsafe_and_repeated_suggestions_are_dropped(town) -> None:  # type: ignore[no-untyped-def]
+    client, keys, fake, services = town
+    fake.enqueue(
+        '{"comments": ["Welcome aboard!", "BUY CHEAP PILLS", "welcome aboard", "Glad you are here"]}'
+    )
+    response = client.post(
+        "/api/posts/p1/comment-suggestions",
+        json={"count": 3, "tone": "supportive"},
+        headers=auth(keys["member"]),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["suggestions"] == ["Welcome aboard!", "Glad you are here"]
+    assert body["dropped"] == 2
+    system = fake.calls[-1][0][0].content
+    assert "3 different comments in English" in system and "warm and encouraging" in system
+    with services.sessions() as db:
+        row = db.get(Generation, body["generation_id"])
+    assert (
+        row is not None and row.first_try_valid and row.output["suggestions"] == body["suggestions"]
+    )
+
+
+def test_invalid_output_is_retried_once_then_a_clear_502(town) -> None:  # type: ignore[no-untyped-def]
+    client, keys, fake, services = town
+    fake.enqueue('{"wrong": 1}', '{"comments": ["Second try works"]}')
+    ok = client.post(
+        "/api/posts/p1/comment-suggestions", json={"count": 1}, headers=auth(keys["member"])
+    ).json()
+    assert ok["suggestions"] == ["Second try works"]
+    with services.sessions() as db:
+        row = db.get(Generation, ok["generation_id"])
+    assert row is not None and (row.attempts, row.first_try_valid) == (2, False)
+    fake.enqueue("not json", '{"comments": []}')
+    failed = client.post(
+        "/api/posts/p1/comment-suggestions", json={"count": 1}, headers=auth(keys["member"])
+    )
+    assert failed.status_code == 502
+    assert failed.json()["error"]["code"] == "invalid_output"
+    assert "bigger model" in failed.json()["error"]["message"]
+
+
+def test_bad_requests(town) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _, _ = town
+    for count in (0, 6):
+        response = client.post(
+            "/api/posts/p1/comment-suggestions", json={"count": count}, headers=auth(keys["member"])
+        )
+        assert response.status_code == 422 and response.json()["error"]["field"] == "count"
+    tone = client.post(
+        "/api/posts/p1/comment-suggestions",
+        json={"tone": "sarcastic"},
+        headers=auth(keys["member"]),
+    )
+    assert tone.status_code == 422
+    assert (
+        client.post(
+            "/api/posts/p1/comment-suggestions", json={}, headers=auth(keys["outsider"])
+        ).status_code
+        == 404
+    )
+
+
+@pytest.mark.model
+def test_real_model_end_to_end(tmp_path, real_text: LlamaCppText) -> None:
+    services = Services.build(make_settings(tmp_path), text=real_text)
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        response = client.post(
+            "/api/posts/p-public/comment-suggestions",
+            json={"count": 3, "tone": "curious"},
+            headers=auth(keys["member"]),
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        # the 135M model sometimes only echoes the post: such answers are dropped, by design
+        assert len(body["suggestions"]) + body["dropped"] >= 1
+        assert len(body["suggestions"]) <= 3
+        assert all(isinstance(s, str) and s.strip() for s in body["suggestions"])
+        assert len({s.lower() for s in body["suggestions"]}) == len(body["suggestions"])
+        assert all(s.strip(" !.").lower() != "hello town" for s in body["suggestions"])
+        assert (
+            client.post(
+                "/api/posts/p1/comment-suggestions", json={}, headers=auth(keys["creator"])
+            ).status_code
+            == 404
+        )
+    with services.sessions() as db:
+        generation = db.scalars(select(Generation)).one()
+    assert generation.model == real_text.model_id and generation.feature == "comment_suggestions"
