@@ -151,3 +151,12 @@ def test_suggest_comments(env: Path) -> None:
         app, ["suggest", "comments", "p-001", "--tone", "sarcastic", "--as", "root"]
     )
     assert bad.exit_code == 2
+
+
+def test_summarize(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    assert runner.invoke(app, ["index", "rebuild"]).exit_code == 0
+    runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    result = runner.invoke(app, ["summarize", "kids bike", "--as", "root"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "fake text [1]" in result.output and "[1] " in result.output

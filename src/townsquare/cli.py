@@ -390,6 +390,50 @@ def suggest_comments_cli(
         raise _fail(exc) from exc
 
 
+@app.command("summarize")
+def summarize_cli(
+    query: str,
+    as_user: Annotated[str, typer.Option("--as", help="Summarise as this user.")] = "admin",
+) -> None:
+    """A short answer to a search from the results, every sentence citing its sources."""
+    from townsquare.features.search.summary import summarize
+    from townsquare.identity import find_user
+    from townsquare.services import Services
+
+    services = Services.build(_settings())
+
+    async def run() -> None:
+        try:
+            with services.sessions() as db:
+                user = find_user(db, as_user)
+                if user is None:
+                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+                    raise typer.Exit(1)
+                result = await summarize(
+                    db,
+                    services.sessions,
+                    user,
+                    query,
+                    text=services.guarded_text,
+                    embedder=services.embed,
+                    vectors=services.vectors,
+                    min_similarity=services.settings.search.min_similarity,
+                )
+        finally:
+            await services.aclose()
+        if not result.sources:
+            console.print("Nothing found to summarise. Try other words.")
+            return
+        console.print(result.answer, markup=False, highlight=False)
+        for source in result.sources:
+            console.print(f"[{source.n}] {source.kind} {source.id}: {source.title}", markup=False)
+
+    try:
+        asyncio.run(run())
+    except TownsquareError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command("settings")
 def show_settings(
     markdown: Annotated[

@@ -137,6 +137,7 @@ BODIES = {
     },
     ("POST", "/v1/embeddings"): {"model": "fake-embed", "input": "kids bike"},
     ("POST", "/api/posts/{post_id}/comment-suggestions"): {"count": 2},
+    ("POST", "/api/search/summary"): {"query": "bike"},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},

@@ -79,3 +79,23 @@ def test_deleted_listing_never_appears(town: tuple[TestClient, dict[str, str]]) 
     assert client.delete(f"/api/listings/{first['id']}", headers=auth(admin)).status_code == 200
     after = hits(client, keys["mia"], q="espresso machine", page_size=50)
     assert first["id"] not in {h["id"] for h in after}
+
+
+def test_summary_with_the_real_models(
+    town: tuple[TestClient, dict[str, str]], real_text: "object"
+) -> None:
+    client, keys = town
+    services = client.app.state.services  # type: ignore[attr-defined]
+    services.guarded_text.backend = real_text  # the summary needs the real text model too
+    response = client.post(
+        "/api/search/summary", json={"query": "espresso machine"}, headers=auth(keys["mia"])
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    supplied = {s["n"] for s in body["sources"]}
+    assert body["sentences"] and supplied
+    for sentence in body["sentences"]:
+        assert sentence["citations"] and set(sentence["citations"]) <= supplied
+    import re
+
+    assert {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])} <= supplied

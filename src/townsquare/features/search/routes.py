@@ -10,6 +10,7 @@ from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.errors import InvalidField
 from townsquare.features.search import service
 from townsquare.features.search.schemas import Condition, ListingFilters, ListingResults, Sources
+from townsquare.features.search.summary import Summary, SummaryRequest, summarize
 from townsquare.services import Services
 
 router = APIRouter(prefix="/api", tags=["search"])
@@ -104,4 +105,21 @@ async def search_sources(
         vectors=services.vectors,
         min_similarity=services.settings.search.min_similarity,
         fulltext_weight=services.settings.search.fulltext_weight,
+    )
+
+
+@router.post("/search/summary", openapi_extra={"x-access": "authenticated"})
+async def search_summary(
+    body: SummaryRequest, user: CurrentUser, db: DbDep, services: ServicesDep
+) -> Summary:
+    """A short answer from the member's search results, every sentence citing its sources."""
+    return await summarize(
+        db,
+        services.sessions,
+        user,
+        _query(services, body.query),
+        text=services.guarded_text,
+        embedder=services.embed,
+        vectors=services.vectors,
+        min_similarity=services.settings.search.min_similarity,
     )

@@ -1,0 +1,150 @@
+"""Search result summaries: a short answer built only from retrieved sources, with [n] markers.
+
+The schema lets the model cite only the numbers of the sources it was given, and requires at
+least one citation per sentence; validation enforces the same again (markers outside the
+sources are removed, sentences left without a marker are removed), and any inline markers the
+model wrote into the text are stripped so the only markers are the checked ones.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
+from townsquare.features import structured
+from townsquare.features.search.schemas import Source
+from townsquare.features.search.service import retrieve_sources
+from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.storage.tables import User
+from townsquare.storage.vectors import VectorIndex
+
+FEATURE = "search_summary"
+INLINE_MARKER = re.compile(r"\s*\[\d+\]")
+
+
+class SummaryRequest(BaseModel):
+    query: str = Field(min_length=1, description="What the member searched for.")
+
+
+class Sentence(BaseModel):
+    text: str
+    citations: list[int]
+
+
+class Summary(BaseModel):
+    generation_id: int | None = Field(description="None when there was nothing to summarise.")
+    query: str
+    answer: str = Field(description="The sentences with their [n] markers.")
+    sentences: list[Sentence]
+    sources: list[Source]
+    removed_sentences: int = 0
+
+
+def schema(count: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "sentences": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 4,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "sources": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 3,
+                            "items": {"type": "integer", "enum": list(range(1, count + 1))},
+                        },
+                    },
+                    "required": ["text", "sources"],
+                },
+            }
+        },
+        "required": ["sentences"],
+    }
+
+
+def cited(raw: Any, count: int) -> tuple[list[Sentence], int]:
+    """Keep sentences with at least one valid citation; (kept, removed). Raises on a bad shape."""
+    kept, removed = [], 0
+    for item in raw["sentences"]:
+        text = INLINE_MARKER.sub("", str(item["text"])).strip()
+        numbers = sorted({n for n in item["sources"] if isinstance(n, int) and 1 <= n <= count})
+        if text and numbers:
+            kept.append(Sentence(text=text, citations=numbers))
+        else:
+            removed += 1
+    if not kept:
+        raise ValueError("no sentence cites a supplied source")
+    return kept, removed
+
+
+async def summarize(
+    db: Session,
+    sessions: sessionmaker[Session],
+    user: User,
+    query: str,
+    *,
+    text: GuardedText,
+    embedder: EmbeddingBackend,
+    vectors: VectorIndex,
+    limit: int = 6,
+    min_similarity: float = 0.2,
+) -> Summary:
+    """Answer ``query`` from the sources the member may see, every sentence cited."""
+    found = await retrieve_sources(
+        db,
+        user,
+        query,
+        limit=limit,
+        embedder=embedder,
+        vectors=vectors,
+        min_similarity=min_similarity,
+    )
+    if not found.sources:
+        return Summary(generation_id=None, query=query, answer="", sentences=[], sources=[])
+    count = len(found.sources)
+    messages = [
+        Message("system", structured.render(__file__, "summary.j2", sources=found.sources)),
+        Message("user", query),
+    ]
+    context = Context(FEATURE, user.id, user.role)
+    (sentences, removed), attempts, first_try, latency = await structured.generate_json(
+        text,
+        messages,
+        schema(count),
+        lambda raw: cited(raw, count),
+        options=GenerationOptions(max_tokens=320, temperature=0.3),
+        context=context,
+        items_checked_by_caller=True,
+    )
+    allowed = set(text.check_items([s.text for s in sentences], context))
+    safe = [s for s in sentences if s.text in allowed]
+    removed += len(sentences) - len(safe)
+    answer = " ".join(f"{s.text} " + "".join(f"[{n}]" for n in s.citations) for s in safe)
+    generation_id = structured.record(
+        sessions,
+        feature=FEATURE,
+        user_id=user.id,
+        inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in found.sources]},
+        output={"answer": answer},
+        model=text.model_id,
+        latency_ms=latency,
+        attempts=attempts,
+        first_try_valid=first_try,
+    )
+    return Summary(
+        generation_id=generation_id,
+        query=query,
+        answer=answer,
+        sentences=safe,
+        sources=found.sources,
+        removed_sentences=removed,
+    )
