@@ -160,3 +160,25 @@ def test_summarize(env: Path) -> None:
     result = runner.invoke(app, ["summarize", "kids bike", "--as", "root"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "fake text [1]" in result.output and "[1] " in result.output
+
+
+def test_group_topics_and_catch_up(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    topics = runner.invoke(
+        app, ["suggest", "topics", "g-sunday-bakers", "--count", "2", "--as", "root"]
+    )
+    assert topics.exit_code == 0, topics.output
+    assert "generation" in topics.output
+    caught = runner.invoke(
+        app, ["catch-up", "g-sunday-bakers", "--since", "2026-01-01T00:00:00+00:00", "--as", "root"]
+    )
+    assert caught.exit_code == 0, caught.output
+    assert "fake text (m-sunday-bakers-" in caught.output
+    assert (
+        runner.invoke(
+            app, ["catch-up", "g-sunday-bakers", "--since", "soon", "--as", "root"]
+        ).exit_code
+        == 2
+    )
+    assert runner.invoke(app, ["catch-up", "g-nope", "--as", "root"]).exit_code == 1

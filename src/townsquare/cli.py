@@ -342,6 +342,30 @@ def search_cli(
         raise _fail(exc) from exc
 
 
+def _run_as(as_user: str, work: Any) -> None:
+    """Build services, find the user, run ``work(services, db, user)``, close; errors to exits."""
+    from townsquare.identity import find_user
+    from townsquare.services import Services
+
+    services = Services.build(_settings())
+
+    async def run() -> None:
+        try:
+            with services.sessions() as db:
+                user = find_user(db, as_user)
+                if user is None:
+                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+                    raise typer.Exit(1)
+                await work(services, db, user)
+        finally:
+            await services.aclose()
+
+    try:
+        asyncio.run(run())
+    except TownsquareError as exc:
+        raise _fail(exc) from exc
+
+
 @suggest_app.command("comments")
 def suggest_comments_cli(
     post_id: Annotated[str, typer.Argument(help="The post's external id.")],
@@ -356,8 +380,6 @@ def suggest_comments_cli(
 
     from townsquare.features.suggestions.schemas import CommentRequest
     from townsquare.features.suggestions.service import suggest_comments
-    from townsquare.identity import find_user
-    from townsquare.services import Services
     from townsquare.social import access
 
     try:
@@ -365,29 +387,76 @@ def suggest_comments_cli(
     except ValidationError as exc:
         err.print(f"[red]Error:[/red] {exc.errors()[0]['msg']} (--tone).")
         raise typer.Exit(2) from exc
-    services = Services.build(_settings())
 
-    async def run() -> None:
-        try:
-            with services.sessions() as db:
-                user = find_user(db, as_user)
-                if user is None:
-                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
-                    raise typer.Exit(1)
-                post = access.post_visible_to(db, user, post_id)
-                result = await suggest_comments(
-                    db, services.sessions, user, post, request, text=services.guarded_text
-                )
-        finally:
-            await services.aclose()
+    async def work(services: Any, db: Any, user: Any) -> None:
+        post = access.post_visible_to(db, user, post_id)
+        result = await suggest_comments(
+            db, services.sessions, user, post, request, text=services.guarded_text
+        )
         for suggestion in result.suggestions:
             console.print(f"- {suggestion}", markup=False, highlight=False)
         console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
 
+    _run_as(as_user, work)
+
+
+@suggest_app.command("topics")
+def suggest_topics_cli(
+    group_id: Annotated[str, typer.Argument(help="The group's external id.")],
+    count: Annotated[int, typer.Option(min=1, max=5)] = 3,
+    as_user: Annotated[str, typer.Option("--as", help="A member of the group.")] = "admin",
+) -> None:
+    """Suggest new topics for a group chat, each with an opener."""
+    from townsquare.features.groups.service import TopicRequest, suggest_topics
+    from townsquare.social import access
+
+    async def work(services: Any, db: Any, user: Any) -> None:
+        group = access.group_visible_to(db, user, group_id)
+        result = await suggest_topics(
+            db,
+            services.sessions,
+            user,
+            group,
+            TopicRequest(count=count),
+            text=services.guarded_text,
+            embedder=services.embed,
+        )
+        for topic in result.topics:
+            console.print(f"- {topic.topic}: {topic.opener}", markup=False, highlight=False)
+        console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
+
+    _run_as(as_user, work)
+
+
+@app.command("catch-up")
+def catch_up_cli(
+    group_id: Annotated[str, typer.Argument(help="The group's external id.")],
+    since: Annotated[str | None, typer.Option(help="ISO time; default: 24 hours ago.")] = None,
+    as_user: Annotated[str, typer.Option("--as", help="A member of the group.")] = "admin",
+) -> None:
+    """What a member missed in a group chat, each point citing its messages."""
+    from datetime import datetime, timedelta
+
+    from townsquare.features.groups.service import catch_up, now
+    from townsquare.social import access
+
     try:
-        asyncio.run(run())
-    except TownsquareError as exc:
-        raise _fail(exc) from exc
+        moment = datetime.fromisoformat(since) if since else now() - timedelta(days=1)
+    except ValueError as exc:
+        err.print("[red]Error:[/red] --since must be an ISO time, e.g. 2026-11-28T18:00:00Z.")
+        raise typer.Exit(2) from exc
+
+    async def work(services: Any, db: Any, user: Any) -> None:
+        group = access.group_visible_to(db, user, group_id)
+        result = await catch_up(
+            db, services.sessions, user, group, moment, text=services.guarded_text
+        )
+        if not result.points:
+            console.print("Nothing new since then.")
+        for point in result.points:
+            console.print(f"- {point.text} ({', '.join(point.message_ids)})", markup=False)
+
+    _run_as(as_user, work)
 
 
 @app.command("summarize")
@@ -397,30 +466,18 @@ def summarize_cli(
 ) -> None:
     """A short answer to a search from the results, every sentence citing its sources."""
     from townsquare.features.search.summary import summarize
-    from townsquare.identity import find_user
-    from townsquare.services import Services
 
-    services = Services.build(_settings())
-
-    async def run() -> None:
-        try:
-            with services.sessions() as db:
-                user = find_user(db, as_user)
-                if user is None:
-                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
-                    raise typer.Exit(1)
-                result = await summarize(
-                    db,
-                    services.sessions,
-                    user,
-                    query,
-                    text=services.guarded_text,
-                    embedder=services.embed,
-                    vectors=services.vectors,
-                    min_similarity=services.settings.search.min_similarity,
-                )
-        finally:
-            await services.aclose()
+    async def work(services: Any, db: Any, user: Any) -> None:
+        result = await summarize(
+            db,
+            services.sessions,
+            user,
+            query,
+            text=services.guarded_text,
+            embedder=services.embed,
+            vectors=services.vectors,
+            min_similarity=services.settings.search.min_similarity,
+        )
         if not result.sources:
             console.print("Nothing found to summarise. Try other words.")
             return
@@ -428,10 +485,7 @@ def summarize_cli(
         for source in result.sources:
             console.print(f"[{source.n}] {source.kind} {source.id}: {source.title}", markup=False)
 
-    try:
-        asyncio.run(run())
-    except TownsquareError as exc:
-        raise _fail(exc) from exc
+    _run_as(as_user, work)
 
 
 @app.command("settings")

@@ -138,11 +138,13 @@ BODIES = {
     ("POST", "/v1/embeddings"): {"model": "fake-embed", "input": "kids bike"},
     ("POST", "/api/posts/{post_id}/comment-suggestions"): {"count": 2},
     ("POST", "/api/search/summary"): {"query": "bike"},
+    ("POST", "/api/groups/{group_id}/topic-suggestions"): {"count": 2},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},
     "/api/search/sources": {"q": "bike"},
     "/api/reels/recommendations": {"context": "baking"},
+    "/api/groups/{group_id}/catch-up": {"since": "2000-01-01T00:00:00Z"},
 }
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from townsquare.api import health, openai
 from townsquare.features.assistant import routes as assistant
+from townsquare.features.groups import routes as groups
 from townsquare.features.reels import routes as reels
 from townsquare.features.search import routes as search
 from townsquare.features.suggestions import routes as suggestions
@@ -19,4 +20,5 @@ router.include_router(openai.router)
 router.include_router(search.router)
 router.include_router(reels.router)
 router.include_router(suggestions.router)
+router.include_router(groups.router)
 router.include_router(social.router)

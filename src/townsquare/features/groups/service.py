@@ -1,0 +1,250 @@
+"""Group features: topic suggestions and catch-up summaries (members only).
+
+Topics that are already being discussed (too similar to a recent message, by embedding) are
+dropped. Catch-up points cite the messages they come from; the schema allows only the numbers
+of the messages supplied, and every point must cite at least one (checked again on parsing).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
+from townsquare.features import structured
+from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.storage.social_tables import Group, GroupMessage
+from townsquare.storage.tables import User
+
+RECENT = 40  # messages the model reads
+ALREADY_DISCUSSED = 0.6  # cosine similarity to a recent message that makes a topic "current"
+
+
+class TopicRequest(BaseModel):
+    count: int = Field(3, ge=1, le=5)
+
+
+class Topic(BaseModel):
+    topic: str
+    opener: str
+
+
+class Topics(BaseModel):
+    generation_id: int
+    group_id: str
+    topics: list[Topic]
+    dropped: int
+
+
+class Point(BaseModel):
+    text: str
+    message_ids: list[str]
+
+
+class CatchUp(BaseModel):
+    generation_id: int | None
+    group_id: str
+    since: datetime
+    messages: int
+    points: list[Point]
+
+
+def _recent(db: Session, group: Group, since: datetime | None, limit: int) -> list[dict[str, Any]]:
+    query = (
+        select(GroupMessage, User.display_name, User.name)
+        .join(User, User.id == GroupMessage.author_id)
+        .where(GroupMessage.group_id == group.id, GroupMessage.deleted_at.is_(None))
+    )
+    if since is not None:
+        query = query.where(GroupMessage.created_at > since)
+    rows = db.execute(query.order_by(GroupMessage.created_at.desc()).limit(limit)).all()
+    return [
+        {"id": m.external_id, "author": display or name, "text": m.text}
+        for m, display, name in reversed(rows)
+    ]
+
+
+async def suggest_topics(
+    db: Session,
+    sessions: sessionmaker[Session],
+    user: User,
+    group: Group,
+    request: TopicRequest,
+    *,
+    text: GuardedText,
+    embedder: EmbeddingBackend,
+) -> Topics:
+    recent = _recent(db, group, None, RECENT)
+    schema = {
+        "type": "object",
+        "required": ["topics"],
+        "properties": {
+            "topics": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": request.count + 2,
+                "items": {
+                    "type": "object",
+                    "required": ["topic", "opener"],
+                    "properties": {
+                        "topic": {"type": "string", "minLength": 2, "maxLength": 80},
+                        "opener": {"type": "string", "minLength": 5, "maxLength": 200},
+                    },
+                },
+            }
+        },
+    }
+    context = Context("group_topics", user.id, user.role, group.id)
+    topics, attempts, first_try, latency = await structured.generate_json(
+        text,
+        [
+            Message(
+                "user",
+                structured.render(
+                    __file__, "topics.j2", count=request.count, group=group.name, messages=recent
+                ),
+            )
+        ],
+        schema,
+        lambda raw: [Topic.model_validate(t) for t in raw["topics"]],
+        options=GenerationOptions(max_tokens=90 * request.count + 40, temperature=0.8),
+        context=context,
+        items_checked_by_caller=True,
+    )
+    safe_openers = set(text.check_items([f"{t.topic}: {t.opener}" for t in topics], context))
+    candidates = [t for t in topics if f"{t.topic}: {t.opener}" in safe_openers]
+    fresh = candidates
+    if recent and candidates:
+        topic_vectors = await embedder.embed([t.topic for t in candidates])  # (t, d)
+        message_vectors = await embedder.embed([m["text"] for m in recent])  # (m, d)
+        nearest = (topic_vectors @ message_vectors.T).max(axis=1)
+        fresh = [t for t, s in zip(candidates, nearest, strict=True) if s < ALREADY_DISCUSSED]
+    unique: list[Topic] = []
+    for topic in fresh:
+        if topic.topic.lower() not in {u.topic.lower() for u in unique}:
+            unique.append(topic)
+    kept = unique[: request.count]
+    generation_id = structured.record(
+        sessions,
+        feature="group_topics",
+        user_id=user.id,
+        inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
+        output={"topics": [t.model_dump() for t in kept]},
+        model=text.model_id,
+        latency_ms=latency,
+        attempts=attempts,
+        first_try_valid=first_try,
+    )
+    return Topics(
+        generation_id=generation_id,
+        group_id=group.external_id,
+        topics=kept,
+        dropped=len(topics) - len(kept),
+    )
+
+
+def _points(raw: Any, messages: list[dict[str, Any]]) -> list[Point]:
+    points = []
+    for item in raw["points"]:
+        numbers = sorted(
+            {n for n in item["messages"] if isinstance(n, int) and 1 <= n <= len(messages)}
+        )
+        if str(item["text"]).strip() and numbers:
+            points.append(
+                Point(
+                    text=str(item["text"]).strip(),
+                    message_ids=[messages[n - 1]["id"] for n in numbers],
+                )
+            )
+    if not points:
+        raise ValueError("no point cites a supplied message")
+    return points
+
+
+async def catch_up(
+    db: Session,
+    sessions: sessionmaker[Session],
+    user: User,
+    group: Group,
+    since: datetime,
+    *,
+    text: GuardedText,
+) -> CatchUp:
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    messages = _recent(db, group, since, RECENT)
+    if not messages:
+        return CatchUp(
+            generation_id=None, group_id=group.external_id, since=since, messages=0, points=[]
+        )
+    numbered = [{**m, "n": n} for n, m in enumerate(messages, start=1)]
+    schema = {
+        "type": "object",
+        "required": ["points"],
+        "properties": {
+            "points": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 5,
+                "items": {
+                    "type": "object",
+                    "required": ["text", "messages"],
+                    "properties": {
+                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "messages": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 6,
+                            "items": {"type": "integer", "enum": list(range(1, len(messages) + 1))},
+                        },
+                    },
+                },
+            }
+        },
+    }
+    context = Context("group_catch_up", user.id, user.role, group.id)
+    points, attempts, first_try, latency = await structured.generate_json(
+        text,
+        [
+            Message(
+                "user",
+                structured.render(__file__, "catchup.j2", group=group.name, messages=numbered),
+            )
+        ],
+        schema,
+        lambda raw: _points(raw, messages),
+        options=GenerationOptions(max_tokens=400, temperature=0.3),
+        context=context,
+        items_checked_by_caller=True,
+    )
+    allowed = set(text.check_items([p.text for p in points], context))
+    points = [p for p in points if p.text in allowed]
+    generation_id = structured.record(
+        sessions,
+        feature="group_catch_up",
+        user_id=user.id,
+        inputs={
+            "group": group.external_id,
+            "since": since.isoformat(),
+            "messages": [m["id"] for m in messages],
+        },
+        output={"points": [p.model_dump() for p in points]},
+        model=text.model_id,
+        latency_ms=latency,
+        attempts=attempts,
+        first_try_valid=first_try,
+    )
+    return CatchUp(
+        generation_id=generation_id,
+        group_id=group.external_id,
+        since=since,
+        messages=len(messages),
+        points=points,
+    )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
