@@ -182,3 +182,15 @@ def test_group_topics_and_catch_up(env: Path) -> None:
         == 2
     )
     assert runner.invoke(app, ["catch-up", "g-nope", "--as", "root"]).exit_code == 1
+
+
+def test_describe(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    result = runner.invoke(app, ["describe", "l-0001", "--tone", "professional", "--as", "root"])
+    assert result.exit_code == 0, result.output
+    assert "Details:" in result.output and "(draft " in result.output
+    assert (
+        runner.invoke(app, ["describe", "l-0001", "--length", "epic", "--as", "root"]).exit_code
+        == 2
+    )

@@ -63,6 +63,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "price": "200",
             "category": "furniture",
             "status": "draft",
+            "attributes": {"material": "velvet", "seats": 3},
         },
     ],
     "reels": [

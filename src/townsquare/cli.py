@@ -459,6 +459,40 @@ def catch_up_cli(
     _run_as(as_user, work)
 
 
+@app.command("describe")
+def describe_cli(
+    listing_id: Annotated[str, typer.Argument(help="The listing's external id.")],
+    tone: Annotated[str, typer.Option(help="friendly, professional or playful.")] = "friendly",
+    length: Annotated[str, typer.Option(help="short, medium or long.")] = "short",
+    as_user: Annotated[str, typer.Option("--as", help="The seller (or an admin).")] = "admin",
+) -> None:
+    """Draft a product description from a listing's attributes (stored as a draft)."""
+    from pydantic import ValidationError
+
+    from townsquare.features.shops.service import DescriptionRequest, describe, seller_listing
+    from townsquare.social import access
+
+    try:
+        request = DescriptionRequest.model_validate({"tone": tone, "length": length})
+    except ValidationError as exc:
+        err.print(f"[red]Error:[/red] {exc.errors()[0]['msg']} (--tone / --length).")
+        raise typer.Exit(2) from exc
+
+    async def work(services: Any, db: Any, user: Any) -> None:
+        listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+        draft = await describe(
+            db, services.sessions, user, listing, request, text=services.guarded_text
+        )
+        console.print(draft.title, style="bold", markup=False, highlight=False)
+        console.print(draft.description, markup=False, highlight=False)
+        for highlight in draft.highlights:
+            console.print(f"- {highlight}", markup=False, highlight=False)
+        console.print("tags: " + ", ".join(draft.tags), markup=False)
+        console.print(f"(draft {draft.generation_id}; removed as invented: {len(draft.removed)})")
+
+    _run_as(as_user, work)
+
+
 @app.command("summarize")
 def summarize_cli(
     query: str,

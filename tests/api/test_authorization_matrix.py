@@ -86,6 +86,14 @@ RULES: dict[str, dict[str, int | str]] = {
         "creator": 404,
         "moderator": 404,
         "admin": OK,
+    },  # only l1's seller (the member) and admins; others cannot even see the draft listing
+    "listing-seller": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": 404,
+        "admin": OK,
     },
 }
 # Framework routes with no handler of ours: the API docs and static files.
@@ -175,6 +183,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     with TestClient(create_app(services=services)) as client:
         conversation = client.post("/api/conversations", json={}, headers=auth(keys["member"]))
         keys["conversation_id"] = str(conversation.json()["id"])
+        draft = client.post("/api/listings/l1/description", json={}, headers=auth(keys["member"]))
+        keys["generation_id"] = str(draft.json()["generation_id"])
     asyncio.run(services.aclose())
     return directory, keys
 
@@ -201,6 +211,10 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         kwargs["json"] = EXAMPLES[kind]
     elif (method, path) in BODIES:
         kwargs["json"] = BODIES[(method, path)]
+    elif path.endswith("/description/accept"):
+        kwargs["json"] = {"generation_id": int(keys["generation_id"])}
+    elif path.endswith("/description"):
+        kwargs["json"] = {}
     elif path in QUERIES:
         kwargs["params"] = QUERIES[path]
     elif (method, path) == ("POST", "/login"):

@@ -9,6 +9,7 @@ from townsquare.features.assistant import routes as assistant
 from townsquare.features.groups import routes as groups
 from townsquare.features.reels import routes as reels
 from townsquare.features.search import routes as search
+from townsquare.features.shops import routes as shops
 from townsquare.features.suggestions import routes as suggestions
 from townsquare.social import routes as social
 
@@ -21,4 +22,5 @@ router.include_router(search.router)
 router.include_router(reels.router)
 router.include_router(suggestions.router)
 router.include_router(groups.router)
+router.include_router(shops.router)
 router.include_router(social.router)

@@ -150,6 +150,8 @@ class Listing(Base):
     lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     image_refs: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    # set when the seller accepts (or edits) a generated draft
+    description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

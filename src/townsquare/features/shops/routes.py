@@ -1,0 +1,39 @@
+"""Shop routes: product descriptions for sellers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
+from townsquare.features.shops.service import (
+    Accept,
+    DescriptionRequest,
+    Draft,
+    accept,
+    describe,
+    seller_listing,
+)
+from townsquare.social import access
+
+router = APIRouter(prefix="/api/listings", tags=["shops"])
+
+
+@router.post("/{listing_id}/description", openapi_extra={"x-access": "listing-seller"})
+async def draft_description(
+    listing_id: str, body: DescriptionRequest, user: CurrentUser, db: DbDep, services: ServicesDep
+) -> Draft:
+    """A title, description, highlights and tags drawn only from the listing's facts."""
+    listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+    return await describe(db, services.sessions, user, listing, body, text=services.guarded_text)
+
+
+@router.post("/{listing_id}/description/accept", openapi_extra={"x-access": "listing-seller"})
+async def accept_description(
+    listing_id: str, body: Accept, user: CurrentUser, db: DbDep
+) -> dict[str, Any]:
+    """Put a draft (as generated, or edited) on the listing."""
+    listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+    listing = accept(db, user, listing, body)
+    return {"id": listing.external_id, "title": listing.title, "description": listing.description}

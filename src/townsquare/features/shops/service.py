@@ -1,0 +1,279 @@
+"""Product descriptions grounded in a listing's attributes.
+
+The check is mechanical: a number, brand, material, colour or size word in the draft that is
+not among the listing's facts is invented; the sentence (or highlight, or tag) carrying it is
+dropped, never rewritten. Every attribute given is used: those the draft left out are added as
+a closing "Details" sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import GenerationOptions, Message
+from townsquare.errors import InvalidField, NotFound
+from townsquare.features import structured
+from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.social.demo import CATALOGUE
+from townsquare.storage.social_tables import Generation, Listing
+from townsquare.storage.tables import User
+
+FEATURE = "product_description"
+SENTENCES = {"short": 2, "medium": 3, "long": 5}
+NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+WORD = re.compile(r"[\w'-]+")
+# words whose presence claims a fact: invented unless the listing states them
+CLAIMS = {w.lower() for spec in CATALOGUE.values() for w in spec["brands"]} | {
+    "oak",
+    "pine",
+    "walnut",
+    "teak",
+    "bamboo",
+    "metal",
+    "steel",
+    "aluminium",
+    "aluminum",
+    "carbon",
+    "leather",
+    "velvet",
+    "linen",
+    "cotton",
+    "wool",
+    "silk",
+    "denim",
+    "plastic",
+    "glass",
+    "ceramic",
+    "terracotta",
+    "marble",
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "grey",
+    "gray",
+    "pink",
+    "yellow",
+    "orange",
+    "purple",
+    "brown",
+    "beige",
+    "navy",
+    "olive",
+    "silver",
+    "gold",
+    "cream",
+    "xs",
+    "xl",
+    "xxl",
+}
+
+
+class DescriptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tone: Literal["friendly", "professional", "playful"] = "friendly"
+    length: Literal["short", "medium", "long"] = "short"
+
+
+class Draft(BaseModel):
+    generation_id: int
+    listing_id: str
+    title: str
+    description: str
+    highlights: list[str]
+    tags: list[str]
+    removed: list[str] = Field(description="Sentences, highlights or tags dropped as invented.")
+    added_attributes: list[str] = Field(
+        description="Attributes added because the draft left them out."
+    )
+
+
+class Accept(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    generation_id: int
+    title: str | None = Field(None, min_length=1, max_length=300, description="An edited title.")
+    description: str | None = Field(
+        None, min_length=1, max_length=5000, description="An edited text."
+    )
+
+
+def facts(listing: Listing) -> tuple[set[str], set[str]]:
+    """(words, numbers) the listing states."""
+    text = " ".join(
+        [
+            listing.title,
+            listing.category,
+            listing.condition.replace("_", " "),
+            listing.location,
+            f"{listing.price_cents / 100:.2f}",
+            str(listing.price_cents // 100),
+            *(f"{k} {v}" for k, v in listing.attributes.items()),
+        ]
+    )
+    words = {w.lower() for w in WORD.findall(text)}
+    numbers = {n.replace(",", ".") for n in NUMBER.findall(text)}
+    numbers |= {n.split(".")[0] for n in numbers}
+    return words, numbers
+
+
+def invented(text: str, words: set[str], numbers: set[str]) -> list[str]:
+    found = [
+        n
+        for n in NUMBER.findall(text)
+        if n.replace(",", ".") not in numbers and n.replace(",", ".").split(".")[0] not in numbers
+    ]
+    found += [w for w in WORD.findall(text) if w.lower() in CLAIMS and w.lower() not in words]
+    return found
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def ground(raw: dict[str, Any], listing: Listing) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Drop invented claims; add left-out attributes. Returns (draft, removed, added)."""
+    words, numbers = facts(listing)
+    removed: list[str] = []
+    kept_sentences: list[str] = []
+    for sentence in _sentences(raw["description"]):
+        (removed if invented(sentence, words, numbers) else kept_sentences).append(sentence)
+    highlights = [h for h in raw["highlights"] if not invented(h, words, numbers)]
+    removed += [h for h in raw["highlights"] if h not in highlights]
+    tags = [t.lower().strip("#") for t in raw["tags"] if not invented(t, words, numbers)]
+    removed += [t for t in raw["tags"] if t.lower().strip("#") not in tags]
+    title = raw["title"] if not invented(raw["title"], words, numbers) else listing.title
+    body = " ".join(kept_sentences + highlights + [title]).lower()
+    missing = [
+        f"{k.replace('_', ' ')}: {v}"
+        for k, v in listing.attributes.items()
+        if str(v).lower() not in body
+    ]
+    if missing:
+        kept_sentences.append("Details: " + "; ".join(missing) + ".")
+    draft = {
+        "title": title,
+        "description": " ".join(kept_sentences),
+        "highlights": highlights,
+        "tags": list(dict.fromkeys(tags)),
+    }
+    return draft, removed, missing
+
+
+def schema(length: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["title", "description", "highlights", "tags"],
+        "properties": {
+            "title": {"type": "string", "minLength": 3, "maxLength": 90},
+            "description": {
+                "type": "string",
+                "minLength": 10,
+                "maxLength": 220 * SENTENCES[length],
+            },
+            "highlights": {
+                "type": "array",
+                "minItems": 3,
+                "maxItems": 5,
+                "items": {"type": "string", "minLength": 2, "maxLength": 80},
+            },
+            "tags": {
+                "type": "array",
+                "minItems": 3,
+                "maxItems": 6,
+                "items": {"type": "string", "minLength": 2, "maxLength": 24},
+            },
+        },
+    }
+
+
+def seller_listing(db: Session, user: User, listing: Listing) -> Listing:
+    if listing.seller_id != user.id and user.role != "admin":
+        from townsquare.errors import Forbidden
+
+        raise Forbidden("Only the seller may draft or accept this listing's description.")
+    return listing
+
+
+async def describe(
+    db: Session,
+    sessions: sessionmaker[Session],
+    user: User,
+    listing: Listing,
+    request: DescriptionRequest,
+    *,
+    text: GuardedText,
+) -> Draft:
+    if not listing.attributes:
+        raise InvalidField(
+            "The listing has no attributes to describe. Add some first (brand, material, size, "
+            "colour...) with PUT /api/listings/{id}.",
+            "attributes",
+        )
+    prompt = structured.render(
+        __file__,
+        "description.j2",
+        tone=request.tone,
+        sentences=SENTENCES[request.length],
+        highlights="3 to 5",
+        title=listing.title,
+        category=listing.category,
+        condition=listing.condition.replace("_", " "),
+        location=listing.location or "not given",
+        price=f"{listing.price_cents / 100:.2f} {listing.currency}",
+        attributes=sorted(listing.attributes.items()),
+    )
+    context = Context(FEATURE, user.id, user.role)
+    raw, attempts, first_try, latency = await structured.generate_json(
+        text,
+        [Message("user", prompt)],
+        schema(request.length),
+        dict,
+        options=GenerationOptions(max_tokens=120 + 80 * SENTENCES[request.length], temperature=0.7),
+        context=context,
+    )
+    draft, removed, added = ground(raw, listing)
+    generation_id = structured.record(
+        sessions,
+        feature=FEATURE,
+        user_id=user.id,
+        inputs={"listing": listing.external_id, **request.model_dump()},
+        output={**draft, "removed": removed, "added_attributes": added},
+        model=text.model_id,
+        latency_ms=latency,
+        attempts=attempts,
+        first_try_valid=first_try,
+    )
+    return Draft(
+        generation_id=generation_id,
+        listing_id=listing.external_id,
+        removed=removed,
+        added_attributes=added,
+        **draft,
+    )
+
+
+def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
+    """Store a draft (as generated, or edited by the seller) on the listing."""
+    generation = db.get(Generation, body.generation_id)
+    if (
+        generation is None
+        or generation.feature != FEATURE
+        or generation.inputs.get("listing") != listing.external_id
+    ):
+        raise NotFound(f"There is no description draft {body.generation_id} for this listing.")
+    listing.title = body.title or generation.output["title"]
+    listing.description = body.description or generation.output["description"]
+    generation.output = {
+        **generation.output,
+        "accepted": True,
+        "edited": body.title is not None or body.description is not None,
+    }
+    db.commit()
+    return listing

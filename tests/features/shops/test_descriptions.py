@@ -1,0 +1,153 @@
+"""Product descriptions: grounded in the listing's facts, stored as drafts, accepted by the seller."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import auth, make_settings
+from tests.town import build_town
+from townsquare.app import create_app
+from townsquare.backends.fake import FakeText
+from townsquare.backends.llamacpp import LlamaCppText
+from townsquare.features.shops.service import facts, invented
+from townsquare.services import Services
+
+
+@pytest.fixture
+def keys(services: Services) -> dict[str, str]:
+    return build_town(services)
+
+
+def draft_json(**fields: object) -> str:
+    base = {
+        "title": "Btwin kids' bike",
+        "description": "A lovely bike for kids.",
+        "highlights": ["Sturdy frame", "Ready to ride", "Great for parks"],
+        "tags": ["bike", "kids", "btwin"],
+    }
+    return json.dumps({**base, **fields})
+
+
+def test_invented_facts_are_dropped_and_missing_attributes_added(
+    client: TestClient, keys: dict[str, str], fake_text: FakeText
+) -> None:
+    fake_text.enqueue(
+        draft_json(
+            description="A lovely bike for kids. It has 21 gears and a carbon frame. Btwin quality.",
+            highlights=["16 in frame", "Made by Trek", "Ready to ride"],
+            tags=["bike", "red", "kids"],
+        )
+    )
+    body = client.post(
+        "/api/listings/l-active/description", json={"tone": "playful"}, headers=auth(keys["member"])
+    ).json()
+    assert "21 gears" not in body["description"] and "carbon" not in body["description"]
+    assert body["highlights"] == ["16 in frame", "Ready to ride"]
+    assert body["tags"] == ["bike", "kids"]
+    assert set(body["removed"]) == {"It has 21 gears and a carbon frame.", "Made by Trek", "red"}
+    # every attribute given is used: frame size is in a highlight, brand in the text
+    text = (body["description"] + " ".join(body["highlights"])).lower()
+    assert "btwin" in text and "16 in" in text
+    assert body["added_attributes"] == []
+
+
+def test_left_out_attributes_are_added(
+    client: TestClient, keys: dict[str, str], fake_text: FakeText
+) -> None:
+    fake_text.enqueue(
+        draft_json(
+            title="Comfy sofa",
+            description="A comfy sofa.",
+            highlights=["Comfy", "Cosy", "Soft"],
+            tags=["sofa", "home", "comfy"],
+        )
+    )
+    body = client.post("/api/listings/l1/description", json={}, headers=auth(keys["member"])).json()
+    assert body["added_attributes"] == ["material: velvet", "seats: 3"]
+    assert body["description"].endswith("Details: material: velvet; seats: 3.")
+
+
+def test_accept_as_is_or_edited(
+    client: TestClient, keys: dict[str, str], fake_text: FakeText
+) -> None:
+    member = auth(keys["member"])
+    fake_text.enqueue(draft_json())
+    draft = client.post("/api/listings/l-active/description", json={}, headers=member).json()
+    accepted = client.post(
+        "/api/listings/l-active/description/accept",
+        json={"generation_id": draft["generation_id"]},
+        headers=member,
+    ).json()
+    assert accepted["description"] == draft["description"] and accepted["title"] == draft["title"]
+    edited = client.post(
+        "/api/listings/l-active/description/accept",
+        json={"generation_id": draft["generation_id"], "description": "My own words."},
+        headers=member,
+    ).json()
+    assert edited["description"] == "My own words."
+    wrong = client.post(
+        "/api/listings/l1/description/accept",
+        json={"generation_id": draft["generation_id"]},
+        headers=member,
+    )
+    assert wrong.status_code == 404
+
+
+def test_access_and_bad_input(client: TestClient, keys: dict[str, str], services: Services) -> None:
+    stranger = client.post(
+        "/api/listings/l-active/description", json={}, headers=auth(keys["outsider"])
+    )
+    assert stranger.status_code == 403 and "Only the seller" in stranger.json()["error"]["message"]
+    assert (
+        client.post(
+            "/api/listings/l1/description", json={}, headers=auth(keys["outsider"])
+        ).status_code
+        == 404
+    )
+    assert (
+        client.post(
+            "/api/listings/l1/description", json={"tone": "grumpy"}, headers=auth(keys["member"])
+        ).status_code
+        == 422
+    )
+    bare = {"seller": "u-member", "title": "Mystery box", "price": "5", "category": "misc"}
+    client.put("/api/listings/bare", json=bare, headers=auth(keys["admin"]))
+    response = client.post("/api/listings/bare/description", json={}, headers=auth(keys["member"]))
+    assert response.status_code == 422 and response.json()["error"]["field"] == "attributes"
+
+
+def test_facts_and_invented() -> None:
+    class L:
+        title, category, condition, location = "Btwin kids' bike", "bikes", "like_new", "Alfama"
+        price_cents, attributes = 8000, {"brand": "Btwin", "frame_size": "16 in"}
+
+    words, numbers = facts(L())  # type: ignore[arg-type]
+    assert invented("A 16 in Btwin for 80 euros", words, numbers) == []
+    assert invented("A red Trek with 21 gears", words, numbers) == ["21", "red", "Trek"]
+
+
+@pytest.mark.model
+def test_real_model_drafts_are_grounded(tmp_path, real_text: LlamaCppText) -> None:
+    services = Services.build(make_settings(tmp_path), text=real_text)
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        response = client.post(
+            "/api/listings/l-active/description",
+            json={"length": "short"},
+            headers=auth(keys["member"]),
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+    assert body["title"] and body["description"] and 0 <= len(body["highlights"]) <= 5
+    from townsquare.storage.social_tables import Listing
+
+    with services.sessions() as db:
+        listing = db.query(Listing).filter_by(external_id="l-active").one()
+        words, numbers = facts(listing)
+    for text in [body["title"], body["description"], *body["highlights"], *body["tags"]]:
+        assert invented(text, words, numbers) == [], text
+    everything = (
+        body["description"] + " " + " ".join(body["highlights"]) + " " + body["title"]
+    ).lower()
+    assert "btwin" in everything and "16 in" in everything
