@@ -194,3 +194,13 @@ def test_describe(env: Path) -> None:
         runner.invoke(app, ["describe", "l-0001", "--length", "epic", "--as", "root"]).exit_code
         == 2
     )
+
+
+def test_suggest_replies(env: Path) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    result = runner.invoke(app, ["suggest", "replies", "dm-sol.rivera-00", "--as", "sol.rivera"])
+    assert result.exit_code == 0, result.output
+    assert "style off" in result.output and "- fake text" in result.output
+    assert (
+        runner.invoke(app, ["suggest", "replies", "dm-sol.rivera-00", "--as", "mia"]).exit_code == 1
+    )

@@ -400,6 +400,28 @@ def suggest_comments_cli(
     _run_as(as_user, work)
 
 
+@suggest_app.command("replies")
+def suggest_replies_cli(
+    thread_id: Annotated[str, typer.Argument(help="The DM thread's external id.")],
+    as_user: Annotated[str, typer.Option("--as", help="The creator in the thread.")] = "admin",
+) -> None:
+    """Suggest three replies to a fan's latest message, in the creator's voice if switched on."""
+    from townsquare.features.suggestions.style import suggest_replies
+    from townsquare.social import access
+
+    async def work(services: Any, db: Any, user: Any) -> None:
+        thread = access.thread_visible_to(db, user, thread_id)
+        result = await suggest_replies(
+            db, services.sessions, user, thread, text=services.guarded_text, embedder=services.embed
+        )
+        for reply in result.replies:
+            console.print(f"- {reply}", markup=False, highlight=False)
+        voice = "in your style" if result.styled else "style off (PUT /api/creators/me/style)"
+        console.print(f"(generation {result.generation_id}, {voice})")
+
+    _run_as(as_user, work)
+
+
 @suggest_app.command("topics")
 def suggest_topics_cli(
     group_id: Annotated[str, typer.Argument(help="The group's external id.")],

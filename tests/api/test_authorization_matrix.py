@@ -95,6 +95,16 @@ RULES: dict[str, dict[str, int | str]] = {
         "moderator": 404,
         "admin": OK,
     },
+    # t1 is between the creator and the member: only the creator (and admins) get replies
+    "dm-creator": {
+        "anonymous": 401,
+        "member": 403,
+        "outsider": 404,
+        "creator": OK,
+        "moderator": 404,
+        "admin": OK,
+    },
+    "creator": {**dict.fromkeys(PERSONAS, 403), "anonymous": 401, "creator": OK, "admin": OK},
 }
 # Framework routes with no handler of ours: the API docs and static files.
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
@@ -207,6 +217,8 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
     kwargs: dict[str, Any] = {}
     if path.endswith(":batch"):
         kwargs["json"] = [{"external_id": "new-1", **EXAMPLES[kind]}]
+    elif path.endswith("/style") and method == "PUT":
+        kwargs["json"] = {"enabled": True}
     elif method == "PUT":
         kwargs["json"] = EXAMPLES[kind]
     elif (method, path) in BODIES:

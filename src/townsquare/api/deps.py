@@ -87,3 +87,12 @@ def require_admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(require_admin)]
+
+
+def require_creator(user: CurrentUser) -> User:
+    if user.role not in {"creator", "admin"}:
+        raise Forbidden("Only creators have a style profile. Ask an admin to make you a creator.")
+    return user
+
+
+CreatorUser = Annotated[User, Depends(require_creator)]

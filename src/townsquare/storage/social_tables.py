@@ -246,3 +246,17 @@ class Generation(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     first_try_valid: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class CreatorStyle(Base):
+    """A creator's writing-style profile for suggested replies: opt-in, viewable, editable."""
+
+    __tablename__ = "creator_styles"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    edited: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
