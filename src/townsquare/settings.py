@@ -54,6 +54,12 @@ class TextSettings(BaseModel):
     n_ctx: int = Field(
         2048, ge=256, le=262144, description="Context window in tokens (prompt plus reply)."
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Sampling seed of a local model; set it for reproducible runs (tests, "
+        "evaluations). Default: random.",
+    )
     n_threads: int | None = Field(
         None,
         ge=1,

@@ -93,6 +93,7 @@ class LlamaCppText(TextBackend):
         max_queue: int = 8,
         retry_after_s: int = 2,
         model_alias: str | None = None,
+        seed: int | None = None,
     ) -> None:
         if not model_path.is_file():
             raise BackendUnavailable(
@@ -112,6 +113,7 @@ class LlamaCppText(TextBackend):
                 n_threads_batch=threads,
                 flash_attn=flash_attn,
                 verbose=False,
+                **({"seed": seed} if seed is not None else {}),
             )
             self._vocab = llama_cpp.Llama(
                 model_path=str(model_path), vocab_only=True, verbose=False

@@ -69,6 +69,7 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
         max_queue=settings.max_queue,
         retry_after_s=settings.retry_after_s,
         model_alias=settings.model_alias,
+        seed=settings.seed,
     )
 
 

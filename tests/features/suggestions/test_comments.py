@@ -138,3 +138,23 @@ def test_real_model_end_to_end(tmp_path, real_text: LlamaCppText) -> None:
     with services.sessions() as db:
         generation = db.scalars(select(Generation)).one()
     assert generation.model == real_text.model_id and generation.feature == "comment_suggestions"
+
+
+async def test_a_post_with_nothing_to_comment_on_is_422(services: Services) -> None:
+    from townsquare.errors import InvalidField
+    from townsquare.features.suggestions.schemas import CommentRequest
+    from townsquare.features.suggestions.service import suggest_comments
+    from townsquare.storage.social_tables import Post
+    from townsquare.storage.tables import User
+
+    empty = Post(external_id="p-empty", author_id=1, text="  ", image_url=None)
+    with services.sessions() as db, pytest.raises(InvalidField) as info:
+        await suggest_comments(
+            db,
+            services.sessions,
+            User(id=1, name="x", role="member"),
+            empty,
+            CommentRequest(),
+            text=services.guarded_text,
+        )
+    assert info.value.field == "post" and "neither text nor an image" in info.value.message

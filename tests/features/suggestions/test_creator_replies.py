@@ -97,6 +97,9 @@ def test_shape() -> None:
         median_chars=200, p75_chars=260, emoji_rate=0.0, sign_off="Kind regards, Amelia"
     )
     assert shape("Thank you 🙏", formal) == "Thank you Kind regards, Amelia"
+    assert (
+        shape("Thanks. Kind regards, Amelia. PS see you", formal) == "Thanks. Kind regards, Amelia"
+    )
     long = shape("A. " * 400, formal)
     assert len(long) <= 1.5 * 260 + len(" Kind regards, Amelia") + 1
 

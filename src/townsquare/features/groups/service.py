@@ -111,7 +111,7 @@ async def suggest_topics(
         ],
         schema,
         lambda raw: [Topic.model_validate(t) for t in raw["topics"]],
-        options=GenerationOptions(max_tokens=90 * request.count + 40, temperature=0.8),
+        options=GenerationOptions(max_tokens=110 * (request.count + 2) + 40, temperature=0.8),
         context=context,
         items_checked_by_caller=True,
     )

@@ -121,7 +121,7 @@ async def summarize(
         messages,
         schema(count),
         lambda raw: cited(raw, count),
-        options=GenerationOptions(max_tokens=320, temperature=0.3),
+        options=GenerationOptions(max_tokens=560, temperature=0.3),
         context=context,
         items_checked_by_caller=True,
     )

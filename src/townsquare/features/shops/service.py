@@ -235,7 +235,7 @@ async def describe(
         [Message("user", prompt)],
         schema(request.length),
         dict,
-        options=GenerationOptions(max_tokens=120 + 80 * SENTENCES[request.length], temperature=0.7),
+        options=GenerationOptions(max_tokens=300 + 80 * SENTENCES[request.length], temperature=0.7),
         context=context,
     )
     draft, removed, added = ground(raw, listing)

@@ -113,7 +113,8 @@ async def suggest_comments(
         messages,
         schema(request.count),
         lambda v: _Answer.model_validate(v).comments,
-        options=GenerationOptions(max_tokens=60 * request.count + 40, temperature=0.8),
+        # room for the longest answer the schema allows (about 3 characters a token)
+        options=GenerationOptions(max_tokens=75 * (request.count + 2) + 40, temperature=0.8),
         context=context,
         items_checked_by_caller=True,
     )

@@ -152,8 +152,12 @@ def shape(reply: str, profile: StyleProfile) -> str:
     if limit and len(text) > limit:
         cut = max(text.rfind(".", 0, limit), text.rfind("!", 0, limit))
         text = text[: cut + 1] if cut > limit // 3 else text[:limit].rstrip() + "…"
-    if profile.sign_off and profile.sign_off.lower() not in text.lower():
-        text = f"{text.rstrip()} {profile.sign_off}"
+    if profile.sign_off:
+        at = text.lower().find(profile.sign_off.lower())
+        # end with the usual sign-off, and nothing after it
+        text = (
+            text[: at + len(profile.sign_off)] if at >= 0 else f"{text.rstrip()} {profile.sign_off}"
+        )
     return text
 
 
@@ -215,7 +219,7 @@ async def suggest_replies(
         [Message("system", prompt), Message("user", latest)],
         schema,
         lambda value: [str(r) for r in value["replies"]],
-        options=GenerationOptions(max_tokens=260, temperature=0.8),
+        options=GenerationOptions(max_tokens=660, temperature=0.8),
         context=context,
         items_checked_by_caller=True,
     )
