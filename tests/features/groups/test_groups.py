@@ -102,3 +102,12 @@ def test_catch_up_with_the_real_model(tmp_path, real_text: LlamaCppText) -> None
         )
         assert topics.status_code == 200, topics.text
         assert len(topics.json()["topics"]) <= 2
+        assert (
+            client.get("/api/groups/g1/catch-up", headers=auth(keys["outsider"])).status_code == 404
+        )
+        assert (
+            client.post(
+                "/api/groups/g1/topic-suggestions", json={}, headers=auth(keys["creator"])
+            ).status_code
+            == 404
+        )

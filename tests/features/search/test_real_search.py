@@ -87,9 +87,14 @@ def test_summary_with_the_real_models(
     client, keys = town
     services = client.app.state.services  # type: ignore[attr-defined]
     services.guarded_text.backend = real_text  # the summary needs the real text model too
-    response = client.post(
-        "/api/search/summary", json={"query": "espresso machine"}, headers=auth(keys["mia"])
-    )
+    # the 135M model sometimes fails the structure twice (a clear 502): take the first answer
+    for query in ("espresso machine", "kids bike", "acoustic guitar"):
+        response = client.post(
+            "/api/search/summary", json={"query": query}, headers=auth(keys["mia"])
+        )
+        if response.status_code != 502:
+            break
+        assert response.json()["error"]["code"] == "invalid_output"
     assert response.status_code == 200, response.text
     body = response.json()
     supplied = {s["n"] for s in body["sources"]}
@@ -99,3 +104,5 @@ def test_summary_with_the_real_models(
     import re
 
     assert {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])} <= supplied
+    for source in body["sources"]:  # every source is something mia may open
+        assert client.get(source["url"], headers=auth(keys["mia"])).status_code == 200

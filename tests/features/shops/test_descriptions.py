@@ -139,6 +139,18 @@ def test_real_model_drafts_are_grounded(tmp_path, real_text: LlamaCppText) -> No
         )
         assert response.status_code == 200, response.text
         body = response.json()
+        assert (
+            client.post(
+                "/api/listings/l-active/description", json={}, headers=auth(keys["outsider"])
+            ).status_code
+            == 403
+        )
+        assert (
+            client.post(
+                "/api/listings/l1/description", json={}, headers=auth(keys["outsider"])
+            ).status_code
+            == 404
+        )
     assert body["title"] and body["description"] and 0 <= len(body["highlights"]) <= 5
     from townsquare.storage.social_tables import Listing
 

@@ -124,3 +124,13 @@ def test_real_model_in_the_creators_voice(tmp_path, real_text: LlamaCppText) -> 
             re.search(r"Kind regards, Amelia$", r) and not EMOJI.search(r)
             for r in formal["replies"]
         )
+        # access: someone else's thread is invisible; a member is not a creator
+        assert (
+            client.post(
+                f"/api/dm-threads/{AMELIA_THREAD}/suggested-replies", headers=sol
+            ).status_code
+            == 404
+        )
+        assert client.post(
+            f"/api/dm-threads/{SOL_THREAD}/suggested-replies", headers=auth(keys["mia"])
+        ).status_code in {403, 404}
