@@ -226,10 +226,6 @@ class EmbeddedVectorIndex(VectorIndex):
         with self._lock:
             return dict(self._collections.get(collection, _Collection()).hashes)
 
-    def count(self, collection: str) -> int:
-        self.refresh()
-        return len(self._collections.get(collection, _Collection()).rows)
-
     def vector(self, collection: str, item_id: int) -> Vectors | None:
         self.refresh()
         with self._lock:

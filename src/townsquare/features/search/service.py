@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -34,13 +33,6 @@ from townsquare.storage.vectors import VectorIndex
 RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
 CANDIDATES = 200  # per ranker, before fusion
 WORD = re.compile(r"[\w']+", re.UNICODE)
-
-
-@dataclass(frozen=True)
-class SearchLimits:
-    max_query_chars: int
-    page_size: int
-    max_page: int
 
 
 def _words(query: str) -> list[str]:
