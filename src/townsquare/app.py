@@ -45,7 +45,15 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     if services is not None:
         app.state.services = services
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.limits.max_body_bytes,
+        upload_limits={
+            "/api/provenance/detect": (
+                settings.watermark.max_upload_bytes,
+                "watermark.max_upload_bytes",
+            )
+        },
     )
     errors.install(app)
     app.include_router(router)

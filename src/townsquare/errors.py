@@ -83,6 +83,13 @@ class InvalidField(TownsquareError):
         self.field = field
 
 
+class InvalidImage(TownsquareError):
+    """An upload that is not a usable image (not an image, truncated, too small or too big)."""
+
+    status_code = 422
+    code = "invalid_image"
+
+
 class InvalidBatch(TownsquareError):
     """Some rows of an ingestion batch are bad; nothing was stored. ``rows`` says which and why."""
 

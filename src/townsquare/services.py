@@ -18,6 +18,7 @@ from townsquare.features.assistant.tools import RecommendReels
 from townsquare.features.search.indexer import Indexer
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
+from townsquare.safety.provenance import Provenance
 from townsquare.safety.pipeline import (
     Context,
     GuardedText,
@@ -54,6 +55,13 @@ class Services:
     # Called as hook(kind, external_id) after a delete commits: derived data (embeddings,
     # caches) registers here so that a removal reaches it too.
     deletion_hooks: list[Callable[[str, str], None]] = field(default_factory=list)
+    _provenance: Provenance | None = None
+
+    def provenance(self) -> Provenance:
+        """The watermark registry (built on first use: it may create the key file)."""
+        if self._provenance is None:
+            self._provenance = Provenance(self.sessions, self.settings)
+        return self._provenance
 
     @classmethod
     def build(

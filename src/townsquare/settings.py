@@ -209,6 +209,39 @@ class SafetySettings(BaseModel):
     )
 
 
+class WatermarkSettings(BaseModel):
+    """The invisible watermark on generated images and the provenance detector."""
+
+    key: SecretStr | None = Field(
+        None,
+        description="Secret that seeds the watermark. Unset: a random key is made on first use "
+        "and kept in <data_dir>/watermark.key. Back it up; marks made under a lost key can no "
+        "longer be read. Every replica must use the same key.",
+    )
+    psnr: float = Field(
+        41.5,
+        ge=35.0,
+        le=50.0,
+        description="Strength, as the PSNR in dB of a marked image against the original: "
+        "higher is fainter and less robust.",
+    )
+    min_side: int = Field(
+        256, ge=256, le=4096, description="Smallest long side (pixels) an image may have."
+    )
+    max_pixels: int = Field(
+        16_777_216,
+        ge=65_536,
+        le=100_000_000,
+        description="Largest image (width x height) decoded; larger ones, including "
+        "decompression bombs, are refused before their pixels are read.",
+    )
+    max_upload_bytes: int = Field(
+        20_971_520,
+        ge=1024,
+        description="Largest image upload accepted by /api/provenance/detect (bytes).",
+    )
+
+
 class Settings(BaseSettings):
     """All of townsquare's settings. `townsquare settings` prints them with their values."""
 
@@ -234,6 +267,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
 
     @field_validator("log_level")
     @classmethod

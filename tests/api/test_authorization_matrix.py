@@ -9,6 +9,7 @@ change what the next one sees.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import shutil
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from PIL import Image
 from fastapi.testclient import TestClient
 from starlette.routing import Mount, Route
 
@@ -206,6 +208,12 @@ def town_copy(template: Path, target: Path) -> Services:
     return Services.build(make_settings(target), text=FakeText())
 
 
+def plain_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (120, 130, 140)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict[str, Any]]:
     kind = path.split("/")[2].split(":")[0] if path.startswith("/api/") else ""
     values = {
@@ -229,6 +237,8 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         kwargs["json"] = {}
     elif path in QUERIES:
         kwargs["params"] = QUERIES[path]
+    elif path == "/api/provenance/detect":
+        kwargs["files"] = {"file": ("plain.png", plain_png(), "image/png")}
     elif (method, path) == ("POST", "/login"):
         kwargs["data"] = {"key": keys.get("__persona_key", "ts_wrong")}
     return url, kwargs

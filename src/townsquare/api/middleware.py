@@ -23,15 +23,27 @@ class RequestContextMiddleware:
     """Gives every request an id (``X-Request-ID``, echoed back), enforces the body limit,
     and records a log line and metrics per request."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        upload_limits: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # path -> (limit, setting name): uploads that may exceed the general body limit
+        self.upload_limits = upload_limits or {}
 
-    def _too_large(self, size: str) -> PayloadTooLarge:
+    def _limit(self, path: str) -> tuple[int, str]:
+        return self.upload_limits.get(path, (self.max_body_bytes, "limits.max_body_bytes"))
+
+    def _too_large(self, size: str, limit: tuple[int, str]) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"The request body is {size}; the limit is {self.max_body_bytes} bytes "
-            "(limits.max_body_bytes). Send less, or split it into several requests."
+            f"The request body is {size}; the limit is {limit[0]} bytes "
+            f"({limit[1]}). Send less, or split it into several requests."
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,6 +56,7 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "started": False, "received": 0, "rejected": False}
+        limit = self._limit(scope["path"])
 
         async def send_with_id(message: Message) -> None:
             if state["rejected"]:
@@ -61,17 +74,21 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request" and not state["rejected"]:
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_body_bytes and not state["started"]:
+                if state["received"] > limit[0] and not state["started"]:
                     # Answer now and tell the app the client left, so it stops reading.
-                    await self._send_error(scope, send_with_id, self._too_large("larger than that"))
+                    await self._send_error(
+                        scope, send_with_id, self._too_large("larger than that", limit)
+                    )
                     state["rejected"] = True
                     return {"type": "http.disconnect"}
             return message
 
         try:
             length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                await self._send_error(scope, send_with_id, self._too_large(f"{length} bytes"))
+            if length.isdigit() and int(length) > limit[0]:
+                await self._send_error(
+                    scope, send_with_id, self._too_large(f"{length} bytes", limit)
+                )
                 return
             try:
                 await self.app(scope, limited_receive, send_with_id)

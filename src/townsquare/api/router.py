@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from townsquare.api import health, openai
 from townsquare.features.assistant import routes as assistant
 from townsquare.features.groups import routes as groups
+from townsquare.features.provenance import routes as provenance
 from townsquare.features.reels import routes as reels
 from townsquare.features.search import routes as search
 from townsquare.features.shops import routes as shops
@@ -23,4 +24,5 @@ router.include_router(reels.router)
 router.include_router(suggestions.router)
 router.include_router(groups.router)
 router.include_router(shops.router)
+router.include_router(provenance.router)
 router.include_router(social.router)

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from townsquare.errors import Forbidden, InvalidBatch, NotFound
@@ -50,6 +50,7 @@ from townsquare.storage.social_tables import (
     Listing,
     Membership,
     Post,
+    ProvenanceRecord,
     Reel,
 )
 from townsquare.storage.tables import User
@@ -555,6 +556,12 @@ def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:
     """Interactions point at posts, listings and reels without a foreign key: remove them too."""
     targets: list[tuple[str, Any]] = []
     if kind.table is User:
+        # an image made here stays recognisable, but no longer points at the removed user
+        db.execute(
+            update(ProvenanceRecord)
+            .where(ProvenanceRecord.user_id == obj.id)
+            .values(user_id=None)
+        )
         targets = [
             ("post", select(Post.id).where(Post.author_id == obj.id)),
             ("listing", select(Listing.id).where(Listing.seller_id == obj.id)),

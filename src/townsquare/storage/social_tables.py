@@ -260,3 +260,21 @@ class CreatorStyle(Base):
     profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     edited: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProvenanceRecord(Base):
+    """One watermarked image: the payload hidden in it and the generation it came from.
+
+    The prompt is kept only as a SHA-256 hash; the record says who, when and with what model.
+    """
+
+    __tablename__ = "provenance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[str] = mapped_column(String(16), unique=True)  # hex of the mark's bits
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(String(64))  # imagine, reimagine, cli, ...
+    generation_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    model: Mapped[str] = mapped_column(String(200), default="")
+    prompt_hash: Mapped[str] = mapped_column(String(64), default="")

@@ -1,0 +1,229 @@
+"""Provenance: mark generated images, keep a registry of the marks, and look images up.
+
+``Provenance.mark`` hides a fresh random payload in an image and records which generation it
+came from; ``Provenance.detect`` reads a payload back and finds its record. Image decoding is
+done here too, with every limit explicit: only PNG, JPEG and WebP, a byte limit (enforced by
+the HTTP layer), a pixel limit checked from the header before any pixel is decoded (so
+decompression bombs are refused cheaply) and a minimum size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.errors import InvalidImage, PayloadTooLarge
+from townsquare.safety import watermark
+from townsquare.settings import Settings, WatermarkSettings
+from townsquare.storage.social_tables import ProvenanceRecord
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+KEY_FILE = "watermark.key"
+
+
+def resolve_key(settings: Settings) -> bytes:
+    """The watermark key: the setting, or a random one kept in ``<data_dir>/watermark.key``."""
+    if settings.watermark.key is not None:
+        secret = settings.watermark.key.get_secret_value()
+        if len(secret) < 16:
+            raise ValueError(
+                "watermark.key is shorter than 16 characters. Use a long random secret, e.g. "
+                "the output of `python -c 'import secrets; print(secrets.token_hex(32))'`."
+            )
+        return hashlib.sha256(secret.encode()).digest()
+    path = Path(settings.data_dir) / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+    return hashlib.sha256(path.read_text().strip().encode()).digest()
+
+
+def load_image(data: bytes, limits: WatermarkSettings) -> Image.Image:
+    """Decode an uploaded PNG, JPEG or WebP, refusing what the watermark cannot take."""
+    if len(data) > limits.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"The image is {len(data)} bytes; the limit is {limits.max_upload_bytes} "
+            "(watermark.max_upload_bytes). Send a smaller file."
+        )
+    try:
+        with warnings.catch_warnings():
+            # the pixel limit below is ours (watermark.max_pixels), checked before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(
+            f"The image declares more pixels than the limit of {limits.max_pixels} "
+            "(watermark.max_pixels). Resize it first."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidImage(
+            "The upload is not a PNG, JPEG or WebP image. Send the image file itself."
+        ) from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"The image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} (watermark.max_pixels). Resize it first."
+        )
+    if max(width, height) < limits.min_side:
+        raise InvalidImage(
+            f"The image is {width}x{height} pixels; at least {limits.min_side} pixels on the "
+            "long side are needed (watermark.min_side). Send the original, not a thumbnail."
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(
+            f"The image could not be decoded ({exc}); the file may be truncated or corrupt. "
+            "Send the complete file."
+        ) from None
+    return image
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """Image file bytes (PNG by default: lossless, so the mark is intact)."""
+    buffer = io.BytesIO()
+    fmt = fmt.upper()
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    options: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a provenance lookup learnt: the detection and, if registered, its record."""
+
+    detection: watermark.Detection
+    record: ProvenanceRecord | None
+
+    @property
+    def made_here(self) -> bool:
+        return self.detection.found and self.record is not None
+
+    def public(self) -> dict[str, Any]:
+        """What anyone may see: whether it was made here, and how sure the detector is."""
+        return {
+            "made_here": self.made_here,
+            "watermark_found": self.detection.found,
+            "p_value": self.detection.p_value,
+            "bit_errors": self.detection.bit_errors,
+            "coded_bits": self.detection.coded_bits,
+        }
+
+    def full(self) -> dict[str, Any]:
+        """The public answer plus the generation record (for admins)."""
+        answer = self.public()
+        record = self.record
+        answer["record"] = (
+            None
+            if record is None
+            else {
+                "payload": record.payload,
+                "created_at": _iso(record.created_at),
+                "source": record.source,
+                "generation_id": record.generation_id,
+                "user_id": record.user_id,
+                "model": record.model,
+                "prompt_sha256": record.prompt_hash,
+            }
+        )
+        return answer
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+class Provenance:
+    """Marks images with registered payloads and looks marked images up."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.limits = settings.watermark
+        self.key = resolve_key(settings)
+
+    def mark(
+        self,
+        image: Image.Image,
+        *,
+        source: str,
+        user_id: int | None = None,
+        model: str = "",
+        prompt: str = "",
+        generation_id: int | None = None,
+    ) -> tuple[Image.Image, ProvenanceRecord]:
+        """Embed a fresh payload and register it; returns the marked image and its record."""
+        watermark.check_size(
+            *image.size, min_side=self.limits.min_side, max_pixels=self.limits.max_pixels
+        )
+        record = self._register(
+            source=source,
+            user_id=user_id,
+            model=model,
+            prompt_hash=prompt_hash(prompt) if prompt else "",
+            generation_id=generation_id,
+        )
+        marked = watermark.embed(
+            image,
+            int(record.payload, 16),
+            key=self.key,
+            psnr=self.limits.psnr,
+            max_pixels=self.limits.max_pixels,
+        )
+        return marked, record
+
+    def _register(self, **fields: Any) -> ProvenanceRecord:
+        for _ in range(8):
+            payload = secrets.randbits(watermark.PAYLOAD_BITS)
+            with self.sessions() as db:
+                record = ProvenanceRecord(
+                    payload=f"{payload:0{watermark.PAYLOAD_BITS // 4}x}", **fields
+                )
+                db.add(record)
+                try:
+                    db.commit()
+                except IntegrityError:
+                    db.rollback()
+                    continue  # that payload is taken (a 2^-48 event); draw another
+                db.refresh(record)
+                db.expunge(record)
+                return record
+        raise RuntimeError("Could not draw an unused watermark payload; check the database.")
+
+    def detect(self, image: Image.Image) -> Found:
+        """Read the mark (if any) and find its registry record."""
+        detection = watermark.detect(image, key=self.key, max_pixels=self.limits.max_pixels)
+        record = None
+        if detection.found and detection.payload is not None:
+            hex_payload = f"{detection.payload:0{watermark.PAYLOAD_BITS // 4}x}"
+            with self.sessions() as db:
+                record = db.scalar(
+                    select(ProvenanceRecord).where(ProvenanceRecord.payload == hex_payload)
+                )
+                if record is not None:
+                    db.expunge(record)
+        return Found(detection, record)

@@ -1,0 +1,614 @@
+"""Invisible, keyed image watermark with a detector: a self-synchronising periodic mark.
+
+The method (docs/watermark.md explains it at length):
+
+* **Canonical frame.** Every image is looked at on a grid whose long side is
+  ``CANONICAL`` pixels, so a uniform resize of the whole image changes nothing.
+* **Periodic tile.** The mark is one ``PERIOD``-pixel tile, repeated over the canonical
+  frame (Kutter 1998; Voloshynovskiy et al. 2001, "self-reference"). The tile is a grid of
+  ``CELL``-pixel cells: a quarter of them carry a key-derived synchronisation pattern, the
+  rest carry the payload, convolutionally coded and spread with key-derived signs. The tile
+  is band-limited to the frequencies that survive JPEG, blur and downscaling.
+* **Perceptual shaping.** The tile is scaled by a local-activity mask (more in texture,
+  less in flat areas) and added to the luminance, with a global gain that fixes the PSNR.
+* **Synchronisation.** The detector whitens the luminance and computes its autocorrelation;
+  the repeated tile shows as a lattice of peaks whose spacing and angle give the scale and
+  rotation (crops, resizes, rotations). It folds the image onto one tile along that lattice
+  (averaging all repetitions) and finds the tile's translation by correlating with the sync
+  pattern.
+* **Decision.** Soft Viterbi decoding gives the payload; the count of coded bits that
+  disagree with the re-encoded payload gives a p-value under the null hypothesis that an
+  unmarked image yields fair coin flips (binomial bound times the number of codewords and of
+  hypotheses tried). ``found`` means p <= ``FALSE_POSITIVE_BOUND`` (1e-6).
+
+Only numpy, scipy and Pillow are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+from scipy import ndimage
+from scipy.special import gammaln
+
+Array = NDArray[np.float64]
+
+CANONICAL = 512
+PERIOD = 128
+CELL = 4
+GRID = PERIOD // CELL
+SYNC_FRACTION = 0.2
+PAYLOAD_BITS = 48
+CONSTRAINT = 7
+GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, K = 7 (the LTE / 3GPP code)
+BAND = (0.05, 0.2)  # cycles per canonical pixel: the frequencies the tile lives in
+TARGET_PSNR = 41.5
+FALSE_POSITIVE_BOUND = 1e-6
+CANDIDATES = 3  # lattice hypotheses decoded at most; enters the p-value (Bonferroni)
+SCALES = (0.6, 2.2)  # lattice scale searched (crop without resizing back enlarges it)
+MAX_ANGLE = 8.0  # degrees, rotation searched either way
+LATTICE_PEAKS = 6  # autocorrelation lattice hypotheses checked against the sync pattern
+
+CODED_BITS = len(GENERATORS) * (PAYLOAD_BITS + CONSTRAINT - 1)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What :func:`detect` found.
+
+    ``found`` is true when ``p_value`` is at most 1e-6: the probability that an unmarked image
+    decodes this close to some valid payload. ``payload`` is only set when found.
+    """
+
+    found: bool
+    payload: int | None
+    bit_errors: int
+    coded_bits: int
+    p_value: float
+    scale: float = 1.0
+    angle: float = 0.0
+    decoded: int | None = None  # best-guess payload even when not found (for diagnostics)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "found": self.found,
+            "payload": None if self.payload is None else f"{self.payload:0{PAYLOAD_BITS // 4}x}",
+            "bit_errors": self.bit_errors,
+            "coded_bits": self.coded_bits,
+            "p_value": self.p_value,
+        }
+
+
+# --------------------------------------------------------------------------- key material
+
+
+@dataclass(frozen=True)
+class _Keyed:
+    sync_cells: NDArray[np.intp]
+    sync_signs: Array
+    data_cells: NDArray[np.intp]
+    data_bit: NDArray[np.intp]  # coded bit index carried by each data cell
+    data_signs: Array
+    sync_tile: Array  # band-limited sync-only tile (PERIOD x PERIOD), unit energy per cell
+
+
+def _rng(key: bytes, label: str) -> np.random.Generator:
+    digest = hashlib.sha256(key + b"\x00townsquare-watermark\x00" + label.encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+
+
+@lru_cache(maxsize=1)
+def _band_mask() -> Array:
+    f = np.fft.fftfreq(PERIOD)
+    r = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    lo, hi = BAND
+    return (1.0 - np.exp(-((r / lo) ** 2))) * np.exp(-((r / hi) ** 2))
+
+
+def _bandpass_tile(tile: Array) -> Array:
+    return np.real(np.fft.ifft2(np.fft.fft2(tile) * _band_mask()))
+
+
+def _cells_to_tile(values: Array) -> Array:
+    """G x G cell values -> band-limited PERIOD x PERIOD tile (cyclic)."""
+    return _bandpass_tile(np.kron(values.reshape(GRID, GRID), np.ones((CELL, CELL))))
+
+
+@lru_cache(maxsize=8)
+def _keyed(key: bytes) -> _Keyed:
+    rng = _rng(key, "layout")
+    order = rng.permutation(GRID * GRID)
+    n_sync = int(round(SYNC_FRACTION * GRID * GRID))
+    sync_cells = np.sort(order[:n_sync])
+    data_cells = order[n_sync:]
+    data_bit = np.arange(len(data_cells)) % CODED_BITS
+    sync_signs = rng.choice([-1.0, 1.0], size=n_sync)
+    data_signs = rng.choice([-1.0, 1.0], size=len(data_cells))
+    grid = np.zeros(GRID * GRID)
+    grid[sync_cells] = sync_signs
+    return _Keyed(
+        sync_cells, sync_signs, data_cells, data_bit, data_signs, _cells_to_tile(grid)
+    )
+
+
+# --------------------------------------------------------------------------- the code
+
+
+@lru_cache(maxsize=1)
+def _trellis() -> tuple[NDArray[np.intp], Array]:
+    """For every register value (K bits): the next state and the +-1 output symbols."""
+    regs = np.arange(1 << CONSTRAINT)
+    out = np.array(
+        [[bin(int(r) & g).count("1") & 1 for g in GENERATORS] for r in regs], dtype=np.float64
+    )
+    return regs & ((1 << (CONSTRAINT - 1)) - 1), 2.0 * out - 1.0
+
+
+def _bits(payload: int) -> NDArray[np.int64]:
+    return np.array([(payload >> (PAYLOAD_BITS - 1 - i)) & 1 for i in range(PAYLOAD_BITS)])
+
+
+def _from_bits(bits: NDArray[np.int64]) -> int:
+    value = 0
+    for b in bits:
+        value = (value << 1) | int(b)
+    return value
+
+
+def encode_bits(payload: int) -> Array:
+    """The +-1 codeword of a payload (tail-terminated convolutional code)."""
+    _, out = _trellis()
+    reg = 0
+    symbols = []
+    for b in list(_bits(payload)) + [0] * (CONSTRAINT - 1):
+        reg = ((reg << 1) | int(b)) & ((1 << CONSTRAINT) - 1)
+        symbols.append(out[reg])
+    return np.concatenate(symbols)
+
+
+def _viterbi(soft: Array) -> int:
+    """Maximum-likelihood payload for soft symbols (positive means bit 1)."""
+    _, out = _trellis()
+    rate = len(GENERATORS)
+    steps = soft.reshape(-1, rate)
+    n_states = 1 << (CONSTRAINT - 1)
+    states = np.arange(n_states)
+    # predecessor p of next state s with input bit (s & 1): register = (p << 1) | (s & 1)
+    prev0 = states >> 1
+    prev1 = prev0 | (1 << (CONSTRAINT - 2))
+    reg0 = (prev0 << 1) | (states & 1)
+    reg1 = (prev1 << 1) | (states & 1)
+    metric = np.full(n_states, -np.inf)
+    metric[0] = 0.0
+    choices = np.zeros((len(steps), n_states), dtype=bool)
+    for t, sym in enumerate(steps):
+        branch = out @ sym
+        m0 = metric[prev0] + branch[reg0]
+        m1 = metric[prev1] + branch[reg1]
+        choices[t] = m1 > m0
+        metric = np.where(choices[t], m1, m0)
+    state = 0
+    bits = []
+    for t in range(len(steps) - 1, -1, -1):
+        bits.append(state & 1)
+        state = (prev1 if choices[t, state] else prev0)[state]
+    decoded = np.array(bits[::-1][:PAYLOAD_BITS])
+    return _from_bits(decoded)
+
+
+def _log_binom_cdf(k: int, n: int) -> float:
+    """log P(Binomial(n, 1/2) <= k)."""
+    i = np.arange(k + 1)
+    logs = gammaln(n + 1) - gammaln(i + 1) - gammaln(n - i + 1) - n * math.log(2.0)
+    top = float(np.max(logs))
+    return top + math.log(float(np.sum(np.exp(logs - top))))
+
+
+def p_value(bit_errors: int, score: float) -> float:
+    """Probability that an unmarked image decodes this well against some payload.
+
+    Two statistics of the soft coded bits ``s`` against the re-encoded payload ``c`` are
+    tested, and the better one counts twice (Bonferroni):
+
+    * ``bit_errors``, the signs of ``s`` that disagree with ``c``. On an unmarked image the
+      signs are fair, independent coins (every cell's sign comes from the key), so one
+      codeword is this close with probability ``P(Binomial(n, 1/2) <= bit_errors)``.
+    * ``score = sum(s_j c_j) / sqrt(sum(s_j^2))``: given the magnitudes, a sum of
+      fair-sign terms, so ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding).
+
+    Each is multiplied by the ``2**PAYLOAD_BITS`` codewords and the ``CANDIDATES`` lattice
+    hypotheses that could have matched (union bound).
+    """
+    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(CANDIDATES) + math.log(2.0)
+    log_hard = _log_binom_cdf(bit_errors, CODED_BITS)
+    log_soft = -0.5 * score * score if score > 0 else 0.0
+    return min(1.0, math.exp(min(log_hard, log_soft) + log_union))
+
+
+def error_threshold() -> int:
+    """The most coded-bit errors that alone keep the false-positive bound."""
+    k = 0
+    while p_value(k + 1, 0.0) <= FALSE_POSITIVE_BOUND:
+        k += 1
+    return k
+
+
+def score_threshold() -> float:
+    """The smallest correlation score that alone keeps the false-positive bound."""
+    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(CANDIDATES) + math.log(2.0)
+    return math.sqrt(2.0 * (log_union - math.log(FALSE_POSITIVE_BOUND)))
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def _luma(rgb: Array) -> Array:
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _resize_plane(plane: Array, size: tuple[int, int]) -> Array:
+    """Resize a float plane to (width, height) with Pillow's antialiased bicubic filter."""
+    if plane.shape[1] == size[0] and plane.shape[0] == size[1]:
+        return plane
+    img = Image.fromarray(plane.astype(np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.Resampling.BICUBIC), dtype=np.float64)
+
+
+def _canonical_size(width: int, height: int) -> tuple[int, int]:
+    scale = CANONICAL / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _activity_mask(luma: Array, scale: float) -> Array:
+    """Local standard deviation, normalised: > 1 in texture, < 1 in flat areas."""
+    size = max(3, int(round(5 / scale)) | 1)
+    mean = ndimage.uniform_filter(luma, size)
+    var = np.maximum(ndimage.uniform_filter(luma * luma, size) - mean * mean, 0.0)
+    act = np.sqrt(var) + 2.0
+    mask = act / float(np.median(act))
+    return np.clip(mask, 0.35, 2.5) ** 0.7
+
+
+def _cell_signs(key: bytes, payload: int) -> Array:
+    """The +-1 sign of every cell of the tile (G x G): sync pattern and spread codeword."""
+    keyed = _keyed(key)
+    grid = np.zeros(GRID * GRID)
+    grid[keyed.sync_cells] = keyed.sync_signs
+    grid[keyed.data_cells] = keyed.data_signs * encode_bits(payload)[keyed.data_bit]
+    return grid.reshape(GRID, GRID)
+
+
+def _band(shape: tuple[int, int]) -> Array:
+    h, w = shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    r = np.sqrt(fx**2 + fy**2)
+    lo, hi = BAND
+    return (1.0 - np.exp(-((r / lo) ** 2))) * np.exp(-((r / hi) ** 2))
+
+
+def _bandpass(plane: Array) -> Array:
+    return np.fft.irfft2(np.fft.rfft2(plane) * _band(plane.shape), s=plane.shape)
+
+
+@dataclass(frozen=True)
+class _Whitening:
+    """The detector's front end, frozen on one image so it can be applied linearly."""
+
+    spectral: Array  # rfft2-domain weights: band / local spectral magnitude
+    spatial: Array  # per-pixel divisor flattening local contrast
+
+    @classmethod
+    def of(cls, luma: Array) -> _Whitening:
+        spec = np.fft.rfft2(luma - luma.mean())
+        # divide by the locally averaged magnitude, so the host's strong low frequencies and
+        # its periodic structures weigh no more than the rest of the band
+        mag = ndimage.gaussian_filter(np.abs(spec), 2.0, mode="wrap")
+        spectral = _band(luma.shape) / (mag + 1e-9)
+        out = np.fft.irfft2(spec * spectral, s=luma.shape)
+        local = np.sqrt(ndimage.uniform_filter(out * out, 15)) + 1e-6
+        return cls(spectral, local + float(np.median(local)))
+
+    def __call__(self, plane: Array) -> Array:
+        spec = np.fft.rfft2(plane - plane.mean())
+        return np.fft.irfft2(spec * self.spectral, s=plane.shape) / self.spatial
+
+
+def _cell_sums(plane: Array) -> Array:
+    h, w = plane.shape
+    return plane[: h - h % CELL, : w - w % CELL].reshape(h // CELL, CELL, w // CELL, CELL).sum(
+        axis=(1, 3)
+    )
+
+
+def embed_array(
+    rgb: NDArray[np.uint8],
+    key: bytes,
+    payload: int,
+    *,
+    psnr: float = TARGET_PSNR,
+    offset: tuple[int, int] | None = None,
+    informed: float = 1.0,
+) -> NDArray[np.uint8]:
+    """Mark an H x W x 3 uint8 array; returns a new array of the same shape.
+
+    ``informed`` scales the host-interference compensation (0 turns it off): each cell's
+    amplitude is raised where the image itself would push the detector the wrong way
+    (improved spread spectrum, Malvar and Florencio 2003), cell by cell, so every tile
+    decodes on its own and crops keep working.
+    """
+    if not 0 <= payload < (1 << PAYLOAD_BITS):
+        raise ValueError(f"payload must be an integer in [0, 2**{PAYLOAD_BITS})")
+    height, width = rgb.shape[:2]
+    if offset is None:
+        # a fresh cyclic offset per image: averaging many marked images blurs the tile away
+        offset = tuple(int(v) for v in np.random.default_rng().integers(0, GRID, 2))
+    signs = np.roll(_cell_signs(key, payload), offset, axis=(0, 1))
+    cw, ch = _canonical_size(width, height)
+    rows, cols = -(-ch // CELL), -(-cw // CELL)
+    sign_map = np.tile(signs, (rows // GRID + 1, cols // GRID + 1))[:rows, :cols]
+    pixels = rgb.astype(np.float64)
+    luma = _luma(pixels)
+    canon = _resize_plane(luma, (cw, ch))
+    pad = ((0, rows * CELL - ch), (0, cols * CELL - cw))
+    canon = np.pad(canon, pad, mode="reflect")
+    mask = _activity_mask(canon, 1.0)
+    white = _Whitening.of(canon)
+
+    def render(amp: Array) -> Array:
+        return mask * _bandpass(np.kron(sign_map * amp, np.ones((CELL, CELL))))
+
+    def response(plane: Array) -> Array:
+        return sign_map * _cell_sums(_bandpass(white(plane)))
+
+    target_rms = 255.0 / 10 ** (psnr / 20.0)
+    amp = np.ones_like(sign_map)
+    if informed > 0:
+        # which coded bit (or -1: sync) each cell instance carries, and in which tile
+        keyed = _keyed(key)
+        cell_bit = np.full(GRID * GRID, -1)
+        cell_bit[keyed.data_cells] = keyed.data_bit
+        r = (np.arange(rows)[:, None] - offset[0]) % GRID
+        c = (np.arange(cols)[None, :] - offset[1]) % GRID
+        bit_map = cell_bit[r * GRID + c]
+        group = bit_map + 1
+        data = bit_map >= 0
+        host = np.bincount(group[data], weights=response(canon)[data])
+        for _ in range(2):
+            plane = render(amp)
+            gain = target_rms / float(np.sqrt(np.mean(plane**2)))
+            unit = np.bincount(group[data], weights=(response(gain * plane) / amp)[data])
+            deficit = np.maximum(0.0, -host) / np.maximum(unit, 1e-12)
+            amp = np.where(data, np.clip(1.0 + informed * deficit[group], 0.0, 4.0), 1.0)
+    plane = render(amp)[:ch, :cw]
+    plane = _resize_plane(plane, (width, height))
+    plane *= target_rms / float(np.sqrt(np.mean(plane**2)))
+    out = pixels + plane[:, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _whiten(luma: Array) -> Array:
+    """Band-pass the canonical luminance and flatten its local contrast."""
+    return _Whitening.of(luma)(luma)
+
+
+def _acf(noise: Array) -> Array:
+    h, w = noise.shape
+    ph, pw = 2 * h, 2 * w
+    spec = np.fft.rfft2(noise, s=(ph, pw))
+    acf = np.fft.irfft2(np.abs(spec) ** 2, s=(ph, pw))
+    if not acf[0, 0] > 1e-12:
+        return np.zeros((ph, pw))  # a flat image: nothing to synchronise on
+    acf /= acf[0, 0]
+    acf = np.fft.fftshift(acf)
+    acf = acf - ndimage.gaussian_filter(acf, 6.0)
+    # express every lag as a z-score among the lags at the same distance, so that the host's
+    # strong short-range correlations do not outweigh the tile's far, regular peaks
+    cy, cx = acf.shape[0] // 2, acf.shape[1] // 2
+    yy, xx = np.ogrid[: acf.shape[0], : acf.shape[1]]
+    ring = np.hypot(yy - cy, xx - cx).astype(np.int64)
+    count = np.bincount(ring.ravel())
+    power = np.bincount(ring.ravel(), weights=(acf * acf).ravel())
+    rms = np.sqrt(power / np.maximum(count, 1)) + 1e-12
+    return acf / rms[ring]
+
+
+_LATTICE = np.array([(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2)])
+
+
+def _lattice_scores(acf: Array, scales: Array, angles: Array, limit: float) -> Array:
+    """Mean autocorrelation at the lattice points of every (scale, angle) hypothesis."""
+    cy, cx = acf.shape[0] // 2, acf.shape[1] // 2
+    s = scales[:, None, None]
+    a = np.deg2rad(angles)[None, :, None]
+    k1 = _LATTICE[None, None, :, 0]
+    k2 = _LATTICE[None, None, :, 1]
+    # lattice vectors v1 = sP(cos a, sin a), v2 = sP(-sin a, cos a) in (x, y)
+    x = s * PERIOD * (k1 * np.cos(a) - k2 * np.sin(a))
+    y = s * PERIOD * (k1 * np.sin(a) + k2 * np.cos(a))
+    inside = np.sqrt(x * x + y * y) <= limit
+    vals = ndimage.map_coordinates(acf, [(y + cy).ravel(), (x + cx).ravel()], order=1).reshape(
+        x.shape
+    )
+    count = inside.sum(axis=-1)
+    total = np.where(inside, vals, 0.0).sum(axis=-1)
+    # lags are z-scores, so a hypothesis scores the combined z of its lattice points
+    return np.where(count >= 4, total / np.sqrt(np.maximum(count, 1)), -np.inf)
+
+
+def _lattice_candidates(noise: Array, n: int) -> list[tuple[float, float]]:
+    acf = _acf(noise)
+    limit = 0.85 * min(noise.shape)
+    smooth = ndimage.gaussian_filter(acf, 1.0)
+    scales = np.exp(np.arange(math.log(SCALES[0]), math.log(SCALES[1]), 0.008))
+    angles = np.arange(-MAX_ANGLE, MAX_ANGLE + 1e-9, 0.4)
+    coarse = _lattice_scores(smooth, scales, angles, limit)
+    peaks = coarse == ndimage.maximum_filter(coarse, size=5, mode="nearest")
+    order = np.argsort(np.where(peaks, coarse, -np.inf), axis=None)[::-1]
+    found: list[tuple[float, float]] = []
+    for flat in order[: 3 * n]:
+        i, j = np.unravel_index(flat, coarse.shape)
+        if not np.isfinite(coarse[i, j]):
+            break
+        s0, a0 = float(scales[i]), float(angles[j])
+        fine_s = s0 * np.exp(np.linspace(-0.008, 0.008, 17))
+        fine_a = a0 + np.linspace(-0.4, 0.4, 17)
+        fine = _lattice_scores(acf, fine_s, fine_a, limit)
+        fi, fj = np.unravel_index(int(np.argmax(fine)), fine.shape)
+        found.append((float(fine_s[fi]), float(fine_a[fj])))
+        if len(found) >= n:
+            break
+    return found
+
+
+def _fold(noise: Array, scale: float, angle: float) -> Array:
+    """Average the noise onto one tile along the lattice (scale, angle)."""
+    h, w = noise.shape
+    a = math.radians(angle)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    u = (math.cos(a) * xx + math.sin(a) * yy) / scale
+    v = (-math.sin(a) * xx + math.cos(a) * yy) / scale
+    iu = np.rint(u).astype(np.int64) % PERIOD
+    iv = np.rint(v).astype(np.int64) % PERIOD
+    idx = (iv * PERIOD + iu).ravel()
+    total = np.bincount(idx, weights=noise.ravel(), minlength=PERIOD * PERIOD)
+    count = np.bincount(idx, minlength=PERIOD * PERIOD)
+    folded = total / np.maximum(count, 1)
+    return folded.reshape(PERIOD, PERIOD)
+
+
+def _align(folded: Array, keyed: _Keyed) -> tuple[Array, float]:
+    """Undo the tile's cyclic shift using the sync pattern; returns (tile, peak z-score)."""
+    spec = np.fft.fft2(folded)
+    corr = np.real(np.fft.ifft2(spec * np.conj(np.fft.fft2(keyed.sync_tile))))
+    peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    z = float((corr[peak] - corr.mean()) / (corr.std() + 1e-12))
+    # sub-pixel refinement from the neighbours (parabola per axis), applied as a phase ramp
+    shifts = []
+    for axis in (0, 1):
+        prev = list(peak)
+        nxt = list(peak)
+        prev[axis] = (peak[axis] - 1) % PERIOD
+        nxt[axis] = (peak[axis] + 1) % PERIOD
+        c0, cm, cp = corr[peak], corr[tuple(prev)], corr[tuple(nxt)]
+        denom = cm - 2 * c0 + cp
+        frac = 0.5 * (cm - cp) / denom if denom < 0 else 0.0
+        shifts.append(peak[axis] + float(np.clip(frac, -0.5, 0.5)))
+    fy = np.fft.fftfreq(PERIOD)[:, None]
+    fx = np.fft.fftfreq(PERIOD)[None, :]
+    ramp = np.exp(2j * np.pi * (fy * shifts[0] + fx * shifts[1]))
+    return np.real(np.fft.ifft2(spec * ramp)), z
+
+
+def _soft_bits(tile: Array, keyed: _Keyed) -> Array:
+    filtered = _bandpass_tile(tile)
+    cells = filtered.reshape(GRID, CELL, GRID, CELL).sum(axis=(1, 3)).ravel()
+    contrib = cells[keyed.data_cells] * keyed.data_signs
+    soft = np.bincount(keyed.data_bit, weights=contrib, minlength=CODED_BITS)
+    return soft
+
+
+def detect_array(rgb: NDArray[np.uint8], key: bytes) -> Detection:
+    """Look for a mark in an H x W x 3 uint8 array. Never raises on an unmarked image."""
+    keyed = _keyed(key)
+    height, width = rgb.shape[:2]
+    luma = _luma(rgb.astype(np.float64))
+    luma = _resize_plane(luma, _canonical_size(width, height))
+    noise = _whiten(luma)
+    best = Detection(False, None, CODED_BITS, CODED_BITS, 1.0)
+    # the untouched geometry is always a hypothesis: most edits keep the pixel grid
+    candidates = [(1.0, 0.0), *_lattice_candidates(noise, LATTICE_PEAKS)]
+    scored = []
+    for scale, angle in candidates:
+        tile, z = _align(_fold(noise, scale, angle), keyed)
+        scored.append((z, scale, angle, tile))
+    scored.sort(key=lambda item: -item[0])
+    for _z, scale, angle, tile in scored[:CANDIDATES]:
+        soft = _soft_bits(tile, keyed)
+        payload = _viterbi(soft)
+        code = encode_bits(payload)
+        errors = int(np.sum(soft * code <= 0))  # a zero is no evidence: count it wrong
+        score = float(soft @ code / (np.sqrt(soft @ soft) + 1e-12))
+        p = p_value(errors, score)
+        if p < best.p_value or best.payload is None and errors < best.bit_errors:
+            found = p <= FALSE_POSITIVE_BOUND
+            best = Detection(
+                found, payload if found else None, errors, CODED_BITS, p, scale, angle, payload
+            )
+        if best.found:
+            break
+    return best
+
+
+# --------------------------------------------------------------------------- images
+
+MIN_SIDE = 256
+DETECT_MIN_SIDE = 128
+
+
+class WatermarkError(ValueError):
+    """An image the watermark cannot work on (too small, too large); the message says why."""
+
+
+def check_size(width: int, height: int, *, min_side: int = MIN_SIDE, max_pixels: int) -> None:
+    """Refuse images under ``min_side`` on the long side or over ``max_pixels`` pixels."""
+    if max(width, height) < min_side:
+        raise WatermarkError(
+            f"The image is {width}x{height} pixels; watermarking needs at least {min_side} "
+            "pixels on the long side. Use a larger image."
+        )
+    if width * height > max_pixels:
+        raise WatermarkError(
+            f"The image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{max_pixels} (watermark.max_pixels). Resize it first, or raise the limit."
+        )
+
+
+def _split(image: Image.Image) -> tuple[NDArray[np.uint8], Image.Image | None]:
+    """RGB pixels and, if the image has one, its alpha channel."""
+    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+    return np.asarray(image.convert("RGB")), alpha
+
+
+def embed(
+    image: Image.Image,
+    payload: int,
+    *,
+    key: bytes,
+    psnr: float = TARGET_PSNR,
+    max_pixels: int = 4096 * 4096,
+) -> Image.Image:
+    """Return a marked copy of ``image`` carrying ``payload`` (PAYLOAD_BITS bits).
+
+    The size is kept; RGB, RGBA, L and LA keep their mode (alpha untouched, a grey image
+    stays grey), any other mode comes back as RGB.
+    """
+    check_size(*image.size, max_pixels=max_pixels)
+    rgb, alpha = _split(image)
+    if image.mode in ("L", "LA"):
+        grey = np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
+        marked = Image.fromarray(embed_array(grey, key, payload, psnr=psnr)).convert("L")
+    else:
+        marked = Image.fromarray(embed_array(rgb, key, payload, psnr=psnr))
+    if alpha is not None:
+        marked.putalpha(alpha)
+    return marked
+
+
+def detect(image: Image.Image, *, key: bytes, max_pixels: int = 4096 * 4096) -> Detection:
+    """Look for a mark made with ``key``; an unmarked image gives ``found=False``.
+
+    Downscaled copies are accepted down to ``DETECT_MIN_SIDE`` pixels on the long side.
+    """
+    check_size(*image.size, min_side=DETECT_MIN_SIDE, max_pixels=max_pixels)
+    rgb, _ = _split(image)
+    return detect_array(rgb, key)
