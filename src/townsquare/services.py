@@ -18,7 +18,6 @@ from townsquare.features.assistant.tools import RecommendReels
 from townsquare.features.search.indexer import Indexer
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
-from townsquare.safety.provenance import Provenance
 from townsquare.safety.pipeline import (
     Context,
     GuardedText,
@@ -27,6 +26,7 @@ from townsquare.safety.pipeline import (
     SafetyPipeline,
     SafetyPolicy,
 )
+from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
 from townsquare.storage.db import make_engine, make_sessions, migrate
 from townsquare.storage.tables import SafetyEventRow

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from PIL import Image
 from fastapi.testclient import TestClient
+from PIL import Image
 from starlette.routing import Mount, Route
 
 from tests.conftest import auth, make_settings

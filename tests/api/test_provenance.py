@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
-import zlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +66,7 @@ def test_admin_gets_the_generation_record(
 
 def test_unmarked_image_is_not_made_here(client: TestClient, admin_key: str) -> None:
     data = encode_image(photo(), "PNG")
-    body = client.post(
-        "/api/provenance/detect", files=upload(data), headers=auth(admin_key)
-    ).json()
+    body = client.post("/api/provenance/detect", files=upload(data), headers=auth(admin_key)).json()
     assert body["made_here"] is False and body["watermark_found"] is False
     assert body["record"] is None
 

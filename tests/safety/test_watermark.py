@@ -30,8 +30,9 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
         cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
         base += rng.uniform(-60, 60) * (((xx - cx) ** 2 + (yy - cy) ** 2) < r * r)
     texture = np.asarray(
-        Image.fromarray(rng.normal(0, 25, (height // 4, width // 4)).astype(np.float32), "F")
-        .resize((width, height), Image.Resampling.BICUBIC)
+        Image.fromarray(
+            rng.normal(0, 25, (height // 4, width // 4)).astype(np.float32), "F"
+        ).resize((width, height), Image.Resampling.BICUBIC)
     )
     rgb = np.stack([base + texture, base * 0.9 + texture + 10, base * 0.8 - texture + 20], -1)
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
@@ -73,7 +74,9 @@ def noise(image: Image.Image, sigma: float) -> Image.Image:
 def social(image: Image.Image) -> Image.Image:
     w, h = image.size
     s = 1080 / max(w, h)
-    return reencode(image.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC), "JPEG", quality=80)
+    return reencode(
+        image.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC), "JPEG", quality=80
+    )
 
 
 ATTACKS = {
@@ -93,7 +96,9 @@ ATTACKS = {
     "contrast0.7": lambda im: ImageEnhance.Contrast(im).enhance(0.7),
     "blur1": lambda im: im.filter(ImageFilter.GaussianBlur(1)),
     "noise5": lambda im: noise(im, 5.0),
-    "chain": lambda im: ImageEnhance.Brightness(crop(reencode(im, "JPEG", quality=50), 0.9, False)).enhance(1.2),
+    "chain": lambda im: ImageEnhance.Brightness(
+        crop(reencode(im, "JPEG", quality=50), 0.9, False)
+    ).enhance(1.2),
     "social": social,
 }
 
@@ -186,7 +191,7 @@ def test_code_corrects_errors() -> None:
 def test_refuses_tiny_and_huge_images() -> None:
     with pytest.raises(wm.WatermarkError, match="at least 256"):
         wm.embed(Image.new("RGB", (200, 150)), 1, key=KEY)
-    with pytest.raises(wm.WatermarkError, match="watermark.max_pixels"):
+    with pytest.raises(wm.WatermarkError, match=r"watermark\.max_pixels"):
         wm.detect(Image.new("RGB", (600, 600)), key=KEY, max_pixels=300_000)
     with pytest.raises(ValueError, match="payload"):
         wm.embed(photo(256, 256), 1 << wm.PAYLOAD_BITS, key=KEY)

@@ -30,6 +30,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,7 +38,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.special import gammaln
 
-Array = NDArray[np.float64]
+Array = NDArray[Any]  # float arrays; numpy's stubs lose the dtype through FFTs
 
 CANONICAL = 512
 PERIOD = 128
@@ -124,7 +125,7 @@ def _cells_to_tile(values: Array) -> Array:
 def _keyed(key: bytes) -> _Keyed:
     rng = _rng(key, "layout")
     order = rng.permutation(GRID * GRID)
-    n_sync = int(round(SYNC_FRACTION * GRID * GRID))
+    n_sync = round(SYNC_FRACTION * GRID * GRID)
     sync_cells = np.sort(order[:n_sync])
     data_cells = order[n_sync:]
     data_bit = np.arange(len(data_cells)) % CODED_BITS
@@ -132,9 +133,7 @@ def _keyed(key: bytes) -> _Keyed:
     data_signs = rng.choice([-1.0, 1.0], size=len(data_cells))
     grid = np.zeros(GRID * GRID)
     grid[sync_cells] = sync_signs
-    return _Keyed(
-        sync_cells, sync_signs, data_cells, data_bit, data_signs, _cells_to_tile(grid)
-    )
+    return _Keyed(sync_cells, sync_signs, data_cells, data_bit, data_signs, _cells_to_tile(grid))
 
 
 # --------------------------------------------------------------------------- the code
@@ -249,7 +248,7 @@ def score_threshold() -> float:
 
 
 def _luma(rgb: Array) -> Array:
-    return rgb @ np.array([0.299, 0.587, 0.114])
+    return np.asarray(rgb @ np.array([0.299, 0.587, 0.114]))
 
 
 def _resize_plane(plane: Array, size: tuple[int, int]) -> Array:
@@ -267,12 +266,12 @@ def _canonical_size(width: int, height: int) -> tuple[int, int]:
 
 def _activity_mask(luma: Array, scale: float) -> Array:
     """Local standard deviation, normalised: > 1 in texture, < 1 in flat areas."""
-    size = max(3, int(round(5 / scale)) | 1)
+    size = max(3, round(5 / scale) | 1)
     mean = ndimage.uniform_filter(luma, size)
     var = np.maximum(ndimage.uniform_filter(luma * luma, size) - mean * mean, 0.0)
     act = np.sqrt(var) + 2.0
     mask = act / float(np.median(act))
-    return np.clip(mask, 0.35, 2.5) ** 0.7
+    return np.asarray(np.clip(mask, 0.35, 2.5) ** 0.7)
 
 
 def _cell_signs(key: bytes, payload: int) -> Array:
@@ -322,9 +321,8 @@ class _Whitening:
 
 def _cell_sums(plane: Array) -> Array:
     h, w = plane.shape
-    return plane[: h - h % CELL, : w - w % CELL].reshape(h // CELL, CELL, w // CELL, CELL).sum(
-        axis=(1, 3)
-    )
+    cropped = plane[: h - h % CELL, : w - w % CELL]
+    return np.asarray(cropped.reshape(h // CELL, CELL, w // CELL, CELL).sum(axis=(1, 3)))
 
 
 def embed_array(
@@ -348,7 +346,8 @@ def embed_array(
     height, width = rgb.shape[:2]
     if offset is None:
         # a fresh cyclic offset per image: averaging many marked images blurs the tile away
-        offset = tuple(int(v) for v in np.random.default_rng().integers(0, GRID, 2))
+        drawn = np.random.default_rng().integers(0, GRID, 2)
+        offset = (int(drawn[0]), int(drawn[1]))
     signs = np.roll(_cell_signs(key, payload), offset, axis=(0, 1))
     cw, ch = _canonical_size(width, height)
     rows, cols = -(-ch // CELL), -(-cw // CELL)
@@ -419,10 +418,12 @@ def _acf(noise: Array) -> Array:
     count = np.bincount(ring.ravel())
     power = np.bincount(ring.ravel(), weights=(acf * acf).ravel())
     rms = np.sqrt(power / np.maximum(count, 1)) + 1e-12
-    return acf / rms[ring]
+    return np.asarray(acf / rms[ring])
 
 
-_LATTICE = np.array([(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2)])
+_LATTICE = np.array(
+    [(1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2)]
+)
 
 
 def _lattice_scores(acf: Array, scales: Array, angles: Array, limit: float) -> Array:
@@ -539,7 +540,7 @@ def detect_array(rgb: NDArray[np.uint8], key: bytes) -> Detection:
         errors = int(np.sum(soft * code <= 0))  # a zero is no evidence: count it wrong
         score = float(soft @ code / (np.sqrt(soft @ soft) + 1e-12))
         p = p_value(errors, score)
-        if p < best.p_value or best.payload is None and errors < best.bit_errors:
+        if p < best.p_value or (best.payload is None and errors < best.bit_errors):
             found = p <= FALSE_POSITIVE_BOUND
             best = Detection(
                 found, payload if found else None, errors, CODED_BITS, p, scale, angle, payload

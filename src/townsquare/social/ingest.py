@@ -558,9 +558,7 @@ def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:
     if kind.table is User:
         # an image made here stays recognisable, but no longer points at the removed user
         db.execute(
-            update(ProvenanceRecord)
-            .where(ProvenanceRecord.user_id == obj.id)
-            .values(user_id=None)
+            update(ProvenanceRecord).where(ProvenanceRecord.user_id == obj.id).values(user_id=None)
         )
         targets = [
             ("post", select(Post.id).where(Post.author_id == obj.id)),
