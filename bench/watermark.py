@@ -423,6 +423,10 @@ def main() -> None:
         ("blind-watermark", names, args.anchor_payloads, 4),
         ("imw-rivaGan", names[: args.riva_images], args.anchor_payloads, 5),
     ]
+    # blind-watermark sets the multiprocessing start method when imported: import it here,
+    # once, before the pool exists (the forked workers inherit the module)
+    import blind_watermark  # noqa: F401
+
     started = time.perf_counter()
     chunks = [
         [j for j in range(args.fpr) if j % (50 * args.workers) == i]
@@ -431,7 +435,13 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         method_futures = [pool.submit(_job, job) for job in jobs]
         fpr_futures = [pool.submit(_fpr_job, chunk) for chunk in chunks if chunk]
-        methods = dict(f.result() for f in method_futures)
+        methods: dict[str, Any] = {}
+        for job, future in zip(jobs, method_futures, strict=True):
+            try:
+                name, result = future.result()
+                methods[name] = result
+            except Exception as exc:  # one broken anchor must not lose the others' figures
+                print(f"{job[0]} failed: {exc!r}", file=sys.stderr)
         fpr_rows = [row for f in fpr_futures for row in f.result()]
     false_positives = sum(r[0] for r in fpr_rows)
     report = {

@@ -51,10 +51,14 @@ GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, K = 7 (the LTE / 3GPP code)
 BAND = (0.05, 0.2)  # cycles per canonical pixel: the frequencies the tile lives in
 TARGET_PSNR = 41.5
 FALSE_POSITIVE_BOUND = 1e-6
-CANDIDATES = 3  # lattice hypotheses decoded at most; enters the p-value (Bonferroni)
+CANDIDATES = 6  # lattice hypotheses decoded at most; enters the p-value (Bonferroni)
 SCALES = (0.6, 2.2)  # lattice scale searched (crop without resizing back enlarges it)
 MAX_ANGLE = 8.0  # degrees, rotation searched either way
-LATTICE_PEAKS = 6  # autocorrelation lattice hypotheses checked against the sync pattern
+MASK_POWER = 0.7  # activity mask: (local std / median) ** power, clipped to the range
+MASK_RANGE = (0.35, 2.5)
+INFORMED_ROUNDS = 2  # host-compensation passes
+INFORMED_CAP = 4.0  # most a coded bit's amplitude may be raised
+LATTICE_PEAKS = 12  # autocorrelation lattice hypotheses checked against the sync pattern
 
 CODED_BITS = len(GENERATORS) * (PAYLOAD_BITS + CONSTRAINT - 1)
 
@@ -271,7 +275,7 @@ def _activity_mask(luma: Array, scale: float) -> Array:
     var = np.maximum(ndimage.uniform_filter(luma * luma, size) - mean * mean, 0.0)
     act = np.sqrt(var) + 2.0
     mask = act / float(np.median(act))
-    return np.asarray(np.clip(mask, 0.35, 2.5) ** 0.7)
+    return np.asarray(np.clip(mask, MASK_RANGE[0], MASK_RANGE[1]) ** MASK_POWER)
 
 
 def _cell_signs(key: bytes, payload: int) -> Array:
@@ -379,12 +383,12 @@ def embed_array(
         group = bit_map + 1
         data = bit_map >= 0
         host = np.bincount(group[data], weights=response(canon)[data])
-        for _ in range(2):
+        for _ in range(INFORMED_ROUNDS):
             plane = render(amp)
             gain = target_rms / float(np.sqrt(np.mean(plane**2)))
             unit = np.bincount(group[data], weights=(response(gain * plane) / amp)[data])
             deficit = np.maximum(0.0, -host) / np.maximum(unit, 1e-12)
-            amp = np.where(data, np.clip(1.0 + informed * deficit[group], 0.0, 4.0), 1.0)
+            amp = np.where(data, np.clip(1.0 + informed * deficit[group], 0.0, INFORMED_CAP), 1.0)
     plane = render(amp)[:ch, :cw]
     plane = _resize_plane(plane, (width, height))
     plane *= target_rms / float(np.sqrt(np.mean(plane**2)))
@@ -400,25 +404,42 @@ def _whiten(luma: Array) -> Array:
     return _Whitening.of(luma)(luma)
 
 
-def _acf(noise: Array) -> Array:
+def _acf(noise: Array) -> tuple[Array, Array]:
+    """The whitened image's autocorrelation, high-passed and as per-radius z-scores.
+
+    Returns it as is and slightly smoothed (for the coarse search), centred on lag 0 and
+    cropped to the lags the lattice search can use. Both filters are applied to the power
+    spectrum, which is cheaper than filtering the autocorrelation itself.
+    """
     h, w = noise.shape
     ph, pw = 2 * h, 2 * w
-    spec = np.fft.rfft2(noise, s=(ph, pw))
-    acf = np.fft.irfft2(np.abs(spec) ** 2, s=(ph, pw))
-    if not acf[0, 0] > 1e-12:
-        return np.zeros((ph, pw))  # a flat image: nothing to synchronise on
-    acf /= acf[0, 0]
-    acf = np.fft.fftshift(acf)
-    acf = acf - ndimage.gaussian_filter(acf, 6.0)
+    power = np.abs(np.fft.rfft2(noise, s=(ph, pw))) ** 2
+    reach = int(0.85 * min(h, w)) + 4
+    if not float(power.sum()) > 1e-12:
+        flat = np.zeros((2 * reach + 1, 2 * reach + 1))
+        return flat, flat  # a flat image: nothing to synchronise on
+    fy = np.fft.fftfreq(ph)[:, None]
+    fx = np.fft.rfftfreq(pw)[None, :]
+    f2 = fx**2 + fy**2
+    # acf - gaussian(acf, 6): removes the host's broad correlations
+    highpass = power * (1.0 - np.exp(-2.0 * np.pi**2 * 36.0 * f2))
+    smoothing = np.exp(-2.0 * np.pi**2 * f2)  # gaussian, sigma 1 lag
+
+    def lags(spectrum: Array) -> Array:
+        acf = np.fft.fftshift(np.fft.irfft2(spectrum, s=(ph, pw)))
+        cy, cx = ph // 2, pw // 2
+        return np.asarray(acf[cy - reach : cy + reach + 1, cx - reach : cx + reach + 1])
+
+    acf = lags(highpass)
+    smooth = lags(highpass * smoothing)
     # express every lag as a z-score among the lags at the same distance, so that the host's
     # strong short-range correlations do not outweigh the tile's far, regular peaks
-    cy, cx = acf.shape[0] // 2, acf.shape[1] // 2
-    yy, xx = np.ogrid[: acf.shape[0], : acf.shape[1]]
-    ring = np.hypot(yy - cy, xx - cx).astype(np.int64)
-    count = np.bincount(ring.ravel())
-    power = np.bincount(ring.ravel(), weights=(acf * acf).ravel())
-    rms = np.sqrt(power / np.maximum(count, 1)) + 1e-12
-    return np.asarray(acf / rms[ring])
+    yy, xx = np.ogrid[-reach : reach + 1, -reach : reach + 1]
+    ring = np.hypot(yy, xx).astype(np.int64)
+    count = np.maximum(np.bincount(ring.ravel()), 1)
+    rms = np.sqrt(np.bincount(ring.ravel(), weights=(acf * acf).ravel()) / count) + 1e-12
+    rms_smooth = np.sqrt(np.bincount(ring.ravel(), weights=(smooth * smooth).ravel()) / count)
+    return acf / rms[ring], smooth / (rms_smooth + 1e-12)[ring]
 
 
 _LATTICE = np.array(
@@ -447,9 +468,8 @@ def _lattice_scores(acf: Array, scales: Array, angles: Array, limit: float) -> A
 
 
 def _lattice_candidates(noise: Array, n: int) -> list[tuple[float, float]]:
-    acf = _acf(noise)
+    acf, smooth = _acf(noise)
     limit = 0.85 * min(noise.shape)
-    smooth = ndimage.gaussian_filter(acf, 1.0)
     scales = np.exp(np.arange(math.log(SCALES[0]), math.log(SCALES[1]), 0.008))
     angles = np.arange(-MAX_ANGLE, MAX_ANGLE + 1e-9, 0.4)
     coarse = _lattice_scores(smooth, scales, angles, limit)
@@ -475,12 +495,12 @@ def _fold(noise: Array, scale: float, angle: float) -> Array:
     """Average the noise onto one tile along the lattice (scale, angle)."""
     h, w = noise.shape
     a = math.radians(angle)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    u = (math.cos(a) * xx + math.sin(a) * yy) / scale
-    v = (-math.sin(a) * xx + math.cos(a) * yy) / scale
-    iu = np.rint(u).astype(np.int64) % PERIOD
-    iv = np.rint(v).astype(np.int64) % PERIOD
-    idx = (iv * PERIOD + iu).ravel()
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    u = (math.cos(a) / scale) * xs + (math.sin(a) / scale) * ys
+    v = (-math.sin(a) / scale) * xs + (math.cos(a) / scale) * ys
+    idx = (np.rint(v).astype(np.int64) % PERIOD) * PERIOD + np.rint(u).astype(np.int64) % PERIOD
+    idx = idx.ravel()
     total = np.bincount(idx, weights=noise.ravel(), minlength=PERIOD * PERIOD)
     count = np.bincount(idx, minlength=PERIOD * PERIOD)
     folded = total / np.maximum(count, 1)
