@@ -171,7 +171,7 @@ def test_thresholds_keep_the_stated_false_positive_bound() -> None:
     errors = wm.error_threshold()
     assert wm.p_value(errors, 0.0) <= wm.FALSE_POSITIVE_BOUND < wm.p_value(errors + 1, 0.0)
     # the hard-decision bound is the union bound it claims to be
-    union = 2 * wm.CANDIDATES * 2**wm.PAYLOAD_BITS * binom.cdf(errors, wm.CODED_BITS, 0.5)
+    union = 2 * wm.HYPOTHESES * 2**wm.PAYLOAD_BITS * binom.cdf(errors, wm.CODED_BITS, 0.5)
     assert wm.p_value(errors, 0.0) == pytest.approx(union, rel=1e-6)
     score = wm.score_threshold()
     assert wm.p_value(wm.CODED_BITS, score) == pytest.approx(wm.FALSE_POSITIVE_BOUND, rel=1e-6)

@@ -6,20 +6,23 @@ The method (docs/watermark.md explains it at length):
   ``CANONICAL`` pixels, so a uniform resize of the whole image changes nothing.
 * **Periodic tile.** The mark is one ``PERIOD``-pixel tile, repeated over the canonical
   frame (Kutter 1998; Voloshynovskiy et al. 2001, "self-reference"). The tile is a grid of
-  ``CELL``-pixel cells: a quarter of them carry a key-derived synchronisation pattern, the
+  ``CELL``-pixel cells: a fifth of them carry a key-derived synchronisation pattern, the
   rest carry the payload, convolutionally coded and spread with key-derived signs. The tile
   is band-limited to the frequencies that survive JPEG, blur and downscaling.
 * **Perceptual shaping.** The tile is scaled by a local-activity mask (more in texture,
   less in flat areas) and added to the luminance, with a global gain that fixes the PSNR.
+  Coded bits that the image itself pushes the wrong way get more amplitude (informed
+  embedding, Malvar and Florencio's improved spread spectrum).
 * **Synchronisation.** The detector whitens the luminance and computes its autocorrelation;
   the repeated tile shows as a lattice of peaks whose spacing and angle give the scale and
   rotation (crops, resizes, rotations). It folds the image onto one tile along that lattice
   (averaging all repetitions) and finds the tile's translation by correlating with the sync
   pattern.
-* **Decision.** Soft Viterbi decoding gives the payload; the count of coded bits that
-  disagree with the re-encoded payload gives a p-value under the null hypothesis that an
-  unmarked image yields fair coin flips (binomial bound times the number of codewords and of
-  hypotheses tried). ``found`` means p <= ``FALSE_POSITIVE_BOUND`` (1e-6).
+* **Decision.** Soft Viterbi decoding gives the payload; how well the soft coded bits agree
+  with the re-encoded payload gives a p-value under the null hypothesis that an unmarked
+  image yields fair coin flips (binomial and Hoeffding bounds, times the number of codewords,
+  statistics and hypotheses tried; see :func:`p_value`). ``found`` means
+  p <= ``FALSE_POSITIVE_BOUND`` (1e-6).
 
 Only numpy, scipy and Pillow are used.
 """
@@ -51,7 +54,10 @@ GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, K = 7 (the LTE / 3GPP code)
 BAND = (0.05, 0.2)  # cycles per canonical pixel: the frequencies the tile lives in
 TARGET_PSNR = 41.5
 FALSE_POSITIVE_BOUND = 1e-6
-CANDIDATES = 6  # lattice hypotheses decoded at most; enters the p-value (Bonferroni)
+INFORM_SYNC = True  # the sync pattern is host-compensated too
+SYNC_GAIN = 1.0
+SHIFTS = 3  # translations (sync peaks) kept per lattice
+HYPOTHESES = 18  # (lattice, translation) pairs decoded at most; enters the p-value
 SCALES = (0.6, 2.2)  # lattice scale searched (crop without resizing back enlarges it)
 MAX_ANGLE = 8.0  # degrees, rotation searched either way
 MASK_POWER = 0.7  # activity mask: (local std / median) ** power, clipped to the range
@@ -225,10 +231,10 @@ def p_value(bit_errors: int, score: float) -> float:
     * ``score = sum(s_j c_j) / sqrt(sum(s_j^2))``: given the magnitudes, a sum of
       fair-sign terms, so ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding).
 
-    Each is multiplied by the ``2**PAYLOAD_BITS`` codewords and the ``CANDIDATES`` lattice
-    hypotheses that could have matched (union bound).
+    Each is multiplied by the ``2**PAYLOAD_BITS`` codewords and the ``HYPOTHESES``
+    (lattice, translation) pairs that could have been decoded (union bound).
     """
-    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(CANDIDATES) + math.log(2.0)
+    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(HYPOTHESES) + math.log(2.0)
     log_hard = _log_binom_cdf(bit_errors, CODED_BITS)
     log_soft = -0.5 * score * score if score > 0 else 0.0
     return min(1.0, math.exp(min(log_hard, log_soft) + log_union))
@@ -244,7 +250,7 @@ def error_threshold() -> int:
 
 def score_threshold() -> float:
     """The smallest correlation score that alone keeps the false-positive bound."""
-    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(CANDIDATES) + math.log(2.0)
+    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(HYPOTHESES) + math.log(2.0)
     return math.sqrt(2.0 * (log_union - math.log(FALSE_POSITIVE_BOUND)))
 
 
@@ -381,7 +387,7 @@ def embed_array(
         c = (np.arange(cols)[None, :] - offset[1]) % GRID
         bit_map = cell_bit[r * GRID + c]
         group = bit_map + 1
-        data = bit_map >= 0
+        data = bit_map >= (-1 if INFORM_SYNC else 0)  # sync cells are group 0
         host = np.bincount(group[data], weights=response(canon)[data])
         for _ in range(INFORMED_ROUNDS):
             plane = render(amp)
@@ -507,27 +513,40 @@ def _fold(noise: Array, scale: float, angle: float) -> Array:
     return folded.reshape(PERIOD, PERIOD)
 
 
-def _align(folded: Array, keyed: _Keyed) -> tuple[Array, float]:
-    """Undo the tile's cyclic shift using the sync pattern; returns (tile, peak z-score)."""
+def _sync_map(folded: Array, keyed: _Keyed) -> Array:
+    """Correlation of the folded tile with the sync pattern, for every cyclic shift."""
     spec = np.fft.fft2(folded)
-    corr = np.real(np.fft.ifft2(spec * np.conj(np.fft.fft2(keyed.sync_tile))))
-    peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
-    z = float((corr[peak] - corr.mean()) / (corr.std() + 1e-12))
-    # sub-pixel refinement from the neighbours (parabola per axis), applied as a phase ramp
-    shifts = []
-    for axis in (0, 1):
-        prev = list(peak)
-        nxt = list(peak)
-        prev[axis] = (peak[axis] - 1) % PERIOD
-        nxt[axis] = (peak[axis] + 1) % PERIOD
-        c0, cm, cp = corr[peak], corr[tuple(prev)], corr[tuple(nxt)]
-        denom = cm - 2 * c0 + cp
-        frac = 0.5 * (cm - cp) / denom if denom < 0 else 0.0
-        shifts.append(peak[axis] + float(np.clip(frac, -0.5, 0.5)))
+    return np.real(np.fft.ifft2(spec * np.conj(np.fft.fft2(keyed.sync_tile))))
+
+
+def _align(folded: Array, score: Array) -> list[tuple[Array, float]]:
+    """Undo the tile's cyclic shift at the ``SHIFTS`` best peaks of ``score``.
+
+    Returns (aligned tile, peak z-score) pairs, best first; the shift is refined to a
+    fraction of a pixel (a parabola through the neighbours) and applied as a phase ramp.
+    """
+    spec = np.fft.fft2(folded)
+    mean, std = float(score.mean()), float(score.std()) + 1e-12
+    peaks = score == ndimage.maximum_filter(score, size=5, mode="wrap")
+    order = np.argsort(np.where(peaks, score, -np.inf), axis=None)[::-1][:SHIFTS]
     fy = np.fft.fftfreq(PERIOD)[:, None]
     fx = np.fft.fftfreq(PERIOD)[None, :]
-    ramp = np.exp(2j * np.pi * (fy * shifts[0] + fx * shifts[1]))
-    return np.real(np.fft.ifft2(spec * ramp)), z
+    out = []
+    for flat in order:
+        peak = np.unravel_index(int(flat), score.shape)
+        shifts = []
+        for axis in (0, 1):
+            prev = list(peak)
+            nxt = list(peak)
+            prev[axis] = (peak[axis] - 1) % PERIOD
+            nxt[axis] = (peak[axis] + 1) % PERIOD
+            c0, cm, cp = score[peak], score[tuple(prev)], score[tuple(nxt)]
+            denom = cm - 2 * c0 + cp
+            frac = 0.5 * (cm - cp) / denom if denom < 0 else 0.0
+            shifts.append(peak[axis] + float(np.clip(frac, -0.5, 0.5)))
+        ramp = np.exp(2j * np.pi * (fy * shifts[0] + fx * shifts[1]))
+        out.append((np.real(np.fft.ifft2(spec * ramp)), float((score[peak] - mean) / std)))
+    return out
 
 
 def _soft_bits(tile: Array, keyed: _Keyed) -> Array:
@@ -550,10 +569,11 @@ def detect_array(rgb: NDArray[np.uint8], key: bytes) -> Detection:
     candidates = [(1.0, 0.0), *_lattice_candidates(noise, LATTICE_PEAKS)]
     scored = []
     for scale, angle in candidates:
-        tile, z = _align(_fold(noise, scale, angle), keyed)
-        scored.append((z, scale, angle, tile))
+        folded = _fold(noise, scale, angle)
+        for tile, z in _align(folded, _sync_map(folded, keyed)):
+            scored.append((z, scale, angle, tile))
     scored.sort(key=lambda item: -item[0])
-    for _z, scale, angle, tile in scored[:CANDIDATES]:
+    for _z, scale, angle, tile in scored[:HYPOTHESES]:
         soft = _soft_bits(tile, keyed)
         payload = _viterbi(soft)
         code = encode_bits(payload)
