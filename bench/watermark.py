@@ -491,7 +491,7 @@ def main() -> None:
         "key_bits": "sha256",
         "detection_rule": {
             "townsquare": "p-value <= 1e-6 (binomial / Hoeffding union bound over 2^48 "
-            "payloads, 18 (lattice, shift) hypotheses and 2 statistics) and the exact payload",
+            "payloads, 6 lattice hypotheses and 2 statistics) and the exact payload",
             "anchors": "at most 2 of 32 bits wrong (FPR 1.2e-7 under fair coins)",
         },
         "methods": methods,

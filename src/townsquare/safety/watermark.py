@@ -54,10 +54,9 @@ GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, K = 7 (the LTE / 3GPP code)
 BAND = (0.05, 0.2)  # cycles per canonical pixel: the frequencies the tile lives in
 TARGET_PSNR = 41.5
 FALSE_POSITIVE_BOUND = 1e-6
-INFORM_SYNC = True  # the sync pattern is host-compensated too
 SYNC_GAIN = 1.0
-SHIFTS = 3  # translations (sync peaks) kept per lattice
-HYPOTHESES = 18  # (lattice, translation) pairs decoded at most; enters the p-value
+SHIFTS = 1  # translations (sync peaks) kept per lattice; more lowers the error threshold
+HYPOTHESES = 6  # (lattice, translation) pairs decoded at most; enters the p-value
 SCALES = (0.6, 2.2)  # lattice scale searched (crop without resizing back enlarges it)
 MAX_ANGLE = 8.0  # degrees, rotation searched either way
 MASK_POWER = 0.7  # activity mask: (local std / median) ** power, clipped to the range
@@ -387,7 +386,7 @@ def embed_array(
         c = (np.arange(cols)[None, :] - offset[1]) % GRID
         bit_map = cell_bit[r * GRID + c]
         group = bit_map + 1
-        data = bit_map >= (-1 if INFORM_SYNC else 0)  # sync cells are group 0
+        data = bit_map >= 0  # the sync cells keep their amplitude
         host = np.bincount(group[data], weights=response(canon)[data])
         for _ in range(INFORMED_ROUNDS):
             plane = render(amp)
