@@ -113,21 +113,22 @@ def _rng(key: bytes, label: str) -> np.random.Generator:
     return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
 
 
-@lru_cache(maxsize=1)
-def _band_mask() -> Array:
-    f = np.fft.fftfreq(PERIOD)
-    r = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+def _band(shape: tuple[int, int]) -> Array:
+    h, w = shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    r = np.sqrt(fx**2 + fy**2)
     lo, hi = BAND
     return (1.0 - np.exp(-((r / lo) ** 2))) * np.exp(-((r / hi) ** 2))
 
 
-def _bandpass_tile(tile: Array) -> Array:
-    return np.real(np.fft.ifft2(np.fft.fft2(tile) * _band_mask()))
+def _bandpass(plane: Array) -> Array:
+    return np.fft.irfft2(np.fft.rfft2(plane) * _band(plane.shape), s=plane.shape)
 
 
 def _cells_to_tile(values: Array) -> Array:
     """G x G cell values -> band-limited PERIOD x PERIOD tile (cyclic)."""
-    return _bandpass_tile(np.kron(values.reshape(GRID, GRID), np.ones((CELL, CELL))))
+    return _bandpass(np.kron(values.reshape(GRID, GRID), np.ones((CELL, CELL))))
 
 
 @lru_cache(maxsize=8)
@@ -290,19 +291,6 @@ def _cell_signs(key: bytes, payload: int) -> Array:
     grid[keyed.sync_cells] = keyed.sync_signs
     grid[keyed.data_cells] = keyed.data_signs * encode_bits(payload)[keyed.data_bit]
     return grid.reshape(GRID, GRID)
-
-
-def _band(shape: tuple[int, int]) -> Array:
-    h, w = shape
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    r = np.sqrt(fx**2 + fy**2)
-    lo, hi = BAND
-    return (1.0 - np.exp(-((r / lo) ** 2))) * np.exp(-((r / hi) ** 2))
-
-
-def _bandpass(plane: Array) -> Array:
-    return np.fft.irfft2(np.fft.rfft2(plane) * _band(plane.shape), s=plane.shape)
 
 
 @dataclass(frozen=True)
@@ -549,7 +537,7 @@ def _align(folded: Array, score: Array) -> list[tuple[Array, float]]:
 
 
 def _soft_bits(tile: Array, keyed: _Keyed) -> Array:
-    filtered = _bandpass_tile(tile)
+    filtered = _bandpass(tile)
     cells = filtered.reshape(GRID, CELL, GRID, CELL).sum(axis=(1, 3)).ravel()
     contrib = cells[keyed.data_cells] * keyed.data_signs
     soft = np.bincount(keyed.data_bit, weights=contrib, minlength=CODED_BITS)
