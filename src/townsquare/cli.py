@@ -551,14 +551,10 @@ def summarize_cli(
 
 def _provenance() -> Any:
     from townsquare.safety.provenance import Provenance
-    from townsquare.storage.db import make_engine, make_sessions, migrate
 
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
     try:
-        return Provenance(make_sessions(engine), settings)
+        return Provenance(_migrated_sessions(settings), settings)
     except ValueError as exc:
         err.print(f"[red]Error:[/red] {exc}")
         raise typer.Exit(2) from exc

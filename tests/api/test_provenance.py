@@ -71,9 +71,7 @@ def test_unmarked_image_is_not_made_here(client: TestClient, admin_key: str) -> 
     assert body["record"] is None
 
 
-def test_other_installations_marks_are_not_read(
-    services: Services, client: TestClient, admin_key: str, tmp_path: Path
-) -> None:
+def test_other_installations_marks_are_not_read(client: TestClient, admin_key: str) -> None:
     from townsquare.safety import watermark
 
     foreign = watermark.embed(photo(), 12345, key=b"some other installation's key")

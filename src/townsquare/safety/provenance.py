@@ -15,7 +15,6 @@ import os
 import secrets
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +142,7 @@ class Found:
             if record is None
             else {
                 "payload": record.payload,
-                "created_at": _iso(record.created_at),
+                "created_at": record.created_at.isoformat(),
                 "source": record.source,
                 "generation_id": record.generation_id,
                 "user_id": record.user_id,
@@ -152,10 +151,6 @@ class Found:
             }
         )
         return answer
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat()
 
 
 class Provenance:
@@ -179,7 +174,7 @@ class Provenance:
         """Embed a fresh payload and register it; returns the marked image and its record."""
         watermark.check_size(
             *image.size, min_side=self.limits.min_side, max_pixels=self.limits.max_pixels
-        )
+        )  # before a payload is registered for an image that cannot be marked
         record = self._register(
             source=source,
             user_id=user_id,
@@ -192,6 +187,7 @@ class Provenance:
             int(record.payload, 16),
             key=self.key,
             psnr=self.limits.psnr,
+            min_side=self.limits.min_side,
             max_pixels=self.limits.max_pixels,
         )
         return marked, record
@@ -200,9 +196,7 @@ class Provenance:
         for _ in range(8):
             payload = secrets.randbits(watermark.PAYLOAD_BITS)
             with self.sessions() as db:
-                record = ProvenanceRecord(
-                    payload=f"{payload:0{watermark.PAYLOAD_BITS // 4}x}", **fields
-                )
+                record = ProvenanceRecord(payload=watermark.payload_hex(payload), **fields)
                 db.add(record)
                 try:
                     db.commit()
@@ -219,7 +213,7 @@ class Provenance:
         detection = watermark.detect(image, key=self.key, max_pixels=self.limits.max_pixels)
         record = None
         if detection.found and detection.payload is not None:
-            hex_payload = f"{detection.payload:0{watermark.PAYLOAD_BITS // 4}x}"
+            hex_payload = watermark.payload_hex(detection.payload)
             with self.sessions() as db:
                 record = db.scalar(
                     select(ProvenanceRecord).where(ProvenanceRecord.payload == hex_payload)

@@ -88,11 +88,16 @@ class Detection:
     def as_dict(self) -> dict[str, object]:
         return {
             "found": self.found,
-            "payload": None if self.payload is None else f"{self.payload:0{PAYLOAD_BITS // 4}x}",
+            "payload": None if self.payload is None else payload_hex(self.payload),
             "bit_errors": self.bit_errors,
             "coded_bits": self.coded_bits,
             "p_value": self.p_value,
         }
+
+
+def payload_hex(payload: int) -> str:
+    """A payload as fixed-width hex, the form the provenance registry stores."""
+    return f"{payload:0{PAYLOAD_BITS // 4}x}"
 
 
 # --------------------------------------------------------------------------- key material
@@ -274,11 +279,10 @@ def _canonical_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _activity_mask(luma: Array, scale: float) -> Array:
-    """Local standard deviation, normalised: > 1 in texture, < 1 in flat areas."""
-    size = max(3, round(5 / scale) | 1)
-    mean = ndimage.uniform_filter(luma, size)
-    var = np.maximum(ndimage.uniform_filter(luma * luma, size) - mean * mean, 0.0)
+def _activity_mask(luma: Array) -> Array:
+    """Local standard deviation (5 x 5 canonical pixels), normalised: > 1 in texture."""
+    mean = ndimage.uniform_filter(luma, 5)
+    var = np.maximum(ndimage.uniform_filter(luma * luma, 5) - mean * mean, 0.0)
     act = np.sqrt(var) + 2.0
     mask = act / float(np.median(act))
     return np.asarray(np.clip(mask, MASK_RANGE[0], MASK_RANGE[1]) ** MASK_POWER)
@@ -354,7 +358,7 @@ def embed_array(
     canon = _resize_plane(luma, (cw, ch))
     pad = ((0, rows * CELL - ch), (0, cols * CELL - cw))
     canon = np.pad(canon, pad, mode="reflect")
-    mask = _activity_mask(canon, 1.0)
+    mask = _activity_mask(canon)
     white = _Whitening.of(canon)
 
     def render(amp: Array) -> Array:
@@ -613,6 +617,7 @@ def embed(
     *,
     key: bytes,
     psnr: float = TARGET_PSNR,
+    min_side: int = MIN_SIDE,
     max_pixels: int = 4096 * 4096,
 ) -> Image.Image:
     """Return a marked copy of ``image`` carrying ``payload`` (PAYLOAD_BITS bits).
@@ -620,7 +625,7 @@ def embed(
     The size is kept; RGB, RGBA, L and LA keep their mode (alpha untouched, a grey image
     stays grey), any other mode comes back as RGB.
     """
-    check_size(*image.size, max_pixels=max_pixels)
+    check_size(*image.size, min_side=min_side, max_pixels=max_pixels)
     rgb, alpha = _split(image)
     if image.mode in ("L", "LA"):
         grey = np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
