@@ -23,3 +23,34 @@ def streamed_text(payloads: list[Any]) -> str:
         for p in payloads
         if isinstance(p, dict) and p.get("choices")
     )
+
+
+class SqlWork:
+    """Counts what requests ask of SQLite: statements run and virtual-machine steps (a
+    measure of rows visited that does not depend on timing). Attach before the work; the
+    engine's pooled connections are replaced so every one carries the counter."""
+
+    STEP = 100  # the progress handler fires every STEP VM instructions
+
+    def __init__(self, engine: Any) -> None:
+        from sqlalchemy import event
+
+        self.statements: list[str] = []
+        self.vm_steps = 0
+        engine.dispose()
+
+        @event.listens_for(engine, "connect")
+        def _count_steps(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.set_progress_handler(self._step, self.STEP)
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _count_statements(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            self.statements.append(statement)
+
+    def _step(self) -> int:
+        self.vm_steps += self.STEP
+        return 0  # go on
+
+    def reset(self) -> None:
+        self.statements.clear()
+        self.vm_steps = 0

@@ -316,6 +316,7 @@ async def main_async(n: int) -> dict[str, Any]:
                                 thread,
                                 text=text,
                                 embedder=embedder,
+                                vectors=services.vectors,
                                 use_style=styled,
                             ),
                         )

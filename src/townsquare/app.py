@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
+import anyio
 from fastapi import FastAPI
 
 from townsquare import __version__
@@ -16,6 +20,23 @@ from townsquare.services import Services
 from townsquare.settings import Settings
 from townsquare.web.routes import mount as mount_web
 
+log = logging.getLogger("townsquare.app")
+
+
+def _reconcile(services: Services) -> None:
+    """Bring the search indexes in line with the tables once at start-up: a batch committed
+    just before a crash (never indexed), or metadata from before an upgrade, is repaired."""
+    if not services.settings.search.index_on_ingest:
+        return
+    try:
+        counts = services.indexer.sync_all()
+    except Exception:  # the server keeps serving; `townsquare index rebuild` repairs too
+        log.exception("could not reconcile the search indexes at start-up")
+        return
+    repaired = {c: n for c, n in counts.items() if n["indexed"] or n["updated"] or n["removed"]}
+    if repaired:
+        log.info("search indexes reconciled at start-up", extra={"repaired": repaired})
+
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
     """Build the app. Given ``services``, the app uses them and leaves closing them to the
@@ -26,11 +47,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # every blocking call (plain-def routes, run_in_threadpool, to_thread) shares this
+        # bound; the database pool is sized from it (Settings.resolved_pool_size)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
         if services is not None:
             yield
             return
-        built = Services.build(settings, metrics=metrics)
+        built = await anyio.to_thread.run_sync(partial(Services.build, settings, metrics=metrics))
         app.state.services = built
+        reconcile = threading.Thread(
+            target=_reconcile, args=(built,), name="index-reconcile", daemon=True
+        )
+        reconcile.start()
         try:
             yield
         finally:

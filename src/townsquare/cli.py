@@ -64,7 +64,15 @@ def serve(
     host = host or settings.server.host
     port = port or settings.server.port
     err.print(f"townsquare on http://{host}:{port}  (log in at http://{host}:{port}/login)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        # on SIGTERM, streams still open after this long are closed so the process exits
+        timeout_graceful_shutdown=max(1, round(settings.server.shutdown_timeout_s)),
+    )
 
 
 @app.command()
@@ -316,7 +324,7 @@ def search_cli(
                     err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
                     raise typer.Exit(1)
                 filters = ListingFilters(category=category, max_price=max_price, near=near)
-                results = await search_listings(
+                results = search_listings(
                     db,
                     user,
                     query,
@@ -417,7 +425,13 @@ def suggest_replies_cli(
     async def work(services: Any, db: Any, user: Any) -> None:
         thread = access.thread_visible_to(db, user, thread_id)
         result = await suggest_replies(
-            db, services.sessions, user, thread, text=services.guarded_text, embedder=services.embed
+            db,
+            services.sessions,
+            user,
+            thread,
+            text=services.guarded_text,
+            embedder=services.embed,
+            vectors=services.vectors,
         )
         for reply in result.replies:
             console.print(f"- {reply}", markup=False, highlight=False)

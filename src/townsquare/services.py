@@ -12,10 +12,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
+from townsquare.backends.embed_queue import QueuedEmbeddings
 from townsquare.backends.registry import build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
 from townsquare.features.assistant.tools import RecommendReels
 from townsquare.features.search.indexer import Indexer
+from townsquare.features.suggestions.style import examples_collection
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
 from townsquare.safety.pipeline import (
@@ -28,7 +30,8 @@ from townsquare.safety.pipeline import (
 )
 from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
-from townsquare.storage.db import make_engine, make_sessions, migrate
+from townsquare.social.ingest import Removal
+from townsquare.storage.db import BackgroundWriter, make_engine, make_sessions, migrate
 from townsquare.storage.tables import SafetyEventRow
 from townsquare.storage.vectors import EmbeddedVectorIndex, VectorIndex
 
@@ -50,11 +53,12 @@ class Services:
     embed: EmbeddingBackend
     vectors: VectorIndex
     indexer: Indexer
+    audit_writer: BackgroundWriter
     tools: list[Any] = field(default_factory=list)  # the assistant's tools
     owns_text: bool = True
-    # Called as hook(kind, external_id) after a delete commits: derived data (embeddings,
-    # caches) registers here so that a removal reaches it too.
-    deletion_hooks: list[Callable[[str, str], None]] = field(default_factory=list)
+    # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
+    # registers here so that a removal reaches it too, and only what was removed.
+    deletion_hooks: list[Callable[[Removal], None]] = field(default_factory=list)
     _provenance: Provenance | None = None
 
     def provenance(self) -> Provenance:
@@ -79,7 +83,11 @@ class Services:
         ``text`` and ``policies`` replace the configured ones (tests, embedding apps); a backend
         passed in stays the caller's to close.
         """
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(
+            settings.resolved_database_url,
+            pool_size=settings.resolved_pool_size,
+            pool_timeout_s=settings.database_pool_timeout_s,
+        )
         migrate(engine)
         sessions = make_sessions(engine)
         metrics = metrics or Metrics()
@@ -87,21 +95,23 @@ class Services:
         backend.observe(on_wait=metrics.queue_wait.observe, on_busy=metrics.busy_rejections.inc)
         metrics.queue_depth.set_function(backend.queue_depth)
 
+        audit_writer = BackgroundWriter(sessions, name="audit-writer")
+
         def audit(event: SafetyEvent) -> None:
             if event.decision.allowed:
                 return
-            with sessions.begin() as db:
-                db.add(
-                    SafetyEventRow(
-                        user_id=event.user_id,
-                        feature=event.feature,
-                        stage=event.stage,
-                        allowed=False,
-                        hazards=json.dumps(list(event.decision.hazards)),
-                        reason=event.decision.reason,
-                        excerpt=event.excerpt,
-                    )
+            # handed to a writer thread: refusals happen on the event loop mid-stream
+            audit_writer.add(
+                SafetyEventRow(
+                    user_id=event.user_id,
+                    feature=event.feature,
+                    stage=event.stage,
+                    allowed=False,
+                    hazards=json.dumps(list(event.decision.hazards)),
+                    reason=event.decision.reason,
+                    excerpt=event.excerpt,
                 )
+            )
 
         quotas = Quotas(settings.quotas)
 
@@ -119,7 +129,14 @@ class Services:
             else [LengthPolicy(settings.safety.max_input_chars, settings.safety.max_output_chars)],
             audit=audit,
         )
-        embedder = embed or build_embedding_backend(settings.embed)
+        embedder = QueuedEmbeddings(
+            embed or build_embedding_backend(settings.embed),
+            concurrency=settings.embed.concurrency,
+            max_batch_tokens=settings.embed.max_batch_tokens,
+            max_queued_texts=settings.embed.max_queued_texts,
+            interactive_max_texts=settings.embed.interactive_max_texts,
+            retry_after_s=settings.text.retry_after_s,
+        )
         index = vectors or build_vector_index(settings, sessions, embedder.dimensions)
         indexer = Indexer(sessions, embedder, index)
         built = cls(
@@ -135,16 +152,18 @@ class Services:
             embed=embedder,
             vectors=index,
             indexer=indexer,
+            audit_writer=audit_writer,
         )
         built.tools.append(RecommendReels(embedder, index))
-        if settings.search.index_on_ingest:
 
-            def prune(kind: str, external_id: str) -> None:
-                # deleting one of these can remove indexed listings, posts or reels (cascades)
-                if kind in {"users", "groups", "listings", "posts", "reels"}:
-                    indexer.prune()
+        def forget(removal: Removal) -> None:
+            # exactly the indexed items the delete removed (cascades included)
+            for collection, ids in removal.items.items():
+                indexer.remove(collection, ids)
+            for user_id in removal.users:  # a creator's reply examples
+                index.drop_collection(examples_collection(user_id))
 
-            built.deletion_hooks.append(prune)
+        built.deletion_hooks.append(forget)
         return built
 
     def database_ok(self) -> bool:
@@ -159,7 +178,9 @@ class Services:
     async def aclose(self) -> None:
         if self.owns_text:
             await self.text.aclose()
+        await self.embed.aclose()
         self.vectors.close()
+        self.audit_writer.close()
         self.engine.dispose()
 
 
@@ -170,12 +191,17 @@ def build_vector_index(
     spec = settings.search.vector_index
     if spec == "embedded":
         return EmbeddedVectorIndex(
-            sessions, ivf_min_items=settings.search.ivf_min_items, nprobe=settings.search.nprobe
+            sessions,
+            ivf_min_items=settings.search.ivf_min_items,
+            nprobe=settings.search.nprobe,
+            poll_s=settings.search.follow_s,
         )
     if spec.startswith("pgvector:"):
         from townsquare.storage.pgvector import PgVectorIndex
 
-        return PgVectorIndex(spec.removeprefix("pgvector:"), dimensions)
+        return PgVectorIndex(
+            spec.removeprefix("pgvector:"), dimensions, pool_size=settings.resolved_pool_size
+        )
     raise InvalidRequest(
         f"Unknown search.vector_index '{spec}'. Use 'embedded' or "
         "'pgvector:postgresql://user:pass@host/db'."

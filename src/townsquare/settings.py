@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,20 @@ class ServerSettings(BaseModel):
         ge=1,
         le=365,
         description="How long a web login lasts before the member must log in again.",
+    )
+    threads: int = Field(
+        40,
+        ge=2,
+        le=1000,
+        description="Worker threads for blocking work (database, search, image checks). Requests "
+        "beyond this wait for a thread; the event loop itself never runs such work.",
+    )
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="On SIGTERM, how long in-flight requests (streams included) may take to "
+        "finish before the server closes them and exits.",
     )
 
 
@@ -52,7 +66,40 @@ class TextSettings(BaseModel):
         "remote model name.",
     )
     n_ctx: int = Field(
-        2048, ge=256, le=262144, description="Context window in tokens (prompt plus reply)."
+        2048,
+        ge=256,
+        le=262144,
+        description="Context window in tokens (prompt plus reply) of each request. A local "
+        "model reserves text.parallel times this much KV cache.",
+    )
+    parallel: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Local model: generations decoded together in each step (continuous "
+        "batching). 8 suits 2 cores with a small model; more costs KV-cache memory "
+        "(parallel x n_ctx tokens) and per-stream speed.",
+    )
+    n_batch: int = Field(
+        256,
+        ge=8,
+        le=8192,
+        description="Local model: most tokens fed to one decode step. Long prompts are read in "
+        "chunks of this size between other streams' tokens, so a long prompt never stalls "
+        "them for long.",
+    )
+    weights: Literal["auto", "native", "f16"] = Field(
+        "auto",
+        description="Local model: 'auto' converts quantized models under 1 GB to F16 once "
+        "(cached under ~/.cache/townsquare/models): llama.cpp batches F16 far better on CPU "
+        "and the conversion is lossless. 'native' loads the file as it is; 'f16' always "
+        "converts.",
+    )
+    unified_kv: bool = Field(
+        False,
+        description="Local model: one KV cache shared by all sequences, so a prompt prefix read "
+        "once (a system prompt) is copied to other sequences instead of read again. Off by "
+        "default: independent streams decode faster with a cache per sequence.",
     )
     seed: int | None = Field(
         None,
@@ -73,8 +120,8 @@ class TextSettings(BaseModel):
         8,
         ge=0,
         le=10000,
-        description="Requests that may wait for a local model while it serves another; beyond "
-        "this the API answers 429 with Retry-After.",
+        description="Requests that may wait for a local model while all text.parallel slots "
+        "are generating; beyond this the API answers 429 with Retry-After.",
     )
     retry_after_s: int = Field(
         2, ge=1, le=3600, description="Seconds suggested in Retry-After when the queue is full."
@@ -104,6 +151,34 @@ class EmbedSettings(BaseModel):
         384, ge=8, le=8192, description="Vector size of a remote model (local models report it)."
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Texts embedded per batch.")
+    concurrency: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Embedding jobs run at once: 1 for the in-process model (it uses every "
+        "core for one batch); more for a remote server.",
+    )
+    max_batch_tokens: int = Field(
+        2048,
+        ge=64,
+        le=1_000_000,
+        description="Bulk embedding work is cut into batches of about this many tokens, so a "
+        "search query waits for at most one of them.",
+    )
+    interactive_max_texts: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Requests with at most this many texts (search queries) go before bulk "
+        "ones (indexing, large /v1/embeddings calls).",
+    )
+    max_queued_texts: int = Field(
+        4096,
+        ge=1,
+        le=10_000_000,
+        description="Texts that may wait for the embedding model; beyond this the API answers "
+        "429 with Retry-After.",
+    )
     max_inputs: int = Field(
         256, ge=1, description="Most texts accepted in one POST /v1/embeddings request."
     )
@@ -142,6 +217,20 @@ class SearchSettings(BaseModel):
         le=10,
         description="Weight of the full-text ranking against the vector ranking (1.0) in "
         "reciprocal rank fusion; chosen on the demo town's relevance set (bench/search.py).",
+    )
+    fulltext_candidates: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="Most full-text matches read per search (the best by BM25), before the "
+        "filters narrow them: bounds the work of queries made of common words.",
+    )
+    follow_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="Embedded index: how often it reads vectors written by other processes "
+        "(a CLI rebuild, another worker). Writes of its own process show at once.",
     )
     max_query_chars: int = Field(300, ge=1, description="Longest search query accepted.")
     max_page_size: int = Field(50, ge=1, le=500, description="Largest page of results.")
@@ -240,6 +329,20 @@ class WatermarkSettings(BaseModel):
         ge=1024,
         description="Largest image upload accepted by /api/provenance/detect (bytes).",
     )
+    detect_concurrency: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="Images checked for a mark at once (each decoded image takes memory: "
+        "about 3 bytes a pixel plus a small working frame).",
+    )
+    detect_max_waiting: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="Image checks that may wait for a turn; beyond this the API answers 429 "
+        "with Retry-After.",
+    )
 
 
 class Settings(BaseSettings):
@@ -256,6 +359,21 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL of the database; default is sqlite:///<data_dir>/townsquare.db "
         "(WAL mode). Use postgresql+psycopg://... for the scale-out path.",
+    )
+    database_pool_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Database connections kept per process. Default: server.threads + "
+        "text.parallel + text.max_queue + 4, so no request ever waits for a connection (each "
+        "holds at most one). Lower it for PostgreSQL servers shared by many replicas.",
+    )
+    database_pool_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="How long a worker thread waits for a free database connection before the "
+        "request fails with 503.",
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     log_json: bool = Field(True, description="Write logs as one JSON object per line.")
@@ -276,6 +394,13 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @property
+    def resolved_pool_size(self) -> int:
+        """Database connections per process (see ``database_pool_size``)."""
+        if self.database_pool_size is not None:
+            return self.database_pool_size
+        return self.server.threads + self.text.parallel + self.text.max_queue + 4
 
     @property
     def resolved_database_url(self) -> str:

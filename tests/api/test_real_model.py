@@ -94,6 +94,7 @@ def test_blocking_policy_stops_the_real_reply_from_being_streamed_or_stored(
         assert payloads[-1]["error"]["code"] == "content_blocked"
         assert payloads[-1]["error"]["hazards"] == ["S10"]
     assert plain.status_code == 422 and plain.json()["error"]["hazards"] == ["S10"]
+    services.audit_writer.flush()  # refusals are written by a thread of their own
     with services.sessions() as db:
         assert db.scalars(select(ChatMessage)).all() == []
         events = db.scalars(select(SafetyEventRow)).all()
@@ -124,8 +125,11 @@ def test_prompt_longer_than_the_context_is_400_stating_the_limit(
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path) -> None:
-    # A model instance of its own, with no waiting room: one request runs, the next is refused.
-    backend = LlamaCppText(bundled_model_path(), n_ctx=1024, max_queue=0, retry_after_s=3)
+    # A model instance of its own, one slot and no waiting room: one request runs, the next is
+    # refused.
+    backend = LlamaCppText(
+        bundled_model_path(), n_ctx=1024, parallel=1, max_queue=0, retry_after_s=3
+    )
     services = Services.build(make_settings(tmp_path), text=backend)
     key = add_user(services, "mia")
     body = {

@@ -25,9 +25,9 @@ async def test_complete_and_stream(remote: OpenAICompatText) -> None:
     assert result.text and 0 < result.usage.completion_tokens <= 12
     deltas = [d async for d in remote.stream(messages, GenerationOptions(max_tokens=12))]
     assert deltas[-1].finish_reason in {"stop", "length"}
-    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == sum(
-        1 for d in deltas if d.text
-    )
+    # usage counts tokens; a delta can hold several (a character split over tokens)
+    assert deltas[-1].usage is not None
+    assert sum(1 for d in deltas if d.text) <= deltas[-1].usage.completion_tokens <= 12
     assert await remote.ready()
     await remote.aclose()
 

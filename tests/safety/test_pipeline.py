@@ -51,6 +51,7 @@ async def test_blocked_input_never_reaches_the_backend_and_is_audited(
         )
     assert info.value.hazards == ["S1"]
     assert fake_text.calls == []
+    services.audit_writer.flush()  # refusals are written by a thread of their own
     with services.sessions() as db:
         row = db.scalars(select(SafetyEventRow)).one()
     assert (row.stage, row.feature, row.user_id, json.loads(row.hazards)) == (

@@ -11,6 +11,7 @@ from tests.town import ROWS, build_town
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
 from townsquare.services import Services
+from townsquare.social.ingest import Removal
 from townsquare.storage.social_tables import (
     AuditEvent,
     DMMessage,
@@ -253,13 +254,24 @@ def test_messages_are_soft_deleted_unless_hard(
 def test_deleting_a_user_removes_them_everywhere(
     client: TestClient, services: Services, keys: dict[str, str]
 ) -> None:
-    removed: list[tuple[str, str]] = []
-    services.deletion_hooks.append(lambda kind, ext: removed.append((kind, ext)))
+    removed: list[Removal] = []
+    services.deletion_hooks.append(removed.append)
     member = auth(keys["member"])
     client.post("/api/conversations", json={"title": "mine"}, headers=member)
+    with services.sessions() as db:
+        user = db.scalar(select(User).where(User.name == "member"))
+        owned = {
+            "listings": sorted(db.scalars(select(Listing.id).where(Listing.seller_id == user.id))),
+            "posts": sorted(db.scalars(select(Post.id).where(Post.author_id == user.id))),
+            "reels": sorted(db.scalars(select(Reel.id).where(Reel.creator_id == user.id))),
+        }
     response = client.delete("/api/users/u-member", headers=auth(keys["admin"]))
     assert response.json() == {"id": "u-member", "status": "deleted"}
-    assert removed == [("users", "u-member")]
+    # the hooks learn exactly what went, cascades included, so derived data prunes only that
+    assert [(r.kind, r.external_id, r.users) for r in removed] == [("users", "u-member", [user.id])]
+    assert {k: sorted(v) for k, v in removed[0].items.items()} == {
+        k: v for k, v in owned.items() if v
+    }
     with services.sessions() as db:
         assert db.scalar(select(User).where(User.name == "member")) is None
         assert (

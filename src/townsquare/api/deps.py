@@ -27,6 +27,8 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def get_db(services: ServicesDep) -> Iterator[Session]:
+    """The request's session. Use it only from worker threads (plain ``def`` routes, or
+    ``run_in_threadpool`` in async ones), never on the event loop."""
     with services.sessions() as db:
         yield db
 
@@ -66,8 +68,13 @@ def authenticate(request: Request, db: Session) -> User | None:
 
 
 def current_user(request: Request, db: DbDep, services: ServicesDep) -> User:
-    """The authenticated user; counts the request against their per-minute quota."""
+    """The authenticated user; counts the request against their per-minute quota.
+
+    A plain ``def``: FastAPI runs it on a worker thread. It ends its read transaction, so a
+    request holds no database connection while it waits for a model or streams a reply.
+    """
     user = authenticate(request, db)
+    db.commit()
     if user is None:
         raise Unauthorized(
             "This endpoint needs an API key: send 'Authorization: Bearer <key>'. An admin creates "

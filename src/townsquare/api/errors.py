@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from townsquare.errors import (
@@ -107,6 +108,19 @@ def install(app: FastAPI) -> None:
             error_payload(request.url.path, exc.status_code, "http_error", message),
             exc.status_code,
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection became free in time: %s", exc)
+        message = (
+            "The database is busy: no connection became free in time "
+            "(database_pool_timeout_s). Retry in a few seconds."
+        )
+        return JSONResponse(
+            error_payload(request.url.path, 503, "database_busy", message),
+            503,
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(Exception)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import ServicesDep, authenticate
 from townsquare.errors import Forbidden, Unauthorized
@@ -12,12 +15,20 @@ from townsquare.errors import Forbidden, Unauthorized
 router = APIRouter(tags=["health"])
 
 
-def _guard(request: Request, services: ServicesDep) -> None:
-    """Public by default; a path removed from server.public_paths needs an admin key."""
+async def _guard(request: Request, services: ServicesDep) -> None:
+    """Public by default; a path removed from server.public_paths needs an admin key.
+
+    A public probe touches neither the database nor a worker thread, so it answers even when
+    every thread is busy.
+    """
     if request.url.path in services.settings.server.public_paths:
         return
-    with services.sessions() as db:
-        user = authenticate(request, db)
+
+    def lookup() -> Any:
+        with services.sessions() as db:
+            return authenticate(request, db)
+
+    user = await run_in_threadpool(lookup)
     if user is None:
         raise Unauthorized(f"{request.url.path} is not public here: send an admin's API key.")
     if user.role != "admin":
@@ -27,15 +38,18 @@ def _guard(request: Request, services: ServicesDep) -> None:
 @router.get("/healthz", openapi_extra={"x-access": "public"})
 async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
     """The process is up."""
-    _guard(request, services)
+    await _guard(request, services)
     return {"status": "ok"}
 
 
 @router.get("/readyz", openapi_extra={"x-access": "public"})
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """The model is loaded (or the remote engine answers) and the database is reachable."""
-    _guard(request, services)
-    checks = {"database": services.database_ok(), "text_model": await services.text.ready()}
+    await _guard(request, services)
+    checks = {
+        "database": await run_in_threadpool(services.database_ok),
+        "text_model": await services.text.ready(),
+    }
     ready = all(checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
@@ -45,5 +59,5 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
 @router.get("/metrics", openapi_extra={"x-access": "public"})
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus metrics of this app."""
-    _guard(request, services)
+    await _guard(request, services)
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

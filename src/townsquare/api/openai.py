@@ -240,9 +240,7 @@ def _encode(vector: Any, encoding: str) -> list[float] | str:
 
 
 @router.post("/embeddings", openapi_extra={"x-access": "authenticated"})
-async def embeddings(
-    body: EmbeddingRequest, user: CurrentUser, services: ServicesDep
-) -> dict[str, Any]:
+def embeddings(body: EmbeddingRequest, user: CurrentUser, services: ServicesDep) -> dict[str, Any]:
     """OpenAI's embeddings endpoint, served by the configured embedding model."""
     embedder = services.embed
     if body.model != embedder.model_id:
@@ -265,7 +263,7 @@ async def embeddings(
                 "(limits.max_message_chars).",
                 f"input.{index}",
             )
-    vectors = await embedder.embed(texts)
+    vectors = embedder.embed_sync(texts)  # queued: bulk work waits behind search queries
     tokens = sum(max(1, len(t) // 4) for t in texts)
     return {
         "object": "list",

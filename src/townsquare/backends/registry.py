@@ -64,6 +64,10 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
     return LlamaCppText(
         model_path_for(target),
         n_ctx=settings.n_ctx,
+        parallel=settings.parallel,
+        n_batch=settings.n_batch,
+        weights=settings.weights,
+        unified_kv=settings.unified_kv,
         n_threads=settings.n_threads,
         flash_attn=settings.flash_attn,
         max_queue=settings.max_queue,

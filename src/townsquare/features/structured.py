@@ -12,10 +12,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import jinja2
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,7 +82,36 @@ async def generate_json(
     )
 
 
-def record(
+async def record(
+    sessions: sessionmaker[Session],
+    *,
+    feature: str,
+    user_id: int | None,
+    inputs: dict[str, Any],
+    output: dict[str, Any],
+    model: str,
+    latency_ms: float,
+    attempts: int,
+    first_try_valid: bool,
+) -> int:
+    """Store a generation (on a worker thread); returns its id."""
+    return await anyio.to_thread.run_sync(
+        partial(
+            record_sync,
+            sessions,
+            feature=feature,
+            user_id=user_id,
+            inputs=inputs,
+            output=output,
+            model=model,
+            latency_ms=latency_ms,
+            attempts=attempts,
+            first_try_valid=first_try_valid,
+        )
+    )
+
+
+def record_sync(
     sessions: sessionmaker[Session],
     *,
     feature: str,

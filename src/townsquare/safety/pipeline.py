@@ -19,6 +19,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
+import anyio
+
 from townsquare.backends.base import (
     Completion,
     Delta,
@@ -223,7 +225,7 @@ class GuardedText:
         ``check_output=False`` is for structured answers whose items the caller checks one by
         one with ``check_items`` (so one unsafe suggestion drops itself, not the whole answer).
         """
-        self._before(messages, context)
+        await anyio.to_thread.run_sync(self._before, messages, context)
         completion = await self.backend.complete(messages, options)
         self._count(context, completion.usage)
         if check_output:
@@ -239,7 +241,7 @@ class GuardedText:
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context
     ) -> AsyncIterator[Delta]:
-        self._before(messages, context)
+        await anyio.to_thread.run_sync(self._before, messages, context)
         text = ""
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,
         # which frees a local model at once instead of whenever the generator is collected.

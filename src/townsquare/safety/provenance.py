@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from townsquare.admission import Bounded
 from townsquare.errors import InvalidImage, PayloadTooLarge
 from townsquare.safety import watermark
 from townsquare.settings import Settings, WatermarkSettings
@@ -160,6 +161,13 @@ class Provenance:
         self.sessions = sessions
         self.limits = settings.watermark
         self.key = resolve_key(settings)
+        self.detecting = Bounded(
+            "Image checking",
+            concurrency=self.limits.detect_concurrency,
+            max_waiting=self.limits.detect_max_waiting,
+            retry_after_s=settings.text.retry_after_s,
+            setting="watermark.detect_concurrency + watermark.detect_max_waiting",
+        )
 
     def mark(
         self,
@@ -207,6 +215,11 @@ class Provenance:
                 db.expunge(record)
                 return record
         raise RuntimeError("Could not draw an unused watermark payload; check the database.")
+
+    def detect_upload(self, data: bytes) -> Found:
+        """Decode and check an uploaded image, at most ``detect_concurrency`` at a time (call
+        from a worker thread); ``Busy`` when too many wait."""
+        return self.detecting.run(lambda: self.detect(load_image(data, self.limits)))
 
     def detect(self, image: Image.Image) -> Found:
         """Read the mark (if any) and find its registry record."""

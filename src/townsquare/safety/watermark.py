@@ -550,10 +550,25 @@ def _soft_bits(tile: Array, keyed: _Keyed) -> Array:
 
 def detect_array(rgb: NDArray[np.uint8], key: bytes) -> Detection:
     """Look for a mark in an H x W x 3 uint8 array. Never raises on an unmarked image."""
-    keyed = _keyed(key)
     height, width = rgb.shape[:2]
     luma = _luma(rgb.astype(np.float64))
-    luma = _resize_plane(luma, _canonical_size(width, height))
+    return detect_canonical(_resize_plane(luma, _canonical_size(width, height)), key)
+
+
+def canonical_luma(image: Image.Image) -> Array:
+    """The luminance at the canonical size, computed by Pillow in float32 on the image itself:
+    never a float64 copy of a full-size image (a 4096 x 4096 upload would take 400 MB)."""
+    rgb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    plane = rgb.convert("F")  # ITU-R 601 luma (the weights of ``_luma``), float32
+    size = _canonical_size(*image.size)
+    if plane.size != size:
+        plane = plane.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(plane, dtype=np.float64)
+
+
+def detect_canonical(luma: Array, key: bytes) -> Detection:
+    """Look for a mark in a luminance plane already at the canonical size."""
+    keyed = _keyed(key)
     noise = _whiten(luma)
     best = Detection(False, None, CODED_BITS, CODED_BITS, 1.0)
     # the untouched geometry is always a hypothesis: most edits keep the pixel grid
@@ -643,5 +658,4 @@ def detect(image: Image.Image, *, key: bytes, max_pixels: int = 4096 * 4096) -> 
     Downscaled copies are accepted down to ``DETECT_MIN_SIDE`` pixels on the long side.
     """
     check_size(*image.size, min_side=DETECT_MIN_SIDE, max_pixels=max_pixels)
-    rgb, _ = _split(image)
-    return detect_array(rgb, key)
+    return detect_canonical(canonical_luma(image), key)

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, exists, or_, select, true
 from sqlalchemy.orm import Session
 
 from townsquare.errors import Forbidden, NotFound
+from townsquare.storage.filters import And, Eq, Everything, Filter, In, IsNull, Or
 from townsquare.storage.social_tables import (
     DMParticipant,
     DMThread,
@@ -104,6 +105,42 @@ def visible_reels(user: User) -> ColumnElement[bool]:
         Reel.visibility == "public",
         and_(Reel.visibility == "group", _member_of(Reel.group_id, user)),
         Reel.creator_id == user.id,
+    )
+
+
+# --- the same rules over the search indexes' metadata (storage/filters.py) ------------------
+# Each mirrors the SQL condition above it; tests/social/test_access.py checks they agree.
+
+
+def member_group_ids(db: Session, user: User) -> tuple[int, ...]:
+    """The groups ``user`` belongs to (one indexed query, bounded by their memberships)."""
+    return tuple(db.scalars(select(Membership.group_id).where(Membership.user_id == user.id)))
+
+
+def listings_filter(user: User) -> Filter:
+    """Index filter: listings ``user`` may see (mirrors ``visible_listings``)."""
+    if is_admin(user):
+        return Everything()
+    return Or((Eq("status", "active"), Eq("seller_id", user.id)))
+
+
+def posts_filter(user: User, groups: tuple[int, ...]) -> Filter:
+    """Index filter: posts ``user`` may see, given their ``member_group_ids``."""
+    if is_admin(user):
+        return Everything()
+    return Or((IsNull("group_id"), In("group_id", groups)))
+
+
+def reels_filter(user: User, groups: tuple[int, ...]) -> Filter:
+    """Index filter: reels ``user`` may see, given their ``member_group_ids``."""
+    if is_admin(user):
+        return Everything()
+    return Or(
+        (
+            Eq("visibility", "public"),
+            And((Eq("visibility", "group"), In("group_id", groups))),
+            Eq("creator_id", user.id),
+        )
     )
 
 

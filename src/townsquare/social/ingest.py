@@ -530,26 +530,63 @@ def _after_changes(db: Session, kind: Kind, obj: Any, model: Any) -> bool:
     return True
 
 
-def delete_entity(db: Session, kind: Kind, external_id: str, *, actor: User, hard: bool) -> str:
-    """Delete one entity; messages are soft-deleted unless ``hard``. Returns what was done.
+@dataclass(frozen=True)
+class Removal:
+    """What one delete removed, for the derived data that must follow (search indexes)."""
+
+    kind: str
+    external_id: str
+    outcome: str  # "deleted" or "soft-deleted"
+    items: dict[str, list[int]] = field(default_factory=dict)  # collection -> item ids
+    users: list[int] = field(default_factory=list)
+
+
+def _removed_items(db: Session, kind: Kind, obj: Any) -> dict[str, list[int]]:
+    """The indexed items (listings, posts, reels) a hard delete of ``obj`` removes, cascades
+    included: queries bounded by what the deleted thing owns, never by the tables' size."""
+    own = {Listing: "listings", Post: "posts", Reel: "reels"}
+    if kind.table in own:
+        return {own[kind.table]: [obj.id]}
+    if kind.table is User:
+        owned = [
+            ("listings", select(Listing.id).where(Listing.seller_id == obj.id)),
+            ("posts", select(Post.id).where(Post.author_id == obj.id)),
+            ("reels", select(Reel.id).where(Reel.creator_id == obj.id)),
+        ]
+    elif kind.table is Group:
+        owned = [
+            ("posts", select(Post.id).where(Post.group_id == obj.id)),
+            ("reels", select(Reel.id).where(Reel.group_id == obj.id)),
+        ]
+    else:
+        return {}
+    return {name: ids for name, query in owned if (ids := list(db.scalars(query)))}
+
+
+def delete_entity(db: Session, kind: Kind, external_id: str, *, actor: User, hard: bool) -> Removal:
+    """Delete one entity; messages are soft-deleted unless ``hard``. Returns what was removed.
 
     Deleting a user removes everything they made (cascades) and the interactions that pointed at
-    it. The caller commits and runs deletion hooks for derived data.
+    it. The caller commits and then runs deletion hooks for derived data with the ``Removal``.
     """
     obj = db.scalar(select(kind.table).where(kind.table.external_id == external_id))
     if obj is None:
         raise NotFound(f"There is no {kind.label} '{external_id}'.")
     if kind.table is User and obj.role == "admin":
         raise Forbidden("Admins cannot be deleted through the API. Use the CLI on the server.")
+    items: dict[str, list[int]] = {}
+    users: list[int] = []
     if kind.soft_delete and not hard:
         obj.deleted_at = datetime.now(UTC)
         outcome = "soft-deleted"
     else:
+        items = _removed_items(db, kind, obj)
+        users = [obj.id] if kind.table is User else []
         _drop_interactions(db, kind, obj)
         db.delete(obj)
         outcome = "deleted"
     audit.record(db, actor, f"delete.{kind.name}", external_id, outcome=outcome)
-    return outcome
+    return Removal(kind.name, external_id, outcome, items, users)
 
 
 def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:

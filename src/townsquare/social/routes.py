@@ -6,13 +6,13 @@ matrix test reads it and checks each persona's status against it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import AdminUser, CurrentUser, DbDep, ServicesDep
 from townsquare.errors import InvalidRequest, NotFound, PayloadTooLarge
@@ -90,16 +90,17 @@ async def _rows(request: Request) -> list[Any]:
 SEARCHABLE = {"listings": Listing, "posts": Post, "reels": Reel}
 
 
-async def _reindex(services: Services, kind: Kind, external_ids: list[Any]) -> None:
-    """Embed what this request changed, so search never lags behind ingestion."""
+def _reindex(services: Services, db: Session, kind: Kind, external_ids: list[Any]) -> None:
+    """Index what this request changed (on the request's worker thread), so search never lags
+    behind ingestion. Work is proportional to the rows sent."""
     table: Any = SEARCHABLE.get(kind.name)
     if table is None or not services.settings.search.index_on_ingest:
         return
     wanted = [e for e in external_ids if isinstance(e, str)]
-    with services.sessions() as db:
-        ids = list(db.scalars(select(table.id).where(table.external_id.in_(wanted))))
+    ids = list(db.scalars(select(table.id).where(table.external_id.in_(wanted))))
+    db.commit()  # one connection at a time: the indexer uses its own sessions
     if ids:
-        await asyncio.to_thread(services.indexer.sync, kind.name, ids)
+        services.indexer.sync(kind.name, ids)
 
 
 def _add_ingest_routes(kind: Kind) -> None:
@@ -119,9 +120,14 @@ def _add_ingest_routes(kind: Kind) -> None:
             raise InvalidRequest(f"Send one {kind.label} as a JSON object.")
         if body.setdefault("external_id", external_id) != external_id:
             raise InvalidRequest("external_id in the body differs from the one in the URL.")
-        report = ingest(db, kind, [body], settings=services.settings.ingest, actor=admin)
-        db.commit()
-        await _reindex(services, kind, [external_id])
+
+        def work() -> IngestReport:
+            report = ingest(db, kind, [body], settings=services.settings.ingest, actor=admin)
+            db.commit()
+            _reindex(services, db, kind, [external_id])
+            return report
+
+        report = await run_in_threadpool(work)
         status = "created" if report.created else "updated" if report.updated else "unchanged"
         response.status_code = 201 if report.created else 200
         return {"id": external_id, "status": status}
@@ -142,25 +148,31 @@ def _add_ingest_routes(kind: Kind) -> None:
                 f"The batch has {len(rows)} rows; the limit is {limit} (ingest.max_batch_rows). "
                 "Split it into smaller batches."
             )
-        report = ingest(
-            db, kind, rows, settings=services.settings.ingest, actor=admin, partial=partial
-        )
-        db.commit()
-        await _reindex(services, kind, [r.get("external_id") for r in rows if isinstance(r, dict)])
-        return report
 
-    async def delete_one(
+        def work() -> IngestReport:
+            report = ingest(
+                db, kind, rows, settings=services.settings.ingest, actor=admin, partial=partial
+            )
+            db.commit()
+            _reindex(
+                services, db, kind, [r.get("external_id") for r in rows if isinstance(r, dict)]
+            )
+            return report
+
+        return await run_in_threadpool(work)
+
+    def delete_one(
         external_id: str,
         admin: AdminUser,
         db: DbDep,
         services: ServicesDep,
         hard: Annotated[bool, Query(description="Delete messages for real.")] = False,
     ) -> dict[str, str]:
-        outcome = delete_entity(db, kind, external_id, actor=admin, hard=hard)
+        removal = delete_entity(db, kind, external_id, actor=admin, hard=hard)
         db.commit()
         for hook in services.deletion_hooks:
-            hook(kind.name, external_id)
-        return {"id": external_id, "status": outcome}
+            hook(removal)
+        return {"id": external_id, "status": removal.outcome}
 
     name = kind.name.replace("-", "_")
     router.put(
@@ -187,7 +199,7 @@ def _add_ingest_routes(kind: Kind) -> None:
 
 
 @router.get("/me", **rule("authenticated"))
-async def me(user: CurrentUser) -> dict[str, Any]:
+def me(user: CurrentUser) -> dict[str, Any]:
     """Who the key or session belongs to."""
     return {
         "name": user.name,
@@ -210,7 +222,7 @@ def _group_out(db: Session, user: User, group: Group) -> GroupOut:
 
 
 @router.get("/groups", **rule("authenticated"))
-async def my_groups(user: CurrentUser, db: DbDep) -> Page[GroupOut]:
+def my_groups(user: CurrentUser, db: DbDep) -> Page[GroupOut]:
     """The groups the member belongs to (admins: all groups)."""
     query = select(Group).order_by(Group.name)
     if not access.is_admin(user):
@@ -221,12 +233,12 @@ async def my_groups(user: CurrentUser, db: DbDep) -> Page[GroupOut]:
 
 
 @router.get("/groups/{group_id}", **rule("group-member"))
-async def get_group(group_id: str, user: CurrentUser, db: DbDep) -> GroupOut:
+def get_group(group_id: str, user: CurrentUser, db: DbDep) -> GroupOut:
     return _group_out(db, user, access.group_visible_to(db, user, group_id))
 
 
 @router.get("/groups/{group_id}/messages", **rule("group-member"))
-async def group_messages(
+def group_messages(
     group_id: str, user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[MessageOut]:
     """The group's messages, newest first (deleted ones are left out)."""
@@ -262,7 +274,7 @@ async def group_messages(
 
 
 @router.delete("/groups/{group_id}/messages/{message_id}", **rule("group-moderator"))
-async def moderate_message(
+def moderate_message(
     group_id: str, message_id: str, user: CurrentUser, db: DbDep
 ) -> dict[str, str]:
     """A moderator (or admin) hides a message in their group. Recorded in the audit log."""
@@ -308,9 +320,7 @@ def _post_out(
 
 
 @router.get("/posts", **rule("authenticated"))
-async def feed(
-    user: CurrentUser, db: DbDep, limit: Limit = 20, offset: Offset = 0
-) -> Page[PostOut]:
+def feed(user: CurrentUser, db: DbDep, limit: Limit = 20, offset: Offset = 0) -> Page[PostOut]:
     """Public posts and posts of the member's groups, newest first."""
     posts = list(
         db.scalars(
@@ -332,7 +342,7 @@ async def feed(
 
 
 @router.get("/posts/{post_id}", **rule("post-viewer"))
-async def get_post(post_id: str, user: CurrentUser, db: DbDep) -> PostOut:
+def get_post(post_id: str, user: CurrentUser, db: DbDep) -> PostOut:
     """One post with its comments."""
     post = access.post_visible_to(db, user, post_id)
     comments = list(
@@ -352,7 +362,7 @@ async def get_post(post_id: str, user: CurrentUser, db: DbDep) -> PostOut:
 
 
 @router.get("/dm-threads", **rule("authenticated"))
-async def my_threads(
+def my_threads(
     user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[ThreadOut]:
     """The member's own DM threads."""
@@ -376,7 +386,7 @@ async def my_threads(
 
 
 @router.get("/dm-threads/{thread_id}/messages", **rule("dm-participant"))
-async def thread_messages(
+def thread_messages(
     thread_id: str, user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[MessageOut]:
     """A DM thread's messages, newest first; participants only."""
@@ -422,7 +432,7 @@ def _listing_out(listing: Listing, names: dict[int, str]) -> ListingOut:
 
 
 @router.get("/listings", **rule("authenticated"))
-async def listings(
+def listings(
     user: CurrentUser, db: DbDep, category: str | None = None, limit: Limit = 20, offset: Offset = 0
 ) -> Page[ListingOut]:
     """Active listings (and the member's own), newest first."""
@@ -435,13 +445,13 @@ async def listings(
 
 
 @router.get("/listings/{listing_id}", **rule("listing-viewer"))
-async def get_listing(listing_id: str, user: CurrentUser, db: DbDep) -> ListingOut:
+def get_listing(listing_id: str, user: CurrentUser, db: DbDep) -> ListingOut:
     listing = access.listing_visible_to(db, user, listing_id)
     return _listing_out(listing, _names(db, {listing.seller_id}))
 
 
 @router.get("/reels/{reel_id}", **rule("reel-viewer"))
-async def get_reel(reel_id: str, user: CurrentUser, db: DbDep) -> ReelOut:
+def get_reel(reel_id: str, user: CurrentUser, db: DbDep) -> ReelOut:
     reel = access.reel_visible_to(db, user, reel_id)
     names = _names(db, {reel.creator_id})
     return ReelOut(
@@ -457,7 +467,7 @@ async def get_reel(reel_id: str, user: CurrentUser, db: DbDep) -> ReelOut:
 
 
 @router.get("/audit", **rule("admin"))
-async def audit_log(
+def audit_log(
     admin: AdminUser, db: DbDep, limit: Limit = 50, before_id: int | None = None
 ) -> Page[AuditOut]:
     """Admin and moderator actions, newest first."""

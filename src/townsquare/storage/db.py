@@ -6,6 +6,9 @@ database is always at the code's schema before the first request.
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +20,27 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("townsquare.storage")
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine; for SQLite, make the directory and switch on WAL and foreign keys."""
-    kwargs: dict[str, Any] = {}
+def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) -> Engine:
+    """Create the engine; for SQLite, make the directory and switch on WAL and foreign keys.
+
+    The pool holds ``pool_size`` connections and never more: callers size it so that every
+    thread that may use the database at once (each holds at most one connection) gets one
+    without waiting (``Settings.resolved_pool_size``).
+    """
+    kwargs: dict[str, Any] = {"pool_timeout": pool_timeout_s}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # The app uses its sessions from the event loop thread and worker threads.
+        # Sessions are used from worker threads, one thread at a time.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+    if ":memory:" not in url:
+        kwargs.update(pool_size=pool_size, max_overflow=0)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 
@@ -66,3 +77,48 @@ def migration_status(engine: Engine) -> tuple[str | None, str | None]:
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     return current, head
+
+
+class BackgroundWriter:
+    """Writes rows on a thread of its own, so a caller on the event loop (a safety refusal
+    while a reply streams) never waits for the database. ``flush`` waits until everything
+    handed over so far is committed; ``close`` flushes and stops."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, name: str = "writer") -> None:
+        self.sessions = sessions
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, row: Any) -> None:
+        self._queue.put(row)
+
+    def _run(self) -> None:
+        while True:
+            row = self._queue.get()
+            try:
+                if row is None:
+                    return
+                batch = [row]
+                while not self._queue.empty() and len(batch) < 500:
+                    extra = self._queue.get_nowait()
+                    if extra is None:  # close after this batch
+                        self._queue.put(None)
+                        self._queue.task_done()
+                        break
+                    batch.append(extra)
+                    self._queue.task_done()
+                with self.sessions.begin() as db:
+                    db.add_all(batch)
+            except Exception:  # a failed write is logged, never fatal to the writer
+                log.exception("background write failed")
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=10)

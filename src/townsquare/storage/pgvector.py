@@ -1,35 +1,48 @@
 """The scale-out vector index: PostgreSQL with pgvector (HNSW, cosine).
 
-Filters stay hard: ``allowed`` becomes ``item_id = ANY(...)`` in the same query, and pgvector's
-iterative index scan (0.8+) keeps scanning the HNSW graph until ``k`` rows pass it.
+Filters stay hard and inside the index: the item's metadata is a JSONB column beside its
+vector, a ``Filter`` becomes a condition in the same query, and pgvector's iterative index scan
+(0.8+) keeps walking the HNSW graph until ``k`` rows pass it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from townsquare.storage.vectors import VectorIndex, Vectors
+from townsquare.storage.filters import Everything, Filter, to_sql
+from townsquare.storage.vectors import Attrs, VectorIndex, Vectors, attrs_hash
 
 
 def _literal(vector: Any) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, dtype=np.float32)) + "]"
 
 
+def _parse(value: str) -> Vectors:
+    return np.asarray([float(x) for x in value.strip("[]").split(",")], dtype=np.float32)
+
+
 class PgVectorIndex(VectorIndex):
-    """Vectors in a PostgreSQL table with an HNSW index."""
+    """Vectors and their metadata in a PostgreSQL table with an HNSW index."""
 
     def __init__(
-        self, url: str, dimensions: int, *, table: str = "townsquare_vectors", ef_search: int = 100
+        self,
+        url: str,
+        dimensions: int,
+        *,
+        table: str = "townsquare_vectors",
+        ef_search: int = 100,
+        pool_size: int = 20,
     ) -> None:
         if not table.isidentifier():
             raise ValueError("table must be a plain SQL identifier")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        self.engine = create_engine(url, pool_pre_ping=True)
+        self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0)
         self.table, self.dimensions, self.ef_search = table, dimensions, ef_search
         with self.engine.begin() as db:
             db.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
@@ -42,30 +55,76 @@ class PgVectorIndex(VectorIndex):
             )
             db.execute(
                 text(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS attrs jsonb NOT NULL "
+                    "DEFAULT '{}'"
+                )
+            )
+            db.execute(
+                text(
+                    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS attrs_hash text NOT NULL "
+                    "DEFAULT ''"
+                )
+            )
+            db.execute(
+                text(
                     f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} "
                     "USING hnsw (embedding vector_cosine_ops)"
                 )
             )
 
     def upsert(
-        self, collection: str, ids: Sequence[int], vectors: Vectors, hashes: Sequence[str]
+        self,
+        collection: str,
+        ids: Sequence[int],
+        vectors: Vectors,
+        hashes: Sequence[str],
+        attrs: Sequence[Attrs] | None = None,
     ) -> None:
+        metadata = list(attrs) if attrs is not None else [{} for _ in ids]
         rows = [
-            {"c": collection, "i": int(i), "h": h, "v": _literal(v)}
-            for i, v, h in zip(ids, vectors, hashes, strict=True)
+            {
+                "c": collection,
+                "i": int(i),
+                "h": h,
+                "v": _literal(v),
+                "a": json.dumps(dict(m), default=str),
+                "ah": attrs_hash(m),
+            }
+            for i, v, h, m in zip(ids, vectors, hashes, metadata, strict=True)
         ]
         if not rows:
             return
         with self.engine.begin() as db:
             db.execute(
                 text(
-                    f"INSERT INTO {self.table} (collection, item_id, content_hash, embedding) "
-                    "VALUES (:c, :i, :h, CAST(:v AS vector)) ON CONFLICT (collection, item_id) "
-                    "DO UPDATE SET content_hash = EXCLUDED.content_hash, "
-                    "embedding = EXCLUDED.embedding"
+                    f"INSERT INTO {self.table} (collection, item_id, content_hash, embedding, "
+                    "attrs, attrs_hash) VALUES (:c, :i, :h, CAST(:v AS vector), CAST(:a AS jsonb), "
+                    ":ah) ON CONFLICT (collection, item_id) DO UPDATE SET "
+                    "content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, "
+                    "attrs = EXCLUDED.attrs, attrs_hash = EXCLUDED.attrs_hash"
                 ),
                 rows,
             )
+
+    def set_attrs(self, collection: str, ids: Sequence[int], attrs: Sequence[Attrs]) -> None:
+        rows = [
+            {
+                "c": collection,
+                "i": int(i),
+                "a": json.dumps(dict(m), default=str),
+                "ah": attrs_hash(m),
+            }
+            for i, m in zip(ids, attrs, strict=True)
+        ]
+        if rows:
+            with self.engine.begin() as db:
+                db.execute(
+                    text(
+                        f"UPDATE {self.table} SET attrs = CAST(:a AS jsonb), attrs_hash = :ah "
+                        "WHERE collection = :c AND item_id = :i"
+                    ),
+                    rows,
+                )
 
     def delete(self, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
@@ -76,27 +135,70 @@ class PgVectorIndex(VectorIndex):
                     {"c": collection, "ids": ids},
                 )
 
+    def drop_collection(self, collection: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(text(f"DELETE FROM {self.table} WHERE collection = :c"), {"c": collection})
+
     def search(
-        self, collection: str, query: Vectors, k: int, allowed: Sequence[int] | None = None
+        self,
+        collection: str,
+        query: Vectors,
+        k: int,
+        where: Filter | None = None,
+        exclude: Collection[int] = (),
     ) -> list[tuple[int, float]]:
-        if k <= 0 or (allowed is not None and len(allowed) == 0):
+        if k <= 0:
             return []
-        where = "collection = :c" + (" AND item_id = ANY(:allowed)" if allowed is not None else "")
         params: dict[str, Any] = {"c": collection, "q": _literal(query), "k": k}
-        if allowed is not None:
-            params["allowed"] = [int(i) for i in allowed]
+        condition = "collection = :c"
+        if where is not None and not isinstance(where, Everything):
+            condition += " AND " + to_sql(where, "attrs", params)
+        if exclude:
+            params["exclude"] = [int(i) for i in exclude]
+            condition += " AND NOT (item_id = ANY(:exclude))"
         with self.engine.begin() as db:
             db.execute(text(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}"))
             db.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
             rows = db.execute(
                 text(
                     f"SELECT item_id, 1 - (embedding <=> CAST(:q AS vector)) AS score "
-                    f"FROM {self.table} WHERE {where} "
+                    f"FROM {self.table} WHERE {condition} "
                     "ORDER BY embedding <=> CAST(:q AS vector) LIMIT :k"
                 ),
                 params,
             ).all()
         return sorted(((int(i), float(s)) for i, s in rows), key=lambda r: -r[1])
+
+    def filter_ids(self, collection: str, ids: Sequence[int], where: Filter) -> list[int]:
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return []
+        params: dict[str, Any] = {"c": collection, "ids": wanted}
+        condition = "collection = :c AND item_id = ANY(:ids)"
+        if not isinstance(where, Everything):
+            condition += " AND " + to_sql(where, "attrs", params)
+        with self.engine.connect() as db:
+            found = {
+                int(i)
+                for (i,) in db.execute(
+                    text(f"SELECT item_id FROM {self.table} WHERE {condition}"), params
+                )
+            }
+        return [i for i in wanted if i in found]
+
+    def state(self, collection: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return {}
+        with self.engine.connect() as db:
+            rows = db.execute(
+                text(
+                    f"SELECT item_id, content_hash, attrs_hash FROM {self.table} "
+                    "WHERE collection = :c AND item_id = ANY(:ids)"
+                ),
+                {"c": collection, "ids": wanted},
+            )
+            return {int(i): (h, ah) for i, h, ah in rows}
 
     def hashes(self, collection: str) -> dict[int, str]:
         with self.engine.connect() as db:
@@ -106,18 +208,30 @@ class PgVectorIndex(VectorIndex):
             )
             return {int(i): h for i, h in rows}
 
-    def vector(self, collection: str, item_id: int) -> Vectors | None:
+    def vectors(self, collection: str, ids: Iterable[int]) -> dict[int, Vectors]:
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return {}
         with self.engine.connect() as db:
-            value = db.execute(
+            rows = db.execute(
                 text(
-                    f"SELECT embedding::text FROM {self.table} "
-                    "WHERE collection = :c AND item_id = :i"
+                    f"SELECT item_id, embedding::text FROM {self.table} "
+                    "WHERE collection = :c AND item_id = ANY(:ids)"
                 ),
-                {"c": collection, "i": item_id},
-            ).scalar()
-        if value is None:
-            return None
-        return np.asarray([float(x) for x in value.strip("[]").split(",")], dtype=np.float32)
+                {"c": collection, "ids": wanted},
+            )
+            return {int(i): _parse(v) for i, v in rows}
+
+    def values(self, collection: str, field: str) -> list[str]:
+        with self.engine.connect() as db:
+            rows = db.execute(
+                text(
+                    f"SELECT DISTINCT attrs ->> :f FROM {self.table} "
+                    "WHERE collection = :c AND attrs ? :f"
+                ),
+                {"c": collection, "f": field},
+            )
+            return sorted(str(v) for (v,) in rows if v is not None)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -226,6 +226,8 @@ class VectorItem(Base):
     vector: Mapped[bytes | None] = mapped_column(
         LargeBinary, nullable=True
     )  # float32 little-endian
+    # the item's filterable metadata (status, price, group ...), kept beside its vector
+    attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Generation(Base):

@@ -20,12 +20,12 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/login", openapi_extra={"x-access": "public"})
-async def login_page(request: Request) -> HTMLResponse:
+def login_page(request: Request) -> HTMLResponse:
     return templates.TemplateResponse(request, "login.html", {"error": None})
 
 
 @router.post("/login", response_model=None, openapi_extra={"x-access": "public"})
-async def login(
+def login(
     request: Request, key: Annotated[str, Form()], db: DbDep, services: ServicesDep
 ) -> Response:
     user = user_for_key(db, key.strip())
@@ -55,7 +55,7 @@ async def login(
 
 
 @router.post("/logout", openapi_extra={"x-access": "public"})
-async def logout(request: Request, db: DbDep) -> RedirectResponse:
+def logout(request: Request, db: DbDep) -> RedirectResponse:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         end_web_session(db, token)
@@ -66,7 +66,7 @@ async def logout(request: Request, db: DbDep) -> RedirectResponse:
 
 
 @router.get("/", response_model=None, openapi_extra={"x-access": "public"})
-async def chat_page(request: Request, db: DbDep, services: ServicesDep) -> Response:
+def chat_page(request: Request, db: DbDep, services: ServicesDep) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     user = user_for_session(db, token) if token else None
     if user is None:

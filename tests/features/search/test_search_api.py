@@ -146,7 +146,9 @@ def test_deleted_and_edited_listings_follow_the_index(
         from sqlalchemy import text
 
         assert (
-            db.execute(text("SELECT count(*) FROM search_fts WHERE title LIKE '%Walnut%'")).scalar()
+            db.execute(
+                text("SELECT count(*) FROM search_fts_listings WHERE title LIKE '%Walnut%'")
+            ).scalar()
             == 0
         )
 

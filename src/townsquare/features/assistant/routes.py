@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.api.sse import primed, sse_response
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/api/conversations", tags=["assistant"])
 
 
 @router.post("", status_code=201, openapi_extra={"x-access": "authenticated"})
-async def create_conversation(
+def create_conversation(
     body: ConversationCreate, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> ConversationOut:
     """Start a conversation, optionally with its own persona (system prompt)."""
@@ -36,22 +37,20 @@ async def create_conversation(
 
 
 @router.get("", openapi_extra={"x-access": "authenticated"})
-async def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
+def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
     """The member's conversations, most recent first."""
     rows = service.list_conversations(db, user)
     return ConversationList(data=[ConversationOut.model_validate(row) for row in rows])
 
 
 @router.get("/{conversation_id}", openapi_extra={"x-access": "owner"})
-async def get_conversation(
-    conversation_id: int, user: CurrentUser, db: DbDep
-) -> ConversationDetail:
+def get_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> ConversationDetail:
     """One conversation with all its messages."""
     return ConversationDetail.model_validate(service.get_conversation(db, user, conversation_id))
 
 
 @router.delete("/{conversation_id}", status_code=204, openapi_extra={"x-access": "owner"})
-async def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> Response:
+def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> Response:
     """Delete a conversation and its messages."""
     service.delete_conversation(db, user, conversation_id)
     return Response(status_code=204)
@@ -74,17 +73,24 @@ async def post_message(
     of the stored messages.
     """
     text = services.guarded_text
-    service.get_conversation(db, user, conversation_id)  # 404 before any tool runs
+    # database work on worker threads; the event loop only waits for the model
+    await run_in_threadpool(service.get_conversation, db, user, conversation_id)  # 404 first
     tool_results = await run_tools(services.tools, services.sessions, user.id, body.content)
-    turn = service.prepare_turn(
-        db,
-        user,
-        conversation_id,
-        body,
-        text=text,
-        settings=services.settings,
-        tool_results=tool_results,
-    )
+
+    def prepare() -> service.PreparedTurn:
+        turn = service.prepare_turn(
+            db,
+            user,
+            conversation_id,
+            body,
+            text=text,
+            settings=services.settings,
+            tool_results=tool_results,
+        )
+        db.commit()  # no connection held while the reply is generated
+        return turn
+
+    turn = await run_in_threadpool(prepare)
     if not body.stream:
         return await service.reply(services.sessions, turn, text=text)
 

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jinja2
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -237,7 +238,9 @@ async def reply(
 ) -> Exchange:
     """Generate the whole reply, then store the turn."""
     completion = await text.complete(turn.messages, turn.options, turn.context)
-    return store_turn(sessions, turn, completion.text, completion, text.model_id)
+    return await anyio.to_thread.run_sync(
+        store_turn, sessions, turn, completion.text, completion, text.model_id
+    )
 
 
 @dataclass(frozen=True)
@@ -262,4 +265,7 @@ async def stream_reply(
             finish, usage = delta.finish_reason, delta.usage or Usage()
         yield delta
     full = "".join(pieces)
-    yield Stored(store_turn(sessions, turn, full, Completion(full, finish, usage), text.model_id))
+    stored = await anyio.to_thread.run_sync(
+        store_turn, sessions, turn, full, Completion(full, finish, usage), text.model_id
+    )
+    yield Stored(stored)

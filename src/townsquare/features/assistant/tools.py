@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Protocol
 
+import anyio
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend
@@ -53,8 +55,16 @@ class RecommendReels:
         return bool(WATCHABLE.search(message))
 
     async def run(self, db: Session, user: User, message: str) -> ToolResult:
-        found = await recommend_reels(
-            db, user, message, limit=self.limit, embedder=self.embedder, vectors=self.vectors
+        found = await anyio.to_thread.run_sync(
+            partial(
+                recommend_reels,
+                db,
+                user,
+                message,
+                limit=self.limit,
+                embedder=self.embedder,
+                vectors=self.vectors,
+            )
         )
         cards = [{"type": "reel", **card.model_dump()} for card in found.data]
         if not cards:
@@ -75,7 +85,8 @@ async def run_tools(
     for tool in tools:
         if tool.wants(message):
             with sessions() as db:
-                user = db.get(User, user_id)
+                user = await anyio.to_thread.run_sync(db.get, User, user_id)
                 assert user is not None
                 results.append(await tool.run(db, user, message))
+                await anyio.to_thread.run_sync(db.close)
     return results

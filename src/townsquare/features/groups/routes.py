@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.features.groups.service import (
@@ -26,7 +27,7 @@ async def topic_suggestions(
     group_id: str, body: TopicRequest, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> Topics:
     """New topics that fit the group's conversation, each with an opener."""
-    group = access.group_visible_to(db, user, group_id)
+    group = await run_in_threadpool(access.group_visible_to, db, user, group_id)
     return await suggest_topics(
         db,
         services.sessions,
@@ -47,7 +48,7 @@ async def group_catch_up(
     since: Annotated[datetime | None, Query(description="ISO time; default: 24 hours ago.")] = None,
 ) -> CatchUp:
     """What the member missed since ``since``, each point citing its messages."""
-    group = access.group_visible_to(db, user, group_id)
+    group = await run_in_threadpool(access.group_visible_to, db, user, group_id)
     return await catch_up(
         db,
         services.sessions,

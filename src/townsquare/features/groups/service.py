@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,6 +69,19 @@ def _recent(db: Session, group: Group, since: datetime | None, limit: int) -> li
     ]
 
 
+async def _recent_off_loop(
+    db: Session, group: Group, since: datetime | None
+) -> list[dict[str, Any]]:
+    """``_recent`` on a worker thread, ending the read so no connection is held meanwhile."""
+
+    def read() -> list[dict[str, Any]]:
+        recent = _recent(db, group, since, RECENT)
+        db.commit()
+        return recent
+
+    return await anyio.to_thread.run_sync(read)
+
+
 async def suggest_topics(
     db: Session,
     sessions: sessionmaker[Session],
@@ -78,7 +92,7 @@ async def suggest_topics(
     text: GuardedText,
     embedder: EmbeddingBackend,
 ) -> Topics:
-    recent = _recent(db, group, None, RECENT)
+    recent = await _recent_off_loop(db, group, None)
     schema = {
         "type": "object",
         "required": ["topics"],
@@ -128,7 +142,7 @@ async def suggest_topics(
         if topic.topic.lower() not in {u.topic.lower() for u in unique}:
             unique.append(topic)
     kept = unique[: request.count]
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature="group_topics",
         user_id=user.id,
@@ -175,7 +189,7 @@ async def catch_up(
     text: GuardedText,
 ) -> CatchUp:
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    messages = _recent(db, group, since, RECENT)
+    messages = await _recent_off_loop(db, group, since)
     if not messages:
         return CatchUp(
             generation_id=None, group_id=group.external_id, since=since, messages=0, points=[]
@@ -222,7 +236,7 @@ async def catch_up(
     )
     allowed = set(text.check_items([p.text for p in points], context))
     points = [p for p in points if p.text in allowed]
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature="group_catch_up",
         user_id=user.id,

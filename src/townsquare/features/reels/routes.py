@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/reels", tags=["reels"])
 
 
 @router.get("/recommendations", openapi_extra={"x-access": "authenticated"})
-async def recommendations(
+def recommendations(
     user: CurrentUser,
     db: DbDep,
     services: ServicesDep,
@@ -28,6 +28,6 @@ async def recommendations(
             f"{services.settings.search.max_query_chars} (search.max_query_chars).",
             "context",
         )
-    return await recommend_reels(
+    return recommend_reels(
         db, user, context, limit=limit, embedder=services.embed, vectors=services.vectors
     )

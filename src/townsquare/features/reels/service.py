@@ -29,6 +29,7 @@ LONG_VIEW = 0.6  # share of the reel watched that counts as interest
 CONTEXT_WEIGHT = 0.7  # of the query vector, when there is context text
 MMR_LAMBDA = 0.7
 DUPLICATE = 0.98  # a candidate this similar to a pick is the same content (a repost): skipped
+HISTORY = 200  # most recent interactions that make up the profile
 
 
 class ReelCard(BaseModel):
@@ -53,11 +54,15 @@ class Profile:
     hidden: set[int]
 
 
-def profile(db: Session, user: User, vectors: VectorIndex) -> Profile:
+def profile(db: Session, user: User, vectors: VectorIndex, *, history: int = HISTORY) -> Profile:
+    """The member's taste from their ``history`` most recent reel interactions: one query for
+    the interactions, one index read for the vectors."""
     rows = db.execute(
         select(Interaction.target_id, Interaction.action, Interaction.value, Reel.duration_s)
         .join(Reel, Reel.id == Interaction.target_id)
         .where(Interaction.user_id == user.id, Interaction.target_kind == "reel")
+        .order_by(Interaction.id.desc())
+        .limit(history)
     ).all()
     weights: dict[int, float] = {}
     seen, hidden = set(), set()
@@ -70,9 +75,10 @@ def profile(db: Session, user: User, vectors: VectorIndex) -> Profile:
             weight = 0.5
         if weight:
             weights[reel_id] = weights.get(reel_id, 0.0) + weight
+    stored = vectors.vectors("reels", weights)
     total = None
     for reel_id, weight in weights.items():
-        vector = vectors.vector("reels", reel_id)
+        vector = stored.get(reel_id)
         if vector is not None:
             total = weight * vector if total is None else total + weight * vector
     if total is not None:
@@ -104,7 +110,7 @@ def mmr(query: Vectors, candidates: list[tuple[int, Vectors]], k: int) -> list[t
     return picked
 
 
-async def recommend_reels(
+def recommend_reels(
     db: Session,
     user: User,
     context: str,
@@ -113,42 +119,60 @@ async def recommend_reels(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
 ) -> Recommendations:
-    """Reels for ``user`` that fit ``context`` (may be empty) and their interests."""
+    """Reels for ``user`` that fit ``context`` (may be empty) and their interests.
+
+    A constant number of queries whatever the number of reels: interactions, memberships, the
+    picked reels and their creators; visibility and exclusions are filters inside the index.
+    """
     mine = profile(db, user, vectors)
-    visible = db.scalars(select(Reel.id).where(access.visible_reels(user)))
-    allowed = [i for i in visible if i not in mine.seen and i not in mine.hidden]
-    if not allowed:
-        return Recommendations(context=context, data=[])
+    groups = access.member_group_ids(db, user)
+    where = access.reels_filter(user, groups)
+    exclude = mine.seen | mine.hidden
     query: Vectors | None = None
     if context.strip():
-        query = (await embedder.embed([context]))[0]
+        query = embedder.embed_sync([context])[0]
         if mine.vector is not None:
             query = CONTEXT_WEIGHT * query + (1 - CONTEXT_WEIGHT) * mine.vector
     elif mine.vector is not None:
         query = mine.vector
     if query is None:  # nothing to go on: the newest reels
-        newest = db.scalars(
-            select(Reel).where(Reel.id.in_(allowed)).order_by(Reel.created_at.desc()).limit(limit)
+        newest = list(
+            db.scalars(
+                select(Reel)
+                .where(access.visible_reels(user), Reel.id.not_in(exclude or {-1}))
+                .order_by(Reel.created_at.desc(), Reel.id.desc())
+                .limit(limit)
+            )
         )
-        return Recommendations(context=context, data=[_card(db, r, 0.0) for r in newest])
+        return Recommendations(context=context, data=_cards(db, [(r, 0.0) for r in newest]))
     query = query / max(float(np.linalg.norm(query)), 1e-9)
-    hits = vectors.search("reels", query, max(limit * 5, 20), allowed=allowed)
-    candidates = [(i, v) for i, _ in hits if (v := vectors.vector("reels", i)) is not None]
-    picked = mmr(query, candidates, limit)
+    hits = vectors.search("reels", query, max(limit * 5, 20), where, exclude)
+    stored = vectors.vectors("reels", [i for i, _ in hits])
+    picked = mmr(query, [(i, stored[i]) for i, _ in hits if i in stored], limit)
     reels = {r.id: r for r in db.scalars(select(Reel).where(Reel.id.in_([i for i, _ in picked])))}
     return Recommendations(
-        context=context, data=[_card(db, reels[i], score) for i, score in picked if i in reels]
+        context=context,
+        data=_cards(db, [(reels[i], score) for i, score in picked if i in reels]),
     )
 
 
-def _card(db: Session, reel: Reel, score: float) -> ReelCard:
-    creator = db.get(User, reel.creator_id)
-    return ReelCard(
-        id=reel.external_id,
-        caption=reel.caption,
-        creator=(creator.display_name or creator.name) if creator else "",
-        url=reel.media_url,
-        tags=reel.tags,
-        duration_s=reel.duration_s,
-        score=round(score, 4),
-    )
+def _cards(db: Session, picked: list[tuple[Reel, float]]) -> list[ReelCard]:
+    creators = {
+        u.id: u
+        for u in db.scalars(select(User).where(User.id.in_({r.creator_id for r, _ in picked})))
+    }
+    cards = []
+    for reel, score in picked:
+        creator = creators.get(reel.creator_id)
+        cards.append(
+            ReelCard(
+                id=reel.external_id,
+                caption=reel.caption,
+                creator=(creator.display_name or creator.name) if creator else "",
+                url=reel.media_url,
+                tags=reel.tags,
+                duration_s=reel.duration_s,
+                score=round(score, 4),
+            )
+        )
+    return cards

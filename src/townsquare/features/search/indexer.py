@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, text
@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend
 from townsquare.storage.social_tables import Listing, Post, Reel
-from townsquare.storage.vectors import VectorIndex
+from townsquare.storage.vectors import VectorIndex, attrs_hash
 
 COLLECTIONS = ("listings", "posts", "reels")
+TABLES: dict[str, Any] = {"listings": Listing, "posts": Post, "reels": Reel}
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Document:
     item_id: int
     title: str
     body: str
+    attrs: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def content_hash(self) -> str:
@@ -43,26 +45,55 @@ def listing_body(listing: Listing) -> str:
     return f"{listing.category}; {condition}; {attributes}; {listing.location}"
 
 
+def listing_attrs(listing: Listing) -> dict[str, Any]:
+    """What search filters and visibility rules read, kept beside the listing's vector."""
+    return {
+        "status": listing.status,
+        "seller_id": listing.seller_id,
+        "category": listing.category,
+        "condition": listing.condition,
+        "price_cents": listing.price_cents,
+        "lat": listing.lat,
+        "lon": listing.lon,
+        "location": listing.location,
+    }
+
+
+def post_attrs(post: Post) -> dict[str, Any]:
+    return {"group_id": post.group_id, "author_id": post.author_id}
+
+
+def reel_attrs(reel: Reel) -> dict[str, Any]:
+    return {
+        "visibility": reel.visibility,
+        "group_id": reel.group_id,
+        "creator_id": reel.creator_id,
+        "created_at": reel.created_at.timestamp() if reel.created_at else None,
+    }
+
+
 def documents(db: Session, collection: str, ids: Iterable[int] | None = None) -> list[Document]:
-    """The searchable text of items (all of a collection, or the given ids)."""
-    table: Any = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
+    """The searchable text and metadata of items (all of a collection, or the given ids)."""
+    table: Any = TABLES[collection]
     query = select(table).order_by(table.id)
     if ids is not None:
         query = query.where(table.id.in_(list(ids)))
     docs = []
     for item in db.scalars(query):
         if isinstance(item, Listing):
-            docs.append(Document(item.id, item.title, listing_body(item)))
+            docs.append(Document(item.id, item.title, listing_body(item), listing_attrs(item)))
         elif isinstance(item, Post):
-            docs.append(Document(item.id, item.text[:120], item.text))
+            docs.append(Document(item.id, item.text[:120], item.text, post_attrs(item)))
         else:
             tags = " ".join(f"#{t}" for t in item.tags)
-            docs.append(Document(item.id, item.caption, f"{item.transcript} {tags}"))
+            docs.append(
+                Document(item.id, item.caption, f"{item.transcript} {tags}", reel_attrs(item))
+            )
     return docs
 
 
 class Indexer:
-    """Embeds and indexes items; removes what is gone."""
+    """Embeds and indexes items, keeps their metadata current, removes what is gone."""
 
     def __init__(
         self,
@@ -83,24 +114,39 @@ class Indexer:
         ids: Iterable[int] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, int]:
-        """Index new and changed items, drop missing ones. Returns counts."""
-        wanted = None if ids is None else set(ids)
+        """Index new and changed items (of ``ids``, or of the whole collection), update changed
+        metadata, drop missing ones. Work is proportional to ``ids`` when given."""
+        wanted = None if ids is None else {int(i) for i in ids}
         with self.sessions() as db:
             docs = documents(db, collection, wanted)
-        stored = self.vectors.hashes(collection)
-        changed = [d for d in docs if stored.get(d.item_id) != d.content_hash]
         present = {d.item_id for d in docs}
-        scope = set(stored) if wanted is None else wanted
-        gone = sorted(i for i in scope if i not in present and i in stored)
+        stored = self.vectors.state(collection, present)
+        changed = [d for d in docs if stored.get(d.item_id, ("", ""))[0] != d.content_hash]
+        moved = [
+            d
+            for d in docs
+            if d.item_id in stored
+            and stored[d.item_id][0] == d.content_hash
+            and stored[d.item_id][1] != attrs_hash(d.attrs)
+        ]
+        if wanted is None:
+            gone = sorted(set(self.vectors.hashes(collection)) - present)
+        else:
+            gone = sorted(set(self.vectors.state(collection, wanted - present)))
         if gone:
-            self.vectors.delete(collection, gone)
-            self._fulltext_delete(collection, gone)
+            self.remove(collection, gone)
+        if moved:
+            self.vectors.set_attrs(collection, [d.item_id for d in moved], [d.attrs for d in moved])
         done = 0
         for start in range(0, len(changed), self.batch_size):
             batch = changed[start : start + self.batch_size]
             vectors = self.embedder.embed_sync([d.text for d in batch])  # (n, d)
             self.vectors.upsert(
-                collection, [d.item_id for d in batch], vectors, [d.content_hash for d in batch]
+                collection,
+                [d.item_id for d in batch],
+                vectors,
+                [d.content_hash for d in batch],
+                [d.attrs for d in batch],
             )
             self._fulltext_upsert(collection, batch)
             done += len(batch)
@@ -108,38 +154,32 @@ class Indexer:
                 progress(done, len(changed))
         return {
             "indexed": len(changed),
+            "updated": len(moved),
             "removed": len(gone),
-            "unchanged": len(docs) - len(changed),
+            "unchanged": len(docs) - len(changed) - len(moved),
         }
 
     def sync_all(self) -> dict[str, dict[str, int]]:
+        """Compare every item with the index and repair differences (start-up, rebuilds)."""
         return {collection: self.sync(collection) for collection in COLLECTIONS}
 
-    def prune(self) -> int:
-        """Remove indexed items that no longer exist (after deletes). Returns how many."""
-        removed = 0
-        for collection in COLLECTIONS:
-            table: Any = {"listings": Listing, "posts": Post, "reels": Reel}[collection]
-            stored = self.vectors.hashes(collection)
-            with self.sessions() as db:
-                present = set(db.scalars(select(table.id)))
-            gone = sorted(set(stored) - present)
-            if gone:
-                self.vectors.delete(collection, gone)
-                self._fulltext_delete(collection, gone)
-                removed += len(gone)
-        return removed
+    def remove(self, collection: str, ids: Iterable[int]) -> None:
+        """Drop items from both indexes (after they were deleted)."""
+        ids = sorted({int(i) for i in ids})
+        if ids:
+            self.vectors.delete(collection, ids)
+            self._fulltext_delete(collection, ids)
 
     def _fulltext_delete(self, collection: str, ids: list[int]) -> None:
         with self.sessions.begin() as db:
             sqlite = db.get_bind().dialect.name == "sqlite"
             for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                if sqlite:  # by rowid: indexed, where item_id (UNINDEXED) would scan the table
-                    marks = ",".join(str(fts_rowid(collection, i)) for i in chunk)
-                    db.execute(text(f"DELETE FROM search_fts WHERE rowid IN ({marks})"))
+                marks = ",".join(str(int(i)) for i in ids[start : start + 500])
+                if sqlite:  # by rowid (the item id): indexed
+                    db.execute(
+                        text(f"DELETE FROM {fts_table(collection)} WHERE rowid IN ({marks})")
+                    )
                 else:
-                    marks = ",".join(str(int(i)) for i in chunk)
                     db.execute(
                         text(
                             f"DELETE FROM search_fts WHERE collection = :c AND item_id IN ({marks})"
@@ -150,21 +190,12 @@ class Indexer:
     def _fulltext_upsert(self, collection: str, docs: list[Document]) -> None:
         self._fulltext_delete(collection, [d.item_id for d in docs])
         with self.sessions.begin() as db:
-            rows = [
-                {
-                    "r": fts_rowid(collection, d.item_id),
-                    "c": collection,
-                    "i": d.item_id,
-                    "t": d.title,
-                    "b": d.body,
-                }
-                for d in docs
-            ]
+            rows = [{"c": collection, "i": d.item_id, "t": d.title, "b": d.body} for d in docs]
             if db.get_bind().dialect.name == "sqlite":
                 db.execute(
                     text(
-                        "INSERT INTO search_fts (rowid, collection, item_id, title, body) "
-                        "VALUES (:r, :c, :i, :t, :b)"
+                        f"INSERT INTO {fts_table(collection)} (rowid, title, body) "
+                        "VALUES (:i, :t, :b)"
                     ),
                     rows,
                 )
@@ -178,6 +209,8 @@ class Indexer:
                 )
 
 
-def fts_rowid(collection: str, item_id: int) -> int:
-    """The FTS5 rowid of an item: unique across collections, so deletes use the rowid index."""
-    return int(item_id) * len(COLLECTIONS) + COLLECTIONS.index(collection)
+def fts_table(collection: str) -> str:
+    """The SQLite full-text table of a collection (one each: a query reads only its own)."""
+    if collection not in COLLECTIONS:
+        raise ValueError(f"unknown collection {collection!r}")
+    return f"search_fts_{collection}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.errors import InvalidField
@@ -64,31 +66,38 @@ async def search_listings(
     }
     understood = {}
     if understand:
+        known = await run_in_threadpool(service.places, db)
         read = await service.understand(
-            q, text_model=services.guarded_text, user=user, known_places=sorted(service.places(db))
+            q, text_model=services.guarded_text, user=user, known_places=sorted(known)
         )
         # words never override what the caller set explicitly
         understood = {k: v for k, v in read.items() if explicit.get(k) is None}
     filters = ListingFilters(
         **{k: v for k, v in explicit.items() if v is not None}, **understood, radius_km=radius_km
     )
-    return await service.search_listings(
-        db,
-        user,
-        q,
-        filters,
-        page=page,
-        page_size=size,
-        embedder=services.embed,
-        vectors=services.vectors,
-        understood=understood,
-        min_similarity=services.settings.search.min_similarity,
-        fulltext_weight=services.settings.search.fulltext_weight,
+    settings = services.settings.search
+    # the search itself (database, index, query embedding) runs on a worker thread
+    return await run_in_threadpool(
+        partial(
+            service.search_listings,
+            db,
+            user,
+            q,
+            filters,
+            page=page,
+            page_size=size,
+            embedder=services.embed,
+            vectors=services.vectors,
+            understood=understood,
+            min_similarity=settings.min_similarity,
+            fulltext_weight=settings.fulltext_weight,
+            fulltext_candidates=settings.fulltext_candidates,
+        )
     )
 
 
 @router.get("/search/sources", openapi_extra={"x-access": "authenticated"})
-async def search_sources(
+def search_sources(
     user: CurrentUser,
     db: DbDep,
     services: ServicesDep,
@@ -96,7 +105,7 @@ async def search_sources(
     limit: Annotated[int, Query(ge=1, le=20)] = 8,
 ) -> Sources:
     """Numbered sources across listings, posts and reels: the input of a search summary."""
-    return await service.retrieve_sources(
+    return service.retrieve_sources(
         db,
         user,
         _query(services, q),
@@ -105,6 +114,7 @@ async def search_sources(
         vectors=services.vectors,
         min_similarity=services.settings.search.min_similarity,
         fulltext_weight=services.settings.search.fulltext_weight,
+        fulltext_candidates=services.settings.search.fulltext_candidates,
     )
 
 
@@ -122,4 +132,5 @@ async def search_summary(
         embedder=services.embed,
         vectors=services.vectors,
         min_similarity=services.settings.search.min_similarity,
+        fulltext_candidates=services.settings.search.fulltext_candidates,
     )

@@ -1,22 +1,29 @@
 """Marketplace search (hybrid: full text + meaning, fused by reciprocal rank) and the retrieval
-behind search result summaries. No HTTP here.
+behind search result summaries. No HTTP here; plain functions, run on worker threads.
 
-Hard filters (visibility, category, price, condition, distance) select the candidate ids in SQL
-first; both rankers see only those ids, so a filter can never be traded for relevance.
+Hard filters (visibility, category, price, condition, distance) are ``storage/filters.py``
+expressions over the metadata the index keeps beside each vector, applied inside the index
+before ranking, so a filter can never be traded for relevance and no request loads the ids of
+every listing it may see. Full text returns at most ``search.fulltext_candidates`` best matches,
+which the same filter then narrows.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.errors import InvalidField
+from townsquare.features.search.indexer import fts_table
 from townsquare.features.search.schemas import (
     ListingFilters,
     ListingHit,
@@ -26,9 +33,12 @@ from townsquare.features.search.schemas import (
 )
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
+from townsquare.storage.filters import Eq, Filter, Near, Range, all_of
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.tables import User
-from townsquare.storage.vectors import VectorIndex
+from townsquare.storage.vectors import VectorIndex, Vectors
+
+T = TypeVar("T")
 
 RRF_K = 60  # the usual constant of reciprocal rank fusion (Cormack et al., 2009)
 CANDIDATES = 200  # per ranker, before fusion
@@ -46,25 +56,34 @@ def fts_query(query: str) -> str | None:
 
 
 def fulltext(db: Session, collection: str, query: str, limit: int) -> list[int]:
-    """Item ids ranked by BM25 (SQLite FTS5) or ts_rank (PostgreSQL), best first."""
+    """Item ids ranked by BM25 (SQLite FTS5) or ts_rank (PostgreSQL), best first, among the
+    ``limit`` newest matches.
+
+    Ranking every match would make a query of common words ("bike") cost work in proportion
+    to the catalogue; reading matches newest first and stopping after ``limit`` keeps it flat,
+    and the vector ranker still sees every item. (Newest first also suits a marketplace.)
+    """
     if db.get_bind().dialect.name == "sqlite":
         match = fts_query(query)
         if match is None:
             return []
+        table = fts_table(collection)
         rows = db.execute(
             text(
-                "SELECT item_id FROM search_fts WHERE search_fts MATCH :q AND collection = :c "
-                "ORDER BY bm25(search_fts, 0, 0, 4.0, 1.0) LIMIT :n"
+                f"SELECT item_id FROM (SELECT rowid AS item_id, bm25({table}, 4.0, 1.0) AS score "
+                f"FROM {table} WHERE {table} MATCH :q "
+                "ORDER BY rowid DESC LIMIT :n) ORDER BY score, item_id DESC"
             ),
-            {"q": match, "c": collection, "n": limit},
+            {"q": match, "n": limit},
         )
     else:
         rows = db.execute(
             text(
-                "SELECT item_id FROM search_fts, websearch_to_tsquery('english', :q) query "
-                "WHERE collection = :c AND to_tsvector('english', title || ' ' || body) @@ query "
-                "ORDER BY ts_rank(to_tsvector('english', title || ' ' || body), query) DESC "
-                "LIMIT :n"
+                "SELECT item_id FROM (SELECT item_id, ts_rank(to_tsvector('english', title || "
+                "' ' || body), query) AS score FROM search_fts, "
+                "websearch_to_tsquery('english', :q) query WHERE collection = :c AND "
+                "to_tsvector('english', title || ' ' || body) @@ query "
+                "ORDER BY item_id DESC LIMIT :n) newest ORDER BY score DESC"
             ),
             {"q": " OR ".join(_words(query)), "c": collection, "n": limit},
         )
@@ -90,14 +109,36 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * 6371.0 * math.asin(math.sqrt(a))
 
 
+_cache: dict[tuple[int, str], tuple[float, Any]] = {}
+_cache_lock = threading.Lock()
+CACHE_S = 30.0  # place names and categories change rarely; recomputing them is O(listings)
+
+
+def _cached(owner: object, name: str, compute: Callable[[], T]) -> T:
+    """``compute()`` at most every ``CACHE_S`` seconds per owner (amortised: flat per request)."""
+    key, now = (id(owner), name), time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None and now - hit[0] < CACHE_S:
+        return cast(T, hit[1])
+    value = compute()
+    with _cache_lock:
+        _cache[key] = (now, value)
+    return value
+
+
 def places(db: Session) -> dict[str, tuple[float, float]]:
-    """Known place names (listing locations) and their mean coordinates."""
-    rows = db.execute(
-        select(Listing.location, func.avg(Listing.lat), func.avg(Listing.lon))
-        .where(Listing.lat.is_not(None), Listing.location != "")
-        .group_by(Listing.location)
-    )
-    return {name.lower(): (float(lat), float(lon)) for name, lat, lon in rows}
+    """Known place names (listing locations) and their mean coordinates (cached)."""
+
+    def compute() -> dict[str, tuple[float, float]]:
+        rows = db.execute(
+            select(Listing.location, func.avg(Listing.lat), func.avg(Listing.lon))
+            .where(Listing.lat.is_not(None), Listing.location != "")
+            .group_by(Listing.location)
+        )
+        return {name.lower(): (float(lat), float(lon)) for name, lat, lon in rows}
+
+    return _cached(db.get_bind(), "places", compute)
 
 
 def parse_near(db: Session, near: str) -> tuple[float, float]:
@@ -120,56 +161,44 @@ def parse_near(db: Session, near: str) -> tuple[float, float]:
     )
 
 
-def categories(db: Session) -> list[str]:
-    return sorted(db.scalars(select(Listing.category).distinct()))
+def categories(vectors: VectorIndex) -> list[str]:
+    """The listing categories the index knows (cached)."""
+    return _cached(vectors, "categories", lambda: vectors.values("listings", "category"))
 
 
-def candidate_listings(
-    db: Session, user: User, filters: ListingFilters
-) -> tuple[list[int], dict[int, float]]:
-    """Ids passing every hard filter (and their distance when ``near`` is given)."""
-    query = select(Listing.id, Listing.lat, Listing.lon).where(
-        Listing.status == "active", access.visible_listings(user)
-    )
+def listing_filter(
+    db: Session, user: User, filters: ListingFilters, vectors: VectorIndex
+) -> Filter:
+    """Every hard filter of a listing search as one index filter (422 on a bad one)."""
+    parts: list[Filter] = [Eq("status", "active"), access.listings_filter(user)]
     if filters.category is not None:
-        known = categories(db)
+        known = categories(vectors)
         if filters.category not in known:
             raise InvalidField(
                 f"category='{filters.category}' is unknown. Use one of: {', '.join(known)}.",
                 "category",
             )
-        query = query.where(Listing.category == filters.category)
-    if filters.min_price is not None:
-        query = query.where(Listing.price_cents >= round(filters.min_price * 100))
-    if filters.max_price is not None:
-        query = query.where(Listing.price_cents <= round(filters.max_price * 100))
+        parts.append(Eq("category", filters.category))
     if (
         filters.min_price is not None
         and filters.max_price is not None
         and filters.min_price > filters.max_price
     ):
         raise InvalidField("min_price is above max_price. Swap them.", "min_price")
+    if filters.min_price is not None or filters.max_price is not None:
+        parts.append(
+            Range(
+                "price_cents",
+                None if filters.min_price is None else round(filters.min_price * 100),
+                None if filters.max_price is None else round(filters.max_price * 100),
+            )
+        )
     if filters.condition is not None:
-        query = query.where(Listing.condition == filters.condition)
-    distances: dict[int, float] = {}
-    if filters.near is None:
-        return list(db.scalars(query.with_only_columns(Listing.id))), distances
-    lat0, lon0 = parse_near(db, filters.near)
-    # a bounding box in SQL, the exact great-circle distance here
-    dlat = filters.radius_km / 111.0
-    dlon = filters.radius_km / (111.0 * max(0.01, math.cos(math.radians(lat0))))
-    query = query.where(
-        Listing.lat.between(lat0 - dlat, lat0 + dlat), Listing.lon.between(lon0 - dlon, lon0 + dlon)
-    )
-    ids = []
-    for item_id, lat, lon in db.execute(query):
-        if lat is None or lon is None:
-            continue
-        distance = haversine_km(lat0, lon0, lat, lon)
-        if distance <= filters.radius_km:
-            ids.append(item_id)
-            distances[item_id] = distance
-    return ids, distances
+        parts.append(Eq("condition", filters.condition))
+    if filters.near is not None:
+        lat, lon = parse_near(db, filters.near)
+        parts.append(Near(lat, lon, filters.radius_km))
+    return all_of(*parts)
 
 
 def _matched(listing: Listing, words: list[str]) -> list[str]:
@@ -219,8 +248,6 @@ async def understand(
         GenerationOptions(max_tokens=80, temperature=0.0, schema=UNDERSTAND_SCHEMA),
         Context("search.understand", user.id, user.role),
     )
-    import json
-
     try:
         raw = json.loads(completion.text)
     except ValueError:
@@ -238,7 +265,7 @@ async def understand(
     return out
 
 
-async def search_listings(
+def search_listings(
     db: Session,
     user: User,
     query: str,
@@ -251,9 +278,11 @@ async def search_listings(
     understood: dict[str, Any] | None = None,
     min_similarity: float = 0.2,
     fulltext_weight: float = 0.5,
+    fulltext_candidates: int = 1000,
+    query_vector: Vectors | None = None,
 ) -> ListingResults:
-    """Hybrid search over the listings ``user`` may see, hard filters first."""
-    ids, distances = candidate_listings(db, user, filters)
+    """Hybrid search over the listings ``user`` may see, hard filters inside the index."""
+    where = listing_filter(db, user, filters, vectors)
     results = ListingResults(
         query=query,
         page=page,
@@ -263,17 +292,16 @@ async def search_listings(
         understood=understood or {},
         data=[],
     )
-    if not ids:
-        return results
-    allowed = set(ids)
-    text_rank = [i for i in fulltext(db, "listings", query, CANDIDATES * 4) if i in allowed]
-    query_vector = (await embedder.embed([query]))[0]
+    matches = fulltext(db, "listings", query, fulltext_candidates)
+    text_rank = vectors.filter_ids("listings", matches, where)[:CANDIDATES]
+    if query_vector is None:
+        query_vector = embedder.embed_sync([query])[0]
     vector_rank = [
         i
-        for i, similarity in vectors.search("listings", query_vector, CANDIDATES, allowed=ids)
+        for i, similarity in vectors.search("listings", query_vector, CANDIDATES, where)
         if similarity >= min_similarity
     ]
-    fused = rrf([text_rank[:CANDIDATES], vector_rank], [fulltext_weight, 1.0])
+    fused = rrf([text_rank, vector_rank], [fulltext_weight, 1.0])
     ordered = sorted(fused, key=lambda i: (-fused[i], i))
     results.total = len(ordered)
     start = (page - 1) * page_size
@@ -281,9 +309,15 @@ async def search_listings(
     if not chosen:
         return results
     rows = {row.id: row for row in db.scalars(select(Listing).where(Listing.id.in_(chosen)))}
+    near = parse_near(db, filters.near) if filters.near is not None else None
     words = _words(query)
     for item_id in chosen:
-        listing = rows[item_id]
+        listing = rows.get(item_id)
+        if listing is None:  # deleted since it was indexed
+            continue
+        distance = None
+        if near is not None and listing.lat is not None and listing.lon is not None:
+            distance = round(haversine_km(near[0], near[1], listing.lat, listing.lon), 2)
         results.data.append(
             ListingHit(
                 id=listing.external_id,
@@ -296,13 +330,13 @@ async def search_listings(
                 attributes=listing.attributes,
                 score=round(fused[item_id], 6),
                 matched=_matched(listing, words),
-                distance_km=round(distances[item_id], 2) if item_id in distances else None,
+                distance_km=distance,
             )
         )
     return results
 
 
-async def retrieve_sources(
+def retrieve_sources(
     db: Session,
     user: User,
     query: str,
@@ -312,29 +346,23 @@ async def retrieve_sources(
     vectors: VectorIndex,
     min_similarity: float = 0.2,
     fulltext_weight: float = 0.5,
+    fulltext_candidates: int = 1000,
 ) -> Sources:
     """The best items for ``query`` across listings, public or visible posts and reels, as
     numbered sources for a summary (each ranked by fused full-text and vector rank)."""
-    query_vector = (await embedder.embed([query]))[0]
+    query_vector = embedder.embed_sync([query])[0]
+    groups = access.member_group_ids(db, user)
     scored: list[tuple[float, str, Any]] = []
-    for collection, kind, table, condition in (
-        (
-            "listings",
-            "listing",
-            Listing,
-            (Listing.status == "active") & access.visible_listings(user),
-        ),
-        ("posts", "post", Post, access.visible_posts(user)),
-        ("reels", "reel", Reel, access.visible_reels(user)),
+    for collection, kind, where in (
+        ("listings", "listing", all_of(Eq("status", "active"), access.listings_filter(user))),
+        ("posts", "post", access.posts_filter(user, groups)),
+        ("reels", "reel", access.reels_filter(user, groups)),
     ):
-        allowed = list(db.scalars(select(table.id).where(condition)))
-        if not allowed:
-            continue
-        allowed_set = set(allowed)
-        text_rank = [i for i in fulltext(db, collection, query, 200) if i in allowed_set][:50]
+        matches = fulltext(db, collection, query, fulltext_candidates)
+        text_rank = vectors.filter_ids(collection, matches, where)[:50]
         vector_hits = [
             hit
-            for hit in vectors.search(collection, query_vector, 50, allowed=allowed)
+            for hit in vectors.search(collection, query_vector, 50, where)
             if hit[1] >= min_similarity
         ]
         fused = rrf([text_rank, [i for i, _ in vector_hits]], [fulltext_weight, 1.0])
@@ -343,16 +371,21 @@ async def retrieve_sources(
             # RRF ranks within a collection; cosine similarity breaks ties across collections
             scored.append((score + 0.001 * similarity.get(item_id, 0.0), kind, item_id))
     scored.sort(key=lambda s: -s[0])
-    sources = []
-    for n, (score, kind, item_id) in enumerate(scored[:limit], start=1):
-        sources.append(_source(db, n, kind, item_id, score))
+    sources: list[Source] = []
+    for score, kind, item_id in scored:
+        if len(sources) == limit:
+            break
+        source = _source(db, len(sources) + 1, kind, item_id, score)
+        if source is not None:
+            sources.append(source)
     return Sources(query=query, sources=sources)
 
 
-def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Source:
+def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Source | None:
     if kind == "listing":
         listing = db.get(Listing, item_id)
-        assert listing is not None
+        if listing is None:  # deleted since it was indexed
+            return None
         attributes = ", ".join(f"{k}: {v}" for k, v in listing.attributes.items())
         condition = listing.condition.replace("_", " ")
         price = f"{listing.price_cents / 100:.2f} {listing.currency}"
@@ -368,7 +401,8 @@ def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Sourc
         )
     if kind == "post":
         post = db.get(Post, item_id)
-        assert post is not None
+        if post is None:
+            return None
         return Source(
             n=n,
             kind="post",
@@ -379,7 +413,8 @@ def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Sourc
             score=score,
         )
     reel = db.get(Reel, item_id)
-    assert reel is not None
+    if reel is None:
+        return None
     return Source(
         n=n,
         kind="reel",

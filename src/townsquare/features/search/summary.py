@@ -9,8 +9,10 @@ model wrote into the text are stripped so the only markers are the checked ones.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,17 +99,23 @@ async def summarize(
     vectors: VectorIndex,
     limit: int = 6,
     min_similarity: float = 0.2,
+    fulltext_candidates: int = 1000,
 ) -> Summary:
     """Answer ``query`` from the sources the member may see, every sentence cited."""
-    found = await retrieve_sources(
-        db,
-        user,
-        query,
-        limit=limit,
-        embedder=embedder,
-        vectors=vectors,
-        min_similarity=min_similarity,
+    found = await anyio.to_thread.run_sync(
+        partial(
+            retrieve_sources,
+            db,
+            user,
+            query,
+            limit=limit,
+            embedder=embedder,
+            vectors=vectors,
+            min_similarity=min_similarity,
+            fulltext_candidates=fulltext_candidates,
+        )
     )
+    await anyio.to_thread.run_sync(db.commit)  # no connection held while the model writes
     if not found.sources:
         return Summary(generation_id=None, query=query, answer="", sentences=[], sources=[])
     count = len(found.sources)
@@ -129,7 +137,7 @@ async def summarize(
     safe = [s for s in sentences if s.text in allowed]
     removed += len(sentences) - len(safe)
     answer = " ".join(f"{s.text} " + "".join(f"[{n}]" for n in s.citations) for s in safe)
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature=FEATURE,
         user_id=user.id,

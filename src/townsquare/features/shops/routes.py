@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.features.shops.service import (
@@ -16,6 +17,7 @@ from townsquare.features.shops.service import (
     seller_listing,
 )
 from townsquare.social import access
+from townsquare.storage.social_tables import Listing
 
 router = APIRouter(prefix="/api/listings", tags=["shops"])
 
@@ -25,12 +27,18 @@ async def draft_description(
     listing_id: str, body: DescriptionRequest, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> Draft:
     """A title, description, highlights and tags drawn only from the listing's facts."""
-    listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+
+    def find() -> Listing:
+        found = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+        db.commit()  # no connection held while the model writes
+        return found
+
+    listing = await run_in_threadpool(find)
     return await describe(db, services.sessions, user, listing, body, text=services.guarded_text)
 
 
 @router.post("/{listing_id}/description/accept", openapi_extra={"x-access": "listing-seller"})
-async def accept_description(
+def accept_description(
     listing_id: str, body: Accept, user: CurrentUser, db: DbDep
 ) -> dict[str, Any]:
     """Put a draft (as generated, or edited) on the listing."""

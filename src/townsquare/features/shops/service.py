@@ -239,7 +239,7 @@ async def describe(
         context=context,
     )
     draft, removed, added = ground(raw, listing)
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature=FEATURE,
         user_id=user.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CreatorUser, CurrentUser, DbDep, ServicesDep
 from townsquare.features.suggestions.schemas import CommentRequest, CommentSuggestions
@@ -26,7 +27,7 @@ async def comment_suggestions(
     post_id: str, body: CommentRequest, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> CommentSuggestions:
     """Short, distinct comments the member could leave on a post they can see."""
-    post = access.post_visible_to(db, user, post_id)
+    post = await run_in_threadpool(access.post_visible_to, db, user, post_id)
     return await suggest_comments(
         db, services.sessions, user, post, body, text=services.guarded_text
     )
@@ -37,19 +38,25 @@ async def suggested_replies(
     thread_id: str, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> Replies:
     """Three replies to the fan's latest message, in the creator's own voice when switched on."""
-    thread = access.thread_visible_to(db, user, thread_id)
+    thread = await run_in_threadpool(access.thread_visible_to, db, user, thread_id)
     return await suggest_replies(
-        db, services.sessions, user, thread, text=services.guarded_text, embedder=services.embed
+        db,
+        services.sessions,
+        user,
+        thread,
+        text=services.guarded_text,
+        embedder=services.embed,
+        vectors=services.vectors,
     )
 
 
 @router.get("/creators/me/style", openapi_extra={"x-access": "creator"})
-async def my_style(user: CreatorUser, db: DbDep) -> StyleOut:
+def my_style(user: CreatorUser, db: DbDep) -> StyleOut:
     """The style profile computed from the creator's past replies, and whether it is on."""
     return style_out(style_for(db, user))
 
 
 @router.put("/creators/me/style", openapi_extra={"x-access": "creator"})
-async def edit_my_style(body: StyleUpdate, user: CreatorUser, db: DbDep) -> StyleOut:
+def edit_my_style(body: StyleUpdate, user: CreatorUser, db: DbDep) -> StyleOut:
     """Switch the style on or off, or correct the profile (greeting, sign-off, length)."""
     return style_out(update_style(db, user, body))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +70,12 @@ def clean(candidates: list[str], post_text: str, count: int) -> tuple[list[str],
     return kept[:count], dropped + max(0, len(kept) - count)
 
 
+def _author(db: Session, post: Post) -> User | None:
+    author = db.get(User, post.author_id)
+    db.commit()  # no connection held while the model writes
+    return author
+
+
 async def suggest_comments(
     db: Session,
     sessions: sessionmaker[Session],
@@ -83,7 +90,7 @@ async def suggest_comments(
         raise InvalidField(
             "The post has neither text nor an image: there is nothing to comment on.", "post"
         )
-    author = db.get(User, post.author_id)
+    author = await anyio.to_thread.run_sync(_author, db, post)
     language = LANGUAGES.get((author.locale if author else "en")[:2], "English")
     messages = [
         Message(
@@ -122,7 +129,7 @@ async def suggest_comments(
     safe_candidates = text.check_items(answer, context)
     safe, dropped = clean(safe_candidates, post.text, request.count)
     dropped += len(answer) - len(safe_candidates)
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature=FEATURE,
         user_id=user.id,

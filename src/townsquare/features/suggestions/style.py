@@ -9,15 +9,18 @@ exchanges as few-shot examples, and are then moved toward the profile where that
 
 from __future__ import annotations
 
+import hashlib
 import re
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from itertools import pairwise
 
-import numpy as np
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
@@ -26,10 +29,12 @@ from townsquare.features import structured
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import CreatorStyle, DMMessage, DMParticipant, DMThread
 from townsquare.storage.tables import User
+from townsquare.storage.vectors import VectorIndex
 
 FEATURE = "creator_replies"
 EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf]")
 EXAMPLES = 3
+EXAMPLE_POOL = 500  # most recent exchanges a creator's examples are drawn from
 
 
 class StyleProfile(BaseModel):
@@ -67,20 +72,94 @@ class Replies(BaseModel):
     replies: list[str]
 
 
+@dataclass(frozen=True)
+class Exchange:
+    reply_id: int  # the creator's reply (a DM message id): the key in the index
+    fan: str
+    reply: str
+
+    @property
+    def fan_hash(self) -> str:
+        return hashlib.sha256(self.fan.encode()).hexdigest()[:32]
+
+
+def exchanges(db: Session, creator: User, *, limit: int = EXAMPLE_POOL) -> list[Exchange]:
+    """The creator's ``limit`` most recent (fan message, reply) pairs, newest first, in one
+    query over the creator's own threads (a reply is a message of theirs that directly
+    follows someone else's)."""
+    ordering = (DMMessage.created_at, DMMessage.id)
+    window = (
+        select(
+            DMMessage.id,
+            DMMessage.text,
+            DMMessage.author_id,
+            func.lag(DMMessage.text)
+            .over(partition_by=DMMessage.thread_id, order_by=ordering)
+            .label("previous_text"),
+            func.lag(DMMessage.author_id)
+            .over(partition_by=DMMessage.thread_id, order_by=ordering)
+            .label("previous_author"),
+        )
+        .where(
+            DMMessage.thread_id.in_(
+                select(DMParticipant.thread_id).where(DMParticipant.user_id == creator.id)
+            ),
+            DMMessage.deleted_at.is_(None),
+        )
+        .subquery()
+    )
+    rows = db.execute(
+        select(window.c.id, window.c.previous_text, window.c.text)
+        .where(
+            window.c.author_id == creator.id,
+            window.c.previous_author.is_not(None),
+            window.c.previous_author != creator.id,
+        )
+        .order_by(window.c.id.desc())
+        .limit(limit)
+    ).all()
+    return [Exchange(int(i), fan, reply) for i, fan, reply in rows]
+
+
 def pairs(db: Session, creator: User) -> list[tuple[str, str]]:
-    """(fan message, creator's reply) pairs from the creator's DM threads, oldest first."""
-    threads = db.scalars(select(DMParticipant.thread_id).where(DMParticipant.user_id == creator.id))
-    out: list[tuple[str, str]] = []
-    for thread_id in threads:
-        messages = db.scalars(
-            select(DMMessage)
-            .where(DMMessage.thread_id == thread_id, DMMessage.deleted_at.is_(None))
-            .order_by(DMMessage.created_at, DMMessage.id)
-        ).all()
-        for before, after in pairwise(messages):
-            if before.author_id != creator.id and after.author_id == creator.id:
-                out.append((before.text, after.text))
-    return out
+    """(fan message, creator's reply) pairs, oldest first (the recent ``EXAMPLE_POOL``)."""
+    return [(e.fan, e.reply) for e in reversed(exchanges(db, creator))]
+
+
+def examples_collection(creator_id: int) -> str:
+    return f"replies:{creator_id}"
+
+
+def similar_exchanges(
+    db: Session,
+    creator: User,
+    message: str,
+    *,
+    embedder: EmbeddingBackend,
+    vectors: VectorIndex,
+    count: int = EXAMPLES,
+    pool: int = EXAMPLE_POOL,
+) -> list[Exchange]:
+    """The creator's past exchanges whose fan message is most like ``message``.
+
+    The fan messages' vectors live in the index (one collection per creator), synced
+    incrementally: only exchanges new (or edited) since the last call are embedded, and
+    ones that left the recent pool or were deleted are dropped.
+    """
+    recent = {e.reply_id: e for e in exchanges(db, creator, limit=pool)}
+    if not recent:
+        return []
+    collection = examples_collection(creator.id)
+    stored = vectors.state(collection, recent)
+    new = [e for e in recent.values() if stored.get(e.reply_id, ("", ""))[0] != e.fan_hash]
+    if new:
+        embedded = embedder.embed_sync([e.fan for e in new])  # (n, d)
+        vectors.upsert(collection, [e.reply_id for e in new], embedded, [e.fan_hash for e in new])
+    gone = set(vectors.hashes(collection)) - set(recent)  # bounded by the pool
+    if gone:
+        vectors.delete(collection, gone)
+    query = embedder.embed_sync([message])[0]
+    return [recent[i] for i, _ in vectors.search(collection, query, count) if i in recent]
 
 
 def compute_profile(replies: list[str]) -> StyleProfile:
@@ -161,6 +240,49 @@ def shape(reply: str, profile: StyleProfile) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    latest: str
+    profile: StyleProfile
+    styled: bool
+    examples: list[dict[str, str]]
+
+
+def _inputs(
+    db: Session,
+    user: User,
+    thread: DMThread,
+    *,
+    embedder: EmbeddingBackend,
+    vectors: VectorIndex,
+    use_style: bool | None,
+) -> _Inputs:
+    """Everything a suggestion needs from the database and the index (a worker thread)."""
+    fan_messages = db.scalars(
+        select(DMMessage.text)
+        .where(
+            DMMessage.thread_id == thread.id,
+            DMMessage.deleted_at.is_(None),
+            DMMessage.author_id != user.id,
+        )
+        .order_by(DMMessage.created_at.desc(), DMMessage.id.desc())
+        .limit(1)
+    ).all()
+    if not fan_messages:
+        raise InvalidField("The thread has no message from the fan to reply to yet.", "thread")
+    latest = fan_messages[0]
+    style = style_for(db, user)
+    styled = style.enabled if use_style is None else use_style
+    examples = []
+    if styled:
+        examples = [
+            {"fan": e.fan, "reply": e.reply}
+            for e in similar_exchanges(db, user, latest, embedder=embedder, vectors=vectors)
+        ]
+    db.commit()  # no connection held while the model writes
+    return _Inputs(latest, StyleProfile.model_validate(style.profile), styled, examples)
+
+
 async def suggest_replies(
     db: Session,
     sessions: sessionmaker[Session],
@@ -169,31 +291,16 @@ async def suggest_replies(
     *,
     text: GuardedText,
     embedder: EmbeddingBackend,
+    vectors: VectorIndex,
     use_style: bool | None = None,
 ) -> Replies:
     """Three replies for the creator to the thread's latest fan message."""
     if user.role not in {"creator", "admin"}:
         raise Forbidden("Suggested replies are for creators. Ask an admin to make you a creator.")
-    messages = db.scalars(
-        select(DMMessage)
-        .where(DMMessage.thread_id == thread.id, DMMessage.deleted_at.is_(None))
-        .order_by(DMMessage.created_at, DMMessage.id)
-    ).all()
-    fan_messages = [m for m in messages if m.author_id != user.id]
-    if not fan_messages:
-        raise InvalidField("The thread has no message from the fan to reply to yet.", "thread")
-    latest = fan_messages[-1].text
-    style = style_for(db, user)
-    styled = style.enabled if use_style is None else use_style
-    profile = StyleProfile.model_validate(style.profile)
-    examples: list[dict[str, str]] = []
-    if styled:
-        history = pairs(db, user)
-        if history:
-            vectors = await embedder.embed([latest] + [fan for fan, _ in history])  # (1+n, d)
-            scores = vectors[1:] @ vectors[0]
-            for index in np.argsort(-scores)[:EXAMPLES]:
-                examples.append({"fan": history[index][0], "reply": history[index][1]})
+    found = await anyio.to_thread.run_sync(
+        partial(_inputs, db, user, thread, embedder=embedder, vectors=vectors, use_style=use_style)
+    )
+    styled, profile, examples = found.styled, found.profile, found.examples
     prompt = structured.render(
         __file__,
         "replies.j2",
@@ -216,7 +323,7 @@ async def suggest_replies(
     }
     raw, attempts, first_try, latency = await structured.generate_json(
         text,
-        [Message("system", prompt), Message("user", latest)],
+        [Message("system", prompt), Message("user", found.latest)],
         schema,
         lambda value: [str(r) for r in value["replies"]],
         options=GenerationOptions(max_tokens=660, temperature=0.8),
@@ -225,7 +332,7 @@ async def suggest_replies(
     )
     shaped = [shape(r, profile) if styled else r.strip() for r in raw]
     replies = list(dict.fromkeys(r for r in text.check_items(shaped, context) if r))
-    generation_id = structured.record(
+    generation_id = await structured.record(
         sessions,
         feature=FEATURE,
         user_id=user.id,

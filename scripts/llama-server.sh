@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own `llama-server` from the llama.cpp that llama-cpp-python vendors (same
+# version, same AMX-off flags as scripts/llama-wheel.sh) and caches the binary, for the serving
+# benchmark's side-by-side figures (bench/serving.py). townsquare itself does not need it.
+#
+# Usage: scripts/llama-server.sh PYTHON   -> prints the path of the cached llama-server
+set -euo pipefail
+python=${1:-python3}
+version=${TOWNSQUARE_LLAMA_VERSION:-0.3.36}
+flags=${TOWNSQUARE_LLAMA_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
+key=$(printf 'server %s %s' "$version" "$flags" | sha256sum | cut -c1-16)
+cache=${TOWNSQUARE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/townsquare/wheels}/llama-server-$version-$key
+if [ ! -x "$cache/llama-server" ]; then
+  echo "Building llama-server $version from source (several minutes on 2 cores, once)..." >&2
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "$python" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" \
+    -d "$work" >&2
+  tar xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
+  src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+  # shellcheck disable=SC2086  # the flags are a list
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF $flags >&2
+  cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
+  mkdir -p "$cache.tmp"
+  cp "$work/build/bin/llama-server" "$cache.tmp/"
+  rm -rf "$cache" && mv "$cache.tmp" "$cache"
+fi
+echo "$cache/llama-server"

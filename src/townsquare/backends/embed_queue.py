@@ -1,0 +1,188 @@
+"""One embedding model shared fairly: a priority queue in front of it.
+
+A search embeds one short query and a member waits for it; indexing a batch or a client's
+``/v1/embeddings`` with hundreds of inputs can keep the model busy for seconds. So:
+
+- interactive jobs (at most ``interactive_max_texts`` texts) always go first;
+- bulk jobs are cut into micro-batches of at most ``max_batch_tokens`` estimated tokens and
+  take turns, so a query waits for at most one micro-batch, and one client's bulk job cannot
+  hold the model for the length of the whole job;
+- at most ``max_queued_texts`` texts are admitted (running or waiting); beyond that ``Busy``
+  (429 with Retry-After) at once.
+
+``concurrency`` threads work the queue: 1 for an in-process model (it already uses every core
+for one batch), more for a remote server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from townsquare.admission import Admission
+from townsquare.backends.base import EmbeddingBackend
+from townsquare.errors import BackendUnavailable
+
+Vectors = npt.NDArray[np.float32]
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // 4 + 2
+
+
+@dataclass(eq=False)
+class _Job:
+    texts: list[str]
+    future: Future[Vectors]
+    order: list[int]  # texts sorted by length (less padding per micro-batch)
+    done: int = 0
+    started: bool = False
+    abandoned: bool = False
+    parts: dict[int, Vectors] = field(default_factory=dict)
+
+
+class QueuedEmbeddings(EmbeddingBackend):
+    """``inner`` behind a priority queue (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: EmbeddingBackend,
+        *,
+        concurrency: int = 1,
+        max_batch_tokens: int = 2048,
+        max_queued_texts: int = 4096,
+        interactive_max_texts: int = 8,
+        retry_after_s: int = 2,
+        on_busy: Callable[[], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.backend_id = inner.backend_id  # type: ignore[misc]
+        self.model_id = inner.model_id
+        self.dimensions = inner.dimensions
+        self.max_batch_tokens = max_batch_tokens
+        self.interactive_max_texts = interactive_max_texts
+        self.admission = Admission(
+            "The embedding model",
+            capacity=max_queued_texts,
+            retry_after_s=retry_after_s,
+            setting="embed.max_queued_texts",
+            on_busy=on_busy,
+        )
+        self._heap: list[tuple[int, int, _Job]] = []
+        self._sequence = itertools.count()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"embed-{n}", daemon=True)
+            for n in range(concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Texts admitted and not yet embedded."""
+        return self.admission.depth
+
+    def submit(self, texts: Sequence[str], *, bulk: bool | None = None) -> _Job:
+        """Queue ``texts``; raises ``Busy`` when the queue is full."""
+        if self._stopping:
+            raise BackendUnavailable("The embedding model is shutting down. Retry in a moment.")
+        items = list(texts)
+        job = _Job(items, Future(), sorted(range(len(items)), key=lambda i: len(items[i])))
+        if not items:
+            job.future.set_result(np.zeros((0, self.dimensions), dtype=np.float32))
+            return job
+        priority = int(len(items) > self.interactive_max_texts if bulk is None else bulk)
+        self.admission.acquire(len(items))
+        with self._cv:
+            heapq.heappush(self._heap, (priority, next(self._sequence), job))
+            self._cv.notify()
+        return job
+
+    def embed_sync(self, texts: Sequence[str], *, bulk: bool | None = None) -> Vectors:
+        return self.submit(texts, bulk=bulk).future.result()
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        job = self.submit(texts)
+        try:
+            return await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            job.abandoned = True  # the caller left: stop at the next micro-batch
+            raise
+
+    def _next_batch(self, job: _Job) -> list[int]:
+        batch: list[int] = []
+        budget = self.max_batch_tokens
+        while job.done + len(batch) < len(job.texts):
+            index = job.order[job.done + len(batch)]
+            cost = estimate_tokens(job.texts[index])
+            if batch and cost > budget:
+                break
+            batch.append(index)
+            budget -= cost
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                priority, _, job = heapq.heappop(self._heap)
+            if job.abandoned or (not job.started and not job.future.set_running_or_notify_cancel()):
+                self.admission.release(len(job.texts) - job.done)
+                continue
+            job.started = True
+            batch = self._next_batch(job)
+            try:
+                vectors = self.inner.embed_sync([job.texts[i] for i in batch])
+            except BaseException as exc:  # handed to the waiting caller
+                self.admission.release(len(job.texts) - job.done)
+                job.future.set_exception(exc)
+                continue
+            for index, vector in zip(batch, vectors, strict=True):
+                job.parts[index] = vector
+            job.done += len(batch)
+            self.admission.release(len(batch))
+            if job.done == len(job.texts):
+                job.future.set_result(
+                    np.stack([job.parts[i] for i in range(len(job.texts))]).astype(np.float32)
+                )
+            else:  # back in line behind the jobs of its priority: bulk jobs take turns
+                with self._cv:
+                    heapq.heappush(self._heap, (priority, next(self._sequence), job))
+                    self._cv.notify()
+
+    async def aclose(self) -> None:
+        with self._cv:
+            self._stopping = True
+            pending = [job for _, _, job in self._heap]
+            self._heap.clear()
+            self._cv.notify_all()
+        for job in pending:
+            self.admission.release(len(job.texts) - job.done)
+            if not job.future.done():
+                job.future.set_exception(
+                    BackendUnavailable("The embedding model shut down. Retry in a moment.")
+                )
+        for thread in self._threads:
+            thread.join(timeout=10)
+        await self.inner.aclose()
+
+
+def unwrap(embedder: Any) -> EmbeddingBackend:
+    """The model behind a queue (for tests and benchmarks that time the raw model)."""
+    inner = getattr(embedder, "inner", embedder)
+    assert isinstance(inner, EmbeddingBackend)
+    return inner
