@@ -38,7 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a helpful assistant for a neighbourhood community app."
 SINGLE = [
     {"role": "system", "content": SYSTEM},
-    {"role": "user", "content": "Write a long, detailed story about a lighthouse keeper and a storm."},
+    {
+        "role": "user",
+        "content": "Write a long, detailed story about a lighthouse keeper and a storm.",
+    },
 ]
 TOPICS = [
     "a lighthouse keeper and a storm",
@@ -55,7 +58,10 @@ TOPICS = [
 def messages_for(n: int) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"Write a long, detailed story about {TOPICS[n % len(TOPICS)]}."},
+        {
+            "role": "user",
+            "content": f"Write a long, detailed story about {TOPICS[n % len(TOPICS)]}.",
+        },
     ]
 
 
@@ -77,7 +83,11 @@ def wait_ready(url: str, path: str, process: subprocess.Popen[bytes], seconds: f
 def start_townsquare(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "TOWNSQUARE_DATA_DIR": str(data_dir), "TOWNSQUARE_LOG_LEVEL": "WARNING"}
     init = subprocess.run(
-        [sys.executable, "-m", "townsquare", "init"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "townsquare", "init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     key = next(w for w in init.stdout.split() if w.startswith("ts_"))
     server = subprocess.Popen(
@@ -90,17 +100,26 @@ def start_townsquare(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes]
     return server, key
 
 
-def start_llama_server(binary: str, model: Path, port: int, parallel: int, n_ctx: int) -> subprocess.Popen[bytes]:
+def start_llama_server(
+    binary: str, model: Path, port: int, parallel: int, n_ctx: int
+) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
         [
             binary,
-            "-m", str(model),
-            "--port", str(port),
-            "--host", "127.0.0.1",
-            "-np", str(parallel),
-            "-c", str(parallel * n_ctx),
-            "-t", str(os.cpu_count() or 1),
-            "-fa", "on",
+            "-m",
+            str(model),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "-np",
+            str(parallel),
+            "-c",
+            str(parallel * n_ctx),
+            "-t",
+            str(os.cpu_count() or 1),
+            "-fa",
+            "on",
             "--no-webui",
         ],
         stdout=subprocess.DEVNULL,
@@ -110,7 +129,9 @@ def start_llama_server(binary: str, model: Path, port: int, parallel: int, n_ctx
     return server
 
 
-def stream_one(http: httpx.Client, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+def stream_one(
+    http: httpx.Client, model: str, messages: list[dict[str, str]], max_tokens: int
+) -> dict[str, Any]:
     body = {
         "model": model,
         "messages": messages,
@@ -163,7 +184,11 @@ def stream_raw(llama: Any, max_tokens: int) -> dict[str, Any]:
             last = now
             tokens += 1
     assert first is not None and last is not None and tokens > 1
-    return {"ttft_s": first - start, "decode_tok_s": (tokens - 1) / (last - first), "tokens": tokens}
+    return {
+        "ttft_s": first - start,
+        "decode_tok_s": (tokens - 1) / (last - first),
+        "tokens": tokens,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,7 +196,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def concurrent(url: str, key: str | None, model: str, clients: int, max_tokens: int) -> dict[str, Any]:
+def concurrent(
+    url: str, key: str | None, model: str, clients: int, max_tokens: int
+) -> dict[str, Any]:
     """``clients`` streams started together (one round), aggregate tokens/s over the round."""
     results: list[dict[str, Any]] = []
     barrier = threading.Barrier(clients)
@@ -220,7 +247,8 @@ def compare(url: str, key: str | None, model: str, max_tokens: int, rounds: int)
         "concurrent8_rejected_429": sum(r["rejected_429"] for r in eights),
         "rounds": rounds,
         "per_round_vs_single": [
-            round(e["aggregate_tok_s"] / s["aggregate_tok_s"], 3) for s, e in zip(singles, eights, strict=True)
+            round(e["aggregate_tok_s"] / s["aggregate_tok_s"], 3)
+            for s, e in zip(singles, eights, strict=True)
         ],
     }
 
@@ -238,7 +266,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--llama-server", default=None, help="path of llama-server (default: build/cache it)")
+    parser.add_argument(
+        "--llama-server", default=None, help="path of llama-server (default: build/cache it)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = parser.parse_args()
 
@@ -249,9 +279,15 @@ def main() -> None:
     bundled = bundled_model_path()
     weights = prepare_weights(bundled, "auto", default_cache_dir())  # the file the server loads
     threads = os.cpu_count() or 1
-    binary = args.llama_server or subprocess.run(
-        [str(ROOT / "scripts" / "llama-server.sh"), sys.executable], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    binary = (
+        args.llama_server
+        or subprocess.run(
+            [str(ROOT / "scripts" / "llama-server.sh"), sys.executable],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "model": bundled.name,
@@ -264,11 +300,17 @@ def main() -> None:
         server, key = start_townsquare(Path(tmp), args.port)
         url = f"http://127.0.0.1:{args.port}"
         try:
-            http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+            http = httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300
+            )
             model = http.get("/v1/models").json()["data"][0]["id"]
             raw = llama_cpp.Llama(
-                model_path=str(weights), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                flash_attn=True, verbose=False,
+                model_path=str(weights),
+                n_ctx=2048,
+                n_threads=threads,
+                n_threads_batch=threads,
+                flash_attn=True,
+                verbose=False,
             )
             # warm both (first-call allocation), then interleave
             stream_raw(raw, 16)
@@ -284,8 +326,12 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
 
-    pair_ratios = [s["decode_tok_s"] / r["decode_tok_s"] for r, s in zip(raw_runs, served_runs, strict=True)]
-    pair_ttft = [(s["ttft_s"] - r["ttft_s"]) * 1000 for r, s in zip(raw_runs, served_runs, strict=True)]
+    pair_ratios = [
+        s["decode_tok_s"] / r["decode_tok_s"] for r, s in zip(raw_runs, served_runs, strict=True)
+    ]
+    pair_ttft = [
+        (s["ttft_s"] - r["ttft_s"]) * 1000 for r, s in zip(raw_runs, served_runs, strict=True)
+    ]
     result.update(
         {
             "raw_tok_s": round(statistics.median(r["decode_tok_s"] for r in raw_runs), 1),
@@ -305,7 +351,9 @@ def main() -> None:
     for label, path in (("llama_server", weights), ("llama_server_q4_1", bundled)):
         server = start_llama_server(binary, path, port, 8, 2048)
         try:
-            figures = compare(f"http://127.0.0.1:{port}", None, "model", args.max_tokens // 2, args.rounds)
+            figures = compare(
+                f"http://127.0.0.1:{port}", None, "model", args.max_tokens // 2, args.rounds
+            )
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -87,6 +87,22 @@ class Metrics:
             "Requests admitted to the local model and not finished (running + waiting).",
             registry=self.registry,
         )
+        self.active_sequences = Gauge(
+            "townsquare_model_active_sequences",
+            "Generations the local model is decoding together right now (continuous batching).",
+            registry=self.registry,
+        )
+        self.prompt_tokens_reused = Gauge(
+            "townsquare_model_prompt_tokens_reused",
+            "Prompt tokens whose KV cache was reused instead of read again (a cached prefix), "
+            "since start.",
+            registry=self.registry,
+        )
+        self.embed_queue_depth = Gauge(
+            "townsquare_embed_queue_depth",
+            "Texts admitted to the embedding model and not yet embedded.",
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "townsquare_model_queue_wait_seconds",
             "Time a request waited for the local model before it started.",

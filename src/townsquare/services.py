@@ -94,6 +94,8 @@ class Services:
         backend = text or build_text_backend(settings.text)
         backend.observe(on_wait=metrics.queue_wait.observe, on_busy=metrics.busy_rejections.inc)
         metrics.queue_depth.set_function(backend.queue_depth)
+        metrics.active_sequences.set_function(backend.active_sequences)
+        metrics.prompt_tokens_reused.set_function(backend.prompt_tokens_reused)
 
         audit_writer = BackgroundWriter(sessions, name="audit-writer")
 
@@ -136,7 +138,9 @@ class Services:
             max_queued_texts=settings.embed.max_queued_texts,
             interactive_max_texts=settings.embed.interactive_max_texts,
             retry_after_s=settings.text.retry_after_s,
+            cache_size=settings.embed.cache_size,
         )
+        metrics.embed_queue_depth.set_function(lambda: embedder.depth)
         index = vectors or build_vector_index(settings, sessions, embedder.dimensions)
         indexer = Indexer(sessions, embedder, index)
         built = cls(

@@ -95,6 +95,15 @@ class TextSettings(BaseModel):
         "and the conversion is lossless. 'native' loads the file as it is; 'f16' always "
         "converts.",
     )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Local model: how much lower the CPU priority of decoding is than that of "
+        "request handling (Linux nice levels). Searches and pages then get the cores first "
+        "while streams run; streams are slowed only while the cores are contended. 0 = same "
+        "priority.",
+    )
     unified_kv: bool = Field(
         False,
         description="Local model: one KV cache shared by all sequences, so a prompt prefix read "
@@ -171,6 +180,13 @@ class EmbedSettings(BaseModel):
         le=4096,
         description="Requests with at most this many texts (search queries) go before bulk "
         "ones (indexing, large /v1/embeddings calls).",
+    )
+    cache_size: int = Field(
+        4096,
+        ge=0,
+        le=10_000_000,
+        description="Vectors of short texts (search queries) kept in memory, most recently "
+        "used first: popular searches skip the model. 0 = no cache.",
     )
     max_queued_texts: int = Field(
         4096,

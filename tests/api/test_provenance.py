@@ -178,3 +178,74 @@ def test_cli_embed_and_detect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert bad.exit_code == 1 and "not a PNG, JPEG or WebP" in bad.output
     # the key was made once and kept
     assert (tmp_path / "data" / "watermark.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_image_checks_are_bounded_and_answer_429_beyond(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most watermark.detect_concurrency checks run and detect_max_waiting wait; the
+    next upload is refused with 429 at once instead of taking more memory."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from tests.conftest import LiveServer, make_settings
+    from townsquare.backends.fake import FakeText
+    from townsquare.safety import watermark
+
+    services = Services.build(
+        make_settings(tmp_path, watermark={"detect_concurrency": 1, "detect_max_waiting": 0}),
+        text=FakeText(),
+    )
+    key = add_user(services, "mia")
+    real_detect, inside, release = watermark.detect, threading.Event(), threading.Event()
+
+    def held_detect(*args: object, **kwargs: object) -> watermark.Detection:
+        inside.set()
+        release.wait(10)
+        return real_detect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watermark, "detect", held_detect)
+    data = encode_image(photo(), "PNG")
+    statuses: list[int] = []
+    with (
+        LiveServer(services) as server,
+        httpx.Client(base_url=server.url, headers=auth(key), timeout=30) as http,
+    ):
+        first = threading.Thread(
+            target=lambda: statuses.append(
+                http.post("/api/provenance/detect", files=upload(data)).status_code
+            )
+        )
+        first.start()
+        assert inside.wait(10)
+        refused = http.post("/api/provenance/detect", files=upload(data))
+        release.set()
+        first.join()
+        again = http.post("/api/provenance/detect", files=upload(data))
+    asyncio.run(services.aclose())
+    assert statuses == [200] and again.status_code == 200
+    assert refused.status_code == 429 and refused.headers["retry-after"]
+    assert "watermark.detect_concurrency" in refused.json()["error"]["message"]
+
+
+def test_detection_works_on_the_small_frame_not_a_copy_of_the_whole_image(
+    services: Services,
+) -> None:
+    """A 4096-pixel upload is read at the detector's working size: its float64 copy (270 MB
+    here) is never made, and the answer is the same as from the full-size computation."""
+    import tracemalloc
+
+    from townsquare.safety import watermark
+
+    marked, record = services.provenance().mark(photo(), source="test")
+    big = marked.resize((4096, 2731), Image.Resampling.BICUBIC)  # the same aspect
+    tracemalloc.start()
+    found = watermark.detect(big, key=services.provenance().key, max_pixels=4096 * 4096)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert found.found and watermark.payload_hex(found.payload) == record.payload
+    assert peak < 60_000_000, peak  # numpy work at 512 px, not at 4096 px
+    full = watermark.detect_array(np.asarray(big), services.provenance().key)
+    assert full.payload == found.payload and abs(full.bit_errors - found.bit_errors) <= 2

@@ -112,6 +112,14 @@ class TextBackend(ABC):
         """Requests waiting for this backend (0 for backends that queue elsewhere)."""
         return 0
 
+    def active_sequences(self) -> int:
+        """Generations decoding right now (local models; 0 for remote ones)."""
+        return 0
+
+    def prompt_tokens_reused(self) -> int:
+        """Prompt tokens served from a cached prefix since start (local models)."""
+        return 0
+
     def observe(
         self,
         *,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -103,6 +104,7 @@ class BatchEngine:
         retry_after_s: int,
         unified_kv: bool,
         name: str = "model",
+        nice: int = 0,
     ) -> None:
         self._ll = llama
         self._model = model
@@ -113,6 +115,7 @@ class BatchEngine:
         self.n_ctx_seq = n_ctx_seq
         self.n_batch = n_batch
         self.unified_kv = unified_kv
+        self.nice = nice
         self.admission = Admission(
             f"The model {name}",
             capacity=parallel + max_queue,
@@ -178,7 +181,19 @@ class BatchEngine:
 
     # --- the engine thread ------------------------------------------------------------------
 
+    def _lower_priority(self) -> None:
+        """Run decoding at a lower CPU priority than request handling. llama.cpp's worker
+        threads are started by this thread and inherit it: when both cores are busy, a search
+        or a page gets the CPU first and the streams slow a little, instead of the reverse."""
+        if self.nice <= 0:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        except (OSError, AttributeError):  # not Linux, or not permitted: same priority
+            log.info("could not lower the engine's CPU priority; it runs at normal priority")
+
     def _run(self) -> None:
+        self._lower_priority()
         while True:
             with self._cv:
                 while not self._stopping and not self._waiting and self.active() == 0:

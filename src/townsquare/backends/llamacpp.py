@@ -187,6 +187,7 @@ class LlamaCppText(TextBackend):
         weights: Weights = "auto",
         unified_kv: bool = False,
         cache_dir: Path | None = None,
+        nice: int = 0,
     ) -> None:
         if not model_path.is_file():
             raise BackendUnavailable(
@@ -249,6 +250,7 @@ class LlamaCppText(TextBackend):
             retry_after_s=retry_after_s,
             unified_kv=unified_kv,
             name=self.model_id,
+            nice=nice,
         )
 
     # --- tokens -----------------------------------------------------------------------------
@@ -268,6 +270,9 @@ class LlamaCppText(TextBackend):
 
     def active_sequences(self) -> int:
         return self._engine.active()
+
+    def prompt_tokens_reused(self) -> int:
+        return self._engine.prompt_tokens_reused
 
     def observe(
         self,

@@ -68,6 +68,7 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
         n_batch=settings.n_batch,
         weights=settings.weights,
         unified_kv=settings.unified_kv,
+        nice=settings.nice,
         n_threads=settings.n_threads,
         flash_attn=settings.flash_attn,
         max_queue=settings.max_queue,
