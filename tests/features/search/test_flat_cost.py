@@ -188,7 +188,9 @@ def test_a_delete_prunes_only_what_was_deleted(towns: list[Any]) -> None:
 
 def test_creator_examples_are_embedded_once_and_updated_incrementally(tmp_path: Path) -> None:
     embed = CountingEmbeddings()
-    services = Services.build(make_settings(tmp_path), text=FakeText(), embed=embed)
+    # no query cache: this counts what the examples' index costs, query included
+    settings = make_settings(tmp_path, embed={"backend": "fake", "cache_size": 0})
+    services = Services.build(settings, text=FakeText(), embed=embed)
     admin = add_user(services, "ada", role="admin")
     pairs = 40
     messages = []
