@@ -39,6 +39,10 @@ import httpx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _serve  # noqa: E402
+
 TIMEOUT_S = 30.0
 ITEMS = [
     "road bike",
@@ -105,18 +109,13 @@ def percentile(values: list[float], q: float) -> float:
 
 def prepare(data_dir: Path, clients: int) -> tuple[str, list[str], list[str]]:
     """Migrate, seed the demo town, index it; keys for the admin and for ``clients`` members."""
-    env = {**os.environ, "TOWNSQUARE_DATA_DIR": str(data_dir), "TOWNSQUARE_LOG_LEVEL": "WARNING"}
-    init = subprocess.run(
-        [sys.executable, "-m", "townsquare", "init"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    admin = next(w for w in init.stdout.split() if w.startswith("ts_"))
+    admin = _serve.init(data_dir)
     for command in (["seed", "demo"], ["index", "rebuild"]):
         subprocess.run(
-            [sys.executable, "-m", "townsquare", *command], env=env, capture_output=True, check=True
+            [sys.executable, "-m", "townsquare", *command],
+            env=_serve.environment(data_dir),
+            capture_output=True,
+            check=True,
         )
 
     from sqlalchemy import select
@@ -148,32 +147,6 @@ def prepare(data_dir: Path, clients: int) -> tuple[str, list[str], list[str]]:
             groups.append(group or "")
     engine.dispose()
     return admin, keys, groups
-
-
-def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TOWNSQUARE_DATA_DIR": str(data_dir),
-        "TOWNSQUARE_LOG_LEVEL": "WARNING",
-        # many members behind one benchmark machine: per-user minute quotas are not under test
-        "TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE": "0",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "townsquare", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not become ready")
 
 
 class Recorder:
@@ -360,7 +333,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         admin, keys, groups = prepare(data_dir, args.clients + args.streams)
-        server = start(data_dir, args.port)
+        # many members behind one benchmark machine: per-user minute quotas are not under test
+        server = _serve.start(data_dir, args.port, TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE="0")
         url = f"http://127.0.0.1:{args.port}"
         try:
             model = httpx.get(

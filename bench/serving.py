@@ -35,6 +35,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _serve  # noqa: E402
+
 SYSTEM = "You are a helpful assistant for a neighbourhood community app."
 SINGLE = [
     {"role": "system", "content": SYSTEM},
@@ -65,41 +69,6 @@ def messages_for(n: int) -> list[dict[str, str]]:
     ]
 
 
-def wait_ready(url: str, path: str, process: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server at {url} exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the server at {url} did not become ready in {seconds:.0f} s")
-
-
-def start_townsquare(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "TOWNSQUARE_DATA_DIR": str(data_dir), "TOWNSQUARE_LOG_LEVEL": "WARNING"}
-    init = subprocess.run(
-        [sys.executable, "-m", "townsquare", "init"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = next(w for w in init.stdout.split() if w.startswith("ts_"))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "townsquare", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_ready(f"http://127.0.0.1:{port}", "/readyz", server)
-    return server, key
-
-
 def start_llama_server(
     binary: str, model: Path, port: int, parallel: int, n_ctx: int
 ) -> subprocess.Popen[bytes]:
@@ -125,7 +94,7 @@ def start_llama_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_ready(f"http://127.0.0.1:{port}", "/health", server)
+    _serve.wait_ready(f"http://127.0.0.1:{port}", "/health", server)
     return server
 
 
@@ -297,7 +266,8 @@ def main() -> None:
     }
 
     with tempfile.TemporaryDirectory() as tmp:
-        server, key = start_townsquare(Path(tmp), args.port)
+        key = _serve.init(Path(tmp))
+        server = _serve.start(Path(tmp), args.port)
         url = f"http://127.0.0.1:{args.port}"
         try:
             http = httpx.Client(

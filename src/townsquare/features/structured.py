@@ -82,33 +82,9 @@ async def generate_json(
     )
 
 
-async def record(
-    sessions: sessionmaker[Session],
-    *,
-    feature: str,
-    user_id: int | None,
-    inputs: dict[str, Any],
-    output: dict[str, Any],
-    model: str,
-    latency_ms: float,
-    attempts: int,
-    first_try_valid: bool,
-) -> int:
-    """Store a generation (on a worker thread); returns its id."""
-    return await anyio.to_thread.run_sync(
-        partial(
-            record_sync,
-            sessions,
-            feature=feature,
-            user_id=user_id,
-            inputs=inputs,
-            output=output,
-            model=model,
-            latency_ms=latency_ms,
-            attempts=attempts,
-            first_try_valid=first_try_valid,
-        )
-    )
+async def record(sessions: sessionmaker[Session], **fields: Any) -> int:
+    """``record_sync`` on a worker thread (async features call it after generating)."""
+    return await anyio.to_thread.run_sync(partial(record_sync, sessions, **fields))
 
 
 def record_sync(

@@ -186,19 +186,25 @@ class PgVectorIndex(VectorIndex):
             }
         return [i for i in wanted if i in found]
 
-    def state(self, collection: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    def _of_items(self, columns: str, collection: str, ids: Iterable[int]) -> list[Any]:
+        """``columns`` of the given items of ``collection`` (one query; none for no ids)."""
         wanted = [int(i) for i in ids]
         if not wanted:
-            return {}
+            return []
         with self.engine.connect() as db:
-            rows = db.execute(
-                text(
-                    f"SELECT item_id, content_hash, attrs_hash FROM {self.table} "
-                    "WHERE collection = :c AND item_id = ANY(:ids)"
-                ),
-                {"c": collection, "ids": wanted},
+            return list(
+                db.execute(
+                    text(
+                        f"SELECT item_id, {columns} FROM {self.table} "
+                        "WHERE collection = :c AND item_id = ANY(:ids)"
+                    ),
+                    {"c": collection, "ids": wanted},
+                )
             )
-            return {int(i): (h, ah) for i, h, ah in rows}
+
+    def state(self, collection: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        rows = self._of_items("content_hash, attrs_hash", collection, ids)
+        return {int(i): (h, ah) for i, h, ah in rows}
 
     def hashes(self, collection: str) -> dict[int, str]:
         with self.engine.connect() as db:
@@ -209,18 +215,8 @@ class PgVectorIndex(VectorIndex):
             return {int(i): h for i, h in rows}
 
     def vectors(self, collection: str, ids: Iterable[int]) -> dict[int, Vectors]:
-        wanted = [int(i) for i in ids]
-        if not wanted:
-            return {}
-        with self.engine.connect() as db:
-            rows = db.execute(
-                text(
-                    f"SELECT item_id, embedding::text FROM {self.table} "
-                    "WHERE collection = :c AND item_id = ANY(:ids)"
-                ),
-                {"c": collection, "ids": wanted},
-            )
-            return {int(i): _parse(v) for i, v in rows}
+        rows = self._of_items("embedding::text", collection, ids)
+        return {int(i): _parse(v) for i, v in rows}
 
     def values(self, collection: str, field: str) -> list[str]:
         with self.engine.connect() as db:
