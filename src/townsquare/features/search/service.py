@@ -371,21 +371,27 @@ def retrieve_sources(
             # RRF ranks within a collection; cosine similarity breaks ties across collections
             scored.append((score + 0.001 * similarity.get(item_id, 0.0), kind, item_id))
     scored.sort(key=lambda s: -s[0])
+    # the rows of the best few, one query per kind (a few spare for items deleted meanwhile)
+    best = scored[: limit + 4]
+    tables: dict[str, Any] = {"listing": Listing, "post": Post, "reel": Reel}
+    rows: dict[tuple[str, int], Any] = {}
+    for kind, table in tables.items():
+        wanted = [item_id for _, k, item_id in best if k == kind]
+        if wanted:
+            rows.update(
+                ((kind, r.id), r) for r in db.scalars(select(table).where(table.id.in_(wanted)))
+            )
     sources: list[Source] = []
-    for score, kind, item_id in scored:
-        if len(sources) == limit:
-            break
-        source = _source(db, len(sources) + 1, kind, item_id, score)
-        if source is not None:
-            sources.append(source)
+    for score, kind, item_id in best:
+        row = rows.get((kind, item_id))
+        if row is not None and len(sources) < limit:  # None: deleted since it was indexed
+            sources.append(_source(len(sources) + 1, row, score))
     return Sources(query=query, sources=sources)
 
 
-def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Source | None:
-    if kind == "listing":
-        listing = db.get(Listing, item_id)
-        if listing is None:  # deleted since it was indexed
-            return None
+def _source(n: int, item: Listing | Post | Reel, score: float) -> Source:
+    if isinstance(item, Listing):
+        listing = item
         attributes = ", ".join(f"{k}: {v}" for k, v in listing.attributes.items())
         condition = listing.condition.replace("_", " ")
         price = f"{listing.price_cents / 100:.2f} {listing.currency}"
@@ -399,10 +405,8 @@ def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Sourc
             url=f"/api/listings/{listing.external_id}",
             score=score,
         )
-    if kind == "post":
-        post = db.get(Post, item_id)
-        if post is None:
-            return None
+    if isinstance(item, Post):
+        post = item
         return Source(
             n=n,
             kind="post",
@@ -412,9 +416,7 @@ def _source(db: Session, n: int, kind: str, item_id: int, score: float) -> Sourc
             url=f"/api/posts/{post.external_id}",
             score=score,
         )
-    reel = db.get(Reel, item_id)
-    if reel is None:
-        return None
+    reel = item
     return Source(
         n=n,
         kind="reel",
