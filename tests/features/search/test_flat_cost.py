@@ -158,7 +158,9 @@ def test_reads_cost_the_same_in_a_town_ten_times_bigger(
     (small_statements, small_steps), (big_statements, big_steps) = (
         work(town, path, params) for town in towns
     )
-    assert big_statements == small_statements
+    # the same statements (sources fetch the rows of the best items once per kind among them:
+    # one to three queries, whichever kinds win); an N+1 would add one per item
+    assert big_statements <= small_statements + 2, (small_statements, big_statements)
     # ten times the rows; the work may grow a little (deeper B-trees), never in proportion
     assert big_steps < 2 * small_steps + 2000, (small_steps, big_steps)
 
