@@ -144,6 +144,10 @@ class BatchEngine:
         """Requests admitted and not finished (generating + waiting)."""
         return self.admission.depth
 
+    def alive(self) -> bool:
+        """Whether the engine thread runs (it ends only when the backend is closed)."""
+        return self._thread.is_alive()
+
     def active(self) -> int:
         return sum(1 for s in self._slots if s.request is not None)
 

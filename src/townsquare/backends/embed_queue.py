@@ -24,10 +24,9 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,7 +65,6 @@ class QueuedEmbeddings(EmbeddingBackend):
         max_queued_texts: int = 4096,
         interactive_max_texts: int = 8,
         retry_after_s: int = 2,
-        on_busy: Callable[[], None] | None = None,
         cache_size: int = 0,
         cache_max_chars: int = 200,
     ) -> None:
@@ -81,7 +79,6 @@ class QueuedEmbeddings(EmbeddingBackend):
             capacity=max_queued_texts,
             retry_after_s=retry_after_s,
             setting="embed.max_queued_texts",
-            on_busy=on_busy,
         )
         self.cache_size = cache_size
         self.cache_max_chars = cache_max_chars
@@ -255,10 +252,3 @@ class QueuedEmbeddings(EmbeddingBackend):
         for thread in self._threads:
             thread.join(timeout=10)
         await self.inner.aclose()
-
-
-def unwrap(embedder: Any) -> EmbeddingBackend:
-    """The model behind a queue (for tests and benchmarks that time the raw model)."""
-    inner = getattr(embedder, "inner", embedder)
-    assert isinstance(inner, EmbeddingBackend)
-    return inner

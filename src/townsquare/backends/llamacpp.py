@@ -133,16 +133,15 @@ def prepare_weights(model_path: Path, weights: Weights, cache_dir: Path) -> Path
         return model_path
     llama_cpp = _import_llama()
     _quiet_llama_logs(llama_cpp)
-    size = model_path.stat().st_size
-    if weights == "auto" and size > AUTO_F16_MAX_BYTES:
-        return model_path
-    if _file_type(llama_cpp, model_path) in FLOAT_TYPES:
+    if weights == "auto" and model_path.stat().st_size > AUTO_F16_MAX_BYTES:
         return model_path
     stat = model_path.stat()
     key = hashlib.sha256(f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     target = cache_dir / f"{model_path.stem}.{key.hexdigest()[:12]}.f16.gguf"
-    if target.is_file():
+    if target.is_file():  # converted before: nothing to read
         return target
+    if _file_type(llama_cpp, model_path) in FLOAT_TYPES:
+        return model_path
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     params = llama_cpp.llama_model_quantize_default_params()
@@ -230,7 +229,6 @@ class LlamaCppText(TextBackend):
                 "Check that the file is a GGUF model."
             ) from exc
         n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self._ctx.ctx))
-        self._n_vocab = self._model.n_vocab()
         metadata = self._model.metadata()
         eos = self._model.token_eos()
         bos = self._model.token_bos()
@@ -284,7 +282,7 @@ class LlamaCppText(TextBackend):
         self._engine.admission.on_busy = on_busy
 
     async def ready(self) -> bool:
-        return self._engine._thread.is_alive()
+        return self._engine.alive()
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -293,12 +291,11 @@ class LlamaCppText(TextBackend):
         grammar = None
         if options.schema is not None:
             try:
-                gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
+                grammar = llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
             except Exception as exc:  # the converter raises plain exceptions on bad schemas
                 raise InvalidRequest(
                     f"The JSON schema cannot be turned into a grammar: {exc}. Simplify it."
                 ) from exc
-            grammar = gbnf
         elif options.json_object:
             grammar = llama_grammar.JSON_GBNF
         sampler: Any = self._internals.LlamaSampler()

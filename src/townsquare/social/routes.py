@@ -6,6 +6,7 @@ matrix test reads it and checks each persona's status against it.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any
 
@@ -103,6 +104,22 @@ def _reindex(services: Services, db: Session, kind: Kind, external_ids: list[Any
         services.indexer.sync(kind.name, ids)
 
 
+def _ingest_and_index(
+    services: Services,
+    db: Session,
+    kind: Kind,
+    rows: list[Any],
+    admin: User,
+    *,
+    partial: bool = False,
+) -> IngestReport:
+    """Store the rows, commit, index what changed: one worker thread, one connection at a time."""
+    report = ingest(db, kind, rows, settings=services.settings.ingest, actor=admin, partial=partial)
+    db.commit()
+    _reindex(services, db, kind, [r.get("external_id") for r in rows if isinstance(r, dict)])
+    return report
+
+
 def _add_ingest_routes(kind: Kind) -> None:
     async def put_one(
         external_id: str,
@@ -120,14 +137,7 @@ def _add_ingest_routes(kind: Kind) -> None:
             raise InvalidRequest(f"Send one {kind.label} as a JSON object.")
         if body.setdefault("external_id", external_id) != external_id:
             raise InvalidRequest("external_id in the body differs from the one in the URL.")
-
-        def work() -> IngestReport:
-            report = ingest(db, kind, [body], settings=services.settings.ingest, actor=admin)
-            db.commit()
-            _reindex(services, db, kind, [external_id])
-            return report
-
-        report = await run_in_threadpool(work)
+        report = await run_in_threadpool(_ingest_and_index, services, db, kind, [body], admin)
         status = "created" if report.created else "updated" if report.updated else "unchanged"
         response.status_code = 201 if report.created else 200
         return {"id": external_id, "status": status}
@@ -148,18 +158,9 @@ def _add_ingest_routes(kind: Kind) -> None:
                 f"The batch has {len(rows)} rows; the limit is {limit} (ingest.max_batch_rows). "
                 "Split it into smaller batches."
             )
-
-        def work() -> IngestReport:
-            report = ingest(
-                db, kind, rows, settings=services.settings.ingest, actor=admin, partial=partial
-            )
-            db.commit()
-            _reindex(
-                services, db, kind, [r.get("external_id") for r in rows if isinstance(r, dict)]
-            )
-            return report
-
-        return await run_in_threadpool(work)
+        return await run_in_threadpool(
+            functools.partial(_ingest_and_index, services, db, kind, rows, admin, partial=partial)
+        )
 
     def delete_one(
         external_id: str,

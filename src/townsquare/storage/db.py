@@ -99,17 +99,8 @@ class BackgroundWriter:
             try:
                 if row is None:
                     return
-                batch = [row]
-                while not self._queue.empty() and len(batch) < 500:
-                    extra = self._queue.get_nowait()
-                    if extra is None:  # close after this batch
-                        self._queue.put(None)
-                        self._queue.task_done()
-                        break
-                    batch.append(extra)
-                    self._queue.task_done()
                 with self.sessions.begin() as db:
-                    db.add_all(batch)
+                    db.add(row)
             except Exception:  # a failed write is logged, never fatal to the writer
                 log.exception("background write failed")
             finally:

@@ -414,21 +414,6 @@ class EmbeddedVectorIndex(VectorIndex):
             store = self._collections.get(collection)
             return [] if store is None else store.columns.values(field)
 
-    def columns(self, collection: str) -> tuple[dict[str, npt.NDArray[np.float64]], int]:
-        """A copy of the metadata columns in use (for aggregates such as place centres)."""
-        self._ensure_following()
-        with self._lock:
-            store = self._collections.get(collection)
-            if store is None:
-                return {}, 0
-            n = store.size
-            return {k: v[:n].copy() for k, v in store.columns.arrays.items()}, n
-
-    def codes(self, collection: str, field: str) -> dict[str, float]:
-        with self._lock:
-            store = self._collections.get(collection)
-            return {} if store is None else dict(store.columns.codes.get(field, {}))
-
     def search(
         self,
         collection: str,

@@ -64,12 +64,7 @@ def post_attrs(post: Post) -> dict[str, Any]:
 
 
 def reel_attrs(reel: Reel) -> dict[str, Any]:
-    return {
-        "visibility": reel.visibility,
-        "group_id": reel.group_id,
-        "creator_id": reel.creator_id,
-        "created_at": reel.created_at.timestamp() if reel.created_at else None,
-    }
+    return {"visibility": reel.visibility, "group_id": reel.group_id, "creator_id": reel.creator_id}
 
 
 def documents(db: Session, collection: str, ids: Iterable[int] | None = None) -> list[Document]:

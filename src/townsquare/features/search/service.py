@@ -11,10 +11,10 @@ which the same filter then narrows.
 from __future__ import annotations
 
 import json
-import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -33,10 +33,10 @@ from townsquare.features.search.schemas import (
 )
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
-from townsquare.storage.filters import Eq, Filter, Near, Range, all_of
+from townsquare.storage.filters import Eq, Filter, Near, Range, all_of, haversine_km
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.tables import User
-from townsquare.storage.vectors import VectorIndex, Vectors
+from townsquare.storage.vectors import VectorIndex
 
 T = TypeVar("T")
 
@@ -102,33 +102,32 @@ def rrf(
     return scores
 
 
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6371.0 * math.asin(math.sqrt(a))
-
-
-_cache: dict[tuple[int, str], tuple[float, Any]] = {}
+_cache: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, Any]]] = weakref.WeakKeyDictionary()
 _cache_lock = threading.Lock()
 CACHE_S = 30.0  # place names and categories change rarely; recomputing them is O(listings)
+MISS_S = 1.0  # a name the cache lacks may be new: recompute, at most this often
 
 
-def _cached(owner: object, name: str, compute: Callable[[], T]) -> T:
-    """``compute()`` at most every ``CACHE_S`` seconds per owner (amortised: flat per request)."""
-    key, now = (id(owner), name), time.monotonic()
+def _cached(owner: Any, name: str, compute: Callable[[], T], wanted: str | None = None) -> T:
+    """``compute()`` at most every ``CACHE_S`` seconds per owner (amortised: flat per request),
+    sooner when ``wanted`` is missing from the cached value (a category ingested a moment ago
+    must not be refused for half a minute)."""
+    now = time.monotonic()
     with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None and now - hit[0] < CACHE_S:
-        return cast(T, hit[1])
+        hit = _cache.setdefault(owner, {}).get(name)
+    if hit is not None:
+        age, value = now - hit[0], hit[1]
+        if age < MISS_S or (age < CACHE_S and (wanted is None or wanted in value)):
+            return cast(T, value)
     value = compute()
     with _cache_lock:
-        _cache[key] = (now, value)
+        _cache[owner][name] = (now, value)
     return value
 
 
-def places(db: Session) -> dict[str, tuple[float, float]]:
-    """Known place names (listing locations) and their mean coordinates (cached)."""
+def places(db: Session, wanted: str | None = None) -> dict[str, tuple[float, float]]:
+    """Known place names (lower case; listing locations) and their mean coordinates (cached;
+    refreshed early when ``wanted`` is not among them)."""
 
     def compute() -> dict[str, tuple[float, float]]:
         rows = db.execute(
@@ -138,7 +137,7 @@ def places(db: Session) -> dict[str, tuple[float, float]]:
         )
         return {name.lower(): (float(lat), float(lon)) for name, lat, lon in rows}
 
-    return _cached(db.get_bind(), "places", compute)
+    return _cached(db.get_bind(), "places", compute, wanted)
 
 
 def parse_near(db: Session, near: str) -> tuple[float, float]:
@@ -152,27 +151,29 @@ def parse_near(db: Session, near: str) -> tuple[float, float]:
         else:
             if -90 <= lat <= 90 and -180 <= lon <= 180:
                 return lat, lon
-    known = places(db)
-    if near.strip().lower() in known:
-        return known[near.strip().lower()]
+    name = near.strip().lower()
+    known = places(db, name)
+    if name in known:
+        return known[name]
     names = ", ".join(sorted(n.title() for n in known)) or "none yet"
     raise InvalidField(
         f"near='{near}' is neither 'lat,lon' nor a known place. Known places: {names}.", "near"
     )
 
 
-def categories(vectors: VectorIndex) -> list[str]:
-    """The listing categories the index knows (cached)."""
-    return _cached(vectors, "categories", lambda: vectors.values("listings", "category"))
+def categories(vectors: VectorIndex, wanted: str | None = None) -> list[str]:
+    """The listing categories the index knows (cached like ``places``)."""
+    return _cached(vectors, "categories", lambda: vectors.values("listings", "category"), wanted)
 
 
 def listing_filter(
-    db: Session, user: User, filters: ListingFilters, vectors: VectorIndex
+    user: User, filters: ListingFilters, vectors: VectorIndex, near: tuple[float, float] | None
 ) -> Filter:
-    """Every hard filter of a listing search as one index filter (422 on a bad one)."""
+    """Every hard filter of a listing search as one index filter (422 on a bad one); ``near``
+    is ``filters.near`` parsed by ``parse_near``."""
     parts: list[Filter] = [Eq("status", "active"), access.listings_filter(user)]
     if filters.category is not None:
-        known = categories(vectors)
+        known = categories(vectors, filters.category)
         if filters.category not in known:
             raise InvalidField(
                 f"category='{filters.category}' is unknown. Use one of: {', '.join(known)}.",
@@ -195,9 +196,8 @@ def listing_filter(
         )
     if filters.condition is not None:
         parts.append(Eq("condition", filters.condition))
-    if filters.near is not None:
-        lat, lon = parse_near(db, filters.near)
-        parts.append(Near(lat, lon, filters.radius_km))
+    if near is not None:
+        parts.append(Near(near[0], near[1], filters.radius_km))
     return all_of(*parts)
 
 
@@ -279,10 +279,10 @@ def search_listings(
     min_similarity: float = 0.2,
     fulltext_weight: float = 0.5,
     fulltext_candidates: int = 1000,
-    query_vector: Vectors | None = None,
 ) -> ListingResults:
     """Hybrid search over the listings ``user`` may see, hard filters inside the index."""
-    where = listing_filter(db, user, filters, vectors)
+    near = parse_near(db, filters.near) if filters.near is not None else None
+    where = listing_filter(user, filters, vectors, near)
     results = ListingResults(
         query=query,
         page=page,
@@ -294,8 +294,7 @@ def search_listings(
     )
     matches = fulltext(db, "listings", query, fulltext_candidates)
     text_rank = vectors.filter_ids("listings", matches, where)[:CANDIDATES]
-    if query_vector is None:
-        query_vector = embedder.embed_sync([query])[0]
+    query_vector = embedder.embed_sync([query])[0]
     vector_rank = [
         i
         for i, similarity in vectors.search("listings", query_vector, CANDIDATES, where)
@@ -309,7 +308,6 @@ def search_listings(
     if not chosen:
         return results
     rows = {row.id: row for row in db.scalars(select(Listing).where(Listing.id.in_(chosen)))}
-    near = parse_near(db, filters.near) if filters.near is not None else None
     words = _words(query)
     for item_id in chosen:
         listing = rows.get(item_id)
@@ -317,7 +315,7 @@ def search_listings(
             continue
         distance = None
         if near is not None and listing.lat is not None and listing.lon is not None:
-            distance = round(haversine_km(near[0], near[1], listing.lat, listing.lon), 2)
+            distance = round(float(haversine_km(listing.lat, listing.lon, *near)), 2)
         results.data.append(
             ListingHit(
                 id=listing.external_id,
