@@ -1,4 +1,6 @@
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -204,3 +206,107 @@ def test_suggest_replies(env: Path) -> None:
     assert (
         runner.invoke(app, ["suggest", "replies", "dm-sol.rivera-00", "--as", "mia"]).exit_code == 1
     )
+
+
+def test_settings_and_doctor_never_print_passwords(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "TOWNSQUARE_DATABASE_URL", "postgresql+psycopg://town:s3cr3t-pw@127.0.0.1:1/x"
+    )
+    monkeypatch.setenv("TOWNSQUARE_SEARCH__VECTOR_INDEX", "pgvector:postgresql://v:an0ther@h/db")
+    shown = runner.invoke(app, ["settings"])
+    assert "town:***@127.0.0.1" in shown.output and "v:***@h" in shown.output
+    checked = runner.invoke(app, ["doctor"])
+    for result in (shown, checked):
+        assert "s3cr3t" not in result.output and "an0ther" not in result.output
+
+
+def test_settings_lines_are_never_cut(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    output = runner.invoke(app, ["settings"]).output
+    line = next(x for x in output.splitlines() if x.startswith("TOWNSQUARE_SERVER__CONTENT_SEC"))
+    assert line.endswith("frame-ancestors 'none'")
+
+
+def test_the_data_directory_is_absolute_printed_and_new_ones_are_flagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", "fake")
+    monkeypatch.setenv("TOWNSQUARE_EMBED__BACKEND", "fake")
+    monkeypatch.delenv("TOWNSQUARE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    first = runner.invoke(app, ["init"])
+    town = tmp_path / "xdg" / "townsquare"
+    assert first.exit_code == 0 and f"data directory: {town} is new" in first.output
+    # from another working directory, the same town: no second database
+    monkeypatch.chdir(tmp_path)
+    second = runner.invoke(app, ["users", "list"])
+    assert f"data directory: {town}" in second.output and "is new" not in second.output
+    assert "admin" in second.output
+    assert not (elsewhere / "data").exists() and not (tmp_path / "data").exists()
+
+
+def test_commands_that_do_not_generate_never_load_the_chat_model(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from townsquare.backends import registry
+
+    built: list[str] = []
+    real = registry.build_text_backend
+    monkeypatch.setattr(
+        registry, "build_text_backend", lambda s: built.append(s.backend) or real(s)
+    )
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    for command in (["search", "bike"], ["index", "rebuild"], ["users", "list"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    assert built == []
+    assert runner.invoke(app, ["describe", "l-0000"]).exit_code == 0
+    assert built == ["fake"]
+
+
+def test_json_logs_carry_no_colour_codes() -> None:
+    import json
+    import logging
+
+    from townsquare.observability import JsonFormatter
+
+    record = logging.makeLogRecord(
+        {
+            "msg": "Uvicorn running on %s",
+            "args": ("http://x",),
+            "color_message": "Uvicorn running on \x1b[1m%s\x1b[0m",
+        }
+    )
+    line = JsonFormatter().format(record)
+    assert "\x1b" not in line and "\\u001b" not in line
+    assert json.loads(line)["message"] == "Uvicorn running on http://x"
+
+
+def test_model_failures_are_logged_as_warnings(
+    client: Any,
+    member_key: str,
+    fake_text: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from townsquare.errors import BackendError
+
+    async def crash(*_: Any) -> Any:
+        raise BackendError("the engine crashed")
+
+    monkeypatch.setattr(fake_text, "complete", crash)
+    with caplog.at_level(logging.INFO, logger="townsquare"):
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {member_key}"},
+        )
+    assert response.status_code == 502
+    levels = {r.levelno for r in caplog.records if "502" in r.getMessage()}
+    assert levels and min(levels) >= logging.WARNING

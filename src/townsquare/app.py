@@ -13,7 +13,7 @@ import anyio
 from fastapi import FastAPI
 
 from townsquare import __version__
-from townsquare.api import errors
+from townsquare.api import errors, openapi
 from townsquare.api.middleware import RequestContextMiddleware
 from townsquare.api.router import router
 from townsquare.observability import Metrics
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.limits.max_body_bytes,
+        content_security_policy=settings.server.content_security_policy,
         upload_limits={
             "/api/provenance/detect": (
                 settings.watermark.max_upload_bytes,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         },
     )
     errors.install(app)
+    openapi.install(app)
     app.include_router(router)
     mount_web(app)
     return app

@@ -3,6 +3,7 @@
 ::
 
     TownsquareError                 500 internal_error
+    ├── ConfigurationError          500 configuration_error  (a setting or key file is unusable)
     ├── InvalidRequest              400 invalid_request
     │   └── PromptTooLong           400 context_length_exceeded
     ├── Unauthorized                401 invalid_api_key
@@ -11,6 +12,8 @@
     │   └── ModelNotFound           404 model_not_found
     ├── PayloadTooLarge             413 payload_too_large
     ├── InvalidField                422 invalid_field        (carries the field's name)
+    ├── InvalidImage                422 invalid_image
+    │   └── WatermarkError          422 invalid_image        (safety/watermark.py)
     ├── InvalidBatch                422 invalid_batch        (carries the bad rows)
     ├── ContentBlocked              422 content_blocked      (carries hazard codes)
     ├── Busy                        429 busy                 (carries retry_after seconds)
@@ -37,6 +40,12 @@ class TownsquareError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ConfigurationError(TownsquareError):
+    """The server's own configuration is unusable (a short key, an empty key file)."""
+
+    code = "configuration_error"
 
 
 class InvalidRequest(TownsquareError):

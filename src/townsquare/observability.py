@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -13,7 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# uvicorn adds ``color_message``: the message again, with terminal colour codes
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _ANSI.sub("", record.getMessage()),
             "request_id": request_id_var.get(),
         }
         for key, value in record.__dict__.items():

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
 from townsquare.backends.embed_queue import QueuedEmbeddings
-from townsquare.backends.registry import build_embedding_backend, build_text_backend
+from townsquare.backends.registry import LazyText, build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
 from townsquare.features.assistant.tools import RecommendReels
 from townsquare.features.search.indexer import Indexer
@@ -77,11 +77,13 @@ class Services:
         metrics: Metrics | None = None,
         embed: EmbeddingBackend | None = None,
         vectors: VectorIndex | None = None,
+        lazy_text: bool = False,
     ) -> Services:
         """Migrate the database, load the text backend and wire the safety pipeline.
 
         ``text`` and ``policies`` replace the configured ones (tests, embedding apps); a backend
-        passed in stays the caller's to close.
+        passed in stays the caller's to close. ``lazy_text`` loads the configured model on its
+        first use instead (CLI commands that may never generate).
         """
         engine = make_engine(
             settings.resolved_database_url,
@@ -91,7 +93,9 @@ class Services:
         migrate(engine)
         sessions = make_sessions(engine)
         metrics = metrics or Metrics()
-        backend = text or build_text_backend(settings.text)
+        backend = text or (
+            LazyText(settings.text) if lazy_text else build_text_backend(settings.text)
+        )
         backend.observe(on_wait=metrics.queue_wait.observe, on_busy=metrics.busy_rejections.inc)
         metrics.queue_depth.set_function(backend.queue_depth)
         metrics.active_sequences.set_function(backend.active_sequences)

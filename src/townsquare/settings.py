@@ -7,6 +7,8 @@ tests each build their own ``Settings`` so that nothing is read at import time.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,13 @@ class ServerSettings(BaseModel):
     """Where the HTTP server listens and which paths need no key."""
 
     host: str = Field("127.0.0.1", description="Interface `townsquare serve` binds to.")
+    content_security_policy: str = Field(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; "
+        "media-src 'self' https:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'",
+        description="The Content-Security-Policy header sent with every response: no inline "
+        "or foreign script, so a stored link or text can never run in a member's browser.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="TCP port `townsquare serve` listens on.")
     public_paths: list[str] = Field(
         default_factory=lambda: ["/healthz", "/readyz", "/metrics"],
@@ -369,7 +378,12 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(
-        Path("data"), description="Directory for the SQLite database and other local state."
+        default_factory=lambda: default_data_dir(),
+        description="Directory for the SQLite database, the watermark key and other local "
+        "state (made 0700). Default: $XDG_DATA_HOME/townsquare, else "
+        "~/.local/share/townsquare. A relative path is resolved once, against the directory "
+        "the process starts in.",
+        json_schema_extra={"shown_default": "~/.local/share/townsquare"},
     )
     database_url: str | None = Field(
         None,
@@ -403,6 +417,11 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -435,18 +454,35 @@ def iter_settings(
     """
     cls = model if isinstance(model, type) else type(model)
     for name, field in cls.model_fields.items():
-        value = (
-            getattr(model, name)
-            if not isinstance(model, type)
-            else field.get_default(call_default_factory=True)
-        )
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if isinstance(model, type):
+            value = extra.get("shown_default", field.get_default(call_default_factory=True))
+        else:
+            value = getattr(model, name)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from iter_settings(value if value is not None else annotation, f"{prefix}{name}.")
             continue
         if isinstance(value, SecretStr):
             value = "********" if value.get_secret_value() else ""
+        elif isinstance(value, str):
+            value = redact(value)
         yield f"{prefix}{name}", value, field.description or ""
+
+
+def default_data_dir() -> Path:
+    """Where a town lives unless TOWNSQUARE_DATA_DIR says otherwise: the same place whatever
+    directory a command runs in."""
+    base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(base).expanduser() / "townsquare"
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``postgresql://u:***@host``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def env_name(dotted: str) -> str:

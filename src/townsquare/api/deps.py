@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from townsquare.errors import Forbidden, Unauthorized
@@ -34,6 +34,13 @@ def get_db(services: ServicesDep) -> Iterator[Session]:
 
 
 DbDep = Annotated[Session, Depends(get_db)]
+
+# The largest integer the databases store (a signed 64-bit column): ids and offsets beyond it
+# are refused with a 422 instead of overflowing in the driver.
+MAX_INT = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_INT, description="The id the API returned.")]
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT, description="Items to skip.")]
 
 
 def authenticate(request: Request, db: Session) -> User | None:

@@ -49,6 +49,15 @@ def error_payload(
     return {"error": body}
 
 
+def internal_error(path: str) -> dict[str, Any]:
+    """The body of a 500: says it is our fault and gives the request id to quote."""
+    message = (
+        f"Something went wrong on our side (request id {request_id_var.get()}). "
+        "Try again; if it keeps happening, the server log has the details."
+    )
+    return error_payload(path, 500, "internal_error", message)
+
+
 def exception_payload(path: str, exc: TownsquareError) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if isinstance(exc, ContentBlocked):
@@ -75,6 +84,8 @@ def _field(loc: tuple[int | str, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(TownsquareError)
     async def townsquare_error(request: Request, exc: TownsquareError) -> JSONResponse:
+        if exc.status_code >= 500:  # the model or a dependency failed: operators must see it
+            log.warning("%s %s: %s", exc.status_code, exc.code, exc.message)
         return JSONResponse(
             exception_payload(request.url.path, exc), exc.status_code, headers=_headers(exc)
         )
@@ -123,11 +134,5 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "2"},
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        message = (
-            f"Something went wrong on our side (request id {request_id_var.get()}). "
-            "Try again; if it keeps happening, the server log has the details."
-        )
-        return JSONResponse(error_payload(request.url.path, 500, "internal_error", message), 500)
+    # Any other exception is answered by RequestContextMiddleware (``internal_error``), inside
+    # the request's context, so the 500 keeps its request id and the connection stays open.

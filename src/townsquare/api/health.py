@@ -56,7 +56,12 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", openapi_extra={"x-access": "public"})
+@router.get(
+    "/metrics",
+    openapi_extra={"x-access": "public"},
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus metrics of this app."""
     await _guard(request, services)

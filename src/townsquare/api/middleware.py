@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from townsquare.api.errors import error_payload
+from townsquare.api.errors import error_payload, internal_error
 from townsquare.errors import PayloadTooLarge
 from townsquare.observability import Metrics, request_id_var
 
@@ -30,12 +30,17 @@ class RequestContextMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         upload_limits: dict[str, tuple[int, str]] | None = None,
+        content_security_policy: str = "default-src 'self'",
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         # path -> (limit, setting name): uploads that may exceed the general body limit
         self.upload_limits = upload_limits or {}
+        self.security_headers = [
+            (b"content-security-policy", content_security_policy.encode()),
+            (b"x-content-type-options", b"nosniff"),
+        ]
 
     def _limit(self, path: str) -> tuple[int, str]:
         return self.upload_limits.get(path, (self.max_body_bytes, "limits.max_body_bytes"))
@@ -67,6 +72,7 @@ class RequestContextMiddleware:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
+                    *self.security_headers,
                 ]
             await send(message)
 
@@ -93,14 +99,20 @@ class RequestContextMiddleware:
             try:
                 await self.app(scope, limited_receive, send_with_id)
             except Exception:
-                if not state["rejected"]:
-                    raise
+                if state["rejected"]:
+                    return
+                # Answered here, inside the request's context: the 500 carries the request id
+                # (header, body and log line) and the connection stays open for the next request.
+                log.exception("unhandled error", extra={"route": scope["path"]})
+                if not state["started"]:
+                    await self._send_json(scope, send_with_id, 500, internal_error(scope["path"]))
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(route, scope["method"], str(state["status"])).inc()
             self.metrics.latency.labels(route).observe(elapsed)
-            log.info(
+            log.log(
+                logging.WARNING if state["status"] >= 500 else logging.INFO,
                 "%s %s %s",
                 scope["method"],
                 scope["path"],
@@ -110,12 +122,14 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
     async def _send_error(self, scope: Scope, send: Send, exc: PayloadTooLarge) -> None:
-        body = json.dumps(error_payload(scope["path"], 413, exc.code, exc.message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        payload = error_payload(scope["path"], 413, exc.code, exc.message)
+        await self._send_json(scope, send, 413, payload, close=True)
+
+    async def _send_json(
+        self, scope: Scope, send: Send, status: int, payload: Any, *, close: bool = False
+    ) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})

@@ -6,9 +6,19 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from townsquare.backends.base import EmbeddingBackend, TextBackend
+from townsquare.backends.base import (
+    Completion,
+    Delta,
+    EmbeddingBackend,
+    GenerationOptions,
+    Message,
+    TextBackend,
+)
 from townsquare.errors import InvalidRequest
 from townsquare.settings import EmbedSettings, TextSettings
 
@@ -105,3 +115,79 @@ def build_embedding_backend(settings: EmbedSettings) -> EmbeddingBackend:
         f"Unknown embedding backend '{settings.backend}'. Use 'sentence:bundled', "
         "'sentence:/path/to/model', 'openai:http://host:port/v1#model-name' or 'fake'."
     )
+
+
+class LazyText(TextBackend):
+    """The configured text backend, built (for a local model: loaded) on its first use.
+
+    CLI commands that never generate (``search``, ``index rebuild``, ``users``) then start in
+    a second instead of waiting for a model to load.
+    """
+
+    def __init__(self, settings: TextSettings) -> None:
+        self.settings = settings
+        self._built: TextBackend | None = None
+        self._lock = threading.Lock()
+        self._hooks: dict[str, Any] = {}
+
+    @property
+    def backend(self) -> TextBackend:
+        """The real backend (built now if it was not yet)."""
+        with self._lock:
+            if self._built is None:
+                self._built = build_text_backend(self.settings)
+                if self._hooks:
+                    self._built.observe(**self._hooks)
+            return self._built
+
+    @property
+    def backend_id(self) -> str:  # type: ignore[override]
+        return self.backend.backend_id
+
+    @property
+    def model_id(self) -> str:  # type: ignore[override]
+        return self.backend.model_id
+
+    @property
+    def context_window(self) -> int:  # type: ignore[override]
+        return self.backend.context_window
+
+    async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
+        return await self.backend.complete(messages, options)
+
+    def stream(
+        self, messages: Sequence[Message], options: GenerationOptions
+    ) -> AsyncIterator[Delta]:
+        return self.backend.stream(messages, options)
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
+    def count_message_tokens(self, messages: Sequence[Message]) -> int:
+        return self.backend.count_message_tokens(messages)
+
+    async def ready(self) -> bool:
+        return await self.backend.ready()
+
+    def queue_depth(self) -> int:
+        return self._built.queue_depth() if self._built is not None else 0
+
+    def active_sequences(self) -> int:
+        return self._built.active_sequences() if self._built is not None else 0
+
+    def prompt_tokens_reused(self) -> int:
+        return self._built.prompt_tokens_reused() if self._built is not None else 0
+
+    def observe(
+        self,
+        *,
+        on_wait: Callable[[float], None] | None = None,
+        on_busy: Callable[[], None] | None = None,
+    ) -> None:
+        self._hooks = {"on_wait": on_wait, "on_busy": on_busy}
+        if self._built is not None:
+            self._built.observe(**self._hooks)
+
+    async def aclose(self) -> None:
+        if self._built is not None:
+            await self._built.aclose()

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import secrets
+import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -27,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.admission import Bounded
-from townsquare.errors import InvalidImage, PayloadTooLarge
+from townsquare.errors import ConfigurationError, InvalidImage, PayloadTooLarge, TownsquareError
 from townsquare.safety import watermark
 from townsquare.settings import Settings, WatermarkSettings
 from townsquare.storage.social_tables import ProvenanceRecord
@@ -41,22 +42,43 @@ def resolve_key(settings: Settings) -> bytes:
     if settings.watermark.key is not None:
         secret = settings.watermark.key.get_secret_value()
         if len(secret) < 16:
-            raise ValueError(
+            raise ConfigurationError(
                 "watermark.key is shorter than 16 characters. Use a long random secret, e.g. "
                 "the output of `python -c 'import secrets; print(secrets.token_hex(32))'`."
             )
         return hashlib.sha256(secret.encode()).digest()
     path = Path(settings.data_dir) / KEY_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32) + "\n")
-    return hashlib.sha256(path.read_text().strip().encode()).digest()
+        _create_key_file(path)
+    secret = path.read_text().strip()
+    if len(secret) < KEY_HEX_CHARS:
+        raise ConfigurationError(
+            f"{path} holds {len(secret)} characters; a watermark key needs {KEY_HEX_CHARS} "
+            "(it may have been cut short by a crash). If no image was marked with it yet, "
+            "delete the file and start again; otherwise restore it from a backup."
+        )
+    return hashlib.sha256(secret.encode()).digest()
+
+
+KEY_HEX_CHARS = 64
+
+
+def _create_key_file(path: Path) -> None:
+    """Create the key file whole or not at all: written to a private temporary file first,
+    then linked into place (``link`` fails if the name exists), so a process starting at the
+    same moment reads either no file or the complete key, never an empty one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".watermark-key-")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
+            handle.write(secrets.token_hex(KEY_HEX_CHARS // 2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        os.unlink(tmp)
 
 
 @cache
@@ -236,7 +258,7 @@ class Provenance:
                 db.refresh(record)
                 db.expunge(record)
                 return record
-        raise RuntimeError("Could not draw an unused watermark payload; check the database.")
+        raise TownsquareError("Could not draw an unused watermark payload; check the database.")
 
     def detect_upload(self, data: bytes) -> Found:
         """Decode and check an uploaded image, at most ``detect_concurrency`` at a time (call

@@ -41,6 +41,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.special import gammaln
 
+from townsquare.errors import InvalidImage
+
 Array = NDArray[Any]  # float arrays; numpy's stubs lose the dtype through FFTs
 
 CANONICAL = 512
@@ -602,8 +604,12 @@ MIN_SIDE = 256
 DETECT_MIN_SIDE = 128
 
 
-class WatermarkError(ValueError):
-    """An image the watermark cannot work on (too small, too large); the message says why."""
+MAX_ASPECT = CANONICAL // (PERIOD // 4)  # 16:1; narrower strips leave no room for the tile
+
+
+class WatermarkError(InvalidImage):
+    """An image the watermark cannot work on (too small, too narrow, too large); the message
+    says why. Part of the project's error tree: the API answers it with a 422."""
 
 
 def check_size(width: int, height: int, *, min_side: int = MIN_SIDE, max_pixels: int) -> None:
@@ -612,6 +618,11 @@ def check_size(width: int, height: int, *, min_side: int = MIN_SIDE, max_pixels:
         raise WatermarkError(
             f"The image is {width}x{height} pixels; watermarking needs at least {min_side} "
             "pixels on the long side. Use a larger image."
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise WatermarkError(
+            f"The image is {width}x{height} pixels; the watermark needs the long side at most "
+            f"{MAX_ASPECT} times the short side. Send the image uncropped."
         )
     if width * height > max_pixels:
         raise WatermarkError(

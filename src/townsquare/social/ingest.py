@@ -56,7 +56,7 @@ from townsquare.storage.social_tables import (
 from townsquare.storage.tables import User
 
 Table = Any  # an ORM class with ``id`` and ``external_id`` columns
-Cache = dict[Any, set[int]]  # lookups a check makes, shared across the rows of one batch
+Cache = dict[Any, Any]  # lookups a check makes, shared across the rows of one batch
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class Kind:
     refs: Callable[[Any], list[tuple[Ref, str | None]]]
     columns: Callable[[Any], dict[str, Any]]
     soft_delete: bool = False
-    check: Callable[[Session, Any, dict[str, int | None], Cache], str | None] | None = None
+    # (db, external id, model, resolved ids, cache) -> a problem, or None
+    check: Callable[[Session, str, Any, dict[str, int | None], Cache], str | None] | None = None
     after: Callable[[Session, Any, Any, Resolver], None] | None = None
 
 
@@ -159,7 +160,8 @@ def _members_of(db: Session, cache: Cache, group_id: int | None) -> set[int]:
         cache[key] = set(
             db.scalars(select(Membership.user_id).where(Membership.group_id == group_id))
         )
-    return cache[key]
+    members: set[int] = cache[key]
+    return members
 
 
 def _participants_of(db: Session, cache: Cache, thread_id: int | None) -> set[int]:
@@ -168,11 +170,27 @@ def _participants_of(db: Session, cache: Cache, thread_id: int | None) -> set[in
         cache[key] = set(
             db.scalars(select(DMParticipant.user_id).where(DMParticipant.thread_id == thread_id))
         )
-    return cache[key]
+    participants: set[int] = cache[key]
+    return participants
+
+
+def _name_free(
+    db: Session, external_id: str, model: UserIn, ids: dict[str, int | None], cache: Cache
+) -> str | None:
+    """A user's name is unique: taken by another user (or another row of this batch) is a
+    problem of this row, not a database error."""
+    claimed: dict[str, str] = cache.setdefault("names", {})
+    if claimed.get(model.name, external_id) != external_id:
+        return f"name: '{model.name}' is also given to '{claimed[model.name]}' in this batch"
+    owner = db.execute(select(User.external_id).where(User.name == model.name)).first()
+    if owner is not None and owner[0] != external_id:
+        return f"name: '{model.name}' is taken by another user; choose another name"
+    claimed[model.name] = external_id
+    return None
 
 
 def _author_in_group(
-    db: Session, model: MessageIn, ids: dict[str, int | None], cache: Cache
+    db: Session, _external_id: str, model: MessageIn, ids: dict[str, int | None], cache: Cache
 ) -> str | None:
     if ids["author_id"] not in _members_of(db, cache, ids["group_id"]):
         return (
@@ -183,7 +201,7 @@ def _author_in_group(
 
 
 def _author_in_thread(
-    db: Session, model: DMMessageIn, ids: dict[str, int | None], cache: Cache
+    db: Session, _external_id: str, model: DMMessageIn, ids: dict[str, int | None], cache: Cache
 ) -> str | None:
     if ids["author_id"] not in _participants_of(db, cache, ids["thread_id"]):
         return f"author: '{model.author}' is not a participant of DM thread '{model.thread}'"
@@ -205,6 +223,7 @@ KINDS: dict[str, Kind] = {
                 "locale": m.locale,
                 "role": m.role,
             },
+            check=_name_free,
         ),
         Kind(
             "groups",
@@ -440,7 +459,7 @@ def ingest(
                     flush_pending()
                 row.ids[ref.column] = resolver.get(ref.table, target)
         if kind.check is not None:
-            problem = kind.check(db, row.model, row.ids, cache)
+            problem = kind.check(db, row.external_id, row.model, row.ids, cache)
             if problem:
                 report.rejected.append(
                     RowError(row=row.number, external_id=row.external_id, errors=[problem])

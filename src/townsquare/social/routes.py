@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from townsquare.api.deps import AdminUser, CurrentUser, DbDep, ServicesDep
+from townsquare.api.deps import MAX_INT, AdminUser, CurrentUser, DbDep, Limit, Offset, ServicesDep
 from townsquare.errors import InvalidRequest, NotFound, PayloadTooLarge
 from townsquare.services import Services
 from townsquare.social import access, audit
@@ -52,8 +52,6 @@ def rule(name: str) -> dict[str, Any]:
 
 
 router = APIRouter(prefix="/api", tags=["social"])
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip.")]
 
 
 def _pairs(db: Session, query: Any) -> dict[Any, Any]:
@@ -78,6 +76,8 @@ async def _rows(request: Request) -> list[Any]:
         if kind in {"application/x-ndjson", "application/jsonl", "application/x-jsonlines"}:
             return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
         rows = json.loads(body)
+    except RecursionError as exc:
+        raise InvalidRequest("The body is nested too deeply to read. Send flat rows.") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             f"The body is not valid JSON ({exc}). Send a JSON array, or JSON Lines with "
@@ -131,6 +131,8 @@ def _add_ingest_routes(kind: Kind) -> None:
     ) -> dict[str, str]:
         try:
             body = json.loads(await request.body())
+        except RecursionError as exc:
+            raise InvalidRequest("The body is nested too deeply to read.") from exc
         except ValueError as exc:
             raise InvalidRequest(f"The body is not valid JSON ({exc}).") from exc
         if not isinstance(body, dict):
@@ -421,6 +423,7 @@ def _listing_out(listing: Listing, names: dict[int, str]) -> ListingOut:
         id=listing.external_id,
         seller=names[listing.seller_id],
         title=listing.title,
+        description=listing.description or "",
         attributes=listing.attributes,
         price=f"{listing.price_cents / 100:.2f}",
         currency=listing.currency,
@@ -469,7 +472,10 @@ def get_reel(reel_id: str, user: CurrentUser, db: DbDep) -> ReelOut:
 
 @router.get("/audit", **rule("admin"))
 def audit_log(
-    admin: AdminUser, db: DbDep, limit: Limit = 50, before_id: int | None = None
+    admin: AdminUser,
+    db: DbDep,
+    limit: Limit = 50,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Page[AuditOut]:
     """Admin and moderator actions, newest first."""
     return Page(

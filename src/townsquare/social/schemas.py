@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -42,6 +43,17 @@ class UserIn(IngestModel):
         return value
 
 
+def _web_url(value: str | None) -> str | None:
+    """Only http(s) URLs with a host: a ``javascript:`` or ``data:`` URL in a link or an image
+    is script in the member's browser."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 class MemberIn(IngestModel):
     user: str
     role: Literal["member", "moderator"] = "member"
@@ -56,6 +68,15 @@ class GroupIn(IngestModel):
     )
 
     _limit = field_validator("description")(_text_limit)
+
+    @field_validator("members")
+    @classmethod
+    def _once_each(cls, value: list[MemberIn] | None) -> list[MemberIn] | None:
+        users = [m.user for m in value or []]
+        twice = sorted({u for u in users if users.count(u) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once; give each member once")
+        return value
 
 
 class MessageIn(IngestModel):
@@ -72,10 +93,11 @@ class PostIn(IngestModel):
     author: str
     group: str | None = Field(None, description="Absent: a public post.")
     text: str = ""
-    image_url: str | None = Field(None, max_length=2048)
+    image_url: str | None = Field(None, max_length=2048, description="An http(s) URL.")
     created_at: datetime | None = None
 
     _limit = field_validator("text")(_text_limit)
+    _url = field_validator("image_url")(_web_url)
 
     @model_validator(mode="after")
     def _has_content(self) -> PostIn:
@@ -96,6 +118,13 @@ class CommentIn(IngestModel):
 class DMThreadIn(IngestModel):
     participants: list[str] = Field(min_length=2, max_length=50)
 
+    @field_validator("participants")
+    @classmethod
+    def _two_people(cls, value: list[str]) -> list[str]:
+        if len(set(value)) < 2:
+            raise ValueError("a DM thread needs at least two different participants")
+        return value
+
 
 class DMMessageIn(IngestModel):
     thread: str
@@ -106,6 +135,7 @@ class DMMessageIn(IngestModel):
     _limit = field_validator("text")(_text_limit)
 
 
+MAX_PRICE = 100_000_000  # the largest price a listing may have (and a search may name)
 CONDITIONS = ("new", "like_new", "good", "fair", "for_parts")
 LISTING_STATUSES = ("active", "sold", "removed", "draft")
 
@@ -114,15 +144,22 @@ class ListingIn(IngestModel):
     seller: str
     title: str = Field(min_length=1, max_length=300)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    price: Decimal = Field(ge=0, le=Decimal("100000000"), decimal_places=2)
+    price: Decimal = Field(ge=0, le=MAX_PRICE, decimal_places=2)
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
     category: str = Field(min_length=1, max_length=64)
     condition: Literal["new", "like_new", "good", "fair", "for_parts"] = "good"
     location: str = Field("", max_length=200)
     lat: float | None = Field(None, ge=-90, le=90)
     lon: float | None = Field(None, ge=-180, le=180)
-    images: list[str] = Field(default_factory=list, max_length=20)
+    images: list[str] = Field(default_factory=list, max_length=20, description="http(s) URLs.")
     status: Literal["active", "sold", "removed", "draft"] = "active"
+
+    @field_validator("images")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            _web_url(url)
+        return value
 
     @field_validator("category")
     @classmethod
@@ -136,12 +173,13 @@ class ReelIn(IngestModel):
     transcript: str = ""
     tags: list[str] = Field(default_factory=list, max_length=50)
     duration_s: float = Field(ge=0, le=36_000)
-    media_url: str = Field(min_length=1, max_length=2048)
+    media_url: str = Field(min_length=1, max_length=2048, description="An http(s) URL.")
     visibility: Literal["public", "group", "private"] = "public"
     group: str | None = None
     created_at: datetime | None = None
 
     _limit = field_validator("caption", "transcript")(_text_limit)
+    _url = field_validator("media_url")(_web_url)
 
     @model_validator(mode="after")
     def _group_matches_visibility(self) -> ReelIn:

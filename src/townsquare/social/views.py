@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class GroupOut(BaseModel):
@@ -51,6 +51,7 @@ class ListingOut(BaseModel):
     id: str
     seller: str
     title: str
+    description: str = Field("", description="The seller's accepted product description.")
     attributes: dict[str, Any]
     price: str
     currency: str

@@ -6,7 +6,9 @@ database is always at the code's schema before the first request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 from pathlib import Path
@@ -34,7 +36,7 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) 
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
         # Sessions are used from worker threads, one thread at a time.
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
@@ -53,6 +55,14 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) 
             cursor.close()
 
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file (and its directory) readable by its owner only: it holds
+    members' DMs. SQLite gives the -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

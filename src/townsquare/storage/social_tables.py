@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Integer,
@@ -24,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from townsquare.storage.tables import Base, utcnow
+from townsquare.storage.tables import Base, UTCDateTime, utcnow
 
 EXTERNAL_ID = 128
 
@@ -39,7 +38,7 @@ class Group(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16), default="chat")  # chat | community
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Membership(Base):
@@ -63,10 +62,8 @@ class GroupMessage(Base):
     reply_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("group_messages.id", ondelete="SET NULL"), nullable=True
     )
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Post(Base):
@@ -80,9 +77,7 @@ class Post(Base):
     )
     text: Mapped[str] = mapped_column(Text, default="")
     image_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class Comment(Base):
@@ -93,7 +88,7 @@ class Comment(Base):
     post_id: Mapped[int] = mapped_column(ForeignKey("posts.id", ondelete="CASCADE"), index=True)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     text: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DMThread(Base):
@@ -101,7 +96,7 @@ class DMThread(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(EXTERNAL_ID), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DMParticipant(Base):
@@ -125,10 +120,8 @@ class DMMessage(Base):
     )
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     text: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Listing(Base):
@@ -152,8 +145,8 @@ class Listing(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     # set when the seller accepts (or edits) a generated draft
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Reel(Base):
@@ -171,7 +164,7 @@ class Reel(Base):
     group_id: Mapped[int | None] = mapped_column(
         ForeignKey("groups.id", ondelete="CASCADE"), nullable=True, index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Interaction(Base):
@@ -186,7 +179,7 @@ class Interaction(Base):
     target_id: Mapped[int] = mapped_column(Integer)
     action: Mapped[str] = mapped_column(String(16))  # view | like | save | hide
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # e.g. seconds watched
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuditEvent(Base):
@@ -195,9 +188,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     actor_role: Mapped[str] = mapped_column(String(16), default="")
     action: Mapped[str] = mapped_column(String(64))
@@ -239,7 +230,7 @@ class Generation(Base):
     __tablename__ = "generations"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     feature: Mapped[str] = mapped_column(String(64), index=True)
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -261,7 +252,7 @@ class CreatorStyle(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     edited: Mapped[bool] = mapped_column(Boolean, default=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ProvenanceRecord(Base):
@@ -274,7 +265,7 @@ class ProvenanceRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     payload: Mapped[str] = mapped_column(String(16), unique=True)  # hex of the mark's bits
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     source: Mapped[str] = mapped_column(String(64))  # imagine, reimagine, cli, ...
     generation_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)

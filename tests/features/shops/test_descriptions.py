@@ -79,7 +79,17 @@ def test_accept_as_is_or_edited(
         json={"generation_id": draft["generation_id"]},
         headers=member,
     ).json()
-    assert accepted["description"] == draft["description"] and accepted["title"] == draft["title"]
+    # the description is taken; the seller's title stays unless the seller sends one
+    assert accepted["description"] == draft["description"]
+    assert accepted["title"] == "Kids' bike" != draft["title"]
+    shown = client.get("/api/listings/l-active", headers=member).json()
+    assert shown["description"] == draft["description"] and shown["title"] == "Kids' bike"
+    titled = client.post(
+        "/api/listings/l-active/description/accept",
+        json={"generation_id": draft["generation_id"], "title": draft["title"]},
+        headers=member,
+    ).json()
+    assert titled["title"] == draft["title"]
     edited = client.post(
         "/api/listings/l-active/description/accept",
         json={"generation_id": draft["generation_id"], "description": "My own words."},
@@ -163,3 +173,23 @@ def test_real_model_drafts_are_grounded(tmp_path, real_text: LlamaCppText) -> No
         body["description"] + " " + " ".join(body["highlights"]) + " " + body["title"]
     ).lower()
     assert "btwin" in everything and "16 in" in everything
+
+
+def test_a_claimed_kind_or_feature_the_listing_does_not_state_is_dropped(
+    client: TestClient, keys: dict[str, str], fake_text: FakeText
+) -> None:
+    """A kids' bike drafted as a 'gaming device' or an 'electric' bike: both are claims the
+    listing does not make (the reviewer's phone drafted as a gaming device, generalised)."""
+    fake_text.enqueue(
+        draft_json(
+            description="A great gaming device for kids. A sturdy Btwin bike. Electric assist.",
+            highlights=["Gaming ready", "Sturdy frame", "Btwin quality"],
+        )
+    )
+    body = client.post(
+        "/api/listings/l-active/description", json={}, headers=auth(keys["member"])
+    ).json()
+    assert "gaming" not in body["description"].lower()
+    assert "electric" not in body["description"].lower()
+    assert "A sturdy Btwin bike." in body["description"]
+    assert "Gaming ready" in body["removed"]

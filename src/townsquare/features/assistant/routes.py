@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
+from townsquare.api.deps import CurrentUser, DbDep, RowId, ServicesDep
 from townsquare.api.sse import primed, sse_response
 from townsquare.features.assistant import service
 from townsquare.features.assistant.schemas import (
@@ -44,13 +44,13 @@ def list_conversations(user: CurrentUser, db: DbDep) -> ConversationList:
 
 
 @router.get("/{conversation_id}", openapi_extra={"x-access": "owner"})
-def get_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> ConversationDetail:
+def get_conversation(conversation_id: RowId, user: CurrentUser, db: DbDep) -> ConversationDetail:
     """One conversation with all its messages."""
     return ConversationDetail.model_validate(service.get_conversation(db, user, conversation_id))
 
 
 @router.delete("/{conversation_id}", status_code=204, openapi_extra={"x-access": "owner"})
-def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> Response:
+def delete_conversation(conversation_id: RowId, user: CurrentUser, db: DbDep) -> Response:
     """Delete a conversation and its messages."""
     service.delete_conversation(db, user, conversation_id)
     return Response(status_code=204)
@@ -60,7 +60,7 @@ def delete_conversation(conversation_id: int, user: CurrentUser, db: DbDep) -> R
     "/{conversation_id}/messages", response_model=Exchange, openapi_extra={"x-access": "owner"}
 )
 async def post_message(
-    conversation_id: int,
+    conversation_id: RowId,
     body: MessageCreate,
     request: Request,
     user: CurrentUser,

@@ -14,6 +14,7 @@ from townsquare.features.search import service
 from townsquare.features.search.schemas import Condition, ListingFilters, ListingResults, Sources
 from townsquare.features.search.summary import Summary, SummaryRequest, summarize
 from townsquare.services import Services
+from townsquare.social.schemas import MAX_PRICE
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -37,13 +38,13 @@ async def search_listings(
     services: ServicesDep,
     q: Annotated[str, Query(description="What the member is looking for, in their words.")],
     category: str | None = None,
-    min_price: Annotated[float | None, Query(ge=0)] = None,
-    max_price: Annotated[float | None, Query(ge=0)] = None,
+    min_price: Annotated[float | None, Query(ge=0, le=MAX_PRICE)] = None,
+    max_price: Annotated[float | None, Query(ge=0, le=MAX_PRICE)] = None,
     condition: Condition | None = None,
     near: Annotated[str | None, Query(description="'lat,lon' or a place name.")] = None,
     radius_km: Annotated[float, Query(gt=0, le=500)] = 5.0,
     page: Annotated[int, Query(ge=1, le=10_000)] = 1,
-    page_size: Annotated[int | None, Query(ge=1)] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=10_000)] = None,
     understand: Annotated[
         bool, Query(description="Also read filters from the wording ('under 150', 'in Alfama').")
     ] = False,

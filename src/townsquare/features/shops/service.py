@@ -9,6 +9,8 @@ a closing "Details" sentence.
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +20,6 @@ from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidField, NotFound
 from townsquare.features import structured
 from townsquare.safety.pipeline import Context, GuardedText
-from townsquare.social.demo import CATALOGUE
 from townsquare.storage.social_tables import Generation, Listing
 from townsquare.storage.tables import User
 
@@ -26,52 +27,12 @@ FEATURE = "product_description"
 SENTENCES = {"short": 2, "medium": 3, "long": 5}
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 WORD = re.compile(r"[\w'-]+")
-# words whose presence claims a fact: invented unless the listing states them
-CLAIMS = {w.lower() for spec in CATALOGUE.values() for w in spec["brands"]} | {
-    "oak",
-    "pine",
-    "walnut",
-    "teak",
-    "bamboo",
-    "metal",
-    "steel",
-    "aluminium",
-    "aluminum",
-    "carbon",
-    "leather",
-    "velvet",
-    "linen",
-    "cotton",
-    "wool",
-    "silk",
-    "denim",
-    "plastic",
-    "glass",
-    "ceramic",
-    "terracotta",
-    "marble",
-    "red",
-    "blue",
-    "green",
-    "black",
-    "white",
-    "grey",
-    "gray",
-    "pink",
-    "yellow",
-    "orange",
-    "purple",
-    "brown",
-    "beige",
-    "navy",
-    "olive",
-    "silver",
-    "gold",
-    "cream",
-    "xs",
-    "xl",
-    "xxl",
-}
+# words whose presence claims a fact: invented unless the listing states them (claims.toml)
+CLAIMS: frozenset[str] = frozenset(
+    word
+    for words in tomllib.loads((Path(__file__).parent / "claims.toml").read_text()).values()
+    for word in words
+)
 
 
 class DescriptionRequest(BaseModel):
@@ -118,18 +79,33 @@ def facts(listing: Listing) -> tuple[set[str], set[str]]:
         ]
     )
     words = {w.lower() for w in WORD.findall(text)}
+    words |= {w[:-1] for w in words if w.endswith("s")}  # "bikes" states "bike"
     numbers = {n.replace(",", ".") for n in NUMBER.findall(text)}
     numbers |= {n.split(".")[0] for n in numbers}
     return words, numbers
 
 
+def _claim(word: str) -> str | None:
+    """The claim word ``word`` makes (its singular when that is the listed form), or None."""
+    lowered = word.lower()
+    if lowered in CLAIMS:
+        return lowered
+    if lowered.endswith("s") and lowered[:-1] in CLAIMS:
+        return lowered[:-1]
+    return None
+
+
 def invented(text: str, words: set[str], numbers: set[str]) -> list[str]:
+    """The numbers and claim words in ``text`` that the listing's facts do not state."""
     found = [
         n
         for n in NUMBER.findall(text)
         if n.replace(",", ".") not in numbers and n.replace(",", ".").split(".")[0] not in numbers
     ]
-    found += [w for w in WORD.findall(text) if w.lower() in CLAIMS and w.lower() not in words]
+    for word in WORD.findall(text):
+        claim = _claim(word)
+        if claim is not None and claim not in words and word.lower() not in words:
+            found.append(word)
     return found
 
 
@@ -268,7 +244,10 @@ def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
         or generation.inputs.get("listing") != listing.external_id
     ):
         raise NotFound(f"There is no description draft {body.generation_id} for this listing.")
-    listing.title = body.title or generation.output["title"]
+    # The title is the seller's: a drafted title is a suggestion the seller may send back as
+    # ``title``; accepting a draft never rewrites it on its own.
+    if body.title is not None:
+        listing.title = body.title
     listing.description = body.description or generation.output["description"]
     generation.output = {
         **generation.output,

@@ -1,0 +1,15 @@
+"""The ``townsquare`` command line, one module per topic:
+
+- ``server``: serve, init, settings, doctor
+- ``town``: users, seed, ingest, index
+- ``features``: search, suggest, catch-up, describe, summarize, chat
+- ``watermark``: watermark embed / detect
+
+``common`` holds the Typer apps, the consoles and the settings every command resolves once.
+"""
+
+from townsquare.cli import features, server, town, watermark
+from townsquare.cli.common import app
+from townsquare.cli.server import settings_reference
+
+__all__ = ["app", "features", "server", "settings_reference", "town", "watermark"]
