@@ -106,3 +106,30 @@ def test_summary_with_the_real_models(
     assert {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])} <= supplied
     for source in body["sources"]:  # every source is something mia may open
         assert client.get(source["url"], headers=auth(keys["mia"])).status_code == 200
+
+
+def test_gibberish_finds_no_sources_and_real_queries_do(
+    town: tuple[TestClient, dict[str, str]],
+) -> None:
+    """The similarity floor holds for sources (it let a gibberish query through with 8)."""
+    client, keys = town
+    key = next(iter(keys.values()))
+    for query in ["xqzv blorp fnarg", "qwertyuiop", "wub wub"]:
+        response = client.get("/api/search/sources", params={"q": query}, headers=auth(key))
+        assert response.json()["sources"] == [], query
+    for query in ["velvet sofa", "a bike for my daughter"]:
+        response = client.get("/api/search/sources", params={"q": query}, headers=auth(key))
+        assert response.json()["sources"], query
+
+
+def test_the_documented_understood_query(town: tuple[TestClient, dict[str, str]]) -> None:
+    """README's example: the wording's price and place become filters."""
+    client, keys = town
+    key = next(iter(keys.values()))
+    response = client.get(
+        "/api/listings/search",
+        params={"q": "a sturdy kids bike under 150 near Alfama", "understand": "true"},
+        headers=auth(key),
+    ).json()
+    assert response["understood"] == {"max_price": 150.0, "near": "Alfama"}
+    assert response["data"] and all(float(hit["price"]) <= 150 for hit in response["data"])

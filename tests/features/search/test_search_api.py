@@ -187,7 +187,8 @@ def test_understood_filters_never_override_explicit_ones(
     explicit = search(
         client, keys["outsider"], q="bike under 50", understand="true", max_price=1000
     )
-    assert explicit["understood"] == {"condition": "new"}  # Atlantis is unknown: dropped
+    # Atlantis is unknown and "new" is not in the words: a small model's inventions are dropped
+    assert explicit["understood"] == {}
     assert explicit["filters"]["max_price"] == 1000
 
 
@@ -202,3 +203,40 @@ def test_sources_respect_access(client: TestClient, keys: dict[str, str]) -> Non
     ).json()
     assert ("post", "p1") not in {(s["kind"], s["id"]) for s in outsider["sources"]}
     assert all(s["url"].startswith("/api/") for s in outsider["sources"])
+
+
+@pytest.mark.parametrize(
+    ("query", "read"),
+    [
+        ("a sturdy kids bike under 150 near Alfama", {"max_price": 150.0, "near": "Alfama"}),
+        ("sofa between 20 and 50 euros in graca", {"min_price": 20.0, "max_price": 50.0, "near": "Graça"}),
+        ("like new laptop €100-200", {"min_price": 100.0, "max_price": 200.0, "condition": "like_new"}),
+        ("phone over 80 near principe real", {"min_price": 80.0, "near": "Príncipe Real"}),
+        ("a bike for 2 to 5 year olds", {}),
+        ("broken tv", {"condition": "for_parts"}),
+    ],
+)
+def test_the_rules_read_filters_from_the_wording(query: str, read: dict[str, Any]) -> None:
+    from townsquare.features.search.service import read_filters
+
+    assert read_filters(query, ["Alfama", "Graça", "Príncipe Real", "Baixa"]) == read
+
+
+def test_an_overlong_assistant_message_is_refused_before_any_tool_runs(
+    client: TestClient, keys: dict[str, str], services: Services
+) -> None:
+    ran: list[str] = []
+
+    class Spy:
+        def wants(self, message: str) -> bool:
+            ran.append(message)
+            return False
+
+    services.tools.insert(0, Spy())
+    member = auth(keys["member"])
+    cid = client.post("/api/conversations", json={}, headers=member).json()["id"]
+    limit = services.settings.limits.max_message_chars
+    response = client.post(
+        f"/api/conversations/{cid}/messages", json={"content": "x" * (limit + 1)}, headers=member
+    )
+    assert response.status_code == 422 and ran == []

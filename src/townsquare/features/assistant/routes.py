@@ -74,6 +74,7 @@ async def post_message(
     """
     text = services.guarded_text
     # database work on worker threads; the event loop only waits for the model
+    service.check_message(body, services.settings)  # limits before any work, tools included
     await run_in_threadpool(service.get_conversation, db, user, conversation_id)  # 404 first
     tool_results = await run_tools(services.tools, services.sessions, user.id, body.content)
 

@@ -137,6 +137,23 @@ class PreparedTurn:
     cards: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_message(body: MessageCreate, settings: Settings) -> None:
+    """Refuse a message over the limits before any work is done for it (tools included)."""
+    limit = settings.limits.max_message_chars
+    if len(body.content) > limit:
+        raise InvalidField(
+            f"content has {len(body.content)} characters; the limit is {limit} "
+            "(limits.max_message_chars). Shorten the message.",
+            "content",
+        )
+    cap = settings.text.max_tokens_limit
+    if body.max_tokens is not None and body.max_tokens > cap:
+        raise InvalidField(
+            f"max_tokens is {body.max_tokens}; the most allowed is {cap} (text.max_tokens_limit).",
+            "max_tokens",
+        )
+
+
 def prepare_turn(
     db: Session,
     user: User,
@@ -151,19 +168,7 @@ def prepare_turn(
 
     Notes from tools (e.g. the reels that will be shown) join the system prompt.
     """
-    limit = settings.limits.max_message_chars
-    if len(body.content) > limit:
-        raise InvalidField(
-            f"content has {len(body.content)} characters; the limit is {limit} "
-            "(limits.max_message_chars). Shorten the message.",
-            "content",
-        )
-    cap = settings.text.max_tokens_limit
-    if body.max_tokens is not None and body.max_tokens > cap:
-        raise InvalidField(
-            f"max_tokens is {body.max_tokens}; the most allowed is {cap} (text.max_tokens_limit).",
-            "max_tokens",
-        )
+    check_message(body, settings)
     conversation = get_conversation(db, user, conversation_id)
     max_tokens = body.max_tokens or settings.text.default_max_tokens
     history = [Message(m.role, m.content) for m in conversation.messages]  # type: ignore[arg-type]

@@ -67,9 +67,9 @@ async def search_listings(
     }
     understood = {}
     if understand:
-        known = await run_in_threadpool(service.places, db)
+        known = await run_in_threadpool(service.place_names, db)
         read = await service.understand(
-            q, text_model=services.guarded_text, user=user, known_places=sorted(known)
+            q, text_model=services.guarded_text, user=user, known_places=known
         )
         # words never override what the caller set explicitly
         understood = {k: v for k, v in read.items() if explicit.get(k) is None}

@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
-from townsquare.errors import InvalidField
+from townsquare.errors import BackendError, InvalidField
 from townsquare.features.search.indexer import fts_table
 from townsquare.features.search.schemas import (
     ListingFilters,
@@ -33,6 +34,7 @@ from townsquare.features.search.schemas import (
 )
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
+from townsquare.social.schemas import MAX_PRICE
 from townsquare.storage.filters import Eq, Filter, Near, Range, all_of, haversine_km
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.tables import User
@@ -140,6 +142,20 @@ def places(db: Session, wanted: str | None = None) -> dict[str, tuple[float, flo
     return _cached(db.get_bind(), "places", compute, wanted)
 
 
+def place_names(db: Session) -> list[str]:
+    """Known place names as the listings spell them ('Alfama', 'Príncipe Real'), sorted."""
+
+    def compute() -> list[str]:
+        rows = db.scalars(
+            select(Listing.location)
+            .where(Listing.lat.is_not(None), Listing.location != "")
+            .group_by(Listing.location)
+        )
+        return sorted(set(rows))
+
+    return _cached(db.get_bind(), "place_names", compute, None)
+
+
 def parse_near(db: Session, near: str) -> tuple[float, float]:
     """'38.71,-9.13' or a known place name -> (lat, lon); otherwise 422 listing the places."""
     parts = [p.strip() for p in near.split(",")]
@@ -219,50 +235,130 @@ def _matched(listing: Listing, words: list[str]) -> list[str]:
     return found or ["meaning"]
 
 
-UNDERSTAND_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "max_price": {"type": ["number", "null"]},
-        "min_price": {"type": ["number", "null"]},
-        "near": {"type": ["string", "null"]},
-        "condition": {
-            "type": ["string", "null"],
-            "enum": ["new", "like_new", "good", "fair", "for_parts", None],
+_NUMBER = r"(\d+(?:[.,]\d+)?)\s*(?:€|eur(?:os?)?|\$|dollars?)?"
+_MONEY = r"(?:€|eur\s*|\$)?\s*" + _NUMBER
+_PRICE_RULES: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
+    (re.compile(rf"\bbetween\s+{_MONEY}\s+and\s+{_MONEY}"), ("min_price", "max_price")),
+    # a bare range needs a currency: "2 to 5 year olds" is not a price
+    (
+        re.compile(r"(?:€|\$)\s*(\d+(?:[.,]\d+)?)\s*(?:-|to)\s*(?:€|\$)?\s*(\d+(?:[.,]\d+)?)"),
+        ("min_price", "max_price"),
+    ),
+    (
+        re.compile(r"\b(\d+(?:[.,]\d+)?)\s*(?:-|to)\s*(\d+(?:[.,]\d+)?)\s*(?:€|eur|\$|dollar)"),
+        ("min_price", "max_price"),
+    ),
+    (
+        re.compile(
+            rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bmax(?:imum)?|\bup to|"
+            rf"\bat most|\bno more than|<)\s*{_MONEY}"
+        ),
+        ("max_price",),
+    ),
+    (
+        re.compile(rf"(?:\bover|\babove|\bmore than|\bat least|\bmin(?:imum)?|>)\s*{_MONEY}"),
+        ("min_price",),
+    ),
+]
+_CONDITIONS = [
+    (re.compile(r"\blike[\s-]new\b|\bas new\b|\bmint\b"), "like_new"),
+    (re.compile(r"\bfor parts\b|\bbroken\b|\bnot working\b"), "for_parts"),
+    (re.compile(r"\bbrand[\s-]new\b|\bnew\b|\bunused\b"), "new"),
+    (re.compile(r"\bgood condition\b"), "good"),
+]
+
+
+def _fold(text: str) -> str:
+    """Lower case without accents: 'Alfama', 'alfama' and 'ALFAMA' are one place."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def read_filters(query: str, known_places: Sequence[str]) -> dict[str, Any]:
+    """Filters stated in the wording, read by rules: prices ('under 150', 'between 20 and
+    50', '€100-200'), a known place named anywhere ('near Alfama', 'in alfama') and a
+    condition ('like new', 'for parts'). What the rules cannot read is left out."""
+    folded = _fold(query)
+    out: dict[str, Any] = {}
+    for pattern, keys in _PRICE_RULES:
+        found = pattern.search(folded)
+        if found is None:
+            continue
+        for key, value in zip(keys, found.groups(), strict=True):
+            out.setdefault(key, float(value.replace(",", ".")))
+    places = sorted(known_places, key=len, reverse=True)  # "Alfama Sul" before "Alfama"
+    for place in places:
+        if re.search(rf"\b{re.escape(_fold(place))}\b", folded):
+            out["near"] = place
+            break
+    for pattern, condition in _CONDITIONS:
+        if pattern.search(folded):
+            out["condition"] = condition
+            break
+    if out.get("min_price", 0) > out.get("max_price", float("inf")):
+        out.pop("min_price")
+    return out
+
+
+def understand_schema(known_places: Sequence[str]) -> dict[str, Any]:
+    """The JSON the model may answer: every value it could give is a valid filter."""
+    return {
+        "type": "object",
+        "properties": {
+            "max_price": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_PRICE},
+            "min_price": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_PRICE},
+            "near": {"enum": [*known_places, None]},
+            "condition": {"enum": ["new", "like_new", "good", "fair", "for_parts", None]},
         },
-    },
-    "required": ["max_price", "min_price", "near", "condition"],
-}
+        "required": ["max_price", "min_price", "near", "condition"],
+        "additionalProperties": False,
+    }
 
 
 async def understand(
     query: str, *, text_model: GuardedText, user: User, known_places: Sequence[str]
 ) -> dict[str, Any]:
-    """Read filters from the query's wording ('under 150', 'near Alfama') with constrained
-    JSON output. Only values that validate are kept."""
+    """Read filters from the query's wording ('under 150', 'near Alfama'): rules first
+    (``read_filters``), then the model for what the rules left unread, with constrained JSON
+    whose every allowed value is a valid filter. The rules win where both read something."""
+    ruled = read_filters(query, known_places)
+    if len(ruled) == 4 or not known_places:
+        return ruled
     prompt = (
         "Extract shopping filters from the search below. Use null when a filter is not stated.\n"
         f"Known places: {', '.join(known_places)}.\nSearch: {query}"
     )
-    completion = await text_model.complete(
-        [Message("user", prompt)],
-        GenerationOptions(max_tokens=80, temperature=0.0, schema=UNDERSTAND_SCHEMA),
-        Context("search.understand", user.id, user.role),
-    )
     try:
+        completion = await text_model.complete(
+            [Message("user", prompt)],
+            GenerationOptions(
+                max_tokens=120, temperature=0.0, schema=understand_schema(known_places)
+            ),
+            Context("search.understand", user.id, user.role),
+        )
         raw = json.loads(completion.text)
-    except ValueError:
-        return {}
+    except (ValueError, BackendError):  # the rules' reading stands on its own
+        return ruled
     out: dict[str, Any] = {}
+    read = {ruled.get("max_price"), ruled.get("min_price")}
     for key in ("max_price", "min_price"):
-        if isinstance(raw.get(key), int | float) and raw[key] >= 0:
-            out[key] = float(raw[key])
-    if isinstance(raw.get("near"), str) and raw["near"].lower() in {
-        p.lower() for p in known_places
-    }:
+        value = raw.get(key)
+        # the model only adds a price the words contain and the rules did not already read
+        # ('under 150' is not also 'at least 150'): a small model invents them otherwise
+        if (
+            isinstance(value, int | float)
+            and 0 <= value <= MAX_PRICE
+            and _said(value, query)
+            and float(value) not in read
+        ):
+            out[key] = float(value)
+    if raw.get("near") in known_places and _fold(str(raw["near"])) in _fold(query):
         out["near"] = raw["near"]
-    if raw.get("condition") in {"new", "like_new", "good", "fair", "for_parts"}:
-        out["condition"] = raw["condition"]
-    return out
+    return {**out, **ruled}
+
+
+def _said(value: float, query: str) -> bool:
+    return any(float(n.replace(",", ".")) == value for n in re.findall(r"\d+(?:[.,]\d+)?", query))
 
 
 def search_listings(
