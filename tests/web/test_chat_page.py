@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LiveServer, add_user
+from tests.conftest import LiveServer, add_user, missing
 from townsquare.services import Services
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
@@ -27,9 +27,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def page(live_server: tuple[LiveServer, str]) -> Iterator[object]:
     if not shutil.which("chromium"):
-        pytest.skip(
-            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)."
-        )
+        missing("Debian's chromium", "`make test` installs it (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
