@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from townsquare.errors import Forbidden, Unauthorized
 from townsquare.identity import user_for_key, user_for_session
 from townsquare.services import Services
+from townsquare.social import access
 from townsquare.storage.tables import User
 
 SESSION_COOKIE = "townsquare_session"
@@ -95,18 +96,16 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 
 def require_admin(user: CurrentUser) -> User:
-    if user.role != "admin":
-        raise Forbidden("Only admins may do this. Ask an admin of this townsquare.")
-    return user
+    """The request's user, who must be an admin (``access.require_admin``)."""
+    return access.require_admin(user)
 
 
 AdminUser = Annotated[User, Depends(require_admin)]
 
 
 def require_creator(user: CurrentUser) -> User:
-    if user.role not in {"creator", "admin"}:
-        raise Forbidden("Only creators have a style profile. Ask an admin to make you a creator.")
-    return user
+    """The request's user, who must be a creator or an admin (``access.require_creator``)."""
+    return access.require_creator(user, "A style profile")
 
 
 CreatorUser = Annotated[User, Depends(require_creator)]

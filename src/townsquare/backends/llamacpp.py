@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -101,6 +102,19 @@ def _quiet_llama_logs(llama_cpp: Any) -> None:
 
         _log_callback = callback  # keep a reference: llama.cpp holds only the pointer
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+# llama-cpp-python's converter lets a string hold raw control characters (a newline, a tab),
+# which no JSON parser accepts, and \uXXXX escapes, which cost several tokens per character.
+# Strings here hold printable characters and the short escapes only: what the grammar allows
+# always parses, and a string of n characters takes about n tokens (structured.json_budget).
+_CHAR_RULE = re.compile(r"^char ::= .*$", re.MULTILINE)
+JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" ["\\/bfnrt]'
+
+
+def json_grammar(gbnf: str) -> str:
+    """A GBNF from ``json_schema_to_gbnf`` with its string characters made valid JSON."""
+    return _CHAR_RULE.sub(lambda _: JSON_CHAR, gbnf)
 
 
 def _file_type(llama_cpp: Any, path: Path) -> int | None:
@@ -291,7 +305,9 @@ class LlamaCppText(TextBackend):
         grammar = None
         if options.schema is not None:
             try:
-                grammar = llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
+                grammar = json_grammar(
+                    llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
+                )
             except Exception as exc:  # the converter raises plain exceptions on bad schemas
                 raise InvalidRequest(
                     f"The JSON schema cannot be turned into a grammar: {exc}. Simplify it."

@@ -206,7 +206,7 @@ def describe_cli(
     """Draft a product description from a listing's attributes (stored as a draft)."""
     from pydantic import ValidationError
 
-    from townsquare.features.shops.service import DescriptionRequest, describe, seller_listing
+    from townsquare.features.shops.service import DescriptionRequest, describe
     from townsquare.social import access
 
     try:
@@ -216,7 +216,7 @@ def describe_cli(
         raise typer.Exit(2) from exc
 
     async def work(services: Any, db: Any, user: Any) -> None:
-        listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+        listing = access.listing_of_seller(db, user, listing_id)
         draft = await describe(
             db, services.sessions, user, listing, request, text=services.guarded_text
         )

@@ -9,41 +9,64 @@ Each generation is recorded (inputs, output, model, timing, whether the first tr
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import cache, partial
-from pathlib import Path
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
-import jinja2
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidOutput
+from townsquare.features import prompts
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Generation
 
 T = TypeVar("T")
+log = logging.getLogger("townsquare.structured")
 
 
-@cache
-def _environment(directory: str) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
-        autoescape=False,  # plain-text prompts, never HTML
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+def text_field(max_length: int, min_length: int = 1, *, brackets: bool = True) -> dict[str, Any]:
+    """A JSON-schema string the model can only fill with usable text: it starts with a visible
+    character, holds no control characters and no escapes, is ``min_length`` to ``max_length``
+    characters long and, with ``brackets=False``, has no ``[`` or ``]`` (no inline citation
+    markers). Everything the validators would check is in the grammar built from it."""
+    rest = r'"\\\x00-\x1F' + ("" if brackets else r"\[\]")
+    first = r'"\\\x00-\x20' + ("" if brackets else r"\[\]")
+    return {
+        "type": "string",
+        "minLength": min_length,
+        "maxLength": max_length,
+        "pattern": f"^[^{first}][^{rest}]{{{min_length - 1},{max_length - 1}}}$",
+    }
+
+
+def json_budget(schema: dict[str, Any]) -> int:
+    """Tokens enough for the longest JSON ``schema`` allows (a token per character at most,
+    which holds for the strings ``text_field`` allows unless they are full of emoji), so a
+    constrained answer can always close. Strings and arrays must be bounded."""
+    if "enum" in schema:
+        return max(len(json.dumps(v)) for v in schema["enum"]) + 1
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return max(json_budget({**schema, "type": k}) for k in kind)
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return 2 + sum(len(json.dumps(k)) + 3 + json_budget(v) for k, v in properties.items())
+    if kind == "array":
+        return 2 + int(schema["maxItems"]) * (json_budget(schema["items"]) + 2)
+    if kind == "string":
+        return int(schema["maxLength"]) + 3
+    return {"integer": 20, "number": 25, "boolean": 6, "null": 5}[str(kind)]
 
 
 def render(feature_file: str, template: str, **values: Any) -> str:
     """Render ``prompts/<template>`` beside the feature module ``feature_file``."""
-    directory = str(Path(feature_file).parent / "prompts")
-    return _environment(directory).get_template(template).render(**values).strip()
+    return prompts.render(feature_file, template, **values)
 
 
 async def generate_json(
@@ -63,10 +86,14 @@ async def generate_json(
     """
     start = time.perf_counter()
     problem = ""
+    # room for the longest answer the schema allows, so the grammar can always close
+    options = replace(
+        options, schema=schema, max_tokens=max(options.max_tokens, json_budget(schema))
+    )
     for attempt in (1, 2):
         completion = await text.complete(
             messages,
-            replace(options, schema=schema),
+            options,
             context,
             check_output=not items_checked_by_caller,
         )
@@ -74,6 +101,16 @@ async def generate_json(
             value = validate(json.loads(completion.text))
         except (ValueError, ValidationError, TypeError, KeyError) as exc:
             problem = str(exc)[:200]
+            log.warning(
+                "structured output failed validation",
+                extra={
+                    "feature": context.feature,
+                    "attempt": attempt,
+                    "problem": problem,
+                    "finish_reason": completion.finish_reason,
+                    "tail": completion.text[-120:],
+                },
+            )
             continue
         return value, attempt, attempt == 1, (time.perf_counter() - start) * 1000
     raise InvalidOutput(

@@ -29,7 +29,7 @@ from townsquare.storage.social_tables import (
     Post,
     Reel,
 )
-from townsquare.storage.tables import User
+from townsquare.storage.tables import Conversation, User
 
 
 def is_admin(user: User) -> bool:
@@ -165,3 +165,45 @@ def reel_visible_to(db: Session, user: User, external_id: str) -> Reel:
     if reel is None:
         raise _missing("reel", external_id)
     return reel
+
+
+# --- who may do what (beyond seeing) -------------------------------------------------------
+
+
+def is_creator(user: User) -> bool:
+    """Creators (and admins) have a style profile and get suggested replies."""
+    return user.role in {"creator", "admin"}
+
+
+def require_creator(user: User, what: str = "This") -> User:
+    """``user`` if a creator (or admin); 403 otherwise."""
+    if not is_creator(user):
+        raise Forbidden(f"{what} is for creators. Ask an admin to make you a creator.")
+    return user
+
+
+def require_admin(user: User) -> User:
+    """``user`` if an admin; 403 otherwise."""
+    if not is_admin(user):
+        raise Forbidden("Only admins may do this. Ask an admin of this townsquare.")
+    return user
+
+
+def listing_of_seller(db: Session, user: User, external_id: str) -> Listing:
+    """A listing its seller (or an admin) may edit: 404 when not visible, 403 when visible but
+    someone else's."""
+    listing = listing_visible_to(db, user, external_id)
+    if listing.seller_id != user.id and not is_admin(user):
+        raise Forbidden("Only the seller may draft or accept this listing's description.")
+    return listing
+
+
+def own_conversation(db: Session, user: User, conversation_id: int) -> Conversation:
+    """The member's own assistant conversation; someone else's reads as missing (404)."""
+    conversation = db.get(Conversation, conversation_id)
+    if conversation is None or conversation.user_id != user.id:
+        raise NotFound(
+            f"Conversation {conversation_id} does not exist. List yours with "
+            "GET /api/conversations."
+        )
+    return conversation

@@ -745,8 +745,25 @@ def _interactions(
     return rows
 
 
-def town() -> dict[str, list[dict[str, Any]]]:
-    """Every row of the demo town, by kind, in ingestion order."""
+# kinds dated together: each family is moved so that its newest row is a few minutes old
+_TIMELINES = (("messages",), ("posts", "comments"), ("dm-messages",), ("reels",))
+
+
+def _date_relative_to(rows: dict[str, list[dict[str, Any]]], now: datetime) -> None:
+    """Move each timeline so that it ends ten minutes before ``now``: the demo's group chats
+    always have messages from the last day (catch-up's default window), whenever it is seeded."""
+    for kinds in _TIMELINES:
+        dated = [r for kind in kinds for r in rows[kind] if "created_at" in r]
+        newest = max(datetime.fromisoformat(r["created_at"]) for r in dated)
+        shift = (now - timedelta(minutes=10) - newest) // timedelta(minutes=1)
+        for row in dated:
+            moved = datetime.fromisoformat(row["created_at"]) + timedelta(minutes=shift)
+            row["created_at"] = moved.isoformat()
+
+
+def town(now: datetime | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the demo town, by kind, in ingestion order, dated up to ``now`` (default:
+    the current time)."""
     rng = random.Random(SEED)
     users = _members(rng)
     members = [u["external_id"] for u in users if u["role"] == "member"]
@@ -756,7 +773,7 @@ def town() -> dict[str, list[dict[str, Any]]]:
     threads, dms = _dms(rng, members)
     listings = _listings(rng, members)
     reels = _reels(rng, members, groups)
-    return {
+    rows = {
         "users": users,
         "groups": groups,
         "messages": messages,
@@ -768,6 +785,8 @@ def town() -> dict[str, list[dict[str, Any]]]:
         "reels": reels,
         "interactions": _interactions(rng, everyone, reels, listings),
     }
+    _date_relative_to(rows, now or datetime.now(UTC))
+    return rows
 
 
 DEMO_LOGINS = ("mia", CREATOR_A, CREATOR_B)

@@ -209,8 +209,14 @@ def test_sources_respect_access(client: TestClient, keys: dict[str, str]) -> Non
     ("query", "read"),
     [
         ("a sturdy kids bike under 150 near Alfama", {"max_price": 150.0, "near": "Alfama"}),
-        ("sofa between 20 and 50 euros in graca", {"min_price": 20.0, "max_price": 50.0, "near": "Graça"}),
-        ("like new laptop €100-200", {"min_price": 100.0, "max_price": 200.0, "condition": "like_new"}),
+        (
+            "sofa between 20 and 50 euros in graca",
+            {"min_price": 20.0, "max_price": 50.0, "near": "Graça"},
+        ),
+        (
+            "like new laptop €100-200",
+            {"min_price": 100.0, "max_price": 200.0, "condition": "like_new"},
+        ),
         ("phone over 80 near principe real", {"min_price": 80.0, "near": "Príncipe Real"}),
         ("a bike for 2 to 5 year olds", {}),
         ("broken tv", {"condition": "for_parts"}),

@@ -10,17 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import anyio
-import jinja2
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import Completion, Delta, GenerationOptions, Message, Usage
 from townsquare.errors import InvalidField, NotFound, PromptTooLong
+from townsquare.features import prompts
 from townsquare.features.assistant.schemas import (
     ConversationCreate,
     Exchange,
@@ -30,23 +28,15 @@ from townsquare.features.assistant.schemas import (
 from townsquare.features.assistant.tools import ToolResult
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import Settings
+from townsquare.social import access
 from townsquare.storage.tables import ChatMessage, Conversation, User
 
 FEATURE = "assistant"
 
 
-@cache
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "prompts"),
-        autoescape=False,  # plain-text prompts, never HTML
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-    )
-
-
 def system_prompt(persona: str | None) -> str:
-    return _templates().get_template("system.j2").render(persona=persona or "").strip()
+    """The assistant's system prompt, with the conversation's persona when it has one."""
+    return prompts.render(__file__, "system.j2", persona=persona or "")
 
 
 def fit_context(
@@ -112,13 +102,7 @@ def list_conversations(db: Session, user: User) -> list[Conversation]:
 
 def get_conversation(db: Session, user: User, conversation_id: int) -> Conversation:
     """The member's own conversation; someone else's reads as missing (404), never 403."""
-    conversation = db.get(Conversation, conversation_id)
-    if conversation is None or conversation.user_id != user.id:
-        raise NotFound(
-            f"Conversation {conversation_id} does not exist. List yours with "
-            "GET /api/conversations."
-        )
-    return conversation
+    return access.own_conversation(db, user, conversation_id)
 
 
 def delete_conversation(db: Session, user: User, conversation_id: int) -> None:

@@ -105,8 +105,8 @@ async def suggest_topics(
                     "type": "object",
                     "required": ["topic", "opener"],
                     "properties": {
-                        "topic": {"type": "string", "minLength": 2, "maxLength": 80},
-                        "opener": {"type": "string", "minLength": 5, "maxLength": 200},
+                        "topic": structured.text_field(80, 2),
+                        "opener": structured.text_field(200, 5),
                     },
                 },
             }
@@ -207,11 +207,11 @@ async def catch_up(
                     "type": "object",
                     "required": ["text", "messages"],
                     "properties": {
-                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "text": structured.text_field(220, 3),
                         "messages": {
                             "type": "array",
                             "minItems": 1,
-                            "maxItems": 6,
+                            "maxItems": 4,
                             "items": {"type": "integer", "enum": list(range(1, len(messages) + 1))},
                         },
                     },

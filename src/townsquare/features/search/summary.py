@@ -57,7 +57,7 @@ def schema(count: int) -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "properties": {
-                        "text": {"type": "string", "minLength": 3, "maxLength": 300},
+                        "text": structured.text_field(220, 3, brackets=False),
                         "sources": {
                             "type": "array",
                             "minItems": 1,

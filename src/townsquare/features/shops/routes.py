@@ -14,7 +14,6 @@ from townsquare.features.shops.service import (
     Draft,
     accept,
     describe,
-    seller_listing,
 )
 from townsquare.social import access
 from townsquare.storage.social_tables import Listing
@@ -29,7 +28,7 @@ async def draft_description(
     """A title, description, highlights and tags drawn only from the listing's facts."""
 
     def find() -> Listing:
-        found = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+        found = access.listing_of_seller(db, user, listing_id)
         db.commit()  # no connection held while the model writes
         return found
 
@@ -42,6 +41,6 @@ def accept_description(
     listing_id: str, body: Accept, user: CurrentUser, db: DbDep
 ) -> dict[str, Any]:
     """Put a draft (as generated, or edited) on the listing."""
-    listing = seller_listing(db, user, access.listing_visible_to(db, user, listing_id))
+    listing = access.listing_of_seller(db, user, listing_id)
     listing = accept(db, user, listing, body)
     return {"id": listing.external_id, "title": listing.title, "description": listing.description}

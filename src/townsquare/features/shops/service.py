@@ -147,34 +147,22 @@ def schema(length: str) -> dict[str, Any]:
         "type": "object",
         "required": ["title", "description", "highlights", "tags"],
         "properties": {
-            "title": {"type": "string", "minLength": 3, "maxLength": 90},
-            "description": {
-                "type": "string",
-                "minLength": 10,
-                "maxLength": 220 * SENTENCES[length],
-            },
+            "title": structured.text_field(90, 3),
+            "description": structured.text_field(160 * SENTENCES[length], 10),
             "highlights": {
                 "type": "array",
                 "minItems": 3,
                 "maxItems": 5,
-                "items": {"type": "string", "minLength": 2, "maxLength": 80},
+                "items": structured.text_field(60, 2),
             },
             "tags": {
                 "type": "array",
                 "minItems": 3,
                 "maxItems": 6,
-                "items": {"type": "string", "minLength": 2, "maxLength": 24},
+                "items": structured.text_field(20, 2),
             },
         },
     }
-
-
-def seller_listing(db: Session, user: User, listing: Listing) -> Listing:
-    if listing.seller_id != user.id and user.role != "admin":
-        from townsquare.errors import Forbidden
-
-        raise Forbidden("Only the seller may draft or accept this listing's description.")
-    return listing
 
 
 async def describe(

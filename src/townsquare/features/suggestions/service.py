@@ -41,7 +41,7 @@ def schema(count: int) -> dict[str, Any]:
         "properties": {
             "comments": {
                 "type": "array",
-                "items": {"type": "string", "minLength": 2, "maxLength": 200},
+                "items": structured.text_field(200, 2),
                 "minItems": 1,
                 "maxItems": count + 2,  # a little spare: some may be dropped
             }

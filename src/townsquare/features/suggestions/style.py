@@ -24,9 +24,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
-from townsquare.errors import Forbidden, InvalidField
+from townsquare.errors import InvalidField
 from townsquare.features import structured
 from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.social import access
 from townsquare.storage.social_tables import CreatorStyle, DMMessage, DMParticipant, DMThread
 from townsquare.storage.tables import User
 from townsquare.storage.vectors import VectorIndex
@@ -295,8 +296,7 @@ async def suggest_replies(
     use_style: bool | None = None,
 ) -> Replies:
     """Three replies for the creator to the thread's latest fan message."""
-    if user.role not in {"creator", "admin"}:
-        raise Forbidden("Suggested replies are for creators. Ask an admin to make you a creator.")
+    access.require_creator(user, "Suggested replies")
     found = await anyio.to_thread.run_sync(
         partial(_inputs, db, user, thread, embedder=embedder, vectors=vectors, use_style=use_style)
     )
@@ -317,7 +317,7 @@ async def suggest_replies(
                 "type": "array",
                 "minItems": 3,
                 "maxItems": 3,
-                "items": {"type": "string", "minLength": 2, "maxLength": 600},
+                "items": structured.text_field(300, 2),
             }
         },
     }
