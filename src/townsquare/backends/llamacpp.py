@@ -112,6 +112,9 @@ _CHAR_RULE = re.compile(r"^char ::= .*$", re.MULTILINE)
 JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" ["\\/bfnrt]'
 
 
+PENALTIES = (64, 1.15, 0.0, 0.0)  # last n tokens, repeat, frequency, presence
+
+
 def json_grammar(gbnf: str) -> str:
     """A GBNF from ``json_schema_to_gbnf`` with its string characters made valid JSON."""
     return _CHAR_RULE.sub(lambda _: JSON_CHAR, gbnf)
@@ -323,6 +326,11 @@ class LlamaCppText(TextBackend):
                 sampler.close()
                 raise InvalidRequest("The JSON schema's grammar did not parse. Simplify it.")
             self._ll.llama_sampler_chain_add(sampler.sampler, handle)
+        if options.schema is not None:
+            # A small model inside a grammar can loop ("1.1.1.1...", "•••") until max_tokens
+            # cuts the JSON off: a repetition penalty over the recent tokens breaks the loop
+            # (measured in bench/evals: DRY did not, on runs of multi-token characters).
+            sampler.add_penalties(self._model.n_vocab(), *PENALTIES)
         if options.temperature <= 0:
             sampler.add_greedy()
         else:

@@ -32,11 +32,14 @@ log = logging.getLogger("townsquare.structured")
 
 def text_field(max_length: int, min_length: int = 1, *, brackets: bool = True) -> dict[str, Any]:
     """A JSON-schema string the model can only fill with usable text: it starts with a visible
-    character, holds no control characters and no escapes, is ``min_length`` to ``max_length``
-    characters long and, with ``brackets=False``, has no ``[`` or ``]`` (no inline citation
-    markers). Everything the validators would check is in the grammar built from it."""
-    rest = r'"\\\x00-\x1F' + ("" if brackets else r"\[\]")
-    first = r'"\\\x00-\x20' + ("" if brackets else r"\[\]")
+    character, holds no control characters, no escapes and no characters beyond the Basic
+    Multilingual Plane (emoji: a small model loops on them, several tokens each, until the
+    answer is cut off; creator replies get their emoji from the style profile afterwards), is
+    ``min_length`` to ``max_length`` characters long and, with ``brackets=False``, has no ``[``
+    or ``]`` (no inline citation markers). What the validators check is in the grammar."""
+    astral = r"\U00010000-\U0010FFFF"
+    rest = r'"\\\x00-\x1F' + astral + ("" if brackets else r"\[\]")
+    first = r'"\\\x00-\x20' + astral + ("" if brackets else r"\[\]")
     return {
         "type": "string",
         "minLength": min_length,

@@ -11,19 +11,18 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import MAX_INT, AdminUser, CurrentUser, DbDep, Limit, Offset, ServicesDep
-from townsquare.errors import InvalidRequest, NotFound, PayloadTooLarge
+from townsquare.errors import InvalidRequest, PayloadTooLarge
 from townsquare.services import Services
-from townsquare.social import access, audit
+from townsquare.social import reads
 from townsquare.social.ingest import KINDS, Kind, delete_entity, ingest
 from townsquare.social.schemas import IngestReport
 from townsquare.social.views import (
     AuditOut,
-    CommentOut,
     GroupOut,
     ListingOut,
     MessageOut,
@@ -33,14 +32,7 @@ from townsquare.social.views import (
     ThreadOut,
 )
 from townsquare.storage.social_tables import (
-    Comment,
-    DMMessage,
-    DMParticipant,
-    DMThread,
-    Group,
-    GroupMessage,
     Listing,
-    Membership,
     Post,
     Reel,
 )
@@ -52,18 +44,6 @@ def rule(name: str) -> dict[str, Any]:
 
 
 router = APIRouter(prefix="/api", tags=["social"])
-
-
-def _pairs(db: Session, query: Any) -> dict[Any, Any]:
-    """A two-column query as a dict."""
-    return {key: value for key, value in db.execute(query)}
-
-
-def _names(db: Session, ids: set[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    rows = db.execute(select(User.id, User.external_id, User.name).where(User.id.in_(ids)))
-    return {id_: ext or name for id_, ext, name in rows}
 
 
 # --- ingestion --------------------------------------------------------------------------
@@ -198,7 +178,7 @@ def _add_ingest_routes(kind: Kind) -> None:
     )(delete_one)
 
 
-# --- reads -------------------------------------------------------------------------------
+# --- reads (the queries live in social/reads.py) -------------------------------------------
 
 
 @router.get("/me", **rule("authenticated"))
@@ -212,32 +192,16 @@ def me(user: CurrentUser) -> dict[str, Any]:
     }
 
 
-def _group_out(db: Session, user: User, group: Group) -> GroupOut:
-    members = db.scalar(select(func.count()).where(Membership.group_id == group.id)) or 0
-    return GroupOut(
-        id=group.external_id,
-        name=group.name,
-        kind=group.kind,
-        description=group.description,
-        my_role=access.membership_role(db, user, group.id),
-        members=members,
-    )
-
-
 @router.get("/groups", **rule("authenticated"))
 def my_groups(user: CurrentUser, db: DbDep) -> Page[GroupOut]:
     """The groups the member belongs to (admins: all groups)."""
-    query = select(Group).order_by(Group.name)
-    if not access.is_admin(user):
-        query = query.join(Membership, Membership.group_id == Group.id).where(
-            Membership.user_id == user.id
-        )
-    return Page(data=[_group_out(db, user, g) for g in db.scalars(query)])
+    return Page(data=reads.my_groups(db, user))
 
 
 @router.get("/groups/{group_id}", **rule("group-member"))
 def get_group(group_id: str, user: CurrentUser, db: DbDep) -> GroupOut:
-    return _group_out(db, user, access.group_visible_to(db, user, group_id))
+    """One group, with the member's role in it."""
+    return reads.group(db, user, group_id)
 
 
 @router.get("/groups/{group_id}/messages", **rule("group-member"))
@@ -245,35 +209,7 @@ def group_messages(
     group_id: str, user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[MessageOut]:
     """The group's messages, newest first (deleted ones are left out)."""
-    group = access.group_visible_to(db, user, group_id)
-    rows = list(
-        db.scalars(
-            select(GroupMessage)
-            .where(GroupMessage.group_id == group.id, GroupMessage.deleted_at.is_(None))
-            .order_by(GroupMessage.created_at.desc(), GroupMessage.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    names = _names(db, {m.author_id for m in rows})
-    replies = _pairs(
-        db,
-        select(GroupMessage.id, GroupMessage.external_id).where(
-            GroupMessage.id.in_({m.reply_to_id for m in rows if m.reply_to_id})
-        ),
-    )
-    return Page(
-        data=[
-            MessageOut(
-                id=m.external_id,
-                author=names[m.author_id],
-                text=m.text,
-                reply_to=replies.get(m.reply_to_id) if m.reply_to_id else None,
-                created_at=m.created_at,
-            )
-            for m in rows
-        ]
-    )
+    return Page(data=reads.group_messages(db, user, group_id, limit=limit, offset=offset))
 
 
 @router.delete("/groups/{group_id}/messages/{message_id}", **rule("group-moderator"))
@@ -281,87 +217,21 @@ def moderate_message(
     group_id: str, message_id: str, user: CurrentUser, db: DbDep
 ) -> dict[str, str]:
     """A moderator (or admin) hides a message in their group. Recorded in the audit log."""
-    group = access.moderated_group(db, user, group_id)
-    message = db.scalar(
-        select(GroupMessage).where(
-            GroupMessage.external_id == message_id, GroupMessage.group_id == group.id
-        )
-    )
-    if message is None:
-        raise NotFound(f"Group '{group_id}' has no message '{message_id}'.")
-    from datetime import UTC, datetime
-
-    message.deleted_at = message.deleted_at or datetime.now(UTC)
-    audit.record(db, user, "moderate.hide_message", f"{group_id}/{message_id}")
+    reads.hide_message(db, user, group_id, message_id)
     db.commit()
     return {"id": message_id, "status": "hidden"}
-
-
-def _post_out(
-    db: Session,
-    post: Post,
-    names: dict[int, str],
-    groups: dict[int, str],
-    comments: list[Comment] | None = None,
-) -> PostOut:
-    return PostOut(
-        id=post.external_id,
-        author=names[post.author_id],
-        group=groups.get(post.group_id) if post.group_id else None,
-        text=post.text,
-        image_url=post.image_url,
-        created_at=post.created_at,
-        comments=None
-        if comments is None
-        else [
-            CommentOut(
-                id=c.external_id, author=names[c.author_id], text=c.text, created_at=c.created_at
-            )
-            for c in comments
-        ],
-    )
 
 
 @router.get("/posts", **rule("authenticated"))
 def feed(user: CurrentUser, db: DbDep, limit: Limit = 20, offset: Offset = 0) -> Page[PostOut]:
     """Public posts and posts of the member's groups, newest first."""
-    posts = list(
-        db.scalars(
-            select(Post)
-            .where(access.visible_posts(user))
-            .order_by(Post.created_at.desc(), Post.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    names = _names(db, {p.author_id for p in posts})
-    groups = _pairs(
-        db,
-        select(Group.id, Group.external_id).where(
-            Group.id.in_({p.group_id for p in posts if p.group_id})
-        ),
-    )
-    return Page(data=[_post_out(db, p, names, groups) for p in posts])
+    return Page(data=reads.feed(db, user, limit=limit, offset=offset))
 
 
 @router.get("/posts/{post_id}", **rule("post-viewer"))
 def get_post(post_id: str, user: CurrentUser, db: DbDep) -> PostOut:
     """One post with its comments."""
-    post = access.post_visible_to(db, user, post_id)
-    comments = list(
-        db.scalars(
-            select(Comment)
-            .where(Comment.post_id == post.id)
-            .order_by(Comment.created_at, Comment.id)
-        )
-    )
-    names = _names(db, {post.author_id} | {c.author_id for c in comments})
-    groups = (
-        _pairs(db, select(Group.id, Group.external_id).where(Group.id == post.group_id))
-        if post.group_id
-        else {}
-    )
-    return _post_out(db, post, names, groups, comments)
+    return reads.post(db, user, post_id)
 
 
 @router.get("/dm-threads", **rule("authenticated"))
@@ -369,23 +239,7 @@ def my_threads(
     user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[ThreadOut]:
     """The member's own DM threads."""
-    threads = list(
-        db.scalars(
-            select(DMThread)
-            .join(DMParticipant, DMParticipant.thread_id == DMThread.id)
-            .where(DMParticipant.user_id == user.id)
-            .order_by(DMThread.id)
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    out = []
-    for thread in threads:
-        ids = set(
-            db.scalars(select(DMParticipant.user_id).where(DMParticipant.thread_id == thread.id))
-        )
-        out.append(ThreadOut(id=thread.external_id, participants=sorted(_names(db, ids).values())))
-    return Page(data=out)
+    return Page(data=reads.my_threads(db, user, limit=limit, offset=offset))
 
 
 @router.get("/dm-threads/{thread_id}/messages", **rule("dm-participant"))
@@ -393,46 +247,7 @@ def thread_messages(
     thread_id: str, user: CurrentUser, db: DbDep, limit: Limit = 50, offset: Offset = 0
 ) -> Page[MessageOut]:
     """A DM thread's messages, newest first; participants only."""
-    thread = access.thread_visible_to(db, user, thread_id)
-    rows = list(
-        db.scalars(
-            select(DMMessage)
-            .where(DMMessage.thread_id == thread.id, DMMessage.deleted_at.is_(None))
-            .order_by(DMMessage.created_at.desc(), DMMessage.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    )
-    names = _names(db, {m.author_id for m in rows})
-    return Page(
-        data=[
-            MessageOut(
-                id=m.external_id,
-                author=names[m.author_id],
-                text=m.text,
-                reply_to=None,
-                created_at=m.created_at,
-            )
-            for m in rows
-        ]
-    )
-
-
-def _listing_out(listing: Listing, names: dict[int, str]) -> ListingOut:
-    return ListingOut(
-        id=listing.external_id,
-        seller=names[listing.seller_id],
-        title=listing.title,
-        description=listing.description or "",
-        attributes=listing.attributes,
-        price=f"{listing.price_cents / 100:.2f}",
-        currency=listing.currency,
-        category=listing.category,
-        condition=listing.condition,
-        location=listing.location,
-        images=listing.image_refs,
-        status=listing.status,
-    )
+    return Page(data=reads.thread_messages(db, user, thread_id, limit=limit, offset=offset))
 
 
 @router.get("/listings", **rule("authenticated"))
@@ -440,34 +255,19 @@ def listings(
     user: CurrentUser, db: DbDep, category: str | None = None, limit: Limit = 20, offset: Offset = 0
 ) -> Page[ListingOut]:
     """Active listings (and the member's own), newest first."""
-    query = select(Listing).where(access.visible_listings(user))
-    if category:
-        query = query.where(Listing.category == category)
-    rows = list(db.scalars(query.order_by(Listing.id.desc()).limit(limit).offset(offset)))
-    names = _names(db, {r.seller_id for r in rows})
-    return Page(data=[_listing_out(r, names) for r in rows])
+    return Page(data=reads.listings(db, user, category=category, limit=limit, offset=offset))
 
 
 @router.get("/listings/{listing_id}", **rule("listing-viewer"))
 def get_listing(listing_id: str, user: CurrentUser, db: DbDep) -> ListingOut:
-    listing = access.listing_visible_to(db, user, listing_id)
-    return _listing_out(listing, _names(db, {listing.seller_id}))
+    """One listing, with the seller's accepted description."""
+    return reads.listing(db, user, listing_id)
 
 
 @router.get("/reels/{reel_id}", **rule("reel-viewer"))
 def get_reel(reel_id: str, user: CurrentUser, db: DbDep) -> ReelOut:
-    reel = access.reel_visible_to(db, user, reel_id)
-    names = _names(db, {reel.creator_id})
-    return ReelOut(
-        id=reel.external_id,
-        creator=names[reel.creator_id],
-        caption=reel.caption,
-        transcript=reel.transcript,
-        tags=reel.tags,
-        duration_s=reel.duration_s,
-        media_url=reel.media_url,
-        visibility=reel.visibility,
-    )
+    """One reel."""
+    return reads.reel(db, user, reel_id)
 
 
 @router.get("/audit", **rule("admin"))
@@ -478,12 +278,7 @@ def audit_log(
     before_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Page[AuditOut]:
     """Admin and moderator actions, newest first."""
-    return Page(
-        data=[
-            AuditOut.model_validate(e, from_attributes=True)
-            for e in audit.recent(db, limit=limit, before_id=before_id)
-        ]
-    )
+    return Page(data=reads.audit_log(db, limit=limit, before_id=before_id))
 
 
 for _kind in KINDS.values():
