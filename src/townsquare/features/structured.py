@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
@@ -120,6 +120,50 @@ async def generate_json(
         f"The model's answer did not have the expected structure, twice ({problem}). Try again; "
         "if it keeps happening, use a bigger model (TOWNSQUARE_TEXT__BACKEND)."
     )
+
+
+R = TypeVar("R")
+
+
+async def generate_recorded(
+    text: GuardedText,
+    sessions: sessionmaker[Session],
+    messages: Sequence[Message],
+    schema: dict[str, Any],
+    validate: Callable[[Any], T],
+    *,
+    options: GenerationOptions,
+    context: Context,
+    inputs: dict[str, Any],
+    finish: Callable[[T], Awaitable[tuple[R, dict[str, Any]]]],
+    items_checked_by_caller: bool = False,
+) -> tuple[R, int]:
+    """The sequence every writing feature runs: generate a schema-valid answer
+    (``generate_json``), finish it (``finish`` checks each item with the safety pipeline,
+    drops what is invented or repeated, and says what to store), and record the generation.
+    Returns the finished result and the generation's id (for feedback and acceptance)."""
+    value, attempts, first_try, latency = await generate_json(
+        text,
+        messages,
+        schema,
+        validate,
+        options=options,
+        context=context,
+        items_checked_by_caller=items_checked_by_caller,
+    )
+    result, output = await finish(value)
+    generation_id = await record(
+        sessions,
+        feature=context.feature,
+        user_id=context.user_id,
+        inputs=inputs,
+        output=output,
+        model=text.model_id,
+        latency_ms=latency,
+        attempts=attempts,
+        first_try_valid=first_try,
+    )
+    return result, generation_id
 
 
 async def record(sessions: sessionmaker[Session], **fields: Any) -> int:

@@ -113,8 +113,26 @@ async def suggest_topics(
         },
     }
     context = Context("group_topics", user.id, user.role, group.id)
-    topics, attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(topics: list[Topic]) -> tuple[tuple[list[Topic], int], dict[str, Any]]:
+        safe_openers = set(text.check_items([f"{t.topic}: {t.opener}" for t in topics], context))
+        candidates = [t for t in topics if f"{t.topic}: {t.opener}" in safe_openers]
+        fresh = candidates
+        if recent and candidates:
+            topic_vectors = await embedder.embed([t.topic for t in candidates])  # (t, d)
+            message_vectors = await embedder.embed([m["text"] for m in recent])  # (m, d)
+            nearest = (topic_vectors @ message_vectors.T).max(axis=1)
+            fresh = [t for t, s in zip(candidates, nearest, strict=True) if s < ALREADY_DISCUSSED]
+        unique: list[Topic] = []
+        for topic in fresh:
+            if topic.topic.lower() not in {u.topic.lower() for u in unique}:
+                unique.append(topic)
+        kept = unique[: request.count]
+        return (kept, len(topics) - len(kept)), {"topics": [t.model_dump() for t in kept]}
+
+    (kept, dropped), generation_id = await structured.generate_recorded(
         text,
+        sessions,
         [
             Message(
                 "user",
@@ -125,39 +143,14 @@ async def suggest_topics(
         ],
         schema,
         lambda raw: [Topic.model_validate(t) for t in raw["topics"]],
-        options=GenerationOptions(max_tokens=110 * (request.count + 2) + 40, temperature=0.8),
+        options=GenerationOptions(max_tokens=64, temperature=0.8),  # raised to the schema's need
         context=context,
+        inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
+        finish=finish,
         items_checked_by_caller=True,
     )
-    safe_openers = set(text.check_items([f"{t.topic}: {t.opener}" for t in topics], context))
-    candidates = [t for t in topics if f"{t.topic}: {t.opener}" in safe_openers]
-    fresh = candidates
-    if recent and candidates:
-        topic_vectors = await embedder.embed([t.topic for t in candidates])  # (t, d)
-        message_vectors = await embedder.embed([m["text"] for m in recent])  # (m, d)
-        nearest = (topic_vectors @ message_vectors.T).max(axis=1)
-        fresh = [t for t, s in zip(candidates, nearest, strict=True) if s < ALREADY_DISCUSSED]
-    unique: list[Topic] = []
-    for topic in fresh:
-        if topic.topic.lower() not in {u.topic.lower() for u in unique}:
-            unique.append(topic)
-    kept = unique[: request.count]
-    generation_id = await structured.record(
-        sessions,
-        feature="group_topics",
-        user_id=user.id,
-        inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
-        output={"topics": [t.model_dump() for t in kept]},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
-    )
     return Topics(
-        generation_id=generation_id,
-        group_id=group.external_id,
-        topics=kept,
-        dropped=len(topics) - len(kept),
+        generation_id=generation_id, group_id=group.external_id, topics=kept, dropped=dropped
     )
 
 
@@ -220,8 +213,15 @@ async def catch_up(
         },
     }
     context = Context("group_catch_up", user.id, user.role, group.id)
-    points, attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(found: list[Point]) -> tuple[list[Point], dict[str, Any]]:
+        allowed = set(text.check_items([p.text for p in found], context))
+        kept = [p for p in found if p.text in allowed]
+        return kept, {"points": [p.model_dump() for p in kept]}
+
+    points, generation_id = await structured.generate_recorded(
         text,
+        sessions,
         [
             Message(
                 "user",
@@ -230,26 +230,15 @@ async def catch_up(
         ],
         schema,
         lambda raw: _points(raw, messages),
-        options=GenerationOptions(max_tokens=400, temperature=0.3),
+        options=GenerationOptions(max_tokens=64, temperature=0.3),  # raised to the schema's need
         context=context,
-        items_checked_by_caller=True,
-    )
-    allowed = set(text.check_items([p.text for p in points], context))
-    points = [p for p in points if p.text in allowed]
-    generation_id = await structured.record(
-        sessions,
-        feature="group_catch_up",
-        user_id=user.id,
         inputs={
             "group": group.external_id,
             "since": since.isoformat(),
             "messages": [m["id"] for m in messages],
         },
-        output={"points": [p.model_dump() for p in points]},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        finish=finish,
+        items_checked_by_caller=True,
     )
     return CatchUp(
         generation_id=generation_id,

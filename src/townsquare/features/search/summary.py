@@ -124,29 +124,28 @@ async def summarize(
         Message("user", query),
     ]
     context = Context(FEATURE, user.id, user.role)
-    (sentences, removed), attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(
+        cited_sentences: tuple[list[Sentence], int],
+    ) -> tuple[tuple[list[Sentence], int, str], dict[str, Any]]:
+        sentences, removed = cited_sentences
+        allowed = set(text.check_items([s.text for s in sentences], context))
+        safe = [s for s in sentences if s.text in allowed]
+        removed += len(sentences) - len(safe)
+        answer = " ".join(f"{s.text} " + "".join(f"[{n}]" for n in s.citations) for s in safe)
+        return (safe, removed, answer), {"answer": answer}
+
+    (safe, removed, answer), generation_id = await structured.generate_recorded(
         text,
+        sessions,
         messages,
         schema(count),
         lambda raw: cited(raw, count),
-        options=GenerationOptions(max_tokens=560, temperature=0.3),
+        options=GenerationOptions(max_tokens=64, temperature=0.3),  # raised to the schema's need
         context=context,
-        items_checked_by_caller=True,
-    )
-    allowed = set(text.check_items([s.text for s in sentences], context))
-    safe = [s for s in sentences if s.text in allowed]
-    removed += len(sentences) - len(safe)
-    answer = " ".join(f"{s.text} " + "".join(f"[{n}]" for n in s.citations) for s in safe)
-    generation_id = await structured.record(
-        sessions,
-        feature=FEATURE,
-        user_id=user.id,
         inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in found.sources]},
-        output={"answer": answer},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        finish=finish,
+        items_checked_by_caller=True,
     )
     return Summary(
         generation_id=generation_id,

@@ -194,25 +194,23 @@ async def describe(
         attributes=sorted(listing.attributes.items()),
     )
     context = Context(FEATURE, user.id, user.role)
-    raw, attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(
+        raw: dict[str, Any],
+    ) -> tuple[tuple[dict[str, Any], list[str], list[str]], dict[str, Any]]:
+        draft, removed, added = ground(raw, listing)
+        return (draft, removed, added), {**draft, "removed": removed, "added_attributes": added}
+
+    (draft, removed, added), generation_id = await structured.generate_recorded(
         text,
+        sessions,
         [Message("user", prompt)],
         schema(request.length),
         dict,
-        options=GenerationOptions(max_tokens=300 + 80 * SENTENCES[request.length], temperature=0.7),
+        options=GenerationOptions(max_tokens=64, temperature=0.7),  # raised to the schema's need
         context=context,
-    )
-    draft, removed, added = ground(raw, listing)
-    generation_id = await structured.record(
-        sessions,
-        feature=FEATURE,
-        user_id=user.id,
         inputs={"listing": listing.external_id, **request.model_dump()},
-        output={**draft, "removed": removed, "added_attributes": added},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        finish=finish,
     )
     return Draft(
         generation_id=generation_id,

@@ -115,30 +115,25 @@ async def suggest_comments(
         ),
     ]
     context = Context(FEATURE, user.id, user.role, post.group_id)
-    answer, attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(answer: list[str]) -> tuple[tuple[list[str], int], dict[str, Any]]:
+        # unsafe ones first, so a dropped suggestion makes room for the next candidate
+        safe_candidates = text.check_items(answer, context)
+        safe, dropped = clean(safe_candidates, post.text, request.count)
+        dropped += len(answer) - len(safe_candidates)
+        return (safe, dropped), {"suggestions": safe, "dropped": dropped}
+
+    (safe, dropped), generation_id = await structured.generate_recorded(
         text,
+        sessions,
         messages,
         schema(request.count),
         lambda v: _Answer.model_validate(v).comments,
-        # room for the longest answer the schema allows (about 3 characters a token)
-        options=GenerationOptions(max_tokens=75 * (request.count + 2) + 40, temperature=0.8),
+        options=GenerationOptions(max_tokens=64, temperature=0.8),  # raised to the schema's need
         context=context,
-        items_checked_by_caller=True,
-    )
-    # unsafe ones first, so a dropped suggestion makes room for the next candidate
-    safe_candidates = text.check_items(answer, context)
-    safe, dropped = clean(safe_candidates, post.text, request.count)
-    dropped += len(answer) - len(safe_candidates)
-    generation_id = await structured.record(
-        sessions,
-        feature=FEATURE,
-        user_id=user.id,
         inputs={"post": post.external_id, "count": request.count, "tone": request.tone},
-        output={"suggestions": safe, "dropped": dropped},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        finish=finish,
+        items_checked_by_caller=True,
     )
     return CommentSuggestions(
         generation_id=generation_id, post_id=post.external_id, suggestions=safe, dropped=dropped

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from itertools import pairwise
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -321,31 +322,27 @@ async def suggest_replies(
             }
         },
     }
-    raw, attempts, first_try, latency = await structured.generate_json(
+
+    async def finish(raw: list[str]) -> tuple[list[str], dict[str, Any]]:
+        shaped = [shape(r, profile) if styled else r.strip() for r in raw]
+        kept = list(dict.fromkeys(r for r in text.check_items(shaped, context) if r))
+        return kept, {"replies": kept}
+
+    replies, generation_id = await structured.generate_recorded(
         text,
+        sessions,
         [Message("system", prompt), Message("user", found.latest)],
         schema,
         lambda value: [str(r) for r in value["replies"]],
         options=GenerationOptions(max_tokens=660, temperature=0.8),
         context=context,
-        items_checked_by_caller=True,
-    )
-    shaped = [shape(r, profile) if styled else r.strip() for r in raw]
-    replies = list(dict.fromkeys(r for r in text.check_items(shaped, context) if r))
-    generation_id = await structured.record(
-        sessions,
-        feature=FEATURE,
-        user_id=user.id,
         inputs={
             "thread": thread.external_id,
             "styled": styled,
             "examples": [e["fan"] for e in examples],
         },
-        output={"replies": replies},
-        model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        finish=finish,
+        items_checked_by_caller=True,
     )
     return Replies(
         generation_id=generation_id, thread_id=thread.external_id, styled=styled, replies=replies
