@@ -359,16 +359,58 @@ def ingest(
     actor: User | None,
     partial: bool = False,
 ) -> IngestReport:
-    """Validate and upsert ``rows`` (each with an ``external_id``). The caller commits."""
+    """Validate and upsert ``rows`` (each with an ``external_id``). The caller commits.
+
+    Three steps: ``parse`` (each row against the kind's model), ``resolve`` (every reference
+    looked up in one query per kind) and ``write`` (insert, update or leave alone). Without
+    ``partial``, a bad row at any step refuses the whole batch and nothing is stored.
+    """
     report = IngestReport(kind=kind.name)
+    parsed = parse(kind, rows, settings, report)
+    resolver = Resolver(db)
+    ready = resolve(kind, parsed, resolver, report)
+    if report.rejected and not partial:
+        report.rejected.sort(key=lambda r: r.row)
+        raise InvalidBatch(
+            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored. Fix the "
+            "rows listed, or send ?partial=true to store the valid ones.",
+            [r.model_dump() for r in report.rejected],
+        )
+    write(db, kind, ready, resolver, report)
+    if report.rejected and not partial:  # only checks that needed the database can land here
+        db.rollback()
+        raise InvalidBatch(
+            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored.",
+            [r.model_dump() for r in sorted(report.rejected, key=lambda r: r.row)],
+        )
+    report.rejected.sort(key=lambda r: r.row)
+    if actor is not None and (report.created or report.updated):
+        audit.record(
+            db,
+            actor,
+            f"ingest.{kind.name}",
+            "",
+            created=report.created,
+            updated=report.updated,
+            rejected=len(report.rejected),
+        )
+    return report
+
+
+def _reject(report: IngestReport, number: int, external_id: str | None, errors: list[str]) -> None:
+    report.rejected.append(RowError(row=number, external_id=external_id, errors=errors))
+
+
+def parse(
+    kind: Kind, rows: list[Any], settings: IngestSettings, report: IngestReport
+) -> list[_Row]:
+    """Each row validated against the kind's model; bad rows go to ``report.rejected``."""
     good: list[_Row] = []
     seen: set[str] = set()
     context = {"max_text_chars": settings.max_text_chars}
     for number, raw in enumerate(rows, start=1):
         if not isinstance(raw, dict):
-            report.rejected.append(
-                RowError(row=number, external_id=None, errors=["row: must be a JSON object"])
-            )
+            _reject(report, number, None, ["row: must be a JSON object"])
             continue
         values = dict(raw)
         external_id = values.pop("external_id", None)
@@ -384,24 +426,27 @@ def ingest(
             problems.extend(describe_errors(exc.errors()))
             model = None
         if problems or model is None or external_id is None:
-            report.rejected.append(RowError(row=number, external_id=external_id, errors=problems))
+            _reject(report, number, external_id, problems)
             continue
         seen.add(external_id)
         good.append(_Row(number, external_id, model))
+    return good
 
-    resolver = Resolver(db)
+
+def resolve(kind: Kind, parsed: list[_Row], resolver: Resolver, report: IngestReport) -> list[_Row]:
+    """Look up every reference of the parsed rows (one query per referenced kind); rows naming
+    something that does not exist (and is not earlier in this batch) are rejected."""
     wanted: dict[Table, set[str]] = {}
-    for row in good:
+    for row in parsed:
         for ref, target in kind.refs(row.model):
             if target is not None:
                 wanted.setdefault(ref.table, set()).add(target)
     for table, external_ids in wanted.items():
         resolver.load(table, external_ids)
-    resolver.load(kind.table, [row.external_id for row in good])
-
+    resolver.load(kind.table, [row.external_id for row in parsed])
     in_batch: set[str] = set()
     ready: list[_Row] = []
-    for row in good:
+    for row in parsed:
         problems = []
         for ref, target in kind.refs(row.model):
             if target is None:
@@ -416,20 +461,17 @@ def ingest(
             row.ids[ref.column] = found
         in_batch.add(row.external_id)
         if problems:
-            report.rejected.append(
-                RowError(row=row.number, external_id=row.external_id, errors=problems)
-            )
+            _reject(report, row.number, row.external_id, problems)
         else:
             ready.append(row)
+    return ready
 
-    if report.rejected and not partial:
-        report.rejected.sort(key=lambda r: r.row)
-        raise InvalidBatch(
-            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored. Fix the "
-            "rows listed, or send ?partial=true to store the valid ones.",
-            [r.model_dump() for r in report.rejected],
-        )
 
+def write(
+    db: Session, kind: Kind, ready: list[_Row], resolver: Resolver, report: IngestReport
+) -> None:
+    """Insert new rows, update changed ones, leave equal ones alone (counted in ``report``);
+    the kind's database checks (a message author in the group, a free user name) run here."""
     existing = {
         obj.external_id: obj
         for start in range(0, len(ready), 500)
@@ -461,9 +503,7 @@ def ingest(
         if kind.check is not None:
             problem = kind.check(db, row.external_id, row.model, row.ids, cache)
             if problem:
-                report.rejected.append(
-                    RowError(row=row.number, external_id=row.external_id, errors=[problem])
-                )
+                _reject(report, row.number, row.external_id, [problem])
                 continue
         values = {**{c: v for c, v in row.ids.items() if c != "-"}, **kind.columns(row.model)}
         obj = existing.get(row.external_id)
@@ -477,12 +517,11 @@ def ingest(
                 kind.after(db, obj, row.model, resolver)
             continue
         if kind.table is User and obj.role == "admin":
-            report.rejected.append(
-                RowError(
-                    row=row.number,
-                    external_id=row.external_id,
-                    errors=["external_id: belongs to an admin; manage admins with the CLI"],
-                )
+            _reject(
+                report,
+                row.number,
+                row.external_id,
+                ["external_id: belongs to an admin; manage admins with the CLI"],
             )
             continue
         changed = False
@@ -499,24 +538,6 @@ def ingest(
         else:
             report.unchanged += 1
     flush_pending()
-    if report.rejected and not partial:  # only checks that needed the database can land here
-        db.rollback()
-        raise InvalidBatch(
-            f"{len(report.rejected)} of {len(rows)} rows are invalid; nothing was stored.",
-            [r.model_dump() for r in sorted(report.rejected, key=lambda r: r.row)],
-        )
-    report.rejected.sort(key=lambda r: r.row)
-    if actor is not None and (report.created or report.updated):
-        audit.record(
-            db,
-            actor,
-            f"ingest.{kind.name}",
-            "",
-            created=report.created,
-            updated=report.updated,
-            rejected=len(report.rejected),
-        )
-    return report
 
 
 def _after_changes(db: Session, kind: Kind, obj: Any, model: Any) -> bool:
