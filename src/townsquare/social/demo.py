@@ -7,9 +7,11 @@ It goes through the same ingestion service host apps use. `townsquare seed demo`
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,66 +24,13 @@ from townsquare.storage.social_tables import Group
 from townsquare.storage.tables import User
 
 SEED = 20261129
+# the word lists, places, catalogue and replies the generator draws from: data, not code
+DATA: dict[str, Any] = json.loads((Path(__file__).parent / "demo_town.json").read_text())
 START = datetime(2026, 10, 1, 8, 0, tzinfo=UTC)
 
-FIRST = [
-    "mia",
-    "noah",
-    "ines",
-    "tiago",
-    "ana",
-    "leo",
-    "sofia",
-    "rui",
-    "marta",
-    "joao",
-    "beatriz",
-    "diego",
-    "clara",
-    "hugo",
-    "lara",
-    "nuno",
-    "eva",
-    "pedro",
-    "rita",
-    "tomas",
-    "julia",
-    "andre",
-    "carla",
-    "filipe",
-    "helena",
-    "ivo",
-    "laura",
-    "miguel",
-]
-LAST = [
-    "silva",
-    "costa",
-    "ferreira",
-    "santos",
-    "oliveira",
-    "pereira",
-    "almeida",
-    "sousa",
-    "martins",
-    "lopes",
-    "rocha",
-    "carvalho",
-    "gomes",
-    "ribeiro",
-]
-PLACES = [
-    ("Alfama", 38.7115, -9.1300),
-    ("Belém", 38.6979, -9.2068),
-    ("Graça", 38.7180, -9.1310),
-    ("Campo de Ourique", 38.7170, -9.1670),
-    ("Parque das Nações", 38.7680, -9.0940),
-    ("Cais do Sodré", 38.7060, -9.1440),
-    ("Arroios", 38.7300, -9.1340),
-    ("Alcântara", 38.7040, -9.1780),
-    ("Benfica", 38.7510, -9.2020),
-    ("Marvila", 38.7430, -9.1050),
-]
+FIRST = DATA["first"]
+LAST = DATA["last"]
+PLACES = DATA["places"]
 
 CREATOR_A = "sol.rivera"  # street food and travel: terse, lowercase, emoji-heavy
 CREATOR_B = "dr.amelia.hart"  # gardening and wellbeing: long, formal, signs off
@@ -119,80 +68,8 @@ def _members(rng: random.Random) -> list[dict[str, Any]]:
     return rows
 
 
-GROUP_TALK: dict[str, dict[str, list[str]]] = {
-    "riverside-runners": {
-        "opener": [
-            "Who's in for {day} morning? Thinking {km} km along the river from {place}.",
-            "Anyone tried the new loop past {place}? Heard it's {km} km and mostly flat.",
-            "Reminder: the {race} is in {n} weeks, registration closes {day}!",
-            "Pace group for {day}: aiming for {pace} per km, all welcome.",
-            "My knee is complaining after {day}'s long run. Any physio in {place}?",
-        ],
-        "reply": [
-            "I'm in! Meet at the kiosk at 7?",
-            "Count me in, but I'll stick to {pace}.",
-            "Too hot for me, let's go at 6:30 instead.",
-            "Did it last week, the hills near {place} are brutal.",
-            "Signed up for the {race} already 🙌",
-            "Try foam rolling and easy {km} km for a few days.",
-            "There's a good physio next to the market in {place}.",
-            "Raining {day}? I'll bring a jacket.",
-            "Can we do the {km} km version? I'm tapering.",
-            "New shoes arrived, testing them {day}!",
-        ],
-    },
-    "maple-street-neighbours": {
-        "opener": [
-            "Has anyone seen a grey cat near {place}? She answers to Pimenta.",
-            "Street party planning: {day} afternoon, who can bring chairs?",
-            "The bins weren't collected again on {day}. Should we call the council?",
-            "Looking for a reliable plumber around {place}, any recommendations?",
-            "Free: a box of kids' books and a lamp, outside number {n} until {day}.",
-            "Power cut in {place} this evening, anyone else?",
-        ],
-        "reply": [
-            "I think I saw her by the bakery this morning!",
-            "I can bring 6 chairs and a table.",
-            "I'll call them tomorrow and report back.",
-            "We used Sr. Paulo, quick and fair prices.",
-            "Grabbed the lamp, thank you so much!",
-            "Yes, ours is out too since 7pm.",
-            "Happy to help set up on {day}.",
-            "Let's make a shared list of who brings what.",
-            "Same problem last month, they came after two calls.",
-            "Great idea, count our family in.",
-        ],
-    },
-    "sunday-bakers": {
-        "opener": [
-            "My sourdough came out flat again. Starter is {n} days old, too young?",
-            "Trying a {bread} this {day}, any tips on hydration?",
-            "What temperature do you bake {bread} at? My oven runs hot.",
-            "Sharing my {bread} recipe: {n}% hydration, overnight proof in the fridge.",
-            "Anyone selling rye flour near {place}?",
-        ],
-        "reply": [
-            "Give it another week and feed it twice a day.",
-            "Go lower on water, maybe 70% first.",
-            "I do 230°C with steam for 20 min, then 210°C.",
-            "The mill shop in {place} has great rye.",
-            "Looks amazing! Saving this one.",
-            "Use a dutch oven, it changed everything for me.",
-            "Cold proof overnight helps with the flavour.",
-            "Mine was flat too until I shaped tighter.",
-            "Trying your recipe {day}!",
-            "Crumb shot please 😍",
-        ],
-    },
-}
-FILL = {
-    "day": ["Saturday", "Sunday", "Wednesday", "Friday", "Tuesday"],
-    "km": ["5", "8", "10", "12", "21"],
-    "pace": ["5:30", "6:00", "6:30", "5:00"],
-    "race": ["Lisbon Half", "Riverside 10k", "Belém Night Run"],
-    "n": ["2", "3", "4", "5", "12", "75"],
-    "bread": ["focaccia", "rye loaf", "baguette", "brioche", "country loaf"],
-}
+GROUP_TALK = DATA["group_talk"]
+FILL = DATA["fill"]
 
 
 def _fill(rng: random.Random, template: str) -> str:
@@ -242,28 +119,8 @@ def _groups(
     return groups, messages
 
 
-POST_TOPICS = [
-    ("Sunset from {place} tonight, the river was on fire.", True),
-    ("Just finished my first {km} km run without stopping!", False),
-    ("Homemade {bread} for breakfast. Recipe in the bakers group.", True),
-    ("Our street party on {day} was the best one yet, thank you all.", True),
-    ("Selling my old bike, see my shop. Great for the river path.", False),
-    ("Found a lovely café in {place}, the pastéis are still warm at 9am.", True),
-    ("Lost keys near {place} on {day}, blue keyring. Please share!", False),
-    ("Garden update: tomatoes finally turning red.", True),
-]
-COMMENTS = [
-    "Gorgeous!",
-    "Congrats, that's huge!",
-    "Which café? I need to go.",
-    "Shared it, fingers crossed.",
-    "Looks delicious 😋",
-    "So proud of this neighbourhood.",
-    "Where exactly was this?",
-    "Amazing, well done!",
-    "I walked past there today!",
-    "Recipe please!",
-]
+POST_TOPICS = DATA["post_topics"]
+COMMENTS = DATA["comments"]
 
 
 def _posts(
@@ -298,95 +155,12 @@ def _posts(
     return posts, comments
 
 
-FAN_QUESTIONS = {
-    "food": [
-        "Where did you eat the {dish} in your last video?",
-        "Is the {dish} spot in {place} worth the queue?",
-        "Any cheap {dish} recommendations for a student budget?",
-        "Do they have vegetarian {dish} there?",
-    ],
-    "travel": [
-        "What's your top tip for a weekend in {place}?",
-        "How do you pack so light for trips?",
-        "Is {place} better in spring or autumn?",
-        "Which camera do you film with?",
-    ],
-    "garden": [
-        "My {plant} leaves are turning yellow, what am I doing wrong?",
-        "When should I repot my {plant}?",
-        "How often should I water {plant} in summer?",
-        "Is {plant} safe around cats?",
-    ],
-    "wellbeing": [
-        "How do you keep a morning routine on busy days?",
-        "Any advice for sleeping better?",
-        "How do you handle stress before exams?",
-        "What do you eat before a long walk?",
-    ],
-}
-A_REPLIES = {
-    "food": [
-        "omg the {dish} at the tiny place behind the market 🔥🔥",
-        "yesss worth it!! go before 12 tho ⏰",
-        "haha student budget = the {dish} bar in {place} 💸🙌",
-        "they do!! ask for the veggie one 🌱",
-        "lol i went back 3x this week 😅🔥",
-    ],
-    "travel": [
-        "pack half of what u think 🎒✨",
-        "spring 100% 🌸",
-        "just my phone + a tiny mic 📱🎤",
-        "get lost on purpose in {place} 😍",
-        "early trains = no crowds 🚆💛",
-    ],
-    "thanks": [
-        "ahh thank u!! 💛💛",
-        "love this, thank u 🙏",
-        "u made my day 🥹✨",
-        "haha yes!! 🔥",
-        "means a lot 💛",
-    ],
-}
-B_REPLIES = {
-    "garden": [
-        "Dear {fan}, thank you for your question. Yellowing leaves on a {plant} usually point to "
-        "overwatering; I would recommend letting the top few centimetres of soil dry out between "
-        "waterings and checking that the pot drains freely. Kind regards, Amelia",
-        "Dear {fan}, thank you for writing. The best time to repot a {plant} is early spring, when it "
-        "begins its growing season; choose a pot only slightly larger than the current one. "
-        "With warm wishes, Amelia",
-        "Dear {fan}, that is a very sensible question. In summer, a {plant} generally appreciates "
-        "water once the surface feels dry, which may mean every four or five days. Kind regards, Amelia",
-        "Dear {fan}, thank you for asking. Please do check with your veterinarian, but {plant} is "
-        "generally considered safe; I would nevertheless keep it out of reach. Kind regards, Amelia",
-    ],
-    "wellbeing": [
-        "Dear {fan}, thank you for your kind message. On busy days I keep my routine deliberately "
-        "small: a glass of water, five minutes of stretching, and a short walk outside. Consistency "
-        "matters far more than length. Kind regards, Amelia",
-        "Dear {fan}, I appreciate you sharing this. For better sleep, I would suggest a consistent "
-        "bedtime, a dark and cool room, and setting screens aside an hour beforehand. "
-        "With warm wishes, Amelia",
-        "Dear {fan}, exams are demanding, and it is entirely natural to feel the pressure. Short, "
-        "planned breaks and regular meals help considerably. You are doing well. Kind regards, Amelia",
-        "Dear {fan}, before a long walk I would recommend something light yet sustaining, such as "
-        "oats with fruit, and plenty of water. Kind regards, Amelia",
-    ],
-    "thanks": [
-        "Dear {fan}, thank you very much for your generous words; they are greatly appreciated. "
-        "Kind regards, Amelia",
-        "Dear {fan}, how lovely to hear from you. I am delighted the video was helpful. "
-        "With warm wishes, Amelia",
-    ],
-}
-FAN_THANKS = [
-    "Love your videos!",
-    "Thank you so much for the tip!",
-    "You're the best ❤️",
-    "This helped a lot, thanks!",
-]
-DISHES = ["bifana", "pastel de nata", "grilled sardines", "bacalhau", "francesinha", "ramen"]
-PLANTS = ["monstera", "basil", "tomato plant", "fiddle leaf fig", "lavender", "snake plant"]
+FAN_QUESTIONS = DATA["fan_questions"]
+A_REPLIES = DATA["a_replies"]
+B_REPLIES = DATA["b_replies"]
+FAN_THANKS = DATA["fan_thanks"]
+DISHES = DATA["dishes"]
+PLANTS = DATA["plants"]
 
 
 def _dms(rng: random.Random, fans: list[str]) -> tuple[list[Any], list[Any]]:
@@ -437,150 +211,8 @@ def _dms(rng: random.Random, fans: list[str]) -> tuple[list[Any], list[Any]]:
     return threads, messages
 
 
-CATALOGUE: dict[str, dict[str, Any]] = {
-    "bikes": {
-        "items": [
-            "city bike",
-            "kids' bike",
-            "mountain bike",
-            "road bike",
-            "folding bike",
-            "cargo bike",
-        ],
-        "brands": ["Trek", "Decathlon Btwin", "Giant", "Brompton", "Specialized", "Orbea"],
-        "extra": lambda r: {
-            "frame_size": r.choice(["XS", "S", "M", "L", "14 in", "16 in", "20 in"]),
-            "gears": r.choice([1, 3, 7, 18, 21]),
-            "colour": r.choice(["red", "blue", "black", "green", "white"]),
-        },
-        "price": (40, 900),
-    },
-    "furniture": {
-        "items": ["oak dining table", "armchair", "bookshelf", "desk", "sofa", "bedside table"],
-        "brands": ["IKEA", "Habitat", "vintage", "handmade", "Muji"],
-        "extra": lambda r: {
-            "material": r.choice(["oak", "pine", "walnut", "metal", "velvet", "linen"]),
-            "width_cm": r.choice([45, 60, 80, 120, 160, 200]),
-        },
-        "price": (15, 650),
-    },
-    "electronics": {
-        "items": ["laptop", "smartphone", "bluetooth speaker", "monitor", "tablet", "headphones"],
-        "brands": ["Apple", "Samsung", "Lenovo", "Sony", "JBL", "Dell"],
-        "extra": lambda r: {
-            "storage_gb": r.choice([64, 128, 256, 512]),
-            "colour": r.choice(["black", "silver", "white"]),
-        },
-        "price": (25, 1400),
-    },
-    "clothing": {
-        "items": [
-            "rain jacket",
-            "wool coat",
-            "running shoes",
-            "denim jacket",
-            "summer dress",
-            "hiking boots",
-        ],
-        "brands": ["Patagonia", "Zara", "Nike", "Levi's", "The North Face", "Salomon"],
-        "extra": lambda r: {
-            "size": r.choice(["S", "M", "L", "XL", "38", "40", "42", "44"]),
-            "colour": r.choice(["navy", "black", "beige", "olive", "red"]),
-        },
-        "price": (8, 220),
-    },
-    "books": {
-        "items": [
-            "cookbook",
-            "travel guide to Portugal",
-            "children's picture book",
-            "sci-fi novel",
-            "Portuguese grammar",
-            "gardening handbook",
-        ],
-        "brands": ["Penguin", "Lonely Planet", "Porto Editora", "Usborne"],
-        "extra": lambda r: {
-            "language": r.choice(["English", "Portuguese"]),
-            "pages": r.choice([120, 240, 320, 480]),
-        },
-        "price": (3, 35),
-    },
-    "kids": {
-        "items": [
-            "stroller",
-            "high chair",
-            "wooden toy kitchen",
-            "car seat",
-            "balance bike",
-            "baby carrier",
-        ],
-        "brands": ["Chicco", "Stokke", "IKEA", "Maxi-Cosi", "Ergobaby"],
-        "extra": lambda r: {
-            "age_range": r.choice(["0-1 years", "1-3 years", "3-6 years"]),
-            "colour": r.choice(["grey", "blue", "pink", "natural wood"]),
-        },
-        "price": (10, 450),
-    },
-    "garden": {
-        "items": [
-            "lawn mower",
-            "terracotta pots (set of 4)",
-            "garden bench",
-            "hose reel",
-            "raised bed kit",
-            "pruning shears",
-        ],
-        "brands": ["Bosch", "Gardena", "Fiskars", "handmade"],
-        "extra": lambda r: {"material": r.choice(["terracotta", "teak", "steel", "plastic"])},
-        "price": (5, 380),
-    },
-    "sports": {
-        "items": [
-            "yoga mat",
-            "tennis racket",
-            "surfboard",
-            "dumbbell set",
-            "camping tent",
-            "skateboard",
-        ],
-        "brands": ["Decathlon", "Wilson", "Quiksilver", "Adidas", "Vango"],
-        "extra": lambda r: {
-            "weight_kg": r.choice([1, 2, 5, 10, 20]),
-            "colour": r.choice(["blue", "black", "orange", "purple"]),
-        },
-        "price": (6, 520),
-    },
-    "music": {
-        "items": [
-            "acoustic guitar",
-            "digital piano",
-            "ukulele",
-            "vinyl record collection",
-            "DJ controller",
-            "violin",
-        ],
-        "brands": ["Yamaha", "Fender", "Roland", "Pioneer", "Casio"],
-        "extra": lambda r: {"includes_case": r.choice([True, False])},
-        "price": (20, 900),
-    },
-    "kitchen": {
-        "items": [
-            "espresso machine",
-            "cast iron pan",
-            "stand mixer",
-            "knife set",
-            "dutch oven",
-            "toaster",
-        ],
-        "brands": ["De'Longhi", "Le Creuset", "KitchenAid", "Victorinox", "Smeg"],
-        "extra": lambda r: {
-            "colour": r.choice(["red", "cream", "black", "steel"]),
-            "capacity_l": r.choice([1, 2, 4, 5]),
-        },
-        "price": (8, 480),
-    },
-}
-CONDITIONS = ["new", "like_new", "good", "good", "fair", "for_parts"]
+CATALOGUE = DATA["catalogue"]
+CONDITIONS = DATA["conditions"]
 
 
 def _listings(rng: random.Random, sellers: list[str]) -> list[dict[str, Any]]:
@@ -596,7 +228,8 @@ def _listings(rng: random.Random, sellers: list[str]) -> list[dict[str, Any]]:
             rng.uniform(low, high) * (0.5 if condition in {"fair", "for_parts"} else 1), 0
         )
         place, lat, lon = rng.choice(PLACES)
-        attributes: dict[str, Any] = {"brand": brand, **spec["extra"](rng)}
+        extra = {name: rng.choice(values) for name, values in spec["extra"].items()}
+        attributes: dict[str, Any] = {"brand": brand, **extra}
         rows.append(
             {
                 "external_id": f"l-{n:04d}",
@@ -622,47 +255,7 @@ def _listings(rng: random.Random, sellers: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-REEL_TOPICS = {
-    "cooking": (
-        [
-            "{dish} in 60 seconds",
-            "The crispiest {dish} you'll ever make",
-            "Street-food tour: {dish} edition",
-        ],
-        "Today we're making {dish}. Start with a hot pan, a pinch of salt, and don't rush it.",
-        ["food", "recipe", "lisbon"],
-    ),
-    "running": (
-        ["Riverside {km} km at sunrise", "How I trained for the {race}", "Form tips for easy runs"],
-        "Keep your shoulders relaxed and your steps short. We're running {km} k along the river today.",
-        ["running", "fitness", "river"],
-    ),
-    "gardening": (
-        ["Repotting a {plant}", "Balcony garden tour", "Saving an overwatered {plant}"],
-        "This {plant} needs bright indirect light. Water only when the top of the soil is dry.",
-        ["garden", "plants", "howto"],
-    ),
-    "travel": (
-        ["48 hours in {place}", "Hidden viewpoints in {place}", "Tram 28 without the crowds"],
-        "Welcome to {place}! Go early, wear comfy shoes, and follow the smell of grilled sardines.",
-        ["travel", "lisbon", "citywalk"],
-    ),
-    "diy": (
-        ["Fixing a wobbly chair", "Upcycling an old bookshelf", "Tiny kitchen makeover"],
-        "Grab sandpaper, wood glue and clamps. This took me one afternoon and cost under ten euros.",
-        ["diy", "home", "upcycle"],
-    ),
-    "pets": (
-        ["Pimenta the cat's day out", "Teaching my dog to wait", "Cat vs. cardboard box"],
-        "Treats, patience and short sessions: five minutes a day is plenty for a new trick.",
-        ["pets", "cats", "dogs"],
-    ),
-    "music": (
-        ["Fado on a Tuesday night", "Ukulele in 5 chords", "Busking by the river"],
-        "Three chords and a good melody. Here is how the chorus goes, slowly first.",
-        ["music", "fado", "live"],
-    ),
-}
+REEL_TOPICS = DATA["reel_topics"]
 
 
 def _reels(
