@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend
+from townsquare.storage.fulltext import Document as TextDocument
+from townsquare.storage.fulltext import FullText
+from townsquare.storage.fulltext import for_dialect as fulltext_for
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.vectors import VectorIndex, attrs_hash
 
@@ -165,47 +168,15 @@ class Indexer:
             self.vectors.delete(collection, ids)
             self._fulltext_delete(collection, ids)
 
+    def _fulltext(self, db: Session) -> FullText:
+        return fulltext_for(db.get_bind().dialect.name, COLLECTIONS)
+
     def _fulltext_delete(self, collection: str, ids: list[int]) -> None:
         with self.sessions.begin() as db:
-            sqlite = db.get_bind().dialect.name == "sqlite"
-            for start in range(0, len(ids), 500):
-                marks = ",".join(str(int(i)) for i in ids[start : start + 500])
-                if sqlite:  # by rowid (the item id): indexed
-                    db.execute(
-                        text(f"DELETE FROM {fts_table(collection)} WHERE rowid IN ({marks})")
-                    )
-                else:
-                    db.execute(
-                        text(
-                            f"DELETE FROM search_fts WHERE collection = :c AND item_id IN ({marks})"
-                        ),
-                        {"c": collection},
-                    )
+            self._fulltext(db).delete(db, collection, ids)
 
     def _fulltext_upsert(self, collection: str, docs: list[Document]) -> None:
-        self._fulltext_delete(collection, [d.item_id for d in docs])
         with self.sessions.begin() as db:
-            rows = [{"c": collection, "i": d.item_id, "t": d.title, "b": d.body} for d in docs]
-            if db.get_bind().dialect.name == "sqlite":
-                db.execute(
-                    text(
-                        f"INSERT INTO {fts_table(collection)} (rowid, title, body) "
-                        "VALUES (:i, :t, :b)"
-                    ),
-                    rows,
-                )
-            else:
-                db.execute(
-                    text(
-                        "INSERT INTO search_fts (collection, item_id, title, body) "
-                        "VALUES (:c, :i, :t, :b)"
-                    ),
-                    rows,
-                )
-
-
-def fts_table(collection: str) -> str:
-    """The SQLite full-text table of a collection (one each: a query reads only its own)."""
-    if collection not in COLLECTIONS:
-        raise ValueError(f"unknown collection {collection!r}")
-    return f"search_fts_{collection}"
+            engine = self._fulltext(db)
+            engine.delete(db, collection, [d.item_id for d in docs])
+            engine.insert(db, collection, [TextDocument(d.item_id, d.title, d.body) for d in docs])

@@ -19,12 +19,12 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.errors import BackendError, InvalidField
-from townsquare.features.search.indexer import fts_table
+from townsquare.features.search.indexer import COLLECTIONS
 from townsquare.features.search.schemas import (
     ListingFilters,
     ListingHit,
@@ -36,6 +36,7 @@ from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
 from townsquare.social.schemas import MAX_PRICE
 from townsquare.storage.filters import Eq, Filter, Near, Range, all_of, haversine_km
+from townsquare.storage.fulltext import for_dialect as fulltext_for
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.tables import User
 from townsquare.storage.vectors import VectorIndex
@@ -51,45 +52,11 @@ def _words(query: str) -> list[str]:
     return [w.lower() for w in WORD.findall(query) if len(w) > 1 or w.isdigit()]
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression: every word quoted (no operator injection), OR-ed for recall."""
-    words = _words(query)
-    return " OR ".join('"' + w.replace('"', "") + '"' for w in words) if words else None
-
-
 def fulltext(db: Session, collection: str, query: str, limit: int) -> list[int]:
-    """Item ids ranked by BM25 (SQLite FTS5) or ts_rank (PostgreSQL), best first, among the
-    ``limit`` newest matches.
-
-    Ranking every match would make a query of common words ("bike") cost work in proportion
-    to the catalogue; reading matches newest first and stopping after ``limit`` keeps it flat,
-    and the vector ranker still sees every item. (Newest first also suits a marketplace.)
-    """
-    if db.get_bind().dialect.name == "sqlite":
-        match = fts_query(query)
-        if match is None:
-            return []
-        table = fts_table(collection)
-        rows = db.execute(
-            text(
-                f"SELECT item_id FROM (SELECT rowid AS item_id, bm25({table}, 4.0, 1.0) AS score "
-                f"FROM {table} WHERE {table} MATCH :q "
-                "ORDER BY rowid DESC LIMIT :n) ORDER BY score, item_id DESC"
-            ),
-            {"q": match, "n": limit},
-        )
-    else:
-        rows = db.execute(
-            text(
-                "SELECT item_id FROM (SELECT item_id, ts_rank(to_tsvector('english', title || "
-                "' ' || body), query) AS score FROM search_fts, "
-                "websearch_to_tsquery('english', :q) query WHERE collection = :c AND "
-                "to_tsvector('english', title || ' ' || body) @@ query "
-                "ORDER BY item_id DESC LIMIT :n) newest ORDER BY score DESC"
-            ),
-            {"q": " OR ".join(_words(query)), "c": collection, "n": limit},
-        )
-    return [int(r[0]) for r in rows]
+    """Item ids ranked by the database's full-text engine (``storage/fulltext.py``), best
+    first, among the ``limit`` newest matches."""
+    engine = fulltext_for(db.get_bind().dialect.name, COLLECTIONS)
+    return engine.search(db, collection, query, limit)
 
 
 def rrf(
