@@ -48,6 +48,8 @@ class Admission:
         return self._admitted
 
     def acquire(self, weight: int = 1) -> None:
+        """Admit ``weight`` units, or raise ``Busy`` (with retry_after) when the capacity is used
+        up. An empty admission always admits, so one oversized request is never refused forever."""
         with self._lock:
             if self._admitted + weight > self.capacity and self._admitted > 0:
                 if self.on_busy is not None:
@@ -60,12 +62,14 @@ class Admission:
             self._admitted += weight
 
     def release(self, weight: int = 1) -> None:
+        """Give back ``weight`` units admitted by ``acquire``."""
         with self._lock:
             self._admitted -= weight
             assert self._admitted >= 0, "released more than was admitted"
 
     @contextmanager
     def admitted(self, weight: int = 1) -> Iterator[None]:
+        """``acquire`` on entry, ``release`` on exit (a context manager)."""
         self.acquire(weight)
         try:
             yield
@@ -92,5 +96,7 @@ class Bounded:
         self._slots = threading.Semaphore(concurrency)
 
     def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` when one of the concurrency slots is free; ``Busy`` if too many wait
+        already."""
         with self.admission.admitted(), self._slots:
             return fn()

@@ -72,10 +72,12 @@ def user_for_key(db: Session, key: str) -> User | None:
 
 
 def count_users(db: Session) -> int:
+    """How many users exist."""
     return db.scalar(select(func.count()).select_from(User)) or 0
 
 
 def find_user(db: Session, name: str) -> User | None:
+    """The user with this name, or None."""
     return db.scalar(select(User).where(User.name == name))
 
 
@@ -93,6 +95,7 @@ def start_web_session(db: Session, user: User, *, days: int) -> str:
 
 
 def user_for_session(db: Session, token: str) -> User | None:
+    """The user behind a live web session token, or None (expired or unknown)."""
     row = db.scalar(select(WebSession).where(WebSession.token_hash == _digest(token)))
     if row is None or _as_utc(row.expires_at) < datetime.now(UTC):
         return None
@@ -101,6 +104,7 @@ def user_for_session(db: Session, token: str) -> User | None:
 
 
 def end_web_session(db: Session, token: str) -> None:
+    """Delete a web session (log out); unknown tokens are ignored."""
     row = db.scalar(select(WebSession).where(WebSession.token_hash == _digest(token)))
     if row is not None:
         db.delete(row)

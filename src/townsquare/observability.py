@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing_extensions import override
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -22,6 +23,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id and any extras."""
 
+    @override
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -39,6 +41,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    @override
     def format(self, record: logging.LogRecord) -> str:
         record.request_id = request_id_var.get()
         return super().format(record)

@@ -15,6 +15,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 
+from typing_extensions import override
+
 from townsquare.errors import QuotaExceeded
 from townsquare.settings import QuotaSettings
 
@@ -40,6 +42,7 @@ class MemoryQuotaStore(QuotaStore):
         self._counts: dict[tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
 
+    @override
     def add(self, key: str, window_s: int, amount: int, now: float) -> int:
         slot = (key, window_s, int(now // window_s))
         with self._lock:
@@ -48,6 +51,7 @@ class MemoryQuotaStore(QuotaStore):
             self._counts[slot] = self._counts.get(slot, 0) + amount
             return self._counts[slot]
 
+    @override
     def get(self, key: str, window_s: int, now: float) -> int:
         with self._lock:
             return self._counts.get((key, window_s, int(now // window_s)), 0)
@@ -116,6 +120,7 @@ class Quotas:
             )
 
     def record_tokens(self, user_id: int | None, group_id: int | None, tokens: int) -> None:
+        """Count a generation's tokens against the user's and the group's daily budgets."""
         now = time.time()
         if user_id is not None:
             self.store.add(f"u{user_id}:tok", DAY, tokens, now)

@@ -175,6 +175,7 @@ class Services:
         return built
 
     def database_ok(self) -> bool:
+        """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""
         try:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -184,6 +185,8 @@ class Services:
         return True
 
     async def aclose(self) -> None:
+        """Close everything these services own: the model (unless passed in), embeddings, indexes,
+        writers, the engine."""
         if self.owns_text:
             await self.text.aclose()
         await self.embed.aclose()

@@ -20,6 +20,7 @@ _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_services(request: Request) -> Services:
+    """The app's ``Services`` (built at start-up, or passed to ``create_app``)."""
     services: Services = request.app.state.services
     return services
 

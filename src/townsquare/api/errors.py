@@ -59,6 +59,8 @@ def internal_error(path: str) -> dict[str, Any]:
 
 
 def exception_payload(path: str, exc: TownsquareError) -> dict[str, Any]:
+    """The error body for a townsquare error on ``path`` (with hazards, rows or the field to
+    fix)."""
     extra: dict[str, Any] = {}
     if isinstance(exc, ContentBlocked):
         extra["hazards"] = exc.hazards
@@ -82,6 +84,9 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 
 def install(app: FastAPI) -> None:
+    """Register the exception handlers: townsquare errors, validation errors, HTTP errors and a
+    busy database pool."""
+
     @app.exception_handler(TownsquareError)
     async def townsquare_error(request: Request, exc: TownsquareError) -> JSONResponse:
         if exc.status_code >= 500:  # the model or a dependency failed: operators must see it

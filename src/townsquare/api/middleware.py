@@ -52,6 +52,8 @@ class RequestContextMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI request: request id, body limit, security headers, log line, metrics, and
+        a 500 answered here for an unexpected exception."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -39,6 +39,8 @@ class ChatMessageIn(BaseModel):
     content: str | list[TextPart]
 
     def plain(self) -> Message:
+        """The message as a backend ``Message`` (content parts joined; 'developer' becomes
+        'system')."""
         text = (
             self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
         )

@@ -66,6 +66,7 @@ class _Slot:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -149,6 +150,7 @@ class BatchEngine:
         return self._thread.is_alive()
 
     def active(self) -> int:
+        """Sequences decoding right now (slots with a request)."""
         return sum(1 for s in self._slots if s.request is not None)
 
     def submit(self, request: Request) -> None:
@@ -176,6 +178,8 @@ class BatchEngine:
             self._cv.notify()
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the engine thread, failing waiting and running requests; waits up to
+        ``timeout_s``."""
         with self._cv:
             self._stopping = True
             self._cv.notify()

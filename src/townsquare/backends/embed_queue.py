@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import override
 
 from townsquare.admission import Admission
 from townsquare.backends.base import EmbeddingBackend
@@ -39,6 +40,7 @@ Vectors = npt.NDArray[np.float32]
 
 
 def estimate_tokens(text: str) -> int:
+    """A cheap upper estimate of a text's tokens (4 characters a token), for batching."""
     return len(text) // 4 + 2
 
 
@@ -141,12 +143,14 @@ class QueuedEmbeddings(EmbeddingBackend):
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
+    @override
     def embed_sync(self, texts: Sequence[str], *, bulk: bool | None = None) -> Vectors:
         hit = self._cached(texts) if len(texts) <= self.interactive_max_texts else None
         if hit is not None:
             return hit
         return self.submit(texts, bulk=bulk).future.result()
 
+    @override
     async def embed(self, texts: Sequence[str]) -> Vectors:
         hit = self._cached(texts) if len(texts) <= self.interactive_max_texts else None
         if hit is not None:
@@ -237,6 +241,7 @@ class QueuedEmbeddings(EmbeddingBackend):
                         heapq.heappush(self._heap, (taken[0][0], next(self._sequence), job))
                         self._cv.notify()
 
+    @override
     async def aclose(self) -> None:
         with self._cv:
             self._stopping = True

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import override
 
 from townsquare.backends.base import (
     Completion,
@@ -44,6 +45,7 @@ class FakeText(TextBackend):
         self.delay_s = 0.0
 
     def enqueue(self, *replies: str) -> None:
+        """Replies to give, in order, before falling back to the echo."""
         self.replies.extend(replies)
 
     def _reply(self, messages: Sequence[Message], options: GenerationOptions) -> str:
@@ -57,6 +59,7 @@ class FakeText(TextBackend):
             return json.dumps({"echo": last})
         return f"echo: {last}"
 
+    @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         text = self._reply(messages, options)
         words = text.split(" ")[: options.max_tokens]
@@ -65,6 +68,7 @@ class FakeText(TextBackend):
             " ".join(words), finish, Usage(self.count_message_tokens(messages), len(words))
         )
 
+    @override
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Delta]:
@@ -93,6 +97,7 @@ class FakeEmbeddings(EmbeddingBackend):
         self.dimensions = dimensions
         self.calls = 0
 
+    @override
     def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         self.calls += 1
         out = np.zeros((len(texts), self.dimensions), dtype=np.float32)

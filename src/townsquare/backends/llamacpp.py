@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import anyio
+from typing_extensions import override
 
 from townsquare.backends.base import (
     Completion,
@@ -136,6 +137,7 @@ def _file_type(llama_cpp: Any, path: Path) -> int | None:
 
 
 def default_cache_dir() -> Path:
+    """Where converted model weights are cached: $XDG_CACHE_HOME/townsquare/models (or ~/.cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "townsquare" / "models"
 
@@ -277,18 +279,23 @@ class LlamaCppText(TextBackend):
         )
         return tokens
 
+    @override
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, special=False))
 
+    @override
     def queue_depth(self) -> int:
         return self._engine.depth
 
+    @override
     def active_sequences(self) -> int:
         return self._engine.active()
 
+    @override
     def prompt_tokens_reused(self) -> int:
         return self._engine.prompt_tokens_reused
 
+    @override
     def observe(
         self,
         *,
@@ -298,6 +305,7 @@ class LlamaCppText(TextBackend):
         self._engine.on_wait = on_wait
         self._engine.admission.on_busy = on_busy
 
+    @override
     async def ready(self) -> bool:
         return self._engine.alive()
 
@@ -364,6 +372,7 @@ class LlamaCppText(TextBackend):
             emit=emit,
         )
 
+    @override
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Delta]:
@@ -392,6 +401,7 @@ class LlamaCppText(TextBackend):
         finally:
             self._engine.cancel(request)
 
+    @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         parts: list[str] = []
         finish, usage = "stop", Usage()
@@ -401,6 +411,7 @@ class LlamaCppText(TextBackend):
                 finish, usage = delta.finish_reason, delta.usage or Usage()
         return Completion(text="".join(parts), finish_reason=finish, usage=usage)
 
+    @override
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._engine.close)
         context: Any = self._ctx

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import openai
+from typing_extensions import override
 
 from townsquare.backends.base import (
     Completion,
@@ -100,6 +101,7 @@ class OpenAICompatText(TextBackend):
     def _messages(self, messages: Sequence[Message]) -> list[Any]:
         return [{"role": m.role, "content": m.content} for m in messages]
 
+    @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         try:
             response = await self._client.chat.completions.create(
@@ -117,6 +119,7 @@ class OpenAICompatText(TextBackend):
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
         )
 
+    @override
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Delta]:
@@ -142,6 +145,7 @@ class OpenAICompatText(TextBackend):
             raise self._translate(exc) from exc
         yield Delta(finish_reason=finish or "stop", usage=usage)
 
+    @override
     async def ready(self) -> bool:
         try:
             await self._client.models.list()
@@ -149,6 +153,7 @@ class OpenAICompatText(TextBackend):
             return False
         return True
 
+    @override
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -176,6 +181,7 @@ class OpenAICompatEmbeddings(EmbeddingBackend):
             base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=0
         )
 
+    @override
     def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         rows: list[list[float]] = []
         try:
@@ -200,5 +206,6 @@ class OpenAICompatEmbeddings(EmbeddingBackend):
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
 
+    @override
     async def aclose(self) -> None:
         self._client.close()

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from townsquare.backends.base import (
     Completion,
     Delta,
@@ -142,42 +144,54 @@ class LazyText(TextBackend):
 
     @property
     def backend_id(self) -> str:  # type: ignore[override]
+        """The real backend's id (loads it)."""
         return self.backend.backend_id
 
     @property
     def model_id(self) -> str:  # type: ignore[override]
+        """The real backend's model id (loads it)."""
         return self.backend.model_id
 
     @property
     def context_window(self) -> int:  # type: ignore[override]
+        """The real backend's context window in tokens (loads it)."""
         return self.backend.context_window
 
+    @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         return await self.backend.complete(messages, options)
 
+    @override
     def stream(
         self, messages: Sequence[Message], options: GenerationOptions
     ) -> AsyncIterator[Delta]:
         return self.backend.stream(messages, options)
 
+    @override
     def count_tokens(self, text: str) -> int:
         return self.backend.count_tokens(text)
 
+    @override
     def count_message_tokens(self, messages: Sequence[Message]) -> int:
         return self.backend.count_message_tokens(messages)
 
+    @override
     async def ready(self) -> bool:
         return await self.backend.ready()
 
+    @override
     def queue_depth(self) -> int:
         return self._built.queue_depth() if self._built is not None else 0
 
+    @override
     def active_sequences(self) -> int:
         return self._built.active_sequences() if self._built is not None else 0
 
+    @override
     def prompt_tokens_reused(self) -> int:
         return self._built.prompt_tokens_reused() if self._built is not None else 0
 
+    @override
     def observe(
         self,
         *,
@@ -188,6 +202,7 @@ class LazyText(TextBackend):
         if self._built is not None:
             self._built.observe(**self._hooks)
 
+    @override
     async def aclose(self) -> None:
         if self._built is not None:
             await self._built.aclose()

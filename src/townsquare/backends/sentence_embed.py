@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import override
 
 from townsquare.backends.base import EmbeddingBackend
 from townsquare.errors import BackendUnavailable
@@ -63,6 +64,7 @@ class SentenceEmbeddings(EmbeddingBackend):
         # torch already uses every core for one batch; concurrent encodes only thrash.
         self._lock = threading.Lock()
 
+    @override
     def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)

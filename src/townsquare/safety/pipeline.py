@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
 import anyio
+from typing_extensions import override
 
 from townsquare.backends.base import (
     Completion,
@@ -44,6 +45,7 @@ class Decision:
 
     @classmethod
     def allow(cls) -> Decision:
+        """A decision that lets the text through."""
         return cls(True)
 
 
@@ -74,10 +76,12 @@ class SafetyPolicy(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def check_input(self, messages: Sequence[Message]) -> Decision: ...
+    def check_input(self, messages: Sequence[Message]) -> Decision:
+        """Decide on the messages before generation."""
 
     @abstractmethod
-    def check_output(self, text: str, *, final: bool) -> Decision: ...
+    def check_output(self, text: str, *, final: bool) -> Decision:
+        """Decide on the reply so far (``final``: it is complete)."""
 
 
 class LengthPolicy(SafetyPolicy):
@@ -89,6 +93,7 @@ class LengthPolicy(SafetyPolicy):
         self.max_input_chars = max_input_chars
         self.max_output_chars = max_output_chars
 
+    @override
     def check_input(self, messages: Sequence[Message]) -> Decision:
         total = sum(len(m.content) for m in messages)
         if total > self.max_input_chars:
@@ -107,6 +112,7 @@ class LengthPolicy(SafetyPolicy):
                 )
         return Decision.allow()
 
+    @override
     def check_output(self, text: str, *, final: bool) -> Decision:
         if len(text) > self.max_output_chars:
             return Decision(
@@ -143,12 +149,14 @@ class SafetyPipeline:
             self.audit(event)
 
     def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
+        """The first refusal of any policy for the input, or allow; refusals are audited."""
         decision = self._first_refusal(lambda p: p.check_input(messages))
         excerpt = messages[-1].content[:200] if messages else ""
         self._record(SafetyEvent("input", context.feature, context.user_id, decision, excerpt))
         return decision
 
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
+        """The first refusal of any policy for the output, or allow; refusals are audited."""
         decision = self._first_refusal(lambda p: p.check_output(text, final=final))
         if final or not decision.allowed:
             self._record(
@@ -203,13 +211,16 @@ class GuardedText:
 
     @property
     def model_id(self) -> str:
+        """The wrapped backend's model id."""
         return self.backend.model_id
 
     @property
     def context_window(self) -> int:
+        """The wrapped backend's context window in tokens."""
         return self.backend.context_window
 
     def count_message_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens ``messages`` take in the wrapped backend's chat template."""
         return self.backend.count_message_tokens(messages)
 
     async def complete(
@@ -241,6 +252,8 @@ class GuardedText:
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context
     ) -> AsyncIterator[Delta]:
+        """Stream a reply with the input checked first and the output checked as it grows; a refusal
+        mid-stream ends it with ``ContentBlocked``."""
         await anyio.to_thread.run_sync(self._before, messages, context)
         text = ""
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,

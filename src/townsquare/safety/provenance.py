@@ -154,6 +154,7 @@ def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> byt
 
 
 def prompt_hash(prompt: str) -> str:
+    """SHA-256 of a prompt, stored instead of the prompt itself in provenance records."""
     return hashlib.sha256(prompt.encode()).hexdigest()
 
 
@@ -166,6 +167,7 @@ class Found:
 
     @property
     def made_here(self) -> bool:
+        """True when a mark was found and its payload is in this registry."""
         return self.detection.found and self.record is not None
 
     def public(self) -> dict[str, Any]:

@@ -88,6 +88,7 @@ class Detection:
     decoded: int | None = None  # best-guess payload even when not found (for diagnostics)
 
     def as_dict(self) -> dict[str, object]:
+        """The detection as JSON-ready values."""
         return {
             "found": self.found,
             "payload": None if self.payload is None else payload_hex(self.payload),

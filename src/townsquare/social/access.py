@@ -33,6 +33,7 @@ from townsquare.storage.tables import Conversation, User
 
 
 def is_admin(user: User) -> bool:
+    """Whether the user is an admin (who sees everything)."""
     return user.role == "admin"
 
 
@@ -50,6 +51,7 @@ def _missing(kind: str, external_id: str) -> NotFound:
 
 
 def group_visible_to(db: Session, user: User, external_id: str) -> Group:
+    """A group the user is a member of (admins: any); 404 otherwise."""
     group = db.scalar(select(Group).where(Group.external_id == external_id))
     if group is None or not (is_admin(user) or membership_role(db, user, group.id)):
         raise _missing("group", external_id)
@@ -67,6 +69,7 @@ def moderated_group(db: Session, user: User, external_id: str) -> Group:
 
 
 def thread_visible_to(db: Session, user: User, external_id: str) -> DMThread:
+    """A DM thread the user takes part in; 404 otherwise (admins included: DMs are private)."""
     thread = db.scalar(select(DMThread).where(DMThread.external_id == external_id))
     if thread is None:
         raise _missing("DM thread", external_id)
@@ -93,12 +96,14 @@ def visible_posts(user: User) -> ColumnElement[bool]:
 
 
 def visible_listings(user: User) -> ColumnElement[bool]:
+    """SQL condition: active listings, and the user's own in any status (admins: all)."""
     if is_admin(user):
         return true()
     return or_(Listing.status == "active", Listing.seller_id == user.id)
 
 
 def visible_reels(user: User) -> ColumnElement[bool]:
+    """SQL condition: public reels, reels of the user's groups and the user's own."""
     if is_admin(user):
         return true()
     return or_(
@@ -145,6 +150,7 @@ def reels_filter(user: User, groups: tuple[int, ...]) -> Filter:
 
 
 def post_visible_to(db: Session, user: User, external_id: str) -> Post:
+    """A post the user may see (public, or in one of their groups); 404 otherwise."""
     post = db.scalar(select(Post).where(Post.external_id == external_id, visible_posts(user)))
     if post is None:
         raise _missing("post", external_id)
@@ -152,6 +158,7 @@ def post_visible_to(db: Session, user: User, external_id: str) -> Post:
 
 
 def listing_visible_to(db: Session, user: User, external_id: str) -> Listing:
+    """A listing the user may see (active, or their own); 404 otherwise."""
     listing = db.scalar(
         select(Listing).where(Listing.external_id == external_id, visible_listings(user))
     )
@@ -161,6 +168,7 @@ def listing_visible_to(db: Session, user: User, external_id: str) -> Listing:
 
 
 def reel_visible_to(db: Session, user: User, external_id: str) -> Reel:
+    """A reel the user may see; 404 otherwise."""
     reel = db.scalar(select(Reel).where(Reel.external_id == external_id, visible_reels(user)))
     if reel is None:
         raise _missing("reel", external_id)

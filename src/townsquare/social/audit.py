@@ -25,6 +25,7 @@ def record(db: Session, actor: User | None, action: str, target: str = "", **det
 
 
 def recent(db: Session, *, limit: int, before_id: int | None = None) -> list[AuditEvent]:
+    """Audit entries, newest first, ``limit`` at a time, before ``before_id`` when given."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if before_id is not None:
         query = query.where(AuditEvent.id < before_id)

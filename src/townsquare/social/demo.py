@@ -386,6 +386,7 @@ DEMO_LOGINS = ("mia", CREATOR_A, CREATOR_B)
 
 
 def is_seeded(db: Session) -> bool:
+    """Whether the database already has groups (the demo town or real content)."""
     return bool(db.scalar(select(func.count()).select_from(Group)))
 
 

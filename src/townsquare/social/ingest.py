@@ -91,6 +91,7 @@ def _ref(field: str, table: Table, column: str, label: str, url: str) -> Ref:
 
 
 def USER(field: str, column: str) -> Ref:
+    """A reference to a user from ``field``, stored in ``column`` ('-' when it is not a column)."""
     return _ref(field, User, column, "user", "users")
 
 
@@ -121,6 +122,8 @@ class Resolver:
         self.ids: dict[Table, dict[str, int]] = {}
 
     def load(self, table: Table, external_ids: Iterable[str]) -> None:
+        """Look up the ids of ``external_ids`` in ``table`` (500 per query), adding to what is
+        known."""
         known = self.ids.setdefault(table, {})
         wanted = sorted(set(external_ids) - known.keys())
         for start in range(0, len(wanted), 500):
@@ -131,9 +134,11 @@ class Resolver:
                 known[ext] = id_
 
     def get(self, table: Table, external_id: str) -> int | None:
+        """The id of ``external_id`` in ``table``, or None when it does not exist."""
         return self.ids.get(table, {}).get(external_id)
 
     def add(self, table: Table, external_id: str, id_: int) -> None:
+        """Remember a row added in this batch."""
         self.ids.setdefault(table, {})[external_id] = id_
 
 

@@ -40,6 +40,7 @@ from townsquare.storage.tables import User
 
 
 def rule(name: str) -> dict[str, Any]:
+    """The route options that declare its access rule (read by the authorization matrix test)."""
     return {"openapi_extra": {"x-access": name}}
 
 

@@ -66,6 +66,7 @@ def _private_file(path: Path) -> None:
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    """A session factory on ``engine`` (objects stay usable after commit)."""
     return sessionmaker(engine, expire_on_commit=False)
 
 
@@ -101,6 +102,7 @@ class BackgroundWriter:
         self._thread.start()
 
     def add(self, row: Any) -> None:
+        """Queue a row to be written by the writer thread (never blocks the caller)."""
         self._queue.put(row)
 
     def _run(self) -> None:
@@ -117,9 +119,11 @@ class BackgroundWriter:
                 self._queue.task_done()
 
     def flush(self) -> None:
+        """Wait until every queued row is written."""
         self._queue.join()
 
     def close(self) -> None:
+        """Write what is queued and stop the thread."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=10)

@@ -90,6 +90,7 @@ class Not(Filter):
 
 
 def all_of(*parts: Filter | None) -> Filter:
+    """The conjunction of the filters given (``None`` ones are skipped; none at all: everything)."""
     kept = tuple(p for p in parts if p is not None and not isinstance(p, Everything))
     if not kept:
         return Everything()
@@ -119,6 +120,7 @@ class Columns:
         self.capacity = 0
 
     def grow(self, capacity: int) -> None:
+        """Make room for at least ``size`` rows."""
         for name, array in self.arrays.items():
             grown = np.full(capacity, np.nan)
             grown[: len(array)] = array
@@ -134,6 +136,7 @@ class Columns:
         return code
 
     def encode(self, name: str, value: Any, *, create: bool = False) -> float | None:
+        """A value as the number stored in a column (strings get a code per column)."""
         if value is None:
             return None
         if isinstance(value, str):
@@ -141,6 +144,7 @@ class Columns:
         return float(value)
 
     def set(self, row: int, attrs: Mapping[str, Any]) -> None:
+        """Store an item's attributes in row ``row``."""
         for name in set(self.arrays) | set(attrs):
             array = self.arrays.get(name)
             if array is None:
@@ -149,6 +153,7 @@ class Columns:
             array[row] = np.nan if code is None else code
 
     def move(self, source: int, target: int) -> None:
+        """Copy row ``source`` to row ``target`` (when a deletion compacts the arrays)."""
         for array in self.arrays.values():
             array[target] = array[source]
 
@@ -159,6 +164,7 @@ class Columns:
     def column(
         self, name: str, size: int, rows: npt.NDArray[np.int64] | None = None
     ) -> npt.NDArray[np.float64]:
+        """The values of one attribute for the first ``size`` rows (NaN where unset)."""
         array = self.arrays.get(name)
         count = size if rows is None else len(rows)
         if array is None:

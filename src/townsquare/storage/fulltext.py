@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from typing_extensions import override
 
 WORD = re.compile(r"[\w']+", re.UNICODE)
 _CHUNK = 500
@@ -75,6 +76,7 @@ class Fts5(FullText):
         found = words(query)
         return " OR ".join('"' + w.replace('"', "") + '"' for w in found) if found else None
 
+    @override
     def search(self, db: Session, collection: str, query: str, limit: int) -> list[int]:
         expression = self.match(query)
         if expression is None:
@@ -90,12 +92,14 @@ class Fts5(FullText):
         )
         return [int(r[0]) for r in rows]
 
+    @override
     def delete(self, db: Session, collection: str, ids: Sequence[int]) -> None:
         table = self.table(collection)
         for start in range(0, len(ids), _CHUNK):
             marks = ",".join(str(int(i)) for i in ids[start : start + _CHUNK])
             db.execute(text(f"DELETE FROM {table} WHERE rowid IN ({marks})"))  # by rowid: indexed
 
+    @override
     def insert(self, db: Session, collection: str, docs: Sequence[Document]) -> None:
         if docs:
             db.execute(
@@ -109,6 +113,7 @@ class Fts5(FullText):
 class TsVector(FullText):
     """PostgreSQL ``tsvector`` search over one table for all collections."""
 
+    @override
     def search(self, db: Session, collection: str, query: str, limit: int) -> list[int]:
         found = words(query)
         if not found:
@@ -125,6 +130,7 @@ class TsVector(FullText):
         )
         return [int(r[0]) for r in rows]
 
+    @override
     def delete(self, db: Session, collection: str, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), _CHUNK):
             marks = ",".join(str(int(i)) for i in ids[start : start + _CHUNK])
@@ -133,6 +139,7 @@ class TsVector(FullText):
                 {"c": self._check(collection)},
             )
 
+    @override
     def insert(self, db: Session, collection: str, docs: Sequence[Document]) -> None:
         if docs:
             db.execute(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import create_engine, text
+from typing_extensions import override
 
 from townsquare.storage.filters import Everything, Filter, to_sql
 from townsquare.storage.vectors import Attrs, VectorIndex, Vectors, attrs_hash
@@ -72,6 +73,7 @@ class PgVectorIndex(VectorIndex):
                 )
             )
 
+    @override
     def upsert(
         self,
         collection: str,
@@ -106,6 +108,7 @@ class PgVectorIndex(VectorIndex):
                 rows,
             )
 
+    @override
     def set_attrs(self, collection: str, ids: Sequence[int], attrs: Sequence[Attrs]) -> None:
         rows = [
             {
@@ -126,6 +129,7 @@ class PgVectorIndex(VectorIndex):
                     rows,
                 )
 
+    @override
     def delete(self, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
         if ids:
@@ -135,10 +139,12 @@ class PgVectorIndex(VectorIndex):
                     {"c": collection, "ids": ids},
                 )
 
+    @override
     def drop_collection(self, collection: str) -> None:
         with self.engine.begin() as db:
             db.execute(text(f"DELETE FROM {self.table} WHERE collection = :c"), {"c": collection})
 
+    @override
     def search(
         self,
         collection: str,
@@ -169,6 +175,7 @@ class PgVectorIndex(VectorIndex):
             ).all()
         return sorted(((int(i), float(s)) for i, s in rows), key=lambda r: -r[1])
 
+    @override
     def filter_ids(self, collection: str, ids: Sequence[int], where: Filter) -> list[int]:
         wanted = [int(i) for i in ids]
         if not wanted:
@@ -202,10 +209,12 @@ class PgVectorIndex(VectorIndex):
                 )
             )
 
+    @override
     def state(self, collection: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
         rows = self._of_items("content_hash, attrs_hash", collection, ids)
         return {int(i): (h, ah) for i, h, ah in rows}
 
+    @override
     def hashes(self, collection: str) -> dict[int, str]:
         with self.engine.connect() as db:
             rows = db.execute(
@@ -214,10 +223,12 @@ class PgVectorIndex(VectorIndex):
             )
             return {int(i): h for i, h in rows}
 
+    @override
     def vectors(self, collection: str, ids: Iterable[int]) -> dict[int, Vectors]:
         rows = self._of_items("embedding::text", collection, ids)
         return {int(i): _parse(v) for i, v in rows}
 
+    @override
     def values(self, collection: str, field: str) -> list[str]:
         with self.engine.connect() as db:
             rows = db.execute(
@@ -229,5 +240,6 @@ class PgVectorIndex(VectorIndex):
             )
             return sorted(str(v) for (v,) in rows if v is not None)
 
+    @override
     def close(self) -> None:
         self.engine.dispose()

@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+from typing_extensions import override
 
 
 def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
     return datetime.now(UTC)
 
 
@@ -33,9 +35,11 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @override
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
 
+    @override
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else as_utc(value)
 

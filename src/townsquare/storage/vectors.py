@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
+from typing_extensions import override
 
 from townsquare.storage.filters import Columns, Everything, Filter, mask
 from townsquare.storage.social_tables import VectorItem
@@ -64,7 +65,8 @@ class VectorIndex(ABC):
         """Replace the metadata of items already indexed (their vectors stay)."""
 
     @abstractmethod
-    def delete(self, collection: str, ids: Iterable[int]) -> None: ...
+    def delete(self, collection: str, ids: Iterable[int]) -> None:
+        """Remove items from a collection (absent ones are ignored)."""
 
     @abstractmethod
     def search(
@@ -279,6 +281,7 @@ class EmbeddedVectorIndex(VectorIndex):
 
     # --- writes -----------------------------------------------------------------------------
 
+    @override
     def upsert(
         self,
         collection: str,
@@ -316,6 +319,7 @@ class EmbeddedVectorIndex(VectorIndex):
             )
         self.refresh()
 
+    @override
     def set_attrs(self, collection: str, ids: Sequence[int], attrs: Sequence[Attrs]) -> None:
         with self._lock:
             store = self._collections.get(collection)
@@ -339,6 +343,7 @@ class EmbeddedVectorIndex(VectorIndex):
             [m for _, m in kept],
         )
 
+    @override
     def delete(self, collection: str, ids: Iterable[int]) -> None:
         ids = [int(i) for i in ids]
         if not ids:
@@ -359,6 +364,7 @@ class EmbeddedVectorIndex(VectorIndex):
             db.add_all(VectorItem(collection=collection, item_id=i, vector=None) for i in ids)
         self.refresh()
 
+    @override
     def drop_collection(self, collection: str) -> None:
         self._ensure_following()
         with self._lock:
@@ -368,11 +374,13 @@ class EmbeddedVectorIndex(VectorIndex):
 
     # --- reads (never touch the database) ------------------------------------------------------
 
+    @override
     def hashes(self, collection: str) -> dict[int, str]:
         self._ensure_following()
         with self._lock:
             return dict(self._collections.get(collection, _Collection()).hashes)
 
+    @override
     def state(self, collection: str, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
         self._ensure_following()
         with self._lock:
@@ -385,6 +393,7 @@ class EmbeddedVectorIndex(VectorIndex):
                 if int(i) in store.hashes
             }
 
+    @override
     def filter_ids(self, collection: str, ids: Sequence[int], where: Filter) -> list[int]:
         self._ensure_following()
         with self._lock:
@@ -398,6 +407,7 @@ class EmbeddedVectorIndex(VectorIndex):
             keep = mask(where, store.columns, store.size, rows)
             return [i for i, ok in zip(known, keep, strict=True) if ok]
 
+    @override
     def vectors(self, collection: str, ids: Iterable[int]) -> dict[int, Vectors]:
         self._ensure_following()
         with self._lock:
@@ -408,12 +418,14 @@ class EmbeddedVectorIndex(VectorIndex):
                 int(i): store.matrix[store.rows[int(i)]].copy() for i in ids if int(i) in store.rows
             }
 
+    @override
     def values(self, collection: str, field: str) -> list[str]:
         self._ensure_following()
         with self._lock:
             store = self._collections.get(collection)
             return [] if store is None else store.columns.values(field)
 
+    @override
     def search(
         self,
         collection: str,
@@ -536,6 +548,7 @@ class EmbeddedVectorIndex(VectorIndex):
         rows = np.array([store.rows[i] for i in ids], dtype=np.int64)
         return self._exact(store, query, k, rows)  # exact re-scoring of the candidates
 
+    @override
     def close(self) -> None:
         self._stop.set()
         if self._follower is not None:

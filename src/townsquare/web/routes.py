@@ -21,6 +21,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/login", openapi_extra={"x-access": "public"})
 def login_page(request: Request) -> HTMLResponse:
+    """The login form."""
     return templates.TemplateResponse(request, "login.html", {"error": None})
 
 
@@ -28,6 +29,7 @@ def login_page(request: Request) -> HTMLResponse:
 def login(
     request: Request, key: Annotated[str, Form()], db: DbDep, services: ServicesDep
 ) -> Response:
+    """Exchange an API key for a web session cookie (and a CSRF token for writes)."""
     user = user_for_key(db, key.strip())
     if user is None:
         return templates.TemplateResponse(
@@ -56,6 +58,7 @@ def login(
 
 @router.post("/logout", openapi_extra={"x-access": "public"})
 def logout(request: Request, db: DbDep) -> RedirectResponse:
+    """End the web session and clear its cookie."""
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         end_web_session(db, token)
@@ -67,6 +70,7 @@ def logout(request: Request, db: DbDep) -> RedirectResponse:
 
 @router.get("/", response_model=None, openapi_extra={"x-access": "public"})
 def chat_page(request: Request, db: DbDep, services: ServicesDep) -> Response:
+    """The chat page for a signed-in member; others are sent to the login form."""
     token = request.cookies.get(SESSION_COOKIE)
     user = user_for_session(db, token) if token else None
     if user is None:
@@ -77,5 +81,6 @@ def chat_page(request: Request, db: DbDep, services: ServicesDep) -> Response:
 
 
 def mount(app: FastAPI) -> None:
+    """Add the web pages and their static files to ``app``."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -78,6 +78,7 @@ def fit_context(
 def create_conversation(
     db: Session, user: User, body: ConversationCreate, settings: Settings
 ) -> Conversation:
+    """Start a conversation for ``user``, with its optional persona (length-checked). Commits."""
     limit = settings.limits.max_system_prompt_chars
     if body.system_prompt is not None and len(body.system_prompt) > limit:
         raise InvalidField(
@@ -92,6 +93,7 @@ def create_conversation(
 
 
 def list_conversations(db: Session, user: User) -> list[Conversation]:
+    """The user's conversations, most recently updated first."""
     rows = db.scalars(
         select(Conversation)
         .where(Conversation.user_id == user.id)
@@ -106,6 +108,7 @@ def get_conversation(db: Session, user: User, conversation_id: int) -> Conversat
 
 
 def delete_conversation(db: Session, user: User, conversation_id: int) -> None:
+    """Delete one of the user's conversations with its messages (404 for anyone else's). Commits."""
     db.delete(get_conversation(db, user, conversation_id))
     db.commit()
 

@@ -30,11 +30,17 @@ class ToolResult:
 
 
 class Tool(Protocol):
+    """Something the assistant can do with the town's content before it replies."""
+
     name: ClassVar[str]
 
-    def wants(self, message: str) -> bool: ...
+    def wants(self, message: str) -> bool:
+        """Whether this tool should run for the member's ``message`` (cheap: no I/O)."""
+        ...
 
-    async def run(self, db: Session, user: User, message: str) -> ToolResult: ...
+    async def run(self, db: Session, user: User, message: str) -> ToolResult:
+        """Run the tool for ``user`` and return what the reply should know and show."""
+        ...
 
 
 WATCHABLE = re.compile(
@@ -52,9 +58,11 @@ class RecommendReels:
         self.embedder, self.vectors, self.limit = embedder, vectors, limit
 
     def wants(self, message: str) -> bool:
+        """True when the message asks for something to watch."""
         return bool(WATCHABLE.search(message))
 
     async def run(self, db: Session, user: User, message: str) -> ToolResult:
+        """Reels for the message and the member's interests, as cards and a note for the model."""
         found = await anyio.to_thread.run_sync(
             partial(
                 recommend_reels,
@@ -81,6 +89,7 @@ class RecommendReels:
 async def run_tools(
     tools: list[Any], sessions: sessionmaker[Session], user_id: int, message: str
 ) -> list[ToolResult]:
+    """Run every tool that wants ``message``, each with its own short-lived session."""
     results = []
     for tool in tools:
         if tool.wants(message):

@@ -1,0 +1,1 @@
+"""Group chats: topic suggestions and catch-up summaries."""

@@ -92,6 +92,8 @@ async def suggest_topics(
     text: GuardedText,
     embedder: EmbeddingBackend,
 ) -> Topics:
+    """Conversation starters for a group, grounded in its recent messages; topics already being
+    discussed are dropped."""
     recent = await _recent_off_loop(db, group, None)
     schema = {
         "type": "object",
@@ -181,6 +183,7 @@ async def catch_up(
     *,
     text: GuardedText,
 ) -> CatchUp:
+    """What a group said since ``since``: a few points, each citing the messages it comes from."""
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     messages = await _recent_off_loop(db, group, since)
     if not messages:
@@ -250,4 +253,5 @@ async def catch_up(
 
 
 def now() -> datetime:
+    """The current time in UTC (a function, so tests and the CLI can move it)."""
     return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Provenance: was this image made here (the invisible watermark)?"""

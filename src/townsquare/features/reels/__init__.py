@@ -1,0 +1,1 @@
+"""Reels recommended from a conversation and a member's interests."""

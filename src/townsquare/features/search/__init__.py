@@ -1,0 +1,1 @@
+"""Hybrid search (words and meaning), search summaries with citations, and the indexes."""

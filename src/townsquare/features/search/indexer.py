@@ -35,14 +35,17 @@ class Document:
 
     @property
     def content_hash(self) -> str:
+        """A hash of what is embedded and indexed: unchanged items are skipped on sync."""
         return hashlib.sha256(f"{self.title}\n{self.body}".encode()).hexdigest()[:32]
 
     @property
     def text(self) -> str:
+        """The text that is embedded (title and body)."""
         return f"{self.title}. {self.body}"
 
 
 def listing_body(listing: Listing) -> str:
+    """A listing's searchable text beyond its title: category, condition, place and attributes."""
     attributes = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in listing.attributes.items())
     condition = listing.condition.replace("_", " ")
     return f"{listing.category}; {condition}; {attributes}; {listing.location}"
@@ -63,10 +66,12 @@ def listing_attrs(listing: Listing) -> dict[str, Any]:
 
 
 def post_attrs(post: Post) -> dict[str, Any]:
+    """The filter metadata stored beside a post's vector (visibility by group)."""
     return {"group_id": post.group_id, "author_id": post.author_id}
 
 
 def reel_attrs(reel: Reel) -> dict[str, Any]:
+    """The filter metadata stored beside a reel's vector (visibility, group, creator)."""
     return {"visibility": reel.visibility, "group_id": reel.group_id, "creator_id": reel.creator_id}
 
 

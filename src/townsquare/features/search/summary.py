@@ -47,6 +47,7 @@ class Summary(BaseModel):
 
 
 def schema(count: int) -> dict[str, Any]:
+    """The JSON schema of a summary citing ``count`` numbered sources."""
     return {
         "type": "object",
         "properties": {

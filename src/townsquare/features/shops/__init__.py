@@ -1,0 +1,1 @@
+"""Shops: product descriptions grounded in a listing's attributes."""

@@ -143,6 +143,7 @@ def ground(raw: dict[str, Any], listing: Listing) -> tuple[dict[str, Any], list[
 
 
 def schema(length: str) -> dict[str, Any]:
+    """The JSON schema of a description draft of ``length``."""
     return {
         "type": "object",
         "required": ["title", "description", "highlights", "tags"],
@@ -174,6 +175,8 @@ async def describe(
     *,
     text: GuardedText,
 ) -> Draft:
+    """Draft a title, description, highlights and tags from the listing's facts only; invented
+    claims are dropped and left-out attributes added."""
     if not listing.attributes:
         raise InvalidField(
             "The listing has no attributes to describe. Add some first (brand, material, size, "

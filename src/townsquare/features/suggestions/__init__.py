@@ -1,0 +1,1 @@
+"""Comment suggestions and creators' suggested replies in their own style."""

@@ -36,6 +36,7 @@ class _Answer(BaseModel):
 
 
 def schema(count: int) -> dict[str, Any]:
+    """The JSON schema of ``count`` comment suggestions (plus two spares)."""
     return {
         "type": "object",
         "properties": {

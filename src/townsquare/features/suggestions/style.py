@@ -82,6 +82,7 @@ class Exchange:
 
     @property
     def fan_hash(self) -> str:
+        """A hash of the fan message: an example's vector is re-embedded only when it changes."""
         return hashlib.sha256(self.fan.encode()).hexdigest()[:32]
 
 
@@ -129,6 +130,7 @@ def pairs(db: Session, creator: User) -> list[tuple[str, str]]:
 
 
 def examples_collection(creator_id: int) -> str:
+    """The index collection holding one creator's fan messages (for similar examples)."""
     return f"replies:{creator_id}"
 
 
@@ -165,6 +167,8 @@ def similar_exchanges(
 
 
 def compute_profile(replies: list[str]) -> StyleProfile:
+    """A creator's style measured from their replies: length, emoji, case, greeting, sign-off,
+    phrases."""
     if not replies:
         return StyleProfile()
     lengths = sorted(len(r) for r in replies)
@@ -208,6 +212,8 @@ def style_for(db: Session, creator: User) -> CreatorStyle:
 
 
 def update_style(db: Session, creator: User, body: StyleUpdate) -> CreatorStyle:
+    """Apply the creator's edits to their style (switching it on or off, or changing the profile).
+    Commits."""
     style = style_for(db, creator)
     if body.enabled is not None:
         style.enabled = body.enabled
@@ -350,6 +356,7 @@ async def suggest_replies(
 
 
 def style_out(style: CreatorStyle) -> StyleOut:
+    """The stored style as the API shows it."""
     return StyleOut(
         enabled=style.enabled,
         edited=style.edited,
