@@ -111,7 +111,7 @@ MATERIALS = set(
         "foam",
     ]
 )
-STOP_CAPITALS = {"I", "The", "A", "An", "It", "This", "Its", "Perfect", "Great", "Ideal"}
+STOP_CAPITALS = {"I", "I'm", "I've", "The", "A", "An", "It", "This", "Its", "Details"}
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
@@ -135,6 +135,7 @@ def _listing_text(listing: Any) -> str:
             listing.category,
             listing.condition.replace("_", " "),
             listing.location or "",
+            listing.currency,
             f"{listing.price_cents / 100:.2f}",
             *(f"{k.replace('_', ' ')} {v}" for k, v in listing.attributes.items()),
         ]
@@ -158,19 +159,31 @@ def covers(listing: Any, text: str) -> float:
     return hits / len(listing.attributes)
 
 
-def claims(listing: Any, text: str, kinds: set[str]) -> list[str]:
-    """What ``text`` asserts that the listing does not state."""
+def claims(listing: Any, parts: list[str], kinds: set[str]) -> list[str]:
+    """What the draft's ``parts`` (title, description, each highlight and tag) assert that
+    the listing does not state. Each part is read on its own: a capital at its start, or at a
+    sentence's, is no claim."""
     stated = _listing_text(listing)
     stated_words, stated_numbers = _words(stated), _numbers(stated)
     stated_numbers |= {math.floor(n) for n in stated_numbers}
-    found = [n for n in NUMBER.findall(text) if float(n.replace(",", ".")) not in stated_numbers]
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
-        for word in WORD.findall(sentence)[1:]:  # the first word is capitalised anyway
-            if word[0].isupper() and word not in STOP_CAPITALS and word.lower() not in stated_words:
+    found: list[str] = []
+    for text in parts:
+        found += [
+            n for n in NUMBER.findall(text) if float(n.replace(",", ".")) not in stated_numbers
+        ]
+        for sentence in re.split(r"(?<=[.!?:])\s+", text):
+            for word in WORD.findall(sentence)[1:]:
+                word = word.strip("'")
+                if (
+                    word[:1].isupper()
+                    and word not in STOP_CAPITALS
+                    and word.lower() not in stated_words
+                    and word.lower().rstrip("s") not in stated_words
+                ):
+                    found.append(word)
+        for word in _words(text):
+            if word in (COLOURS | MATERIALS | kinds) and word not in stated_words:
                 found.append(word)
-    for word in _words(text):
-        if word in (COLOURS | MATERIALS | kinds) and word not in stated_words:
-            found.append(word)
     return found
 
 

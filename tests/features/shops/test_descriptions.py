@@ -135,6 +135,12 @@ def test_facts_and_invented() -> None:
     words, numbers = facts(L())  # type: ignore[arg-type]
     assert invented("A 16 in Btwin for 80 euros", words, numbers) == []
     assert invented("A red Trek with 21 gears", words, numbers) == ["21", "red", "Trek"]
+    # a name the listing does not state: a city, a model; a sentence's first word is no name
+    assert invented("Ride it to Barcelona. A great Gamera edition", words, numbers) == [
+        "Barcelona",
+        "Gamera",
+    ]
+    assert invented("Lovely. Perfect for Alfama rides", words, numbers) == []
 
 
 @pytest.mark.model

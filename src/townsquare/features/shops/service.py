@@ -25,6 +25,7 @@ from townsquare.storage.tables import User
 
 FEATURE = "product_description"
 SENTENCES = {"short": 2, "medium": 3, "long": 5}
+NOT_NAMES = {"I", "I'm", "I've", "I'll", "I'd", "OK"}
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 WORD = re.compile(r"[\w'-]+")
 # words whose presence claims a fact: invented unless the listing states them (claims.toml)
@@ -106,7 +107,20 @@ def invented(text: str, words: set[str], numbers: set[str]) -> list[str]:
         claim = _claim(word)
         if claim is not None and claim not in words and word.lower() not in words:
             found.append(word)
-    return found
+    # a capitalised name the listing does not state (a brand, a model, a city): "Barcelona",
+    # "Gamera". The first word of a sentence is capitalised anyway.
+    for sentence in re.split(r"(?<=[.!?:])\s+", text):
+        for word in WORD.findall(sentence)[1:]:
+            name = word.strip("'")
+            lowered = name.lower()
+            if (
+                name[:1].isupper()
+                and name not in NOT_NAMES
+                and lowered not in words
+                and lowered.rstrip("s") not in words
+            ):
+                found.append(name)
+    return list(dict.fromkeys(found))
 
 
 def _sentences(text: str) -> list[str]:
