@@ -283,12 +283,15 @@ async def main_async(n: int, min_style: int = 50) -> dict[str, Any]:
                     raw_parts = []
                 raw_all = " ".join(raw_parts)
                 raw_coverage.append(sum(v in raw_all.lower() for v in values) / len(values))
-                raw_invented.append(bool(invented(raw_all, words, numbers)))
+                # per part, as the service applies it (joining parts would make capitals
+                # mid-sentence out of each part's first word)
+                raw_invented.append(any(invented(p, words, numbers) for p in raw_parts))
                 final_all = " ".join(
                     [draft.title, draft.description, *draft.highlights, *draft.tags]
                 )
                 final_coverage.append(sum(v in final_all.lower() for v in values) / len(values))
-                final_invented.append(bool(invented(final_all, words, numbers)))
+                final_parts = [draft.title, draft.description, *draft.highlights, *draft.tags]
+                final_invented.append(any(invented(p, words, numbers) for p in final_parts))
                 held_out["raw_coverage"].append(checks.covers(listing, raw_all))
                 held_out["raw_invented"].append(bool(checks.claims(listing, raw_parts, kinds)))
                 held_out["returned_coverage"].append(checks.covers(listing, final_all))

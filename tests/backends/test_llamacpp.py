@@ -1,6 +1,8 @@
 """The embedded backend with the real bundled SmolLM2 model."""
 
+import asyncio
 import json
+import logging
 
 import pytest
 
@@ -71,3 +73,12 @@ async def test_prompt_longer_than_the_context_is_refused(real_text: LlamaCppText
 def test_token_counts_come_from_the_model_vocabulary(real_text: LlamaCppText) -> None:
     assert real_text.count_tokens("hello") == 1
     assert real_text.count_tokens("hello world, how are you today?") > 5
+
+
+@pytest.mark.model
+def test_loading_the_model_logs_no_context_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """llama.cpp used to print "n_ctx_seq (512) > n_ctx_train (0)" on every command."""
+    with caplog.at_level(logging.WARNING, logger="townsquare"):
+        backend = LlamaCppText(bundled_model_path(), n_ctx=512, parallel=1)
+        asyncio.run(backend.aclose())
+    assert not [r for r in caplog.records if "n_ctx" in r.getMessage()]

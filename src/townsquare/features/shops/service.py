@@ -149,7 +149,8 @@ def ground(raw: dict[str, Any], listing: Listing) -> tuple[dict[str, Any], list[
         kept_sentences.append("Details: " + "; ".join(missing) + ".")
     draft = {
         "title": title,
-        "description": " ".join(kept_sentences),
+        # each sentence closed, so two kept ones never run together into one
+        "description": " ".join(s if s[-1] in ".!?" else f"{s}." for s in kept_sentences if s),
         "highlights": highlights,
         "tags": list(dict.fromkeys(tags)),
     }
