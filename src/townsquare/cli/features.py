@@ -13,7 +13,6 @@ from townsquare.cli.common import (
     build_services,
     console,
     err,
-    fail,
     run_as,
     settings_or_exit,
     suggest_app,
@@ -32,30 +31,19 @@ def search_cli(
     """Search the marketplace from the terminal, as the server would answer a member."""
     from townsquare.features.search.schemas import ListingFilters
     from townsquare.features.search.service import search_listings
-    from townsquare.identity import find_user
 
-    services = build_services(settings_or_exit())
-
-    async def run() -> None:
-        try:
-            with services.sessions() as db:
-                user = find_user(db, as_user)
-                if user is None:
-                    err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
-                    raise typer.Exit(1)
-                filters = ListingFilters(category=category, max_price=max_price, near=near)
-                results = search_listings(
-                    db,
-                    user,
-                    query,
-                    filters,
-                    page=1,
-                    page_size=10,
-                    embedder=services.embed,
-                    vectors=services.vectors,
-                )
-        finally:
-            await services.aclose()
+    async def work(services: Any, db: Any, user: Any) -> None:
+        filters = ListingFilters(category=category, max_price=max_price, near=near)
+        results = search_listings(
+            db,
+            user,
+            query,
+            filters,
+            page=1,
+            page_size=10,
+            embedder=services.embed,
+            vectors=services.vectors,
+        )
         table = Table("id", "title", "price", "category", "location", "matched")
         for hit in results.data:
             table.add_row(
@@ -69,10 +57,7 @@ def search_cli(
         console.print(table)
         console.print(f"{results.total} matching listings.")
 
-    try:
-        asyncio.run(run())
-    except TownsquareError as exc:
-        raise fail(exc) from exc
+    run_as(as_user, work)
 
 
 @suggest_app.command("comments")
