@@ -231,14 +231,16 @@ def shape(reply: str, profile: StyleProfile) -> str:
     text = reply.strip()
     if profile.lowercase_rate >= 0.8:
         text = text.lower()
-    if profile.emoji_rate >= 0.6 and profile.top_emoji and not EMOJI.search(text):
-        text = f"{text} {profile.top_emoji[0]}"
     if profile.emoji_rate <= 0.05:
         text = EMOJI.sub("", text).strip()
     limit = int(max(profile.p75_chars, profile.median_chars) * 1.5) if profile.median_chars else 0
     if limit and len(text) > limit:
         cut = max(text.rfind(".", 0, limit), text.rfind("!", 0, limit))
         text = text[: cut + 1] if cut > limit // 3 else text[:limit].rstrip() + "…"
+    # after the cut, so the emoji is never what gets cut (the model writes none of its own:
+    # structured text excludes emoji, see structured.text_field)
+    if profile.emoji_rate >= 0.6 and profile.top_emoji and not EMOJI.search(text):
+        text = f"{text} {profile.top_emoji[0]}"
     if profile.sign_off:
         at = text.lower().find(profile.sign_off.lower())
         # end with the usual sign-off, and nothing after it
