@@ -140,7 +140,12 @@ def test_shaping_never_cuts_off_the_emoji_it_adds() -> None:
     """A terse, emoji-heavy creator: a long reply is cut to their length and still ends with
     their emoji (the emoji used to be added first and then cut away)."""
     profile = StyleProfile(
-        replies=50, median_chars=20, p75_chars=24, emoji_rate=0.9, top_emoji=["🔥"], lowercase_rate=1
+        replies=50,
+        median_chars=20,
+        p75_chars=24,
+        emoji_rate=0.9,
+        top_emoji=["🔥"],
+        lowercase_rate=1,
     )
     shaped = shape("Go early, the queue gets long after noon and the best ones sell out", profile)
     assert len(shaped) <= 40 and shaped.endswith("🔥") and shaped == shaped.lower()
