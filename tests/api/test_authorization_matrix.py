@@ -38,6 +38,8 @@ RULES: dict[str, dict[str, int | str]] = {
     "admin": {**dict.fromkeys(PERSONAS, 403), "anonymous": 401, "admin": OK},
     # the conversation belongs to the member; even admins do not read private chats
     "owner": {**dict.fromkeys(PERSONAS, 404), "anonymous": 401, "member": OK},
+    # the generation (the member's description draft) was made for the member: only they rate it
+    "generation-owner": {**dict.fromkeys(PERSONAS, 404), "anonymous": 401, "member": OK},
     # g1 has the member and the moderator; p1 and r1 are g1's
     "group-member": {
         "anonymous": 401,
@@ -158,6 +160,7 @@ BODIES = {
     ("POST", "/v1/embeddings"): {"model": "fake-embed", "input": "kids bike"},
     ("POST", "/api/posts/{post_id}/comment-suggestions"): {"count": 2},
     ("POST", "/api/search/summary"): {"query": "bike"},
+    ("POST", "/api/generations/{generation_id}/feedback"): {"rating": "up"},
     ("POST", "/api/groups/{group_id}/topic-suggestions"): {"count": 2},
 }
 QUERIES = {
@@ -219,6 +222,7 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
     values = {
         **PATH_VALUES,
         "conversation_id": keys["conversation_id"],
+        "generation_id": keys["generation_id"],
         "external_id": EXISTING.get(kind, "x") if method == "DELETE" else "new-1",
     }
     url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)

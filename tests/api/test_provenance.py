@@ -46,7 +46,9 @@ def test_member_learns_only_that_it_was_made_here(
     body = response.json()
     assert body["made_here"] is True
     assert body["p_value"] < 1e-6
-    assert "record" not in body and "42" not in response.text
+    # nothing about who made it or how: only these keys (the record's user id, 42, used to be
+    # checked as a substring, which a p-value's digits could contain)
+    assert set(body) == {"made_here", "watermark_found", "p_value", "bit_errors", "coded_bits"}
 
 
 def test_admin_gets_the_generation_record(

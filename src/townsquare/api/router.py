@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from townsquare.api import health, openai
 from townsquare.features.assistant import routes as assistant
+from townsquare.features.feedback import routes as feedback
 from townsquare.features.groups import routes as groups
 from townsquare.features.provenance import routes as provenance
 from townsquare.features.reels import routes as reels
@@ -25,4 +26,5 @@ router.include_router(suggestions.router)
 router.include_router(groups.router)
 router.include_router(shops.router)
 router.include_router(provenance.router)
+router.include_router(feedback.router)
 router.include_router(social.router)

@@ -29,6 +29,8 @@ watermark_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(watermark_app, name="watermark")
+feedback_app = typer.Typer(help="Export members' feedback for training.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # never cut a path or a fix in two
 

@@ -15,6 +15,7 @@ from townsquare.cli.common import (
     console,
     err,
     fail,
+    feedback_app,
     index_app,
     migrated_sessions,
     seed_app,
@@ -214,3 +215,49 @@ def index_rebuild(
                 )
     finally:
         asyncio.run(services.aclose())
+
+
+@feedback_app.command("export")
+def feedback_export(
+    path: Annotated[Path, typer.Argument(help="The JSON Lines file to write.")],
+    kind: Annotated[
+        str, typer.Option("--format", help="sft (OpenAI chat format) or dpo (preference pairs).")
+    ] = "sft",
+    feature: Annotated[str | None, typer.Option(help="Only this feature, e.g. assistant.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time: feedback from then on.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time: feedback before then.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write members' feedback as training data (members who opted out are left out)."""
+    import json
+    from datetime import UTC, datetime
+
+    from townsquare.features.feedback.service import export
+
+    if kind not in {"sft", "dpo"}:
+        err.print(f"[red]Error:[/red] --format must be sft or dpo, not '{kind}'.")
+        raise typer.Exit(2)
+    if path.exists() and not force:
+        err.print(f"[red]Error:[/red] {path} exists. Choose another path, or add --force.")
+        raise typer.Exit(2)
+
+    def moment(value: str | None, name: str) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            err.print(f"[red]Error:[/red] --{name} must be an ISO time, e.g. 2026-11-01T00:00Z.")
+            raise typer.Exit(2) from exc
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    start, end = moment(since, "since"), moment(until, "until")
+    sessions = migrated_sessions(settings_or_exit())
+    written = 0
+    tmp = path.with_name(f".{path.name}.partial")
+    with sessions() as db, tmp.open("w", encoding="utf-8") as out:
+        for row in export(db, kind, feature=feature, since=start, until=end):  # type: ignore[arg-type]
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += 1
+    tmp.replace(path)  # a complete file or none
+    console.print(f"{written} {kind} rows written to {path}.")

@@ -81,14 +81,17 @@ async def generate_json(
     options: GenerationOptions,
     context: Context,
     items_checked_by_caller: bool = False,
+    answers: list[str] | None = None,
 ) -> tuple[T, int, bool, float]:
     """(value, attempts, first try valid, latency ms); raises ``InvalidOutput`` after 2 tries.
+    The valid answer's raw text is appended to ``answers`` when given.
 
     With ``items_checked_by_caller`` the whole answer skips the output check because the caller
     passes each item through ``GuardedText.check_items`` (drop one, keep the rest).
     """
     start = time.perf_counter()
     problem = ""
+    answers = answers if answers is not None else []
     # room for the longest answer the schema allows, so the grammar can always close
     options = replace(
         options, schema=schema, max_tokens=max(options.max_tokens, json_budget(schema))
@@ -102,6 +105,7 @@ async def generate_json(
         )
         try:
             value = validate(json.loads(completion.text))
+            answers.append(completion.text)
         except (ValueError, ValidationError, TypeError, KeyError) as exc:
             problem = str(exc)[:200]
             log.warning(
@@ -142,6 +146,7 @@ async def generate_recorded(
     (``generate_json``), finish it (``finish`` checks each item with the safety pipeline,
     drops what is invented or repeated, and says what to store), and record the generation.
     Returns the finished result and the generation's id (for feedback and acceptance)."""
+    answers: list[str] = []
     value, attempts, first_try, latency = await generate_json(
         text,
         messages,
@@ -150,6 +155,7 @@ async def generate_recorded(
         options=options,
         context=context,
         items_checked_by_caller=items_checked_by_caller,
+        answers=answers,
     )
     result, output = await finish(value)
     generation_id = await record(
@@ -162,6 +168,8 @@ async def generate_recorded(
         latency_ms=latency,
         attempts=attempts,
         first_try_valid=first_try,
+        prompt=[{"role": m.role, "content": m.content} for m in messages],
+        answer=answers[-1] if answers else None,
     )
     return result, generation_id
 
@@ -182,8 +190,11 @@ def record_sync(
     latency_ms: float,
     attempts: int,
     first_try_valid: bool,
+    prompt: list[dict[str, str]] | None = None,
+    answer: str | None = None,
 ) -> int:
-    """Store a generation; returns its id (for feedback and acceptance later)."""
+    """Store a generation; returns its id (for feedback and acceptance later). ``prompt`` (the
+    messages) and ``answer`` (the model's raw text) make it usable for training exports."""
     with sessions.begin() as db:
         row = Generation(
             feature=feature,
@@ -194,6 +205,8 @@ def record_sync(
             latency_ms=round(latency_ms, 1),
             attempts=attempts,
             first_try_valid=first_try_valid,
+            prompt=prompt,
+            answer=answer,
         )
         db.add(row)
         db.flush()

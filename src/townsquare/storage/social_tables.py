@@ -239,6 +239,29 @@ class Generation(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     first_try_valid: Mapped[bool] = mapped_column(Boolean, default=True)
+    # what the model was given and what it answered (for training exports); None before 0011
+    prompt: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Feedback(Base):
+    """A member's verdict on a generation they received: thumbs, a reason, a corrected text.
+    One per member and generation (the latest wins); accepting or editing a draft counts."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("generation_id", "user_id", name="uq_feedback_generation_user"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    rating: Mapped[str] = mapped_column(String(8))  # up | down
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="member")  # member | accept
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class CreatorStyle(Base):

@@ -66,3 +66,6 @@ class Exchange(BaseModel):
     conversation_id: int
     user_message: MessageOut
     reply: MessageOut
+    generation_id: int | None = Field(
+        None, description="Quote it to send feedback: POST /api/generations/{id}/feedback."
+    )

@@ -29,6 +29,7 @@ from townsquare.features.assistant.tools import ToolResult
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import Settings
 from townsquare.social import access
+from townsquare.storage.social_tables import Generation
 from townsquare.storage.tables import ChatMessage, Conversation, User
 
 FEATURE = "assistant"
@@ -218,10 +219,23 @@ def store_turn(
             conversation.title = turn.content[:60]
         conversation.updated_at = now
         db.flush()
+        # the turn as a generation too: members' feedback and training exports attach to it
+        generation = Generation(
+            feature=FEATURE,
+            user_id=turn.user_id,
+            inputs={"conversation": conversation.id, "message": answered.id},
+            output={"reply": reply},
+            model=model,
+            prompt=[{"role": m.role, "content": m.content} for m in turn.messages],
+            answer=reply,
+        )
+        db.add(generation)
+        db.flush()
         return Exchange(
             conversation_id=conversation.id,
             user_message=MessageOut.model_validate(asked),
             reply=MessageOut.model_validate(answered),
+            generation_id=generation.id,
         )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidField, NotFound
 from townsquare.features import structured
+from townsquare.features.feedback import service as feedback
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Generation, Listing
 from townsquare.storage.tables import User
@@ -258,5 +259,14 @@ def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
         "accepted": True,
         "edited": body.title is not None or body.description is not None,
     }
+    if generation.user_id == user.id:  # accepting (or editing) a draft is feedback on it
+        feedback.give(
+            db,
+            user,
+            generation.id,
+            feedback.FeedbackIn(rating="up", correction=body.description),
+            max_chars=5000,
+            source="accept",
+        )
     db.commit()
     return listing

@@ -1,0 +1,1 @@
+"""Members' feedback on what townsquare generated for them, and training exports of it."""
