@@ -110,6 +110,7 @@ class Services:
             audit_writer.add(
                 SafetyEventRow(
                     user_id=event.user_id,
+                    group_id=event.group_id,
                     feature=event.feature,
                     stage=event.stage,
                     allowed=False,

@@ -76,3 +76,41 @@ async def test_stream_stops_before_the_blocked_delta(
             seen.append(delta.text)
     assert "".join(seen) == "hello there BUY CHEAP"
     await services.aclose()
+
+
+async def test_admins_read_the_moderation_log_by_code_and_group(
+    settings: Settings, fake_text: FakeText
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import add_user, auth
+    from townsquare.app import create_app
+
+    services = Services.build(settings, text=fake_text, policies=[BlockWord("pills")])
+    admin, member = add_user(services, "ada", role="admin"), add_user(services, "mo")
+    for group_id in (None, 7):
+        with pytest.raises(ContentBlocked):
+            await services.guarded_text.complete(
+                [Message("user", "buy pills")],
+                GenerationOptions(),
+                Context("comment_suggestions", user_id=1, group_id=group_id),
+            )
+    services.audit_writer.flush()
+    with TestClient(create_app(services=services)) as client:
+        log = client.get("/api/moderation/log", headers=auth(admin)).json()["data"]
+        assert [(e["feature"], e["stage"], e["hazards"]) for e in log] == [
+            ("comment_suggestions", "input", ["S1"])
+        ] * 2
+        assert log[0]["user"] == "ada" and log[0]["id"] > log[1]["id"]
+        assert client.get("/api/moderation/log?code=S10", headers=auth(admin)).json()["data"] == []
+        paged = client.get(
+            f"/api/moderation/log?before_id={log[0]['id']}", headers=auth(admin)
+        ).json()["data"]
+        assert [e["id"] for e in paged] == [log[1]["id"]]
+        bad = client.get("/api/moderation/log?code=Z1", headers=auth(admin))
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "code"
+        assert client.get("/api/moderation/log", headers=auth(member)).status_code == 403
+    with services.sessions() as db:
+        groups = {r.group_id for r in db.scalars(select(SafetyEventRow))}
+    assert groups == {None, 7}
+    await services.aclose()

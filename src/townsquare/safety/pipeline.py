@@ -58,6 +58,7 @@ class SafetyEvent:
     user_id: int | None
     decision: Decision
     excerpt: str = ""
+    group_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,11 @@ class SafetyPipeline:
         """The first refusal of any policy for the input, or allow; refusals are audited."""
         decision = self._first_refusal(lambda p: p.check_input(messages))
         excerpt = messages[-1].content[:200] if messages else ""
-        self._record(SafetyEvent("input", context.feature, context.user_id, decision, excerpt))
+        self._record(
+            SafetyEvent(
+                "input", context.feature, context.user_id, decision, excerpt, context.group_id
+            )
+        )
         return decision
 
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
@@ -160,7 +165,14 @@ class SafetyPipeline:
         decision = self._first_refusal(lambda p: p.check_output(text, final=final))
         if final or not decision.allowed:
             self._record(
-                SafetyEvent("output", context.feature, context.user_id, decision, text[:200])
+                SafetyEvent(
+                    "output",
+                    context.feature,
+                    context.user_id,
+                    decision,
+                    text[:200],
+                    context.group_id,
+                )
             )
         return decision
 

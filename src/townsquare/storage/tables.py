@@ -143,6 +143,7 @@ class SafetyEventRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    group_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     feature: Mapped[str] = mapped_column(String(64))
     stage: Mapped[str] = mapped_column(String(16))
     allowed: Mapped[bool] = mapped_column(Boolean)

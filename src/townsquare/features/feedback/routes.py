@@ -1,14 +1,19 @@
-"""Feedback routes: members rate what was generated for them; admins read it."""
+"""Feedback routes: members rate what was generated for them; admins read it, and the
+moderation log."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from townsquare.api.deps import MAX_INT, AdminUser, CurrentUser, DbDep, Limit, RowId, ServicesDep
+from townsquare.errors import InvalidField
 from townsquare.features.feedback import service
 from townsquare.features.feedback.service import FeedbackIn, FeedbackOut
+from townsquare.safety import log
+from townsquare.safety.log import ModerationEntry
+from townsquare.safety.taxonomy import CODES
 from townsquare.social.views import Page
 
 router = APIRouter(prefix="/api", tags=["feedback"])
@@ -26,6 +31,28 @@ def give_feedback(
     )
     db.commit()
     return out
+
+
+@router.get("/moderation/log", openapi_extra={"x-access": "admin"}, tags=["safety"])
+def moderation_log(
+    admin: AdminUser,
+    db: DbDep,
+    feature: str | None = None,
+    code: Annotated[
+        str | None, Query(description="Only decisions naming this hazard code (e.g. S10).")
+    ] = None,
+    stage: Literal["input", "output"] | None = None,
+    limit: Limit = 50,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
+) -> Page[ModerationEntry]:
+    """Refused inputs and outputs, newest first, with hazard codes, feature, group and excerpt."""
+    if code is not None and code not in CODES:
+        raise InvalidField(f"code '{code}' is unknown; use one of {', '.join(CODES)}.", "code")
+    return Page(
+        data=log.entries(
+            db, limit=limit, before_id=before_id, feature=feature, code=code, stage=stage
+        )
+    )
 
 
 @router.get("/feedback", openapi_extra={"x-access": "admin"})

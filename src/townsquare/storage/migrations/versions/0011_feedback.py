@@ -1,4 +1,5 @@
-"""feedback on generations; the prompt and raw answer of each generation; training opt-out
+"""feedback on generations; the prompt and raw answer of each generation; training opt-out;
+the group of a moderation decision
 
 Revision ID: 0011
 Revises: 0010
@@ -23,6 +24,9 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("training_opt_out", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+    with op.batch_alter_table("safety_events") as batch:
+        batch.add_column(sa.Column("group_id", sa.Integer(), nullable=True))
+        batch.create_index("ix_safety_events_group_id", ["group_id"])
     op.create_table(
         "feedback",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -47,6 +51,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("feedback")
+    with op.batch_alter_table("safety_events") as batch:
+        batch.drop_index("ix_safety_events_group_id")
+        batch.drop_column("group_id")
     with op.batch_alter_table("users") as batch:
         batch.drop_column("training_opt_out")
     with op.batch_alter_table("generations") as batch:
