@@ -23,6 +23,7 @@ from townsquare.storage.filters import And, Eq, Everything, Filter, In, IsNull, 
 from townsquare.storage.social_tables import (
     DMParticipant,
     DMThread,
+    Generation,
     Group,
     Listing,
     Membership,
@@ -215,3 +216,15 @@ def own_conversation(db: Session, user: User, conversation_id: int) -> Conversat
             "GET /api/conversations."
         )
     return conversation
+
+
+def own_generation(db: Session, user: User, generation_id: int) -> Generation:
+    """A generation made for ``user`` (to rate it); anyone else's reads as missing (404), for
+    admins too: feedback is the receiver's."""
+    generation = db.get(Generation, generation_id)
+    if generation is None or generation.user_id != user.id:
+        raise NotFound(
+            f"There is no generation {generation_id} of yours. Its id is in the response that "
+            "returned it (generation_id)."
+        )
+    return generation

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from townsquare.errors import InvalidField, NotFound
+from townsquare.errors import InvalidField
+from townsquare.social import access
 from townsquare.storage.social_tables import Feedback, Generation
 from townsquare.storage.tables import User
 
@@ -70,17 +71,6 @@ def _out(feedback: Feedback, feature: str) -> FeedbackOut:
     )
 
 
-def own_generation(db: Session, user: User, generation_id: int) -> Generation:
-    """A generation made for ``user``; anyone else's reads as missing (404)."""
-    generation = db.get(Generation, generation_id)
-    if generation is None or generation.user_id != user.id:
-        raise NotFound(
-            f"There is no generation {generation_id} of yours. Its id is in the response that "
-            "returned it (generation_id)."
-        )
-    return generation
-
-
 def give(
     db: Session,
     user: User,
@@ -91,7 +81,7 @@ def give(
     source: str = "member",
 ) -> FeedbackOut:
     """Store (or replace) ``user``'s verdict on one of their generations. The caller commits."""
-    generation = own_generation(db, user, generation_id)
+    generation = access.own_generation(db, user, generation_id)
     if body.correction is not None and len(body.correction) > max_chars:
         raise InvalidField(
             f"correction has {len(body.correction)} characters; the limit is {max_chars} "
