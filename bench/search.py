@@ -299,7 +299,9 @@ async def relevance(embedder: EmbeddingBackend) -> dict[str, Any]:
                         page_size=10,
                         embedder=embedder,
                         vectors=services.vectors,
-                        fulltext_weight=weight,
+                        tuning=services.settings.search.model_copy(
+                            update={"fulltext_weight": weight}
+                        ),
                     )
                     fused[name] = [by_external[h.id] for h in result.data]
                 for method, ranked in (
@@ -372,6 +374,7 @@ def hybrid_latency(
                     page_size=20,
                     embedder=precomputed,
                     vectors=services.vectors,
+                    tuning=services.settings.search,
                 )
             times = []
             for n, query in enumerate(queries):
@@ -385,7 +388,7 @@ def hybrid_latency(
                     page_size=20,
                     embedder=precomputed,
                     vectors=services.vectors,
-                    fulltext_candidates=services.settings.search.fulltext_candidates,
+                    tuning=services.settings.search,
                 )
                 times.append((time.perf_counter() - start) * 1000)
             role = "admin" if who == "bench-admin" else "member"

@@ -217,6 +217,7 @@ async def main_async(n: int, min_style: int = 50) -> dict[str, Any]:
                         text=text,
                         embedder=embedder,
                         vectors=services.vectors,
+                        tuning=services.settings.search,
                     ),
                 )
                 note("search_summary", ms, tokens)

@@ -43,6 +43,7 @@ def search_cli(
             page_size=10,
             embedder=services.embed,
             vectors=services.vectors,
+            tuning=services.settings.search,
         )
         table = Table("id", "title", "price", "category", "location", "matched")
         for hit in results.data:
@@ -232,7 +233,7 @@ def summarize_cli(
             text=services.guarded_text,
             embedder=services.embed,
             vectors=services.vectors,
-            min_similarity=services.settings.search.min_similarity,
+            tuning=services.settings.search,
         )
         if not result.sources:
             console.print("Nothing found to summarise. Try other words.")

@@ -120,6 +120,19 @@ def test_gibberish_finds_no_sources_and_real_queries_do(
     for query in ["velvet sofa", "a bike for my daughter"]:
         response = client.get("/api/search/sources", params={"q": query}, headers=auth(key))
         assert response.json()["sources"], query
+    # queries the floor was not chosen on: most gibberish finds nothing (word-like nonsense such
+    # as "vorpal brillig toves" still gets through), every real query finds something
+    gibberish = ["plomb vrrk tazzle", "qqq zzz xxx", "snorf gleep", "mxyzptlk", "aaaa bbbb"]
+    gibberish += ["grunk", "ptth wqrx", "uuuuu", "glarb", "hmmmm", "jjjjj kkkk llll"]
+    found = [
+        q
+        for q in gibberish
+        if client.get("/api/search/sources", params={"q": q}, headers=auth(key)).json()["sources"]
+    ]
+    assert len(found) <= 2, found
+    for query in ["something to sit on", "warm jacket for winter", "toys for toddlers"]:
+        response = client.get("/api/search/sources", params={"q": query}, headers=auth(key))
+        assert response.json()["sources"], query
 
 
 def test_the_documented_understood_query(town: tuple[TestClient, dict[str, str]]) -> None:

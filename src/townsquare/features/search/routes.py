@@ -76,7 +76,6 @@ async def search_listings(
     filters = ListingFilters(
         **{k: v for k, v in explicit.items() if v is not None}, **understood, radius_km=radius_km
     )
-    settings = services.settings.search
     # the search itself (database, index, query embedding) runs on a worker thread
     return await run_in_threadpool(
         partial(
@@ -90,9 +89,7 @@ async def search_listings(
             embedder=services.embed,
             vectors=services.vectors,
             understood=understood,
-            min_similarity=settings.min_similarity,
-            fulltext_weight=settings.fulltext_weight,
-            fulltext_candidates=settings.fulltext_candidates,
+            tuning=services.settings.search,
         )
     )
 
@@ -113,9 +110,7 @@ def search_sources(
         limit=limit,
         embedder=services.embed,
         vectors=services.vectors,
-        min_similarity=services.settings.search.min_similarity,
-        fulltext_weight=services.settings.search.fulltext_weight,
-        fulltext_candidates=services.settings.search.fulltext_candidates,
+        tuning=services.settings.search,
     )
 
 
@@ -132,6 +127,5 @@ async def search_summary(
         text=services.guarded_text,
         embedder=services.embed,
         vectors=services.vectors,
-        min_similarity=services.settings.search.min_similarity,
-        fulltext_candidates=services.settings.search.fulltext_candidates,
+        tuning=services.settings.search,
     )

@@ -33,6 +33,7 @@ from townsquare.features.search.schemas import (
     Sources,
 )
 from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.settings import SearchSettings
 from townsquare.social import access
 from townsquare.social.schemas import MAX_PRICE
 from townsquare.storage.filters import Eq, Filter, Near, Range, all_of, haversine_km
@@ -338,12 +339,11 @@ def search_listings(
     page_size: int,
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
+    tuning: SearchSettings,
     understood: dict[str, Any] | None = None,
-    min_similarity: float = 0.2,
-    fulltext_weight: float = 0.5,
-    fulltext_candidates: int = 1000,
 ) -> ListingResults:
-    """Hybrid search over the listings ``user`` may see, hard filters inside the index."""
+    """Hybrid search over the listings ``user`` may see, hard filters inside the index
+    (``tuning``: the similarity floor, the full-text weight and candidates)."""
     near = parse_near(db, filters.near) if filters.near is not None else None
     where = listing_filter(user, filters, vectors, near)
     results = ListingResults(
@@ -355,15 +355,15 @@ def search_listings(
         understood=understood or {},
         data=[],
     )
-    matches = fulltext(db, "listings", query, fulltext_candidates)
+    matches = fulltext(db, "listings", query, tuning.fulltext_candidates)
     text_rank = vectors.filter_ids("listings", matches, where)[:CANDIDATES]
     query_vector = embedder.embed_sync([query])[0]
     vector_rank = [
         i
         for i, similarity in vectors.search("listings", query_vector, CANDIDATES, where)
-        if similarity >= min_similarity
+        if similarity >= tuning.min_similarity
     ]
-    fused = rrf([text_rank, vector_rank], [fulltext_weight, 1.0])
+    fused = rrf([text_rank, vector_rank], [tuning.fulltext_weight, 1.0])
     ordered = sorted(fused, key=lambda i: (-fused[i], i))
     results.total = len(ordered)
     start = (page - 1) * page_size
@@ -405,9 +405,7 @@ def retrieve_sources(
     limit: int,
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
-    min_similarity: float = 0.2,
-    fulltext_weight: float = 0.5,
-    fulltext_candidates: int = 1000,
+    tuning: SearchSettings,
 ) -> Sources:
     """The best items for ``query`` across listings, public or visible posts and reels, as
     numbered sources for a summary (each ranked by fused full-text and vector rank)."""
@@ -419,14 +417,14 @@ def retrieve_sources(
         ("posts", "post", access.posts_filter(user, groups)),
         ("reels", "reel", access.reels_filter(user, groups)),
     ):
-        matches = fulltext(db, collection, query, fulltext_candidates)
+        matches = fulltext(db, collection, query, tuning.fulltext_candidates)
         text_rank = vectors.filter_ids(collection, matches, where)[:50]
         vector_hits = [
             hit
             for hit in vectors.search(collection, query_vector, 50, where)
-            if hit[1] >= min_similarity
+            if hit[1] >= tuning.min_similarity
         ]
-        fused = rrf([text_rank, [i for i, _ in vector_hits]], [fulltext_weight, 1.0])
+        fused = rrf([text_rank, [i for i, _ in vector_hits]], [tuning.fulltext_weight, 1.0])
         similarity = dict(vector_hits)
         for item_id, score in fused.items():
             # RRF ranks within a collection; cosine similarity breaks ties across collections

@@ -21,6 +21,7 @@ from townsquare.features import structured
 from townsquare.features.search.schemas import Source
 from townsquare.features.search.service import retrieve_sources
 from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.settings import SearchSettings
 from townsquare.storage.tables import User
 from townsquare.storage.vectors import VectorIndex
 
@@ -98,9 +99,8 @@ async def summarize(
     text: GuardedText,
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
+    tuning: SearchSettings,
     limit: int = 6,
-    min_similarity: float = 0.2,
-    fulltext_candidates: int = 1000,
 ) -> Summary:
     """Answer ``query`` from the sources the member may see, every sentence cited."""
     found = await anyio.to_thread.run_sync(
@@ -112,8 +112,7 @@ async def summarize(
             limit=limit,
             embedder=embedder,
             vectors=vectors,
-            min_similarity=min_similarity,
-            fulltext_candidates=fulltext_candidates,
+            tuning=tuning,
         )
     )
     await anyio.to_thread.run_sync(db.commit)  # no connection held while the model writes
