@@ -94,13 +94,14 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
 
 
 def _ingestion_bodies(schema: dict[str, Any], components: dict[str, Any]) -> None:
+    rows = {name: row_model(name) for name in KINDS}
     models: list[tuple[type[BaseModel], Literal["validation"]]] = [
-        (row_model(name), "validation") for name in KINDS
+        (model, "validation") for model in rows.values()
     ]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     components.update(defs.get("$defs", {}))
     for name, kind in KINDS.items():
-        row = {"$ref": f"#/components/schemas/{row_model(name).__name__}"}
+        row = {"$ref": f"#/components/schemas/{rows[name].__name__}"}
         single = schema["paths"].get(f"/api/{name}/{{external_id}}", {}).get("put")
         if single is not None:
             created = dict(single["responses"]["200"], description="Created.")

@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from pydantic import ValidationError
@@ -72,6 +72,16 @@ def render(feature_file: str, template: str, **values: Any) -> str:
     return prompts.render(feature_file, template, **values)
 
 
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """A validated structured answer: the value, the model's raw text, the tries it took."""
+
+    value: T
+    text: str
+    attempts: int
+    latency_ms: float
+
+
 async def generate_json(
     text: GuardedText,
     messages: Sequence[Message],
@@ -81,17 +91,14 @@ async def generate_json(
     options: GenerationOptions,
     context: Context,
     items_checked_by_caller: bool = False,
-    answers: list[str] | None = None,
-) -> tuple[T, int, bool, float]:
-    """(value, attempts, first try valid, latency ms); raises ``InvalidOutput`` after 2 tries.
-    The valid answer's raw text is appended to ``answers`` when given.
+) -> Answer[T]:
+    """The validated answer and how it went; raises ``InvalidOutput`` after 2 tries.
 
     With ``items_checked_by_caller`` the whole answer skips the output check because the caller
     passes each item through ``GuardedText.check_items`` (drop one, keep the rest).
     """
     start = time.perf_counter()
     problem = ""
-    answers = answers if answers is not None else []
     # room for the longest answer the schema allows, so the grammar can always close
     options = replace(
         options, schema=schema, max_tokens=max(options.max_tokens, json_budget(schema))
@@ -105,7 +112,6 @@ async def generate_json(
         )
         try:
             value = validate(json.loads(completion.text))
-            answers.append(completion.text)
         except (ValueError, ValidationError, TypeError, KeyError) as exc:
             problem = str(exc)[:200]
             log.warning(
@@ -119,7 +125,7 @@ async def generate_json(
                 },
             )
             continue
-        return value, attempt, attempt == 1, (time.perf_counter() - start) * 1000
+        return Answer(value, completion.text, attempt, (time.perf_counter() - start) * 1000)
     raise InvalidOutput(
         f"The model's answer did not have the expected structure, twice ({problem}). Try again; "
         "if it keeps happening, use a bigger model (TOWNSQUARE_TEXT__BACKEND)."
@@ -146,8 +152,7 @@ async def generate_recorded(
     (``generate_json``), finish it (``finish`` checks each item with the safety pipeline,
     drops what is invented or repeated, and says what to store), and record the generation.
     Returns the finished result and the generation's id (for feedback and acceptance)."""
-    answers: list[str] = []
-    value, attempts, first_try, latency = await generate_json(
+    answer = await generate_json(
         text,
         messages,
         schema,
@@ -155,9 +160,8 @@ async def generate_recorded(
         options=options,
         context=context,
         items_checked_by_caller=items_checked_by_caller,
-        answers=answers,
     )
-    result, output = await finish(value)
+    result, output = await finish(answer.value)
     generation_id = await record(
         sessions,
         feature=context.feature,
@@ -165,11 +169,11 @@ async def generate_recorded(
         inputs=inputs,
         output=output,
         model=text.model_id,
-        latency_ms=latency,
-        attempts=attempts,
-        first_try_valid=first_try,
+        latency_ms=answer.latency_ms,
+        attempts=answer.attempts,
+        first_try_valid=answer.attempts == 1,
         prompt=[{"role": m.role, "content": m.content} for m in messages],
-        answer=answers[-1] if answers else None,
+        answer=answer.text,
     )
     return result, generation_id
 

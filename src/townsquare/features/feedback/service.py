@@ -77,12 +77,13 @@ def give(
     generation_id: int,
     body: FeedbackIn,
     *,
-    max_chars: int,
+    max_chars: int | None,
     source: str = "member",
 ) -> FeedbackOut:
-    """Store (or replace) ``user``'s verdict on one of their generations. The caller commits."""
+    """Store (or replace) ``user``'s verdict on one of their generations. The caller commits.
+    ``max_chars`` bounds the correction (None: the caller validated it already)."""
     generation = access.own_generation(db, user, generation_id)
-    if body.correction is not None and len(body.correction) > max_chars:
+    if max_chars is not None and body.correction and len(body.correction) > max_chars:
         raise InvalidField(
             f"correction has {len(body.correction)} characters; the limit is {max_chars} "
             "(limits.max_message_chars).",
@@ -156,6 +157,8 @@ def export(
 def _row(kind: str, feedback: Feedback, generation: Generation) -> dict[str, Any] | None:
     prompt = list(generation.prompt or [])
     answer = generation.answer
+    if not prompt:  # recorded without its prompt (JSON null): nothing to train on
+        return None
     meta = {
         "generation_id": generation.id,
         "feature": generation.feature,

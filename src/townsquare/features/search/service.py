@@ -17,7 +17,7 @@ import time
 import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -95,33 +95,32 @@ def _cached(owner: Any, name: str, compute: Callable[[], T], wanted: str | None 
     return value
 
 
-def places(db: Session, wanted: str | None = None) -> dict[str, tuple[float, float]]:
-    """Known place names (lower case; listing locations) and their mean coordinates (cached;
-    refreshed early when ``wanted`` is not among them)."""
+class Place(NamedTuple):
+    """A place listings name, as they spell it, and its mean coordinates."""
 
-    def compute() -> dict[str, tuple[float, float]]:
+    name: str
+    lat: float
+    lon: float
+
+
+def places(db: Session, wanted: str | None = None) -> dict[str, Place]:
+    """Known places (listing locations) by lower-case name (cached; refreshed early when
+    ``wanted`` is not among them)."""
+
+    def compute() -> dict[str, Place]:
         rows = db.execute(
             select(Listing.location, func.avg(Listing.lat), func.avg(Listing.lon))
             .where(Listing.lat.is_not(None), Listing.location != "")
             .group_by(Listing.location)
         )
-        return {name.lower(): (float(lat), float(lon)) for name, lat, lon in rows}
+        return {name.lower(): Place(name, float(lat), float(lon)) for name, lat, lon in rows}
 
     return _cached(db.get_bind(), "places", compute, wanted)
 
 
 def place_names(db: Session) -> list[str]:
     """Known place names as the listings spell them ('Alfama', 'Príncipe Real'), sorted."""
-
-    def compute() -> list[str]:
-        rows = db.scalars(
-            select(Listing.location)
-            .where(Listing.lat.is_not(None), Listing.location != "")
-            .group_by(Listing.location)
-        )
-        return sorted(set(rows))
-
-    return _cached(db.get_bind(), "place_names", compute, None)
+    return sorted(p.name for p in places(db).values())
 
 
 def parse_near(db: Session, near: str) -> tuple[float, float]:
@@ -138,8 +137,8 @@ def parse_near(db: Session, near: str) -> tuple[float, float]:
     name = near.strip().lower()
     known = places(db, name)
     if name in known:
-        return known[name]
-    names = ", ".join(sorted(n.title() for n in known)) or "none yet"
+        return known[name].lat, known[name].lon
+    names = ", ".join(sorted(p.name for p in known.values())) or "none yet"
     raise InvalidField(
         f"near='{near}' is neither 'lat,lon' nor a known place. Known places: {names}.", "near"
     )

@@ -265,7 +265,7 @@ def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
             user,
             generation.id,
             feedback.FeedbackIn(rating="up", correction=body.description),
-            max_chars=5000,
+            max_chars=None,  # Accept.description is bounded already
             source="accept",
         )
     db.commit()
