@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidOutput
-from townsquare.features import prompts
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Generation
 
@@ -65,11 +64,6 @@ def json_budget(schema: dict[str, Any]) -> int:
     if kind == "string":
         return int(schema["maxLength"]) + 3
     return {"integer": 20, "number": 25, "boolean": 6, "null": 5}[str(kind)]
-
-
-def render(feature_file: str, template: str, **values: Any) -> str:
-    """Render ``prompts/<template>`` beside the feature module ``feature_file``."""
-    return prompts.render(feature_file, template, **values)
 
 
 @dataclass(frozen=True)
@@ -179,11 +173,11 @@ async def generate_recorded(
 
 
 async def record(sessions: sessionmaker[Session], **fields: Any) -> int:
-    """``record_sync`` on a worker thread (async features call it after generating)."""
-    return await anyio.to_thread.run_sync(partial(record_sync, sessions, **fields))
+    """``_record`` on a worker thread (features call it after generating)."""
+    return await anyio.to_thread.run_sync(partial(_record, sessions, **fields))
 
 
-def record_sync(
+def _record(
     sessions: sessionmaker[Session],
     *,
     feature: str,

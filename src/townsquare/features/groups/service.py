@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
-from townsquare.features import structured
+from townsquare.features import prompts, structured
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Group, GroupMessage
 from townsquare.storage.tables import User
@@ -138,7 +138,7 @@ async def suggest_topics(
         [
             Message(
                 "user",
-                structured.render(
+                prompts.render(
                     __file__, "topics.j2", count=request.count, group=group.name, messages=recent
                 ),
             )
@@ -228,7 +228,7 @@ async def catch_up(
         [
             Message(
                 "user",
-                structured.render(__file__, "catchup.j2", group=group.name, messages=numbered),
+                prompts.render(__file__, "catchup.j2", group=group.name, messages=numbered),
             )
         ],
         schema,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
-from townsquare.features import structured
+from townsquare.features import prompts, structured
 from townsquare.features.search.schemas import Source
 from townsquare.features.search.service import retrieve_sources
 from townsquare.safety.pipeline import Context, GuardedText
@@ -120,7 +120,7 @@ async def summarize(
         return Summary(generation_id=None, query=query, answer="", sentences=[], sources=[])
     count = len(found.sources)
     messages = [
-        Message("system", structured.render(__file__, "summary.j2", sources=found.sources)),
+        Message("system", prompts.render(__file__, "summary.j2", sources=found.sources)),
         Message("user", query),
     ]
     context = Context(FEATURE, user.id, user.role)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidField, NotFound
-from townsquare.features import structured
+from townsquare.features import prompts, structured
 from townsquare.features.feedback import service as feedback
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Generation, Listing
@@ -199,7 +199,7 @@ async def describe(
             "colour...) with PUT /api/listings/{id}.",
             "attributes",
         )
-    prompt = structured.render(
+    prompt = prompts.render(
         __file__,
         "description.j2",
         tone=request.tone,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidField
-from townsquare.features import structured
+from townsquare.features import prompts, structured
 from townsquare.features.suggestions.schemas import CommentRequest, CommentSuggestions
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Post
@@ -96,7 +96,7 @@ async def suggest_comments(
     messages = [
         Message(
             "system",
-            structured.render(
+            prompts.render(
                 __file__,
                 "comments.j2",
                 count=request.count,
@@ -106,7 +106,7 @@ async def suggest_comments(
         ),
         Message(
             "user",
-            structured.render(
+            prompts.render(
                 __file__,
                 "post.j2",
                 text=post.text,

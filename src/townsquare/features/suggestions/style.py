@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.errors import InvalidField
-from townsquare.features import structured
+from townsquare.features import prompts, structured
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
 from townsquare.storage.social_tables import CreatorStyle, DMMessage, DMParticipant, DMThread
@@ -310,7 +310,7 @@ async def suggest_replies(
         partial(_inputs, db, user, thread, embedder=embedder, vectors=vectors, use_style=use_style)
     )
     styled, profile, examples = found.styled, found.profile, found.examples
-    prompt = structured.render(
+    prompt = prompts.render(
         __file__,
         "replies.j2",
         creator=user.display_name or user.name,
