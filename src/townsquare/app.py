@@ -17,6 +17,7 @@ from townsquare.api import errors, openapi
 from townsquare.api.middleware import RequestContextMiddleware
 from townsquare.api.router import router
 from townsquare.observability import Metrics
+from townsquare.safety.moderation import EmbeddedModerator
 from townsquare.services import Services
 from townsquare.settings import Settings
 from townsquare.web.routes import mount as mount_web
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             return
         built = await anyio.to_thread.run_sync(partial(Services.build, settings, metrics=metrics))
         app.state.services = built
+        if isinstance(built.moderator, EmbeddedModerator):  # before the first request, not in it
+            await anyio.to_thread.run_sync(built.moderator.warm)
         # The models and libraries loaded above are about half a million long-lived objects: a
         # full garbage collection over them stops every thread for ~250 ms (bench/load.py's
         # p99). Freezing them leaves the collector only what requests allocate.

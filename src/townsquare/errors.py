@@ -10,6 +10,7 @@
     ├── Forbidden                   403 forbidden
     ├── NotFound                    404 not_found
     │   └── ModelNotFound           404 model_not_found
+    ├── Conflict                    409 conflict             (e.g. a red-team run is running)
     ├── PayloadTooLarge             413 payload_too_large
     ├── InvalidField                422 invalid_field        (carries the field's name)
     ├── InvalidImage                422 invalid_image
@@ -76,6 +77,11 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(TownsquareError):
+    status_code = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(TownsquareError):
     status_code = 413
     code = "payload_too_large"
@@ -116,9 +122,10 @@ class ContentBlocked(TownsquareError):
     status_code = 422
     code = "content_blocked"
 
-    def __init__(self, message: str, hazards: Sequence[str]) -> None:
+    def __init__(self, message: str, hazards: Sequence[str], *, support: str | None = None) -> None:
         super().__init__(message)
         self.hazards = list(hazards)
+        self.support = support  # support resources (S11), shown instead of a bare refusal
 
 
 class Busy(TownsquareError):

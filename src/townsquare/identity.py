@@ -59,6 +59,13 @@ def issue_key(db: Session, user: User, *, label: str = "") -> str:
     return key
 
 
+def revoke_key(db: Session, key: str) -> None:
+    """Revoke one API key (known by its secret). The caller commits."""
+    row = db.scalar(select(ApiKey).where(ApiKey.key_hash == _digest(key)))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+
+
 def user_for_key(db: Session, key: str) -> User | None:
     """The active user owning ``key``, or None."""
     if not key.startswith(KEY_PREFIX):

@@ -20,14 +20,17 @@ from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
+from townsquare.safety.moderation import EmbeddedModerator, Moderator, build_moderator
 from townsquare.safety.pipeline import (
     Context,
     GuardedText,
     LengthPolicy,
+    ModerationPolicy,
     SafetyEvent,
     SafetyPipeline,
     SafetyPolicy,
 )
+from townsquare.safety.policy import PolicyStore
 from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
 from townsquare.social.ingest import Removal
@@ -54,6 +57,8 @@ class Services:
     vectors: VectorIndex
     indexer: Indexer
     audit_writer: BackgroundWriter
+    policies: PolicyStore
+    moderator: Moderator | None
     tools: list[Any] = field(default_factory=list)  # the assistant's tools
     owns_text: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
@@ -104,17 +109,18 @@ class Services:
         audit_writer = BackgroundWriter(sessions, name="audit-writer")
 
         def audit(event: SafetyEvent) -> None:
-            if event.decision.allowed:
+            decision = event.decision
+            if decision.allowed and not decision.warnings:
                 return
-            # handed to a writer thread: refusals happen on the event loop mid-stream
+            # handed to a writer thread: a request never waits for the audit write
             audit_writer.add(
                 SafetyEventRow(
                     user_id=event.user_id,
                     group_id=event.group_id,
                     feature=event.feature,
                     stage=event.stage,
-                    allowed=False,
-                    hazards=json.dumps(list(event.decision.hazards)),
+                    allowed=decision.allowed,
+                    hazards=json.dumps(list(decision.hazards or decision.warnings)),
                     reason=event.decision.reason,
                     excerpt=event.excerpt,
                 )
@@ -130,12 +136,24 @@ class Services:
             metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
             quotas.record_tokens(context.user_id, context.group_id, usage.total_tokens)
 
-        pipeline = SafetyPipeline(
-            list(policies)
-            if policies is not None
-            else [LengthPolicy(settings.safety.max_input_chars, settings.safety.max_output_chars)],
-            audit=audit,
+        safety = settings.safety
+        policy_store = PolicyStore(
+            sessions, default_threshold=safety.default_threshold, cache_s=safety.policy_cache_s
         )
+        moderator = build_moderator(safety)
+        if policies is None:
+            policies = [LengthPolicy(safety.max_input_chars, safety.max_output_chars)]
+            if moderator is not None:
+                policies.append(
+                    ModerationPolicy(
+                        moderator,
+                        policy_store,
+                        support_message=safety.support_message,
+                        input_window=safety.input_window_messages,
+                        fail_open=safety.guard_fail_open,
+                    )
+                )
+        pipeline = SafetyPipeline(list(policies), audit=audit)
         embedder = QueuedEmbeddings(
             embed or build_embedding_backend(settings.embed),
             concurrency=settings.embed.concurrency,
@@ -155,7 +173,15 @@ class Services:
             metrics=metrics,
             text=backend,
             safety=pipeline,
-            guarded_text=GuardedText(backend, pipeline, admit=admit, on_usage=count_usage),
+            guarded_text=GuardedText(
+                backend,
+                pipeline,
+                admit=admit,
+                on_usage=count_usage,
+                check_every_chars=safety.stream_check_chars,
+            ),
+            policies=policy_store,
+            moderator=moderator,
             quotas=quotas,
             owns_text=text is None,
             embed=embedder,
@@ -175,6 +201,13 @@ class Services:
         built.deletion_hooks.append(forget)
         return built
 
+    def moderator_for_endpoint(self) -> Moderator:
+        """The moderator /v1/moderations answers with: the configured one, or the embedded one
+        when the pipeline's moderation is off (a caller asking for scores gets them)."""
+        if self.moderator is None:
+            self.moderator = EmbeddedModerator()
+        return self.moderator
+
     def database_ok(self) -> bool:
         """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""
         try:
@@ -193,6 +226,8 @@ class Services:
         await self.embed.aclose()
         self.vectors.close()
         self.audit_writer.close()
+        if self.moderator is not None:
+            self.moderator.close()
         self.engine.dispose()
 
 

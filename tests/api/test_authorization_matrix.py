@@ -26,6 +26,7 @@ from tests.conftest import auth, make_settings
 from tests.town import build_town
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
+from townsquare.safety import redteam
 from townsquare.services import Services
 
 PERSONAS = ("anonymous", "member", "outsider", "creator", "moderator", "admin")
@@ -162,6 +163,10 @@ BODIES = {
     ("POST", "/api/search/summary"): {"query": "bike"},
     ("POST", "/api/generations/{generation_id}/feedback"): {"rating": "up"},
     ("POST", "/api/groups/{group_id}/topic-suggestions"): {"count": 2},
+    ("PUT", "/api/moderation/policy"): {"rules": {"X5": {"action": "warn"}}},
+    ("PUT", "/api/groups/{group_id}/moderation-policy"): {"rules": {"X5": {"action": "allow"}}},
+    ("POST", "/v1/moderations"): {"input": "hello"},
+    ("POST", "/api/redteam/runs"): {"suite": "quick"},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},
@@ -200,6 +205,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         keys["conversation_id"] = str(conversation.json()["id"])
         draft = client.post("/api/listings/l1/description", json={}, headers=auth(keys["member"]))
         keys["generation_id"] = str(draft.json()["generation_id"])
+    run_id = redteam.start(services.sessions, "quick", "matrix")
+    redteam.finish(services.sessions, run_id, redteam.summarise([], suite="quick", target="x"))
+    keys["run_id"] = str(run_id)
     asyncio.run(services.aclose())
     return directory, keys
 
@@ -223,6 +231,7 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         **PATH_VALUES,
         "conversation_id": keys["conversation_id"],
         "generation_id": keys["generation_id"],
+        "run_id": keys["run_id"],
         "external_id": EXISTING.get(kind, "x") if method == "DELETE" else "new-1",
     }
     url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
@@ -231,10 +240,10 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         kwargs["json"] = [{"external_id": "new-1", **EXAMPLES[kind]}]
     elif path.endswith("/style") and method == "PUT":
         kwargs["json"] = {"enabled": True}
-    elif method == "PUT":
-        kwargs["json"] = EXAMPLES[kind]
     elif (method, path) in BODIES:
         kwargs["json"] = BODIES[(method, path)]
+    elif method == "PUT":
+        kwargs["json"] = EXAMPLES[kind]
     elif path.endswith("/description/accept"):
         kwargs["json"] = {"generation_id": int(keys["generation_id"])}
     elif path.endswith("/description"):

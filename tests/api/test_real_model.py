@@ -15,7 +15,7 @@ from tests.helpers import sse_data, streamed_text
 from townsquare.app import create_app
 from townsquare.backends.base import Message
 from townsquare.backends.llamacpp import LlamaCppText, bundled_model_path
-from townsquare.safety.pipeline import Decision, SafetyPolicy
+from townsquare.safety.pipeline import Context, Decision, SafetyPolicy
 from townsquare.services import Services
 from townsquare.storage.tables import ChatMessage, SafetyEventRow
 
@@ -62,10 +62,10 @@ class BlockAfter(SafetyPolicy):
     def __init__(self, limit: int) -> None:
         self.limit = limit
 
-    def check_input(self, messages: Sequence[Message]) -> Decision:
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         return Decision.allow()
 
-    def check_output(self, text: str, *, final: bool) -> Decision:
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         if len(text) > self.limit:
             return Decision(False, ("S10",), "The reply was blocked by the test policy.")
         return Decision.allow()
@@ -75,7 +75,9 @@ class BlockAfter(SafetyPolicy):
 def test_blocking_policy_stops_the_real_reply_from_being_streamed_or_stored(
     tmp_path, real_text: LlamaCppText, limit: int
 ) -> None:
-    services = Services.build(make_settings(tmp_path), text=real_text, policies=[BlockAfter(limit)])
+    settings = make_settings(tmp_path)
+    settings.safety.stream_check_chars = 1  # checked at every token
+    services = Services.build(settings, text=real_text, policies=[BlockAfter(limit)])
     key = add_user(services, "mia")
     ask = {"content": "Tell me a long story about a lighthouse.", "max_tokens": 64}
     with TestClient(create_app(services=services)) as client:

@@ -22,23 +22,24 @@ class BlockWord(SafetyPolicy):
     def __init__(self, word: str) -> None:
         self.word = word
 
-    def check_input(self, messages: Sequence[Message]) -> Decision:
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         if any(self.word in m.content for m in messages):
             return Decision(False, ("S1",), f"'{self.word}' is not allowed here.")
         return Decision.allow()
 
-    def check_output(self, text: str, *, final: bool) -> Decision:
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         return Decision(False, ("S2",)) if self.word in text else Decision.allow()
 
 
 def test_length_policy() -> None:
     policy = LengthPolicy(max_input_chars=10, max_output_chars=5)
-    assert policy.check_input([Message("user", "short")]).allowed
-    blocked = policy.check_input([Message("user", "much too long")])
+    context = Context("test")
+    assert policy.check_input([Message("user", "short")], context).allowed
+    blocked = policy.check_input([Message("user", "much too long")], context)
     assert not blocked.allowed and blocked.hazards == ("length",)
-    assert policy.check_input([Message("user", "a\x00b")]).hazards == ("format",)
-    assert policy.check_input([Message("user", "a\nb\tc")]).allowed
-    assert not policy.check_output("123456", final=False).allowed
+    assert policy.check_input([Message("user", "a\x00b")], context).hazards == ("format",)
+    assert policy.check_input([Message("user", "a\nb\tc")], context).allowed
+    assert not policy.check_output("123456", context, final=False).allowed
 
 
 async def test_blocked_input_never_reaches_the_backend_and_is_audited(
@@ -66,6 +67,7 @@ async def test_blocked_input_never_reaches_the_backend_and_is_audited(
 async def test_stream_stops_before_the_blocked_delta(
     settings: Settings, fake_text: FakeText
 ) -> None:
+    settings.safety.stream_check_chars = 1  # every delta
     services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
     fake_text.enqueue("hello there BUY CHEAP PILLS now")
     seen = []
@@ -75,6 +77,29 @@ async def test_stream_stops_before_the_blocked_delta(
         ):
             seen.append(delta.text)
     assert "".join(seen) == "hello there BUY CHEAP"
+    await services.aclose()
+
+
+async def test_stream_checks_every_n_characters_and_at_the_end(
+    settings: Settings, fake_text: FakeText
+) -> None:
+    settings.safety.stream_check_chars = 12
+    services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
+    fake_text.enqueue("hello there BUY CHEAP PILLS now")
+    seen = []
+    with pytest.raises(ContentBlocked):
+        async for delta in services.guarded_text.stream(
+            [Message("user", "hi")], GenerationOptions(), Context("test")
+        ):
+            seen.append(delta.text)
+    # checked at 12 characters ("hello there ") and 27 ("... PILLS"): never past the word + 12
+    assert "PILLS" not in "".join(seen) and "".join(seen).startswith("hello there")
+    fake_text.enqueue("a short PILLS")  # shorter than one window: the final check catches it
+    with pytest.raises(ContentBlocked):
+        async for _ in services.guarded_text.stream(
+            [Message("user", "hi")], GenerationOptions(), Context("test")
+        ):
+            pass
     await services.aclose()
 
 

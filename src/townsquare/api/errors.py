@@ -64,6 +64,8 @@ def exception_payload(path: str, exc: TownsquareError) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if isinstance(exc, ContentBlocked):
         extra["hazards"] = exc.hazards
+        if exc.support:
+            extra["support"] = exc.support
     if isinstance(exc, InvalidBatch):
         extra["rows"] = exc.rows
     param = exc.field if isinstance(exc, InvalidField) else None

@@ -21,6 +21,7 @@ from townsquare.api.sse import primed, sse_response
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidField, InvalidRequest, ModelNotFound
 from townsquare.safety.pipeline import Context
+from townsquare.safety.taxonomy import OPENAI_CATEGORIES, OPENAI_TO_CODES, openai_from_codes
 from townsquare.services import Services
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -275,4 +276,83 @@ def embeddings(body: EmbeddingRequest, user: CurrentUser, services: ServicesDep)
             for i, vector in enumerate(vectors)
         ],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+class ModerationPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | list[ModerationPart]
+    model: str | None = Field(
+        None, description="Accepted for compatibility (e.g. omni-moderation-latest); ignored."
+    )
+
+
+@router.post("/moderations", openapi_extra={"x-access": "authenticated"}, tags=["safety"])
+def moderations(
+    body: ModerationRequest, user: CurrentUser, services: ServicesDep
+) -> dict[str, Any]:
+    """OpenAI's moderation endpoint, answered by the configured moderator against the hazard
+    taxonomy: ``categories`` and ``category_scores`` in OpenAI's 13 categories, plus
+    ``hazard_codes`` (what the community's default policy flags) and ``hazard_scores``."""
+    moderator = services.moderator_for_endpoint()
+    if isinstance(body.input, str):
+        texts = [body.input]
+    else:
+        texts = [p if isinstance(p, str) else (p.text or "") for p in body.input]
+        if any(isinstance(p, ModerationPart) and p.type == "image_url" for p in body.input):
+            raise InvalidField(
+                "Image inputs are not moderated here; send text parts only.", "input"
+            )
+    limits = services.settings.limits
+    if not texts or len(texts) > limits.max_messages:
+        raise InvalidField(
+            f"input has {len(texts)} texts; send 1 to {limits.max_messages} (limits.max_messages).",
+            "input",
+        )
+    for index, item in enumerate(texts):
+        if len(item) > limits.max_message_chars:
+            raise InvalidField(
+                f"input[{index}] has {len(item)} characters; the limit is "
+                f"{limits.max_message_chars} (limits.max_message_chars).",
+                f"input.{index}",
+            )
+    policy = services.policies.policy(None)
+    results = []
+    for scores in moderator.score(texts):
+        codes = [
+            c
+            for c, rule in policy.rules.items()
+            if rule.action != "allow" and scores.get(c, 0.0) >= rule.threshold
+        ]
+        category_scores = {
+            category: round(
+                max((scores.get(c, 0.0) for c in OPENAI_TO_CODES[category]), default=0.0), 6
+            )
+            for category in OPENAI_CATEGORIES
+        }
+        categories = openai_from_codes(codes)
+        results.append(
+            {
+                "flagged": bool(codes),
+                "categories": categories,
+                "category_scores": category_scores,
+                "category_applied_input_types": {
+                    category: ["text"] if on else [] for category, on in categories.items()
+                },
+                "hazard_codes": codes,
+                "hazard_scores": {c: round(s, 6) for c, s in scores.items()},
+            }
+        )
+    return {
+        "id": f"modr-{uuid.uuid4().hex}",
+        "model": f"townsquare-{moderator.name}",
+        "results": results,
     }

@@ -30,6 +30,7 @@ _DESCRIPTIONS = {
     "401": "No API key or session, or an unknown key.",
     "403": "The key's user may not do this (or a cookie write without the CSRF header).",
     "404": "Nothing with that id is visible to this user.",
+    "409": "Another one is already in progress (e.g. a red-team run): wait for it to end.",
     "413": "The body is over a size limit (the message names the setting).",
     "422": "A field breaks a rule (the body names it).",
     "429": "The model's queue or a quota is full: retry after Retry-After seconds.",
@@ -88,6 +89,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         statuses.add("404")  # an unknown id, or an unknown model name
     if method in {"post", "put", "patch"}:
         statuses.add("413")
+    if operation.get("x-conflict"):
+        statuses.add("409")
     if MODEL_TAGS & set(operation.get("tags", [])):
         statuses |= {"429", "502"}
     return sorted(statuses)

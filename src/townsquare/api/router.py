@@ -10,6 +10,7 @@ from townsquare.features.feedback import routes as feedback
 from townsquare.features.groups import routes as groups
 from townsquare.features.provenance import routes as provenance
 from townsquare.features.reels import routes as reels
+from townsquare.features.safety import routes as safety
 from townsquare.features.search import routes as search
 from townsquare.features.shops import routes as shops
 from townsquare.features.suggestions import routes as suggestions
@@ -27,4 +28,5 @@ router.include_router(groups.router)
 router.include_router(shops.router)
 router.include_router(provenance.router)
 router.include_router(feedback.router)
+router.include_router(safety.router)
 router.include_router(social.router)

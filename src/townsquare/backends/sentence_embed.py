@@ -63,11 +63,22 @@ class SentenceEmbeddings(EmbeddingBackend):
         self.batch_size = batch_size
         # torch already uses every core for one batch; concurrent encodes only thrash.
         self._lock = threading.Lock()
+        # One or two short texts (a moderation check, a search query): the transformer called
+        # directly under inference_mode skips encode()'s batching machinery, ~30 % less time
+        # per call (bench/safety.py). Only for the plain mean-pooled, normalised layout, where
+        # it gives the same vectors.
+        modules = [type(m).__name__ for m in self._model]
+        self._fast = modules in (
+            ["Transformer", "Pooling", "Normalize"],
+            ["Transformer", "Pooling"],
+        ) and getattr(self._model[1], "pooling_mode", None) in ("mean", ["mean"])
 
     @override
     def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
+        if len(texts) <= self.SMALL and self._fast:
+            return self._embed_small(texts)
         with self._lock:
             vectors = self._model.encode(
                 list(texts),
@@ -77,3 +88,23 @@ class SentenceEmbeddings(EmbeddingBackend):
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)  # (n, d)
+
+    SMALL: ClassVar[int] = 2
+
+    def _embed_small(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        import torch
+
+        transformer = self._model[0]
+        with self._lock, torch.inference_mode():
+            batch = transformer.tokenizer(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=transformer.max_seq_length,
+                return_tensors="pt",
+            )
+            hidden = transformer.auto_model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)  # as normalize_embeddings
+            return np.asarray(pooled.numpy(), dtype=np.float32)

@@ -4,12 +4,13 @@
 - ``town``: users, seed, ingest, index
 - ``features``: search, suggest, catch-up, describe, summarize, chat
 - ``watermark``: watermark embed / detect
+- ``safety``: safety fetch / check, redteam run
 
 ``common`` holds the Typer apps, the consoles and the settings every command resolves once.
 """
 
-from townsquare.cli import features, server, town, watermark
+from townsquare.cli import features, safety, server, town, watermark
 from townsquare.cli.common import app
 from townsquare.cli.server import settings_reference
 
-__all__ = ["app", "features", "server", "settings_reference", "town", "watermark"]
+__all__ = ["app", "features", "safety", "server", "settings_reference", "town", "watermark"]

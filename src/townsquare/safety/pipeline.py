@@ -5,8 +5,10 @@ checked, with the text so far, *before* it is handed on, so a blocked reply is n
 past the point where the policy objected) and once more when it is complete. Each final
 decision is logged with its hazard codes and handed to an audit sink (the database).
 
-Policies here are cheap and run inline. Model-based moderation against the hazard taxonomy
-plugs in as another ``SafetyPolicy``.
+``LengthPolicy`` is cheap; ``ModerationPolicy`` scores text with a moderator
+(``safety/moderation.py``) and applies the group's policy (``safety/policy.py``): codes set to
+``block`` refuse, ``warn`` let the text through and are logged. Checks run in worker threads,
+never on the event loop; a streamed reply is checked every ``safety.stream_check_chars``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
 import anyio
+import httpx
 from typing_extensions import override
 
 from townsquare.backends.base import (
@@ -30,7 +33,10 @@ from townsquare.backends.base import (
     TextBackend,
     Usage,
 )
-from townsquare.errors import ContentBlocked
+from townsquare.errors import BackendUnavailable, ContentBlocked
+from townsquare.safety.moderation import Moderator, Scores
+from townsquare.safety.policy import PolicyStore
+from townsquare.safety.taxonomy import HAZARDS
 
 log = logging.getLogger("townsquare.safety")
 
@@ -39,9 +45,13 @@ Stage = Literal["input", "output"]
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """A policy's verdict: ``hazards`` refused it; ``warnings`` apply but are only logged."""
+
     allowed: bool
     hazards: tuple[str, ...] = ()
     reason: str = ""
+    warnings: tuple[str, ...] = ()
+    support: str | None = None  # shown instead of a bare refusal (S11)
 
     @classmethod
     def allow(cls) -> Decision:
@@ -69,6 +79,9 @@ class Context:
     user_id: int | None = None
     role: str | None = None
     group_id: int | None = None
+    # What the member wrote, when a feature wraps it in a prompt of its own: moderation reads
+    # this instead of the prompt (whose instructions are ours). () means nothing to read.
+    subject: tuple[str, ...] | None = None
 
 
 class SafetyPolicy(ABC):
@@ -77,12 +90,16 @@ class SafetyPolicy(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def check_input(self, messages: Sequence[Message]) -> Decision:
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         """Decide on the messages before generation."""
 
     @abstractmethod
-    def check_output(self, text: str, *, final: bool) -> Decision:
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         """Decide on the reply so far (``final``: it is complete)."""
+
+    def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
+        """Decide on several finished outputs (suggestions) at once."""
+        return [self.check_output(item, context, final=True) for item in items]
 
 
 class LengthPolicy(SafetyPolicy):
@@ -95,7 +112,7 @@ class LengthPolicy(SafetyPolicy):
         self.max_output_chars = max_output_chars
 
     @override
-    def check_input(self, messages: Sequence[Message]) -> Decision:
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         total = sum(len(m.content) for m in messages)
         if total > self.max_input_chars:
             return Decision(
@@ -114,7 +131,7 @@ class LengthPolicy(SafetyPolicy):
         return Decision.allow()
 
     @override
-    def check_output(self, text: str, *, final: bool) -> Decision:
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         if len(text) > self.max_output_chars:
             return Decision(
                 False,
@@ -125,6 +142,96 @@ class LengthPolicy(SafetyPolicy):
         return Decision.allow()
 
 
+class ModerationPolicy(SafetyPolicy):
+    """Scores text with a moderator and applies the group's policy to every code."""
+
+    name: ClassVar[str] = "moderation"
+
+    def __init__(
+        self,
+        moderator: Moderator,
+        policies: PolicyStore,
+        *,
+        support_message: str,
+        input_window: int = 4,
+        fail_open: bool = False,
+    ) -> None:
+        self.moderator = moderator
+        self.policies = policies
+        self.support_message = support_message
+        self.input_window = input_window
+        self.fail_open = fail_open
+
+    def _scores(self, texts: Sequence[str], role: Literal["user", "assistant"]) -> list[Scores]:
+        try:
+            return self.moderator.score(texts, role=role)
+        except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
+            if self.fail_open:
+                log.warning("moderation failed, text let through: %s", exc)
+                return [{} for _ in texts]
+            raise BackendUnavailable(
+                f"The moderation service ({self.moderator.name}) did not answer ({exc}); "
+                "nothing was generated. Try again shortly."
+            ) from exc
+
+    def decide(self, scores: Scores, context: Context) -> Decision:
+        """The verdict of the group's policy on one text's scores."""
+        policy = self.policies.policy(context.group_id)
+        blocked, warned = [], []
+        for code, rule in policy.rules.items():
+            if scores.get(code, 0.0) >= rule.threshold:
+                if rule.action == "block":
+                    blocked.append(code)
+                elif rule.action == "warn":
+                    warned.append(code)
+        if not blocked:
+            return Decision(True, warnings=tuple(warned))
+        if "S11" in blocked:
+            return Decision(
+                False, tuple(blocked), self.support_message, tuple(warned), self.support_message
+            )
+        names = ", ".join(f"{c} {HAZARDS[c].name}" for c in blocked)
+        return Decision(
+            False,
+            tuple(blocked),
+            f"This can't be answered here: it looks like {names}, which this community's "
+            "policy does not allow. If that's a mistake, rephrase and try again.",
+            tuple(warned),
+        )
+
+    @override
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
+        written = (
+            context.subject
+            if context.subject is not None
+            else [m.content for m in messages if m.role == "user"]
+        )
+        texts = [t for t in written if t.strip()][-self.input_window :]
+        if not texts:
+            return Decision.allow()
+        decisions = [self.decide(s, context) for s in self._scores(texts, "user")]
+        return _merge(decisions)
+
+    @override
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
+        if not text.strip():
+            return Decision.allow()
+        (scores,) = self._scores([text], "assistant")
+        return self.decide(scores, context)
+
+    @override
+    def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
+        return [self.decide(s, context) for s in self._scores(list(items), "assistant")]
+
+
+def _merge(decisions: Sequence[Decision]) -> Decision:
+    warned = tuple(dict.fromkeys(w for d in decisions for w in d.warnings))
+    for decision in decisions:
+        if not decision.allowed:
+            return Decision(False, decision.hazards, decision.reason, warned, decision.support)
+    return Decision(True, warnings=warned)
+
+
 @dataclass
 class SafetyPipeline:
     """Runs every policy; the first refusal wins. Decisions go to the log and the audit sink."""
@@ -133,16 +240,22 @@ class SafetyPipeline:
     audit: Callable[[SafetyEvent], None] | None = None
 
     def _record(self, event: SafetyEvent) -> None:
-        level = logging.INFO if event.decision.allowed else logging.WARNING
+        level = (
+            logging.INFO
+            if event.decision.allowed and not event.decision.warnings
+            else logging.WARNING
+        )
         log.log(
             level,
-            "safety %s %s",
+            "safety %s %s %s",
             event.stage,
             "allowed" if event.decision.allowed else "blocked",
+            ",".join(event.decision.hazards or event.decision.warnings),
             extra={
                 "feature": event.feature,
                 "user_id": event.user_id,
                 "hazards": list(event.decision.hazards),
+                "warnings": list(event.decision.warnings),
                 "allowed": event.decision.allowed,
             },
         )
@@ -151,7 +264,7 @@ class SafetyPipeline:
 
     def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         """The first refusal of any policy for the input, or allow; refusals are audited."""
-        decision = self._first_refusal(lambda p: p.check_input(messages))
+        decision = self._first_refusal(lambda p: p.check_input(messages, context))
         excerpt = messages[-1].content[:200] if messages else ""
         self._record(
             SafetyEvent(
@@ -162,7 +275,7 @@ class SafetyPipeline:
 
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         """The first refusal of any policy for the output, or allow; refusals are audited."""
-        decision = self._first_refusal(lambda p: p.check_output(text, final=final))
+        decision = self._first_refusal(lambda p: p.check_output(text, context, final=final))
         if final or not decision.allowed:
             self._record(
                 SafetyEvent(
@@ -176,12 +289,25 @@ class SafetyPipeline:
             )
         return decision
 
+    def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
+        """A decision per finished output (each one logged and audited)."""
+        verdicts: list[list[Decision]] = [p.check_items(items, context) for p in self.policies]
+        decisions = [_merge([v[i] for v in verdicts]) for i in range(len(items))]
+        for item, decision in zip(items, decisions, strict=True):
+            self._record(
+                SafetyEvent(
+                    "output",
+                    context.feature,
+                    context.user_id,
+                    decision,
+                    item[:200],
+                    context.group_id,
+                )
+            )
+        return decisions
+
     def _first_refusal(self, check: Callable[[SafetyPolicy], Decision]) -> Decision:
-        for policy in self.policies:
-            decision = check(policy)
-            if not decision.allowed:
-                return decision
-        return Decision.allow()
+        return _merge([check(policy) for policy in self.policies])
 
 
 def _raise_blocked(stage: Stage, decision: Decision) -> None:
@@ -191,6 +317,7 @@ def _raise_blocked(stage: Stage, decision: Decision) -> None:
         or f"The {what} was blocked by the safety policy "
         f"(hazards: {', '.join(decision.hazards)}). Rephrase and try again.",
         decision.hazards,
+        support=decision.support,
     )
 
 
@@ -204,9 +331,11 @@ class GuardedText:
         *,
         admit: Callable[[Context], None] | None = None,
         on_usage: Callable[[Context, str, Usage], None] | None = None,
+        check_every_chars: int = 1,
     ) -> None:
         self.backend = backend
         self.pipeline = pipeline
+        self.check_every_chars = check_every_chars
         self._admit = admit
         self._on_usage = on_usage
 
@@ -252,14 +381,21 @@ class GuardedText:
         completion = await self.backend.complete(messages, options)
         self._count(context, completion.usage)
         if check_output:
-            decision = self.pipeline.check_output(completion.text, context, final=True)
+            decision = await anyio.to_thread.run_sync(self._check_reply, completion.text, context)
             if not decision.allowed:
                 _raise_blocked("output", decision)
         return completion
 
-    def check_items(self, items: Sequence[str], context: Context) -> list[str]:
-        """The items that pass the output check (each checked, and logged, on its own)."""
-        return [i for i in items if self.pipeline.check_output(i, context, final=True).allowed]
+    def _check_reply(self, text: str, context: Context, final: bool = True) -> Decision:
+        return self.pipeline.check_output(text, context, final=final)
+
+    async def check_items(self, items: Sequence[str], context: Context) -> list[str]:
+        """The items that pass the output check (each decided, and logged, on its own; blocked
+        ones are dropped, the rest kept in order)."""
+        if not items:
+            return []
+        decisions = await anyio.to_thread.run_sync(self.pipeline.check_items, items, context)
+        return [i for i, d in zip(items, decisions, strict=True) if d.allowed]
 
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions, context: Context
@@ -268,6 +404,8 @@ class GuardedText:
         mid-stream ends it with ``ContentBlocked``."""
         await anyio.to_thread.run_sync(self._before, messages, context)
         text = ""
+        checked = 0  # length of the text at the last check
+        every = self.check_every_chars
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,
         # which frees a local model at once instead of whenever the generator is collected.
         source = cast(AsyncGenerator[Delta, None], self.backend.stream(messages, options))
@@ -277,8 +415,11 @@ class GuardedText:
                 final = delta.finish_reason is not None
                 if final:
                     self._count(context, delta.usage)
-                if delta.text or final:
-                    decision = self.pipeline.check_output(text, context, final=final)
+                if final or len(text) - checked >= every:
+                    checked = len(text)
+                    decision = await anyio.to_thread.run_sync(
+                        self._check_reply, text, context, final
+                    )
                     if not decision.allowed:
                         _raise_blocked("output", decision)
                 yield delta

@@ -9,7 +9,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 from typing_extensions import override
@@ -150,3 +161,40 @@ class SafetyEventRow(Base):
     hazards: Mapped[str] = mapped_column(String(256), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
     excerpt: Mapped[str] = mapped_column(Text, default="")
+
+
+class ModerationPolicyRow(Base):
+    """A scope's moderation rules (``default`` or ``group:<id>``) as JSON {code: {action,
+    threshold}}."""
+
+    __tablename__ = "moderation_policies"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rules: Mapped[str] = mapped_column(Text, default="{}")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RedteamRunRow(Base):
+    """One red-team run: its summary (JSON) and HTML report. At most one row is 'running' (a
+    partial unique index), so a second concurrent start fails in the database itself."""
+
+    __tablename__ = "redteam_runs"
+    __table_args__ = (
+        Index(
+            "uq_redteam_one_running",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    suite: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running, done, failed
+    target: Mapped[str] = mapped_column(String(512), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    summary: Mapped[str] = mapped_column(Text, default="{}")
+    report_html: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -14,7 +14,7 @@ from townsquare.backends.base import Message
 from townsquare.backends.fake import FakeText
 from townsquare.backends.llamacpp import LlamaCppText
 from townsquare.features.suggestions.service import clean
-from townsquare.safety.pipeline import Decision, LengthPolicy, SafetyPolicy
+from townsquare.safety.pipeline import Context, Decision, LengthPolicy, SafetyPolicy
 from townsquare.services import Services
 from townsquare.storage.social_tables import Generation
 
@@ -22,10 +22,10 @@ from townsquare.storage.social_tables import Generation
 class NoPills(SafetyPolicy):
     name: ClassVar[str] = "no-pills"
 
-    def check_input(self, messages: Sequence[Message]) -> Decision:
+    def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         return Decision.allow()
 
-    def check_output(self, text: str, *, final: bool) -> Decision:
+    def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         return Decision(False, ("S7",)) if "PILLS" in text else Decision.allow()
 
 

@@ -114,10 +114,12 @@ async def suggest_topics(
             }
         },
     }
-    context = Context("group_topics", user.id, user.role, group.id)
+    context = Context("group_topics", user.id, user.role, group.id, subject=())
 
     async def finish(topics: list[Topic]) -> tuple[tuple[list[Topic], int], dict[str, Any]]:
-        safe_openers = set(text.check_items([f"{t.topic}: {t.opener}" for t in topics], context))
+        safe_openers = set(
+            await text.check_items([f"{t.topic}: {t.opener}" for t in topics], context)
+        )
         candidates = [t for t in topics if f"{t.topic}: {t.opener}" in safe_openers]
         fresh = candidates
         if recent and candidates:
@@ -215,10 +217,10 @@ async def catch_up(
             }
         },
     }
-    context = Context("group_catch_up", user.id, user.role, group.id)
+    context = Context("group_catch_up", user.id, user.role, group.id, subject=())
 
     async def finish(found: list[Point]) -> tuple[list[Point], dict[str, Any]]:
-        allowed = set(text.check_items([p.text for p in found], context))
+        allowed = set(await text.check_items([p.text for p in found], context))
         kept = [p for p in found if p.text in allowed]
         return kept, {"points": [p.model_dump() for p in kept]}
 

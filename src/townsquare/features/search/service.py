@@ -301,7 +301,7 @@ async def understand(
             GenerationOptions(
                 max_tokens=120, temperature=0.0, schema=understand_schema(known_places)
             ),
-            Context("search.understand", user.id, user.role),
+            Context("search.understand", user.id, user.role, subject=(query,)),
         )
         raw = json.loads(completion.text)
     except (ValueError, BackendError):  # the rules' reading stands on its own

@@ -129,7 +129,7 @@ async def summarize(
         cited_sentences: tuple[list[Sentence], int],
     ) -> tuple[tuple[list[Sentence], int, str], dict[str, Any]]:
         sentences, removed = cited_sentences
-        allowed = set(text.check_items([s.text for s in sentences], context))
+        allowed = set(await text.check_items([s.text for s in sentences], context))
         safe = [s for s in sentences if s.text in allowed]
         removed += len(sentences) - len(safe)
         answer = " ".join(f"{s.text} " + "".join(f"[{n}]" for n in s.citations) for s in safe)

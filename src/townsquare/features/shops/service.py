@@ -212,7 +212,7 @@ async def describe(
         price=f"{listing.price_cents / 100:.2f} {listing.currency}",
         attributes=sorted(listing.attributes.items()),
     )
-    context = Context(FEATURE, user.id, user.role)
+    context = Context(FEATURE, user.id, user.role, subject=(listing.title,))
 
     async def finish(
         raw: dict[str, Any],

@@ -115,11 +115,11 @@ async def suggest_comments(
             ),
         ),
     ]
-    context = Context(FEATURE, user.id, user.role, post.group_id)
+    context = Context(FEATURE, user.id, user.role, post.group_id, subject=(post.text,))
 
     async def finish(answer: list[str]) -> tuple[tuple[list[str], int], dict[str, Any]]:
         # unsafe ones first, so a dropped suggestion makes room for the next candidate
-        safe_candidates = text.check_items(answer, context)
+        safe_candidates = await text.check_items(answer, context)
         safe, dropped = clean(safe_candidates, post.text, request.count)
         dropped += len(answer) - len(safe_candidates)
         return (safe, dropped), {"suggestions": safe, "dropped": dropped}

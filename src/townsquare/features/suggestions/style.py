@@ -333,7 +333,7 @@ async def suggest_replies(
 
     async def finish(raw: list[str]) -> tuple[list[str], dict[str, Any]]:
         shaped = [shape(r, profile) if styled else r.strip() for r in raw]
-        kept = list(dict.fromkeys(r for r in text.check_items(shaped, context) if r))
+        kept = list(dict.fromkeys(r for r in await text.check_items(shaped, context) if r))
         return kept, {"replies": kept}
 
     replies, generation_id = await structured.generate_recorded(

