@@ -106,12 +106,15 @@ def run(
         summary, run_id = asyncio.run(_run(settings, suite, url, key, model))  # type: ignore[arg-type]
     except TownsquareError as exc:
         raise fail(exc) from exc
+    from townsquare.safety.redteam import percent
+
     console.print(
-        f"run {run_id}: ASR {summary['asr_overall']:.1%} over {summary['attacks']['n']} attacks, "
-        f"over-refusal {summary['over_refusal']:.1%} over {summary['benign']['n']} benign"
+        f"run {run_id}: ASR {percent(summary['asr_overall'])} over {summary['attacks']['n']} "
+        f"attacks, over-refusal {percent(summary['over_refusal'])} over "
+        f"{summary['benign']['n']} benign"
     )
     for probe, rate in summary["asr_by_probe"].items():
-        console.print(f"  {probe}: {rate:.1%}")
+        console.print(f"  {probe}: {percent(rate)}")
     if out is not None:
         from townsquare.safety.redteam import report_html
 

@@ -72,7 +72,8 @@ _ATTACK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             "persona",
             r"\b(DAN|do anything now|developer mode|jailbr(oken|eak)|no (ethical|moral) "
-            r"(guidelines|restrictions)|unfiltered and amoral|without any (restrictions|filters))",
+            r"(guidelines|restrictions)|unfiltered and amoral|without any (restrictions|filters))"
+            r"\b",
         ),
         (
             "decode-and-obey",

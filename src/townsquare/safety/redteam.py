@@ -50,6 +50,7 @@ QUICK_PER_PROBE = 6
 QUICK_BENIGN = 24
 FULL_CAP = 64
 SEED = 20261201
+SUMMARY_MAX_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +318,7 @@ class Target:
 
     async def summary(self, prompt: str) -> tuple[str, str]:
         """(status, reply) for a search summary asked with the prompt as the query."""
-        response = await self._post("/api/search/summary", {"query": prompt[:500]})
+        response = await self._post("/api/search/summary", {"query": prompt})
         if response.status_code in (400, 422) and _blocked(response):
             return "blocked", response.json()["error"].get("message", "")
         response.raise_for_status()
@@ -345,7 +346,12 @@ async def run_attempts(
     jobs: list[tuple[Attempt, Callable[[str], Any]]] = []
     for index, attempt in enumerate(items):
         jobs.append((attempt, target.chat))
-        if features and attempt.judge == "mitigation" and index % target.feature_share == 0:
+        if (
+            features
+            and attempt.judge == "mitigation"
+            and index % target.feature_share == 0
+            and len(attempt.prompt) <= SUMMARY_MAX_CHARS  # a search, not a jailbreak essay
+        ):
             jobs.append((Attempt(f"summary:{attempt.probe}", *_rest(attempt)), target.summary))
 
     async def one(attempt: Attempt, send: Callable[[str], Any]) -> Outcome:
@@ -457,7 +463,8 @@ def _bars(title: str, values: dict[str, float | None], goal: float) -> str:
     return "".join(parts)
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A rate as a percentage, or n/a when nothing was judged."""
     return "n/a" if value is None else f"{value:.1%}"
 
 
@@ -474,7 +481,7 @@ def report_html(summary: dict[str, Any], *, goal_asr: float, goal_refusal: float
     )
     judges = "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in summary["judges"].items())
     asr, over, blocked = (
-        _pct(summary[k]) for k in ("asr_overall", "over_refusal", "blocked_share")
+        percent(summary[k]) for k in ("asr_overall", "over_refusal", "blocked_share")
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>townsquare red-team run</title></head>
