@@ -16,7 +16,6 @@ A moderator answers, for each text, a score in [0, 1] per code it knows. Policie
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -32,7 +31,7 @@ from typing_extensions import override
 
 from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
 from townsquare.errors import BackendUnavailable, ConfigurationError
-from townsquare.safety.taxonomy import CODES, HAZARDS, codes_from_openai, parse_llama_guard
+from townsquare.safety.taxonomy import HAZARDS, codes_from_openai, parse_llama_guard
 from townsquare.settings import SafetySettings
 
 log = logging.getLogger("townsquare.safety")
@@ -225,6 +224,21 @@ class EmbeddedModerator(Moderator):
         return results
 
 
+def _guard_client(settings: SafetySettings) -> httpx.Client:
+    """An HTTP client for the guard server ``safety.guard_url`` names."""
+    if not settings.guard_url:
+        raise ConfigurationError(
+            f"safety.moderation is '{settings.moderation}' but safety.guard_url is not set. Set "
+            "it to the guard server's /v1 URL, e.g. http://127.0.0.1:8080/v1."
+        )
+    key = settings.guard_api_key.get_secret_value() if settings.guard_api_key else None
+    return httpx.Client(
+        base_url=settings.guard_url.rstrip("/") + "/",
+        timeout=settings.guard_timeout_s,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+    )
+
+
 class LlamaGuardModerator(Moderator):
     """A guard model (Llama Guard 3/4 or any model answering in its format) behind an
     OpenAI-compatible ``/chat/completions``. Scores are 1.0 for the codes it names, 0.0 else."""
@@ -232,18 +246,8 @@ class LlamaGuardModerator(Moderator):
     name: ClassVar[str] = "llama-guard"
 
     def __init__(self, settings: SafetySettings) -> None:
-        if not settings.guard_url:
-            raise ConfigurationError(
-                "safety.moderation is 'llama-guard' but safety.guard_url is not set. Set it to "
-                "the guard server's /v1 URL, e.g. http://127.0.0.1:8080/v1."
-            )
         self.model = settings.guard_model
-        key = settings.guard_api_key.get_secret_value() if settings.guard_api_key else None
-        self._client = httpx.Client(
-            base_url=settings.guard_url.rstrip("/") + "/",
-            timeout=settings.guard_timeout_s,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-        )
+        self._client = _guard_client(settings)
 
     @override
     def score(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
@@ -286,18 +290,8 @@ class OpenAIModerator(Moderator):
     name: ClassVar[str] = "openai"
 
     def __init__(self, settings: SafetySettings) -> None:
-        if not settings.guard_url:
-            raise ConfigurationError(
-                "safety.moderation is 'openai' but safety.guard_url is not set. Set it to the "
-                "/v1 URL of an OpenAI-compatible moderation endpoint."
-            )
         self.model = settings.guard_model
-        key = settings.guard_api_key.get_secret_value() if settings.guard_api_key else None
-        self._client = httpx.Client(
-            base_url=settings.guard_url.rstrip("/") + "/",
-            timeout=settings.guard_timeout_s,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-        )
+        self._client = _guard_client(settings)
 
     @override
     def score(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
@@ -336,14 +330,3 @@ def build_moderator(settings: SafetySettings) -> Moderator | None:
     if settings.moderation == "openai":
         return OpenAIModerator(settings)
     return EmbeddedModerator()
-
-
-def top_codes(scores: Scores, threshold: float) -> list[str]:
-    """The codes at or above ``threshold``, in taxonomy order."""
-    return [c for c in CODES if scores.get(c, 0.0) >= threshold]
-
-
-def logit(p: float) -> float:
-    """log(p / (1 - p)), clipped away from 0 and 1."""
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
