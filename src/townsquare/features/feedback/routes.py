@@ -45,7 +45,8 @@ def moderation_log(
     limit: Limit = 50,
     before_id: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
 ) -> Page[ModerationEntry]:
-    """Refused inputs and outputs, newest first, with hazard codes, feature, group and excerpt."""
+    """Refused inputs and outputs, and allowed ones that carried a `warn` code (allowed: true),
+    newest first, with hazard codes, feature, group and excerpt."""
     if code is not None and code not in CODES:
         raise InvalidField(f"code '{code}' is unknown; use one of {', '.join(CODES)}.", "code")
     return Page(

