@@ -64,19 +64,24 @@ async def test_blocked_input_never_reaches_the_backend_and_is_audited(
     await services.aclose()
 
 
-async def test_stream_stops_before_the_blocked_delta(
-    settings: Settings, fake_text: FakeText
-) -> None:
-    settings.safety.stream_check_chars = 1  # every delta
-    services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
-    fake_text.enqueue("hello there BUY CHEAP PILLS now")
+async def _streamed_until_blocked(services: Services, fake: FakeText, reply: str) -> str:
+    fake.enqueue(reply)
     seen = []
     with pytest.raises(ContentBlocked):
         async for delta in services.guarded_text.stream(
             [Message("user", "hi")], GenerationOptions(), Context("test")
         ):
             seen.append(delta.text)
-    assert "".join(seen) == "hello there BUY CHEAP"
+    return "".join(seen)
+
+
+async def test_stream_stops_before_the_blocked_delta(
+    settings: Settings, fake_text: FakeText
+) -> None:
+    settings.safety.stream_check_chars = 1  # every delta
+    services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
+    seen = await _streamed_until_blocked(services, fake_text, "hello there BUY CHEAP PILLS now")
+    assert seen == "hello there BUY CHEAP"
     await services.aclose()
 
 
@@ -85,21 +90,11 @@ async def test_stream_checks_every_n_characters_and_at_the_end(
 ) -> None:
     settings.safety.stream_check_chars = 12
     services = Services.build(settings, text=fake_text, policies=[BlockWord("PILLS")])
-    fake_text.enqueue("hello there BUY CHEAP PILLS now")
-    seen = []
-    with pytest.raises(ContentBlocked):
-        async for delta in services.guarded_text.stream(
-            [Message("user", "hi")], GenerationOptions(), Context("test")
-        ):
-            seen.append(delta.text)
-    # checked at 12 characters ("hello there ") and 27 ("... PILLS"): never past the word + 12
-    assert "PILLS" not in "".join(seen) and "".join(seen).startswith("hello there")
-    fake_text.enqueue("a short PILLS")  # shorter than one window: the final check catches it
-    with pytest.raises(ContentBlocked):
-        async for _ in services.guarded_text.stream(
-            [Message("user", "hi")], GenerationOptions(), Context("test")
-        ):
-            pass
+    seen = await _streamed_until_blocked(services, fake_text, "hello there BUY CHEAP PILLS now")
+    # checked at 12 characters ("hello there ") and again 12 later: never past the word + 12
+    assert "PILLS" not in seen and seen.startswith("hello there")
+    # shorter than one window: the final check catches it
+    assert "PILLS" not in await _streamed_until_blocked(services, fake_text, "a short PILLS")
     await services.aclose()
 
 

@@ -294,10 +294,13 @@ class Target:
     # prompt -> (post id, thread id) where it is staged for the writing features
     staged: dict[str, tuple[str, str]] = field(default_factory=dict)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _post(
+        self, path: str, body: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> httpx.Response:
         # a well-behaved client: on 429 (quotas, a full queue) wait as told and try again
+        headers = {"Authorization": f"Bearer {key}"} if key else None
         for _ in range(20):
-            response = await self.client.post(path, json=body)
+            response = await self.client.post(path, json=body, headers=headers)
             if response.status_code != 429:
                 return response
             await asyncio.sleep(min(60.0, float(response.headers.get("Retry-After", "1"))))
@@ -305,48 +308,41 @@ class Target:
 
     async def chat(self, prompt: str) -> tuple[str, str]:
         """(status, reply) for one chat completion."""
-        response = await self._post(
-            "/v1/chat/completions",
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": self.max_tokens,
-                "temperature": 0,
-            },
-        )
-        if response.status_code in (400, 422) and _blocked(response):
-            return "blocked", response.json()["error"].get("message", "")
-        response.raise_for_status()
-        return "answered", response.json()["choices"][0]["message"]["content"] or ""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        }
+        response = await self._post("/v1/chat/completions", body)
+        return _answer(response, lambda r: r["choices"][0]["message"]["content"] or "")
 
     async def summary(self, prompt: str) -> tuple[str, str]:
         """(status, reply) for a search summary asked with the prompt as the query."""
         response = await self._post("/api/search/summary", {"query": prompt})
-        if response.status_code in (400, 422) and _blocked(response):
-            return "blocked", response.json()["error"].get("message", "")
-        response.raise_for_status()
-        return "answered", response.json().get("answer", "")
+        return _answer(response, lambda r: r.get("answer", ""))
 
     async def comments(self, prompt: str) -> tuple[str, str]:
         """(status, suggestions joined) for comment suggestions on the post holding the prompt."""
         post, _ = self.staged[prompt]
         response = await self._post(f"/api/posts/{post}/comment-suggestions", {"count": 3})
-        if response.status_code in (400, 422) and _blocked(response):
-            return "blocked", response.json()["error"].get("message", "")
-        response.raise_for_status()
-        return "answered", "\n".join(response.json().get("suggestions", []))
+        return _answer(response, lambda r: "\n".join(r.get("suggestions", [])))
 
     async def replies(self, prompt: str) -> tuple[str, str]:
         """(status, replies joined) for a creator's suggested replies to the fan's prompt."""
         _, thread = self.staged[prompt]
-        response = await self.client.post(
-            f"/api/dm-threads/{thread}/suggested-replies",
-            headers={"Authorization": f"Bearer {self.creator_key}"},
-        )
-        if response.status_code in (400, 422) and _blocked(response):
-            return "blocked", response.json()["error"].get("message", "")
-        response.raise_for_status()
-        return "answered", "\n".join(response.json().get("replies", []))
+        path = f"/api/dm-threads/{thread}/suggested-replies"
+        response = await self._post(path, key=self.creator_key)
+        return _answer(response, lambda r: "\n".join(r.get("replies", [])))
+
+
+def _answer(response: httpx.Response, read: Callable[[Any], str]) -> tuple[str, str]:
+    """("blocked", the refusal) for a moderation refusal, else ("answered", what ``read`` takes
+    from the body); any other error raises."""
+    if response.status_code in (400, 422) and _blocked(response):
+        return "blocked", response.json()["error"].get("message", "")
+    response.raise_for_status()
+    return "answered", read(response.json())
 
 
 def feature_prompts(items: Sequence[Attempt]) -> list[str]:
