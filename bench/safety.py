@@ -185,6 +185,10 @@ def main() -> None:
         "moderation_p50_ms": 10,
         "macro_f1": 0.85,
     }
+    if args.skip_redteam and OUT.exists():  # keep the last red-team figures
+        previous = json.loads(OUT.read_text())
+        for key, value in previous.items():
+            result.setdefault(key, value)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {OUT}")
