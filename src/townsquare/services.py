@@ -58,7 +58,8 @@ class Services:
     indexer: Indexer
     audit_writer: BackgroundWriter
     policies: PolicyStore
-    moderator: Moderator | None
+    moderator: Moderator | None  # the pipeline's (None: moderation off)
+    endpoint_moderator: Moderator  # /v1/moderations'
     tools: list[Any] = field(default_factory=list)  # the assistant's tools
     owns_text: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
@@ -140,7 +141,9 @@ class Services:
         policy_store = PolicyStore(
             sessions, default_threshold=safety.default_threshold, cache_s=safety.policy_cache_s
         )
-        moderator = build_moderator(safety)
+        raw_embed = embed or build_embedding_backend(settings.embed)
+        # the embedded moderator reads the same MiniLM as search when search uses it (one copy)
+        moderator = build_moderator(safety, encoder=raw_embed)
         if policies is None:
             policies = [LengthPolicy(safety.max_input_chars, safety.max_output_chars)]
             if moderator is not None:
@@ -155,7 +158,7 @@ class Services:
                 )
         pipeline = SafetyPipeline(list(policies), audit=audit)
         embedder = QueuedEmbeddings(
-            embed or build_embedding_backend(settings.embed),
+            raw_embed,
             concurrency=settings.embed.concurrency,
             max_batch_tokens=settings.embed.max_batch_tokens,
             max_queued_texts=settings.embed.max_queued_texts,
@@ -182,6 +185,9 @@ class Services:
             ),
             policies=policy_store,
             moderator=moderator,
+            # /v1/moderations answers even when the pipeline's moderation is off (lazy: nothing
+            # loads until a caller asks for scores)
+            endpoint_moderator=moderator or EmbeddedModerator(encoder=raw_embed),
             quotas=quotas,
             owns_text=text is None,
             embed=embedder,
@@ -201,13 +207,6 @@ class Services:
         built.deletion_hooks.append(forget)
         return built
 
-    def moderator_for_endpoint(self) -> Moderator:
-        """The moderator /v1/moderations answers with: the configured one, or the embedded one
-        when the pipeline's moderation is off (a caller asking for scores gets them)."""
-        if self.moderator is None:
-            self.moderator = EmbeddedModerator()
-        return self.moderator
-
     def database_ok(self) -> bool:
         """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""
         try:
@@ -226,8 +225,7 @@ class Services:
         await self.embed.aclose()
         self.vectors.close()
         self.audit_writer.close()
-        if self.moderator is not None:
-            self.moderator.close()
+        self.endpoint_moderator.close()  # the pipeline's, or the endpoint's own
         self.engine.dispose()
 
 

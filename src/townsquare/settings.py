@@ -550,7 +550,9 @@ def iter_settings(
             value = getattr(model, name)
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from iter_settings(value if value is not None else annotation, f"{prefix}{name}.")
+            # a class asks for defaults all the way down (a nested field's shown_default too)
+            nested = annotation if isinstance(model, type) or value is None else value
+            yield from iter_settings(nested, f"{prefix}{name}.")
             continue
         if isinstance(value, SecretStr):
             value = "********" if value.get_secret_value() else ""

@@ -301,3 +301,13 @@ def test_warned_text_passes_and_is_in_the_moderation_log(town) -> None:  # type:
     log = client.get("/api/moderation/log?code=X5", headers=auth(keys["admin"])).json()["data"]
     asked = next(e for e in log if e["stage"] == "input")
     assert asked["allowed"] is True and asked["hazards"] == ["X5"] and "cake" in asked["excerpt"]
+
+
+def test_the_moderator_reuses_searchs_minilm(tmp_path: Path, real_embed) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, safety={"moderation": "embedded"})
+    services = Services.build(settings, text=FakeText(), embed=real_embed)
+    assert isinstance(services.moderator, EmbeddedModerator)
+    assert services.moderator.score(["Any good bakeries?"])[0].get("S1", 0) < 0.5
+    assert services.moderator._loaded is not None and services.moderator._loaded[1] is real_embed
+    assert services.endpoint_moderator is services.moderator
+    asyncio.run(services.aclose())

@@ -302,7 +302,7 @@ def moderations(
     """OpenAI's moderation endpoint, answered by the configured moderator against the hazard
     taxonomy: ``categories`` and ``category_scores`` in OpenAI's 13 categories, plus
     ``hazard_codes`` (what the community's default policy flags) and ``hazard_scores``."""
-    moderator = services.moderator_for_endpoint()
+    moderator = services.endpoint_moderator
     if isinstance(body.input, str):
         texts = [body.input]
     else:

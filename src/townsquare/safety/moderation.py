@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import override
 
+from townsquare.backends.base import EmbeddingBackend
 from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
 from townsquare.errors import BackendUnavailable, ConfigurationError
 from townsquare.safety.taxonomy import HAZARDS, codes_from_openai, parse_llama_guard
@@ -180,15 +181,21 @@ class EmbeddedModerator(Moderator):
     # score says little (a friendly "You're the best" scored 0.62).
     MIN_LEARNT_ATTACK_CHARS: ClassVar[int] = 120
 
-    def __init__(self, max_chars: int = 2000) -> None:
+    def __init__(self, max_chars: int = 2000, *, encoder: EmbeddingBackend | None = None) -> None:
+        """``encoder``: an embedding backend already loaded in this process (search's); used
+        when it is the model the head was trained on, so the model is not loaded twice."""
         self.max_chars = max_chars
-        self._loaded: tuple[Head, SentenceEmbeddings, Profanity] | None = None
+        self._given = encoder
+        self._loaded: tuple[Head, EmbeddingBackend, Profanity] | None = None
         self._lock = threading.Lock()
 
-    def _load(self) -> tuple[Head, SentenceEmbeddings, Profanity]:
+    def _load(self) -> tuple[Head, EmbeddingBackend, Profanity]:
         with self._lock:
             if self._loaded is None:
-                self._loaded = (Head.bundled(), _encoder(), Profanity())
+                head = Head.bundled()
+                same = self._given is not None and self._given.model_id == head.model
+                encoder = self._given if same and self._given is not None else _encoder()
+                self._loaded = (head, encoder, Profanity())
             return self._loaded
 
     def warm(self) -> None:
@@ -321,12 +328,15 @@ class OpenAIModerator(Moderator):
         self._client.close()
 
 
-def build_moderator(settings: SafetySettings) -> Moderator | None:
-    """The moderator ``safety.moderation`` names (None for 'off')."""
+def build_moderator(
+    settings: SafetySettings, *, encoder: EmbeddingBackend | None = None
+) -> Moderator | None:
+    """The moderator ``safety.moderation`` names (None for 'off'); ``encoder`` as for
+    ``EmbeddedModerator``."""
     if settings.moderation == "off":
         return None
     if settings.moderation == "llama-guard":
         return LlamaGuardModerator(settings)
     if settings.moderation == "openai":
         return OpenAIModerator(settings)
-    return EmbeddedModerator()
+    return EmbeddedModerator(encoder=encoder)
