@@ -7,9 +7,10 @@ the queue (429 + Retry-After) and the token metrics apply here too.
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -18,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from townsquare.api.deps import CurrentUser, ServicesDep
 from townsquare.api.sse import primed, sse_response
-from townsquare.backends.base import GenerationOptions, Message
-from townsquare.errors import InvalidField, InvalidRequest, ModelNotFound
+from townsquare.backends import tool_calls
+from townsquare.backends.base import GenerationOptions, Message, TokenLogprob, ToolCall, ToolSpec
+from townsquare.errors import BackendError, InvalidField, InvalidRequest, ModelNotFound
 from townsquare.safety.pipeline import Context
 from townsquare.safety.taxonomy import OPENAI_CATEGORIES, OPENAI_TO_CODES, openai_from_codes
 from townsquare.services import Services
@@ -32,21 +34,36 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCallIn(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
-    # OpenAI clients send fields this server does not use (name, tool_calls...): ignore them.
+    # a message's own bookkeeping fields (name, refusal, annotations...) are not used here
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def plain(self) -> Message:
         """The message as a backend ``Message`` (content parts joined; 'developer' becomes
-        'system')."""
-        text = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        )
+        'system'; calls and call ids kept)."""
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(p.text for p in content)
         role = "system" if self.role == "developer" else self.role
-        return Message(role, text)
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ()
+        )
+        return Message(role, text, tool_calls=calls, tool_call_id=self.tool_call_id)
 
 
 class JsonSchemaFormat(BaseModel):
@@ -64,8 +81,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FunctionSpec(BaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+# OpenAI's bookkeeping fields: accepted so that clients which always send them work, and ignored
+# (they change nothing about the answer). Any other field this server does not know is a 422.
+IGNORED_FIELDS = frozenset(
+    {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+)
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessageIn] = Field(min_length=1)
@@ -79,6 +124,22 @@ class ChatCompletionRequest(BaseModel):
     response_format: ResponseFormat | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    tools: list[ToolIn] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+def _check_fields(body: ChatCompletionRequest) -> None:
+    unknown = sorted(set(body.model_extra or {}) - IGNORED_FIELDS)
+    if unknown:
+        raise InvalidField(
+            f"This server does not support {', '.join(unknown)}. Remove "
+            f"{'it' if len(unknown) == 1 else 'them'} from the request (docs/assistant.md lists "
+            "the parameters /v1/chat/completions takes).",
+            unknown[0],
+        )
 
 
 def _check_model(services: Services, model: str) -> None:
@@ -88,6 +149,41 @@ def _check_model(services: Services, model: str) -> None:
             f"The model '{model}' does not exist here. Available: {', '.join(available)}. "
             "GET /v1/models lists them."
         )
+
+
+def _tool_options(body: ChatCompletionRequest) -> dict[str, Any]:
+    tools = tuple(
+        ToolSpec(t.function.name, t.function.description, t.function.parameters)
+        for t in body.tools or ()
+    )
+    names = [t.name for t in tools]
+    for index, tool in enumerate(tools):
+        try:
+            tool_calls.check_schema(tool)
+        except ValueError as exc:
+            raise InvalidField(
+                f"{exc}. Fix the schema.", f"tools.{index}.function.parameters"
+            ) from None
+    if len(set(names)) != len(names):
+        raise InvalidField("tools has two functions with the same name. Rename one.", "tools")
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise InvalidField(
+                f"tool_choice names '{choice.function.name}', which is not in tools "
+                f"({', '.join(names) or 'none sent'}).",
+                "tool_choice",
+            )
+        chosen = choice.function.name
+    else:
+        chosen = choice or "auto"
+        if chosen == "required" and not tools:
+            raise InvalidField("tool_choice is 'required' but no tools were sent.", "tool_choice")
+    return {
+        "tools": tools,
+        "tool_choice": chosen,
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
+    }
 
 
 def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptions:
@@ -111,6 +207,14 @@ def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptio
     elif body.response_format is not None and body.response_format.type == "json_object":
         json_object = True
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidField("top_logprobs needs logprobs: true.", "top_logprobs")
+    if body.logprobs and not services.text.supports_logprobs:
+        raise InvalidField(
+            f"The model '{services.text.model_id}' does not report log probabilities. Remove "
+            "logprobs.",
+            "logprobs",
+        )
     return GenerationOptions(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -119,6 +223,8 @@ def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptio
         schema=schema,
         json_object=json_object,
         seed=body.seed,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        **_tool_options(body),
     )
 
 
@@ -131,6 +237,7 @@ def _messages(services: Services, body: ChatCompletionRequest) -> list[Message]:
             "messages",
         )
     messages = [m.plain() for m in body.messages]
+    calls: set[str] = set()
     for index, message in enumerate(messages):
         if len(message.content) > limits.max_message_chars:
             raise InvalidField(
@@ -138,9 +245,77 @@ def _messages(services: Services, body: ChatCompletionRequest) -> list[Message]:
                 f"{limits.max_message_chars} (limits.max_message_chars).",
                 f"messages.{index}.content",
             )
+        calls.update(c.id for c in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise InvalidField(
+                f"messages[{index}] is a tool result for call '{message.tool_call_id}', but no "
+                "earlier assistant message made that call. Send the assistant message with its "
+                "tool_calls before the results, and set tool_call_id.",
+                f"messages.{index}.tool_call_id",
+            )
     if all(m.role != "user" for m in messages):
         raise InvalidRequest("messages has no 'user' message. Add the question as a user turn.")
     return messages
+
+
+def _check_history(messages: list[Message], options: GenerationOptions) -> None:
+    """Calls the client says the assistant made must name a function in ``tools`` with
+    arguments that match its schema: a 422 naming the message otherwise."""
+    for index, message in enumerate(messages):
+        for call in message.tool_calls:
+            try:
+                tool_calls.arguments_of(call, options.tools)
+            except ValueError as exc:
+                raise InvalidField(
+                    f"messages[{index}].tool_calls: {exc}. Send the tools the conversation "
+                    "used, or fix the call.",
+                    f"messages.{index}.tool_calls",
+                ) from None
+
+
+def _check_calls(calls: tuple[ToolCall, ...], options: GenerationOptions) -> None:
+    """A call the engine returned that names no offered tool, or whose arguments are not a JSON
+    object, is the engine's error: never passed on as if it were valid."""
+    names = {t.name for t in options.tools}
+    for call in calls:
+        if call.name not in names:
+            raise BackendError(f"The model called '{call.name}', which is not in tools.")
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError as exc:
+            raise BackendError(
+                f"The model's arguments for '{call.name}' are not valid JSON."
+            ) from exc
+        if not isinstance(arguments, dict):
+            raise BackendError(f"The model's arguments for '{call.name}' are not an object.")
+
+
+def _calls_out(calls: tuple[ToolCall, ...], *, indexed: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            **({"index": i} if indexed else {}),
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": c.arguments},
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
+def _logprobs_out(items: Sequence[TokenLogprob]) -> dict[str, Any]:
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {
+        "content": [
+            {
+                **entry(item.token, item.logprob),
+                "top_logprobs": [entry(t, lp) for t, lp in item.top],
+            }
+            for item in items
+        ],
+        "refusal": None,
+    }
 
 
 @router.get("/models", openapi_extra={"x-access": "authenticated"})
@@ -169,10 +344,13 @@ async def list_models(user: CurrentUser, services: ServicesDep) -> dict[str, Any
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, user: CurrentUser, services: ServicesDep
 ) -> Any:
-    """OpenAI's chat completions, streaming or not."""
+    """OpenAI's chat completions, streaming or not, with function calling (``tools``,
+    ``tool_choice``, ``parallel_tool_calls``, ``role: tool`` results) and ``logprobs``."""
+    _check_fields(body)
     _check_model(services, body.model)
     options = _options(services, body)
     messages = _messages(services, body)
+    _check_history(messages, options)
     text = services.guarded_text
     context = Context("openai", user.id, user.role)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -180,15 +358,24 @@ async def chat_completions(
 
     if not body.stream:
         result = await text.complete(messages, options, context)
+        _check_calls(result.tool_calls, options)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": result.text if result.text or not result.tool_calls else None,
+        }
+        if result.tool_calls:
+            message["tool_calls"] = _calls_out(result.tool_calls)
         return {
             **base,
             "object": "chat.completion",
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
+                    "message": message,
                     "finish_reason": result.finish_reason,
-                    "logprobs": None,
+                    "logprobs": (
+                        _logprobs_out(result.logprobs) if result.logprobs is not None else None
+                    ),
                 }
             ],
             "usage": {
@@ -201,15 +388,21 @@ async def chat_completions(
     deltas = await primed(text.stream(messages, options, context))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    def chunk(
+        delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         return {**base, "object": "chat.completion.chunk", "choices": [choice]}
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         yield chunk({"role": "assistant", "content": ""})
         async for delta in deltas:
-            if delta.text:
-                yield chunk({"content": delta.text})
+            if delta.text or delta.logprobs:
+                logprobs = _logprobs_out(delta.logprobs) if options.logprobs is not None else None
+                yield chunk({"content": delta.text}, logprobs=logprobs)
+            if delta.tool_calls:
+                _check_calls(delta.tool_calls, options)
+                yield chunk({"tool_calls": _calls_out(delta.tool_calls, indexed=True)})
             if delta.finish_reason is not None:
                 yield chunk({}, delta.finish_reason)
                 if include_usage and delta.usage is not None:

@@ -15,13 +15,36 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the model asks to call: ``arguments`` is a JSON object as text (as OpenAI)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call: its name, what it does and its JSON-schema parameters."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One chat message. An assistant message may carry ``tool_calls``; a ``tool`` message
+    answers the call ``tool_call_id``."""
+
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +63,11 @@ class GenerationOptions:
     schema: dict[str, Any] | None = None
     json_object: bool = False
     seed: int | None = None
+    # functions the model may call; tool_choice: "auto" | "none" | "required" | a tool's name
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
+    logprobs: int | None = None  # None: none; n >= 0: each token's logprob and its n best rivals
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +82,21 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log probability, with its best rivals (OpenAI's ``logprobs``)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     text: str
-    finish_reason: str = "stop"  # "stop" | "length"
+    finish_reason: str = "stop"  # "stop" | "length" | "tool_calls"
     usage: Usage = field(default_factory=Usage)
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +106,8 @@ class Delta:
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class TextBackend(ABC):
@@ -80,6 +121,9 @@ class TextBackend(ABC):
 
     backend_id: ClassVar[str]
     supports_schema: ClassVar[bool] = False
+    # native function calling (else ``backends/tool_calls.py`` constrains the output to a call)
+    supports_tools: ClassVar[bool] = False
+    supports_logprobs: ClassVar[bool] = False
     is_local: ClassVar[bool] = False  # a single in-process model behind our own queue
 
     model_id: str

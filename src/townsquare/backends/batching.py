@@ -31,8 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from townsquare.admission import Admission
-from townsquare.backends.base import Delta, Usage
+from townsquare.backends.base import Delta, TokenLogprob, Usage
 from townsquare.errors import BackendError, BackendUnavailable, Busy
 
 log = logging.getLogger("townsquare.engine")
@@ -50,6 +52,7 @@ class Request:
     emit: Callable[[object], None]
     admitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    logprobs: int | None = None  # None: none; n: each token's logprob and its n best rivals
 
 
 @dataclass(eq=False)
@@ -63,6 +66,7 @@ class _Slot:
     text: str = ""  # generated text not yet handed on (may be the start of a stop string)
     decoder: Any = None
     last_used: float = 0.0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet handed on
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -332,6 +336,8 @@ class BatchEngine:
         assert request is not None
         ll = self._ll
         token = ll.llama_sampler_sample(request.sampler.sampler, self._ctx.ctx, slot.i_batch)
+        if request.logprobs is not None and not ll.llama_vocab_is_eog(self._vocab, token):
+            slot.logprobs.append(self._logprob(slot.i_batch, token, request.logprobs))
         slot.i_batch = -1
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._end(slot, "stop")
@@ -352,7 +358,27 @@ class BatchEngine:
         ready = slot.text[: len(slot.text) - hold] if hold else slot.text
         if ready:
             slot.text = slot.text[len(ready) :]
-            request.emit(Delta(text=ready))
+            request.emit(Delta(text=ready, logprobs=tuple(slot.logprobs)))
+            slot.logprobs = []
+
+    def _logprob(self, row: int, token: int, top: int) -> TokenLogprob:
+        """The sampled token's log probability under the model (before sampling settings),
+        with the ``top`` most likely tokens."""
+        n_vocab = self._ll.llama_vocab_n_tokens(self._vocab)
+        pointer = self._ll.llama_get_logits_ith(self._ctx.ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)  # (V,)
+        shifted = logits - logits.max()
+        logsumexp = np.log(np.exp(shifted).sum())
+        logprobs = shifted - logsumexp
+        best: tuple[tuple[str, float], ...] = ()
+        if top > 0:
+            picked = np.argpartition(-logprobs, top)[:top]
+            picked = picked[np.argsort(-logprobs[picked])]
+            best = tuple((self._token_text(int(t)), float(logprobs[t])) for t in picked)
+        return TokenLogprob(self._token_text(token), float(logprobs[token]), best)
+
+    def _token_text(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", errors="replace")
 
     def _piece(self, token: int) -> bytes:
         """The bytes a token stands for (cached: the vocabulary does not change)."""
@@ -380,8 +406,8 @@ class BatchEngine:
         if finish is not None:
             # held-back text whose stop string never completed is text after all
             rest = slot.text + slot.decoder.decode(b"", final=True)
-            if rest:
-                closing.append(Delta(text=rest))
+            if rest or slot.logprobs:
+                closing.append(Delta(text=rest, logprobs=tuple(slot.logprobs)))
             closing.append(
                 Delta(finish_reason=finish, usage=Usage(len(request.prompt), slot.generated))
             )
@@ -389,6 +415,7 @@ class BatchEngine:
         slot.pending = []
         slot.request = None
         slot.text = ""
+        slot.logprobs = []
         slot.last_used = time.monotonic()
         request.sampler.close()
         self.admission.release()

@@ -114,6 +114,10 @@ class FakeEmbeddings(EmbeddingBackend):
 
 def example(schema: dict[str, Any]) -> Any:
     """A small value that satisfies ``schema`` (objects, arrays, strings, numbers, enums)."""
+    if "const" in schema:
+        return schema["const"]
+    if "anyOf" in schema:  # the first branch (for tool calls: a call, not a plain answer)
+        return example(schema["anyOf"][0])
     if "enum" in schema:
         return next(v for v in schema["enum"] if v is not None)
     kind = schema.get("type")

@@ -33,6 +33,7 @@ from townsquare.backends.base import (
     GenerationOptions,
     Message,
     TextBackend,
+    TokenLogprob,
     Usage,
 )
 from townsquare.backends.batching import BatchEngine, Request
@@ -186,6 +187,7 @@ class LlamaCppText(TextBackend):
 
     backend_id: ClassVar[str] = "llamacpp"
     supports_schema: ClassVar[bool] = True
+    supports_logprobs: ClassVar[bool] = True
     is_local: ClassVar[bool] = True
     message_overhead_tokens: ClassVar[int] = 6
 
@@ -370,6 +372,7 @@ class LlamaCppText(TextBackend):
             stops=tuple(s for s in options.stop if s),
             sampler=self._sampler(options),
             emit=emit,
+            logprobs=options.logprobs,
         )
 
     @override
@@ -404,12 +407,19 @@ class LlamaCppText(TextBackend):
     @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         finish, usage = "stop", Usage()
         async for delta in self.stream(messages, options):
             parts.append(delta.text)
+            logprobs.extend(delta.logprobs)
             if delta.finish_reason is not None:
                 finish, usage = delta.finish_reason, delta.usage or Usage()
-        return Completion(text="".join(parts), finish_reason=finish, usage=usage)
+        return Completion(
+            text="".join(parts),
+            finish_reason=finish,
+            usage=usage,
+            logprobs=tuple(logprobs) if options.logprobs is not None else None,
+        )
 
     @override
     async def aclose(self) -> None:

@@ -21,6 +21,8 @@ from townsquare.backends.base import (
     GenerationOptions,
     Message,
     TextBackend,
+    TokenLogprob,
+    ToolCall,
     Usage,
 )
 from townsquare.errors import (
@@ -49,7 +51,55 @@ def _request_kwargs(options: GenerationOptions) -> dict[str, Any]:
         }
     elif options.json_object:
         kwargs["response_format"] = {"type": "json_object"}
+    if options.tools:
+        kwargs["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in options.tools
+        ]
+        choice = options.tool_choice
+        kwargs["tool_choice"] = (
+            choice
+            if choice in {"auto", "none", "required"}
+            else {"type": "function", "function": {"name": choice}}
+        )
+        if not options.parallel_tool_calls:
+            kwargs["parallel_tool_calls"] = False
+    if options.logprobs is not None:
+        kwargs["logprobs"] = True
+        if options.logprobs:
+            kwargs["top_logprobs"] = options.logprobs
     return kwargs
+
+
+def _logprobs(raw: Any) -> tuple[TokenLogprob, ...]:
+    content = getattr(raw, "content", None) or []
+    return tuple(
+        TokenLogprob(
+            item.token,
+            float(item.logprob),
+            tuple((t.token, float(t.logprob)) for t in (item.top_logprobs or [])),
+        )
+        for item in content
+    )
+
+
+def _message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 class OpenAICompatText(TextBackend):
@@ -57,6 +107,8 @@ class OpenAICompatText(TextBackend):
 
     backend_id: ClassVar[str] = "openai"
     supports_schema: ClassVar[bool] = True
+    supports_tools: ClassVar[bool] = True
+    supports_logprobs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -99,7 +151,7 @@ class OpenAICompatText(TextBackend):
         return BackendError(f"{where} failed: {exc}")
 
     def _messages(self, messages: Sequence[Message]) -> list[Any]:
-        return [{"role": m.role, "content": m.content} for m in messages]
+        return [_message(m) for m in messages]
 
     @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
@@ -113,10 +165,17 @@ class OpenAICompatText(TextBackend):
             raise self._translate(exc) from exc
         choice = response.choices[0]
         usage = response.usage
+        calls = tuple(
+            ToolCall(c.id, c.function.name, c.function.arguments or "{}")
+            for c in (choice.message.tool_calls or [])
+            if getattr(c, "function", None) is not None
+        )
         return Completion(
             text=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",
             usage=Usage(usage.prompt_tokens, usage.completion_tokens) if usage else Usage(),
+            tool_calls=calls,
+            logprobs=_logprobs(choice.logprobs) if options.logprobs is not None else None,
         )
 
     @override
@@ -125,6 +184,7 @@ class OpenAICompatText(TextBackend):
     ) -> AsyncIterator[Delta]:
         finish: str | None = None
         usage = Usage()
+        calls: dict[int, list[str]] = {}
         try:
             stream = await self._client.chat.completions.create(
                 model=self.remote_model,
@@ -138,11 +198,21 @@ class OpenAICompatText(TextBackend):
                     if chunk.usage is not None:
                         usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
-                        if choice.delta.content:
-                            yield Delta(text=choice.delta.content)
+                        logprobs = _logprobs(choice.logprobs) if choice.logprobs else ()
+                        if choice.delta.content or logprobs:
+                            yield Delta(text=choice.delta.content or "", logprobs=logprobs)
+                        for part in choice.delta.tool_calls or []:
+                            # calls arrive in fragments by index: joined, sent whole at the end
+                            call = calls.setdefault(part.index, ["", "", ""])
+                            call[0] = part.id or call[0]
+                            if part.function is not None:
+                                call[1] += part.function.name or ""
+                                call[2] += part.function.arguments or ""
                         finish = choice.finish_reason or finish
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc
+        if calls:
+            yield Delta(tool_calls=tuple(ToolCall(i, n, a or "{}") for i, n, a in calls.values()))
         yield Delta(finish_reason=finish or "stop", usage=usage)
 
     @override

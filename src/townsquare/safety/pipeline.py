@@ -25,6 +25,7 @@ import anyio
 import httpx
 from typing_extensions import override
 
+from townsquare.backends import tool_calls
 from townsquare.backends.base import (
     Completion,
     Delta,
@@ -378,10 +379,11 @@ class GuardedText:
         one with ``check_items`` (so one unsafe suggestion drops itself, not the whole answer).
         """
         await anyio.to_thread.run_sync(self._before, messages, context)
-        completion = await self.backend.complete(messages, options)
+        completion = await tool_calls.complete(self.backend, messages, options)
         self._count(context, completion.usage)
         if check_output:
-            decision = await anyio.to_thread.run_sync(self._check_reply, completion.text, context)
+            said = "\n".join([completion.text, *(c.arguments for c in completion.tool_calls)])
+            decision = await anyio.to_thread.run_sync(self._check_reply, said.strip(), context)
             if not decision.allowed:
                 _raise_blocked("output", decision)
         return completion
@@ -408,10 +410,12 @@ class GuardedText:
         every = self.check_every_chars
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,
         # which frees a local model at once instead of whenever the generator is collected.
-        source = cast(AsyncGenerator[Delta, None], self.backend.stream(messages, options))
+        source = cast(
+            AsyncGenerator[Delta, None], tool_calls.stream(self.backend, messages, options)
+        )
         async with aclosing(source) as deltas:
             async for delta in deltas:
-                text += delta.text
+                text += delta.text + "".join(f"\n{c.arguments}" for c in delta.tool_calls)
                 final = delta.finish_reason is not None
                 if final:
                     self._count(context, delta.usage)
