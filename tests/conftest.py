@@ -48,6 +48,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # logic tests script their fakes' replies ("fake text"); the moderation tests
         # (tests/safety/) switch the real classifier on and aim it at real text
         "safety": {"moderation": "off"},
+        # the router reads meaning from the real MiniLM; with the fake embeddings it would pick
+        # tools at random, so logic tests talk to the model and tests/features/assistant/ switch
+        # the router on with the real embeddings
+        "assistant": {"tool_mode": "off"},
     }
     values.update(overrides)
     return Settings(**values)

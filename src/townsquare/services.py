@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,7 +14,9 @@ from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
 from townsquare.backends.embed_queue import QueuedEmbeddings
 from townsquare.backends.registry import LazyText, build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
-from townsquare.features.assistant.tools import RecommendReels
+from townsquare.features.assistant.agent import Agent
+from townsquare.features.assistant.router import Router
+from townsquare.features.assistant.tools import ToolEnv, build_tools
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.observability import Metrics
@@ -60,7 +61,7 @@ class Services:
     policies: PolicyStore
     moderator: Moderator | None  # the pipeline's (None: moderation off)
     endpoint_moderator: Moderator  # /v1/moderations'
-    tools: list[Any] = field(default_factory=list)  # the assistant's tools
+    agent: Agent = field(init=False)  # the assistant's tools, router and grounding
     owns_text: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
     # registers here so that a removal reaches it too, and only what was removed.
@@ -195,7 +196,16 @@ class Services:
             indexer=indexer,
             audit_writer=audit_writer,
         )
-        built.tools.append(RecommendReels(embedder, index))
+        env = ToolEnv(sessions, built.guarded_text, embedder, index, settings)
+        built.agent = Agent(
+            env,
+            build_tools(env),
+            Router(
+                embedder,
+                threshold=settings.assistant.router_threshold,
+                rule_bonus=settings.assistant.router_rule_bonus,
+            ),
+        )
 
         def forget(removal: Removal) -> None:
             # exactly the indexed items the delete removed (cascades included)

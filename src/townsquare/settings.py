@@ -459,6 +459,101 @@ class WatermarkSettings(BaseModel):
     )
 
 
+class AssistantSettings(BaseModel):
+    """The assistant: tools, routing, group chats (docs/assistant.md)."""
+
+    name: str = Field(
+        "assistant",
+        pattern=r"^[\w.-]{1,40}$",
+        description="The name members @-mention in group chats (a group's persona may rename "
+        "it there).",
+    )
+    user_id: str = Field(
+        "townsquare-assistant",
+        min_length=1,
+        max_length=128,
+        description="External id of the user the assistant posts group messages as (created "
+        "on first use).",
+    )
+    tool_mode: Literal["router", "model", "off"] = Field(
+        "router",
+        description="Who picks tools: 'router' (the deterministic router: rules and the "
+        "bundled embeddings; answers around tool results come from templates; right for the "
+        "bundled 135M model), 'model' (the model calls functions itself, OpenAI format; for a "
+        "model of 7B or more, or an OpenAI-compatible server), 'off' (no tools).",
+    )
+    router_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=2,
+        description="Score a tool needs before the router uses it (tuned on the training "
+        "split of bench/data/assistant_requests.jsonl).",
+    )
+    router_rule_bonus: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Added to a tool's score when one of its word cues is in "
+        "the request (tuned with router_threshold).",
+    )
+    max_cards: int = Field(5, ge=1, le=20, description="Most results one tool shows.")
+    max_tool_rounds: int = Field(
+        3, ge=1, le=10, description="tool_mode 'model': most rounds of calls before the answer."
+    )
+    catch_up_hours: int = Field(
+        48, ge=1, le=720, description="How far back the catch-up tool looks by default."
+    )
+    history_tokens: int = Field(
+        1024,
+        ge=64,
+        le=1_000_000,
+        description="Most tokens of earlier turns a conversation sends with each message (the "
+        "oldest turns are dropped first), so every turn's prompt stays bounded however long the "
+        "conversation grows.",
+    )
+    group_context_messages: int = Field(
+        12, ge=0, le=200, description="Recent group messages the assistant reads when mentioned."
+    )
+    mention_concurrency: int = Field(
+        2, ge=1, le=64, description="Group mentions answered at the same time (the rest wait)."
+    )
+    mention_queue: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Mentions that may wait; beyond this a mention is logged and left unanswered.",
+    )
+    events_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a group's event stream looks for new messages (sooner when this "
+        "process stored one).",
+    )
+
+
+class WebhookSettings(BaseModel):
+    """Signed deliveries of events (a group's new messages) to the host app."""
+
+    max_attempts: int = Field(
+        6, ge=1, le=50, description="Tries before a delivery goes to the dead-letter list."
+    )
+    backoff_s: float = Field(
+        2.0, gt=0, le=3600, description="Wait before the first retry; doubled for each next one."
+    )
+    backoff_max_s: float = Field(600.0, gt=0, le=86_400, description="Longest wait between tries.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="How long one delivery may take.")
+    poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often the sender looks for deliveries that are due."
+    )
+    allow_private_targets: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback, private or link-local addresses (a host "
+        "app on the same machine or network). Off by default: a webhook could otherwise reach "
+        "internal services.",
+    )
+
+
 class Settings(BaseSettings):
     """All of townsquare's settings. `townsquare settings` prints them with their values."""
 
@@ -505,6 +600,8 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
+    assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("data_dir")
     @classmethod

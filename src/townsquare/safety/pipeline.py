@@ -347,6 +347,13 @@ class GuardedText:
         if not decision.allowed:
             _raise_blocked("input", decision)
 
+    def screen(self, messages: Sequence[Message], context: Context) -> None:
+        """The input check alone (blocking; run it on a worker thread): for work that reads
+        the member's request without generating, such as the assistant's tools."""
+        decision = self.pipeline.check_input(messages, context)
+        if not decision.allowed:
+            _raise_blocked("input", decision)
+
     def _count(self, context: Context, usage: Usage | None) -> None:
         if usage is not None and self._on_usage is not None:
             self._on_usage(context, self.backend.model_id, usage)

@@ -6,7 +6,6 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import auth
 from tests.town import build_town
-from townsquare.backends.fake import FakeText
 from townsquare.features.reels.service import mmr
 from townsquare.services import Services
 
@@ -131,40 +130,6 @@ def test_bad_context_is_422(client: TestClient, keys: dict[str, str]) -> None:
         response.status_code == 422
         and "search.max_query_chars" in response.json()["error"]["message"]
     )
-
-
-def test_assistant_shows_reels_when_asked_for_something_to_watch(
-    client: TestClient, keys: dict[str, str], fake_text: FakeText
-) -> None:
-    member = auth(keys["member"])
-    cid = client.post("/api/conversations", json={}, headers=member).json()["id"]
-    fake_text.enqueue("Here are some baking videos!", "Hello!")
-    asked = client.post(
-        f"/api/conversations/{cid}/messages",
-        json={"content": "Show me a video about sourdough bread baking"},
-        headers=member,
-    ).json()
-    cards = asked["reply"]["cards"]
-    assert cards and all(c["type"] == "reel" for c in cards)
-    assert {c["id"] for c in cards} <= {r["external_id"] for r in REELS} | {"r1", "r-public"}
-    system = fake_text.calls[-1][0][0].content
-    assert cards[0]["caption"] in system  # the model is told what will be shown
-    plain = client.post(
-        f"/api/conversations/{cid}/messages", json={"content": "hello"}, headers=member
-    ).json()
-    assert plain["reply"]["cards"] == []
-    stored = client.get(f"/api/conversations/{cid}", headers=member).json()["messages"]
-    assert stored[1]["cards"] == cards
-
-    streamed = client.post(
-        f"/api/conversations/{cid}/messages",
-        json={"content": "any reels about running?", "stream": True},
-        headers=member,
-    )
-    from tests.helpers import sse_data
-
-    final = sse_data(streamed.text)[-2]
-    assert final["townsquare"]["reply"]["cards"]
 
 
 def test_mmr_never_repeats_the_same_content() -> None:

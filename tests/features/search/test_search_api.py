@@ -232,13 +232,12 @@ def test_an_overlong_assistant_message_is_refused_before_any_tool_runs(
     client: TestClient, keys: dict[str, str], services: Services
 ) -> None:
     ran: list[str] = []
+    services.settings.assistant.tool_mode = "router"
 
-    class Spy:
-        def wants(self, message: str) -> bool:
-            ran.append(message)
-            return False
+    async def spy(content: str, *args: Any, **kwargs: Any) -> None:
+        ran.append(content)
 
-    services.tools.insert(0, Spy())
+    services.agent.tool_answer = spy  # type: ignore[method-assign]
     member = auth(keys["member"])
     cid = client.post("/api/conversations", json={}, headers=member).json()["id"]
     limit = services.settings.limits.max_message_chars

@@ -22,7 +22,8 @@ from townsquare.features.assistant.schemas import (
     MessageCreate,
 )
 from townsquare.features.assistant.service import Stored
-from townsquare.features.assistant.tools import run_tools
+from townsquare.features.assistant.tools import Asker
+from townsquare.safety.pipeline import Context
 
 router = APIRouter(prefix="/api/conversations", tags=["assistant"])
 
@@ -69,14 +70,23 @@ async def post_message(
 ) -> Any:
     """Send a message and get the assistant's reply; ``stream=true`` answers with SSE.
 
-    The stream uses OpenAI's chunk format; the last chunk carries ``townsquare`` with the ids
-    of the stored messages.
+    When the request asks for one of the town's tools (search, reels, catch-up...), the reply
+    is the tool's results as ``cards`` with a short grounded sentence. The stream uses OpenAI's
+    chunk format; the last chunk carries ``townsquare`` with the ids of the stored messages.
     """
     text = services.guarded_text
     # database work on worker threads; the event loop only waits for the model
     service.check_message(body, services.settings)  # limits before any work, tools included
-    await run_in_threadpool(service.get_conversation, db, user, conversation_id)  # 404 first
-    tool_results = await run_tools(services.tools, services.sessions, user.id, body.content)
+    conversation = await run_in_threadpool(service.get_conversation, db, user, conversation_id)
+    persona = conversation.system_prompt
+    db.commit()
+    answer = await services.agent.tool_answer(
+        body.content,
+        Asker(user.id),
+        Context(service.FEATURE, user.id, user.role),
+        system=service.system_prompt(persona),
+        max_tokens=body.max_tokens or services.settings.text.default_max_tokens,
+    )
 
     def prepare() -> service.PreparedTurn:
         turn = service.prepare_turn(
@@ -86,16 +96,22 @@ async def post_message(
             body,
             text=text,
             settings=services.settings,
-            tool_results=tool_results,
+            cards=answer.cards if answer is not None else (),
         )
         db.commit()  # no connection held while the reply is generated
         return turn
 
     turn = await run_in_threadpool(prepare)
+    if answer is not None and not body.stream:
+        return await service.tool_reply(services.sessions, turn, answer)
     if not body.stream:
         return await service.reply(services.sessions, turn, text=text)
 
-    items = await primed(service.stream_reply(services.sessions, turn, text=text))
+    items = await primed(
+        service.stream_tool_reply(services.sessions, turn, answer)
+        if answer is not None
+        else service.stream_reply(services.sessions, turn, text=text)
+    )
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:

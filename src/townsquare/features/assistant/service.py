@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import Completion, Delta, GenerationOptions, Message, Usage
 from townsquare.errors import InvalidField, NotFound, PromptTooLong
 from townsquare.features import prompts
+from townsquare.features.assistant.agent import ToolAnswer
 from townsquare.features.assistant.schemas import (
     ConversationCreate,
     Exchange,
     MessageCreate,
     MessageOut,
 )
-from townsquare.features.assistant.tools import ToolResult
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import Settings
 from townsquare.social import access
@@ -48,11 +48,14 @@ def fit_context(
     count: Callable[[Sequence[Message]], int],
     window: int,
     max_tokens: int,
+    history_tokens: int | None = None,
 ) -> list[Message]:
     """Keep the system prompt, the new message and as many recent turns as fit.
 
     Turns are dropped whole, oldest first, never cut mid-message; the kept history starts at
-    a member's message so the model never sees a reply without its question.
+    a member's message so the model never sees a reply without its question. At most
+    ``history_tokens`` of earlier turns are kept, so a turn's prompt stays bounded however long
+    the conversation grows (a full context window made every turn re-read it all).
     """
     budget = window - max_tokens
     required = count([system, new])
@@ -64,6 +67,8 @@ def fit_context(
         )
     kept: list[Message] = []
     used = required
+    if history_tokens is not None:
+        budget = min(budget, required + history_tokens)
     for message in reversed(history):
         cost = count([message])
         if used + cost > budget:
@@ -150,25 +155,22 @@ def prepare_turn(
     *,
     text: GuardedText,
     settings: Settings,
-    tool_results: Sequence[ToolResult] = (),
+    cards: Sequence[dict[str, Any]] = (),
 ) -> PreparedTurn:
-    """Validate the message and build the model's context from the stored history.
-
-    Notes from tools (e.g. the reels that will be shown) join the system prompt.
-    """
+    """Validate the message and build the model's context from the stored history (bounded
+    by ``assistant.history_tokens``); ``cards`` are what tools found, stored with the reply."""
     check_message(body, settings)
     conversation = get_conversation(db, user, conversation_id)
     max_tokens = body.max_tokens or settings.text.default_max_tokens
     history = [Message(m.role, m.content) for m in conversation.messages]  # type: ignore[arg-type]
-    notes = "\n\n".join(r.note for r in tool_results if r.note)
-    system = system_prompt(conversation.system_prompt) + (f"\n\n{notes}" if notes else "")
     messages = fit_context(
-        Message("system", system),
+        Message("system", system_prompt(conversation.system_prompt)),
         history,
         Message("user", body.content),
         count=text.count_message_tokens,
         window=text.context_window,
         max_tokens=max_tokens,
+        history_tokens=settings.assistant.history_tokens,
     )
     options = GenerationOptions(
         max_tokens=max_tokens,
@@ -181,7 +183,7 @@ def prepare_turn(
         messages,
         options,
         Context(FEATURE, user.id, user.role),
-        [card for result in tool_results for card in result.cards],
+        list(cards),
     )
 
 
@@ -237,6 +239,27 @@ def store_turn(
             reply=MessageOut.model_validate(answered),
             generation_id=generation.id,
         )
+
+
+async def tool_reply(
+    sessions: sessionmaker[Session], turn: PreparedTurn, answer: ToolAnswer
+) -> Exchange:
+    """Store a turn answered by tools (``answer.text`` around ``turn.cards``)."""
+    completion = answer.completion or Completion(answer.text, "stop", Usage())
+    completion = Completion(answer.text, completion.finish_reason, completion.usage)
+    return await anyio.to_thread.run_sync(
+        store_turn, sessions, turn, answer.text, completion, answer.written_by
+    )
+
+
+async def stream_tool_reply(
+    sessions: sessionmaker[Session], turn: PreparedTurn, answer: ToolAnswer
+) -> AsyncIterator[Delta | Stored]:
+    """``tool_reply`` as a stream: the text, the end, then ``Stored``."""
+    exchange = await tool_reply(sessions, turn, answer)
+    yield Delta(text=answer.text)
+    yield Delta(finish_reason="stop", usage=Usage())
+    yield Stored(exchange)
 
 
 async def reply(

@@ -1,0 +1,243 @@
+"""The deterministic router: which tool a member's request asks for, and with which arguments.
+
+The bundled 135M model cannot choose tools, so a request is routed before any model runs:
+
+1. **Intent** by nearest examples: the request is embedded with the bundled MiniLM and compared
+   with the example requests of each tool and of "no tool" (``data/router_examples.jsonl``, the
+   training two thirds of ``bench/data/assistant_requests.jsonl``; the held-out third never
+   ships). A class scores the mean of its two most similar examples, plus a bonus when a rule
+   cue for it is in the words ('for sale', 'catch me up', 'reels'...). The best class wins if it
+   is a tool and scores at least ``assistant.router_threshold``; otherwise no tool runs and the
+   model answers. Threshold and bonus were tuned on the training split (bench/assistant.py).
+2. **Arguments** by rules: the marketplace filters are read by search's own ``read_filters``
+   (prices, a known place, a condition); a group by its name among the member's groups (or the
+   group the question was asked in); the search words are what is left of the request.
+
+With a model that calls functions itself (``assistant.tool_mode = "model"``), the model chooses
+instead, through the same tools.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from townsquare.backends.base import EmbeddingBackend
+from townsquare.features.search.service import _fold, read_filters
+
+EXAMPLES = Path(__file__).parent / "data" / "router_examples.jsonl"
+NONE = "none"
+
+# words that point at one tool; each hit adds the rule bonus to that tool's score
+CUES: dict[str, re.Pattern[str]] = {
+    "search_listings": re.compile(
+        r"\b(for sale|sell(s|ing)?|buy(ing)?|shopping|market(place)?|listed|second[- ]hand|"
+        r"cheap|under \d+|below|less than|up to \d+|max \d+|over \d+|euros?|brand[- ]new|"
+        r"like new|for parts|near)\b|€"
+    ),
+    "search_summary": re.compile(
+        r"\b(summari[sz]e|sum up|overview|say(s|ing)? about|said about|word around|take on|"
+        r"buzz|think about|recommend for|tips on|talk about|what (do|does|are|has|did) (the )?"
+        r"(town|people|locals|neighbours|folks|community))\b"
+    ),
+    "recommend_reels": re.compile(r"\b(watch|watching|videos?|reels?|clips?|film|tutorial)\b"),
+    "catch_up": re.compile(
+        r"\b(miss(ed)?|catch (me )?up|recap|news|highlights|tl;?dr|up to speed|what happened|"
+        r"latest in|been (talking|said)|up to lately|decide|summari[sz]e)\b"
+    ),
+    "suggest_topics": re.compile(
+        r"\b(topics?|conversation starters?|opener|icebreakers?|discussion|discuss|get people "
+        r"talking|chatting|bring up|talk about|ask the)\b"
+    ),
+    "suggest_comments": re.compile(r"\bcomments?\b"),
+    "suggest_replies": re.compile(r"\b(dms?|inbox|fans?'?|direct message)\b"),
+    "draft_description": re.compile(
+        r"\b(description|describe|listing (copy|text)|blurb|write up my listing)\b"
+    ),
+}
+GROUP_WORDS = {"group", "chat", "the", "and", "street", "sunday", "club"}  # too common alone
+GROUP_TOOLS = ("catch_up", "suggest_topics")
+ID = re.compile(r"\b([a-z]{1,3}-[\w.-]+)\b")
+
+
+@dataclass(frozen=True)
+class Route:
+    """The router's decision: a tool and its arguments, or ``tool=None`` for a plain answer."""
+
+    tool: str | None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def load_examples(path: Path = EXAMPLES) -> list[tuple[str, str]]:
+    """(text, class) pairs: the router's labelled examples."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(row["text"], row["tool"] or NONE) for row in rows]
+
+
+def _stem(word: str) -> str:
+    """'bakers' and 'baking' -> 'bak', 'runners' and 'running' -> 'runn' ('bakery' stays)."""
+    for suffix in ("ers", "ing", "er", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _stems(name: str) -> list[str]:
+    words = re.findall(r"\w+", _fold(name))
+    return [_stem(w) for w in words if len(w) >= 4 and w not in GROUP_WORDS]
+
+
+def match_group(text: str, groups: Sequence[str]) -> str | None:
+    """The group among ``groups`` whose name the request names (whole or by a distinctive
+    word: 'the bakers' finds 'Sunday Bakers'), the one with most words matched; None if none."""
+    folded = _fold(text)
+    words = {_stem(w) for w in re.findall(r"\w+", folded)}
+    best, best_score = None, 0.0
+    for group in groups:
+        score = 0.0
+        if _fold(group) in folded:
+            score = 10.0
+        else:
+            stems = _stems(group)
+            score = sum(1.0 for s in stems if s in words)
+        if score > best_score:
+            best, best_score = group, score
+    return best
+
+
+_FILLER = re.compile(
+    r"\b(find( me)?|show( me)?|get( me)?|i'?m|i am|i want( to)?|i'?d like( to)?|i need|looking "
+    r"(to buy|for)|shopping for|search( the town)?( and)?|where can i buy|buy|want to buy|does "
+    r"anyone sell|is anyone selling|anyone selling|any|some|got|please|for sale|on the "
+    r"market(place)?|listed|around here|a|an|the|me|my|for|of|on|about|in|to|with|what'?s|what|"
+    r"does|do|did|is|are|say|says|saying|said|people|town|community|locals|folks|neighbours|"
+    r"summari[sz]e|sum up|overview|give|tell|word|around|take|buzz|think|tips|posts?|messages?|"
+    r"and|recommend|watch|watching|videos?|reels?|clips?|something|short|could|should|can|you|"
+    r"i|like|tonight|from|here|has|have|said|chatter|knows|care|up|max|cheap|decent|over|"
+    r"under|below|less than|up to|between|euros?|near|others?)\b"
+)
+_PRICE = re.compile(r"€?\s*\d+(?:[.,]\d+)?\s*(?:€|euros?|eur)?", re.IGNORECASE)
+_CONDITION_WORDS = re.compile(
+    r"\b(like[\s-]new|as new|mint|brand[\s-]new|new|unused|for parts|broken( is fine)?|not "
+    r"working|good condition|condition|in)\b"
+)
+
+
+def core_words(text: str, places: Sequence[str] = ()) -> str:
+    """What a request is about, without the asking, the prices, places and conditions:
+    'Find me a kids bike under 150 near Alfama' -> 'kids bike'."""
+    out = _fold(text)
+    for place in sorted(places, key=len, reverse=True):
+        out = re.sub(rf"\b{re.escape(_fold(place))}\b", " ", out)
+    out = _PRICE.sub(" ", out)
+    out = _CONDITION_WORDS.sub(" ", out)
+    out = re.sub(r"[^\w\s'-]", " ", out)
+    previous = None
+    while previous != out:
+        previous = out
+        out = _FILLER.sub(" ", out)
+    return " ".join(w for w in out.split() if len(w) > 1 or w.isdigit())
+
+
+class Router:
+    """Routes requests to tools (see the module docstring). Thread-safe; the examples are
+    embedded once, on first use."""
+
+    def __init__(
+        self,
+        embedder: EmbeddingBackend,
+        *,
+        threshold: float,
+        rule_bonus: float,
+        examples: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.threshold = threshold
+        self.rule_bonus = rule_bonus
+        self._examples = list(examples) if examples is not None else None
+        self._matrix: npt.NDArray[np.float32] | None = None
+        self._labels: list[str] = []
+        self._lock = threading.Lock()
+
+    def _index(self) -> tuple[npt.NDArray[np.float32], list[str]]:
+        with self._lock:
+            if self._matrix is None:
+                examples = self._examples if self._examples is not None else load_examples()
+                self._labels = [label for _, label in examples]
+                self._matrix = self.embedder.embed_sync([text for text, _ in examples])
+            return self._matrix, self._labels
+
+    def warm(self) -> None:
+        """Embed the examples now (at start-up) instead of on the first request."""
+        self._index()
+
+    def scores(self, text: str, vector: npt.NDArray[np.float32] | None = None) -> dict[str, float]:
+        """Each class's score for ``text``: mean of its two nearest examples + rule bonus."""
+        matrix, labels = self._index()
+        query = vector if vector is not None else self.embedder.embed_sync([text])[0]
+        similarity = matrix @ query  # (n,)
+        folded = _fold(text)
+        out: dict[str, float] = {}
+        for label in dict.fromkeys(labels):
+            mine = np.sort(similarity[[i for i, x in enumerate(labels) if x == label]])[::-1]
+            out[label] = float(mine[:2].mean())
+            cue = CUES.get(label)
+            if cue is not None and cue.search(folded):
+                out[label] += self.rule_bonus
+        return out
+
+    def route(
+        self,
+        text: str,
+        *,
+        places: Sequence[str] = (),
+        groups: Sequence[str] = (),
+        here: str | None = None,
+        allowed: Sequence[str] | None = None,
+    ) -> Route:
+        """The tool ``text`` asks for among ``allowed`` (all when None), with its arguments.
+
+        ``groups`` are the names of the member's groups; ``here`` the group the request was
+        made in (the default group of catch-up and topics)."""
+        scores = self.scores(text)
+        named = match_group(text, groups)
+        if named is not None:
+            for tool in GROUP_TOOLS:  # a named group points at the group tools, half as much
+                if tool in scores:
+                    scores[tool] += self.rule_bonus / 2
+        candidates = {
+            k: v for k, v in scores.items() if k == NONE or allowed is None or k in allowed
+        }
+        best = max(candidates, key=lambda k: candidates[k])
+        if best == NONE or candidates[best] < self.threshold:
+            return Route(None, {}, scores)
+        return Route(best, self.arguments(best, text, places, named or here), scores)
+
+    @staticmethod
+    def arguments(tool: str, text: str, places: Sequence[str], group: str | None) -> dict[str, Any]:
+        """The arguments of ``tool`` read from ``text`` by rules."""
+        ids = ID.findall(text)
+        if tool == "search_listings":
+            filters = read_filters(text, places)
+            return {"query": core_words(text, places) or text.strip(), **filters}
+        if tool == "search_summary":
+            return {"query": core_words(text, places) or text.strip()}
+        if tool == "recommend_reels":
+            return {"topic": core_words(text)}
+        if tool in GROUP_TOOLS:
+            return {"group": group} if group else {}
+        prefix = {"suggest_comments": "p-", "suggest_replies": "dm-", "draft_description": "l-"}
+        key = {"suggest_comments": "post", "suggest_replies": "thread"}.get(tool, "listing")
+        for candidate in ids:
+            if candidate.startswith(prefix.get(tool, "?")):
+                return {key: candidate}
+        return {}
