@@ -53,7 +53,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         # bound; the database pool is sized from it (Settings.resolved_pool_size)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
         if services is not None:
-            yield
+            services.start_background()
+            try:
+                yield
+            finally:
+                await services.stop_background()
             return
         built = await anyio.to_thread.run_sync(partial(Services.build, settings, metrics=metrics))
         app.state.services = built
@@ -68,9 +72,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             target=_reconcile, args=(built,), name="index-reconcile", daemon=True
         )
         reconcile.start()
+        built.start_background()
         try:
             yield
         finally:
+            await built.stop_background()
             await built.aclose()
 
     app = FastAPI(

@@ -15,10 +15,12 @@ from townsquare.backends.embed_queue import QueuedEmbeddings
 from townsquare.backends.registry import LazyText, build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
 from townsquare.features.assistant.agent import Agent
+from townsquare.features.assistant.groups import GroupChat
 from townsquare.features.assistant.router import Router
 from townsquare.features.assistant.tools import ToolEnv, build_tools
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
+from townsquare.features.webhooks.service import Sender
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
 from townsquare.safety.moderation import EmbeddedModerator, Moderator, build_moderator
@@ -62,6 +64,8 @@ class Services:
     moderator: Moderator | None  # the pipeline's (None: moderation off)
     endpoint_moderator: Moderator  # /v1/moderations'
     agent: Agent = field(init=False)  # the assistant's tools, router and grounding
+    group_chat: GroupChat = field(init=False)  # @-mentions in groups, group event streams
+    webhook_sender: Sender = field(init=False)
     owns_text: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
     # registers here so that a removal reaches it too, and only what was removed.
@@ -206,6 +210,10 @@ class Services:
                 rule_bonus=settings.assistant.router_rule_bonus,
             ),
         )
+        built.webhook_sender = Sender(sessions, settings.webhooks)
+        built.group_chat = GroupChat(
+            sessions, built.agent, built.guarded_text, settings, built.webhook_sender
+        )
 
         def forget(removal: Removal) -> None:
             # exactly the indexed items the delete removed (cascades included)
@@ -216,6 +224,17 @@ class Services:
 
         built.deletion_hooks.append(forget)
         return built
+
+    def start_background(self) -> None:
+        """Start the work that runs beside requests (mention answers, webhook deliveries) on
+        the running event loop."""
+        self.webhook_sender.start()
+        self.group_chat.start()
+
+    async def stop_background(self) -> None:
+        """Stop what ``start_background`` started."""
+        await self.group_chat.stop()
+        await self.webhook_sender.stop()
 
     def database_ok(self) -> bool:
         """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""

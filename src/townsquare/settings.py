@@ -530,6 +530,13 @@ class AssistantSettings(BaseModel):
         description="How often a group's event stream looks for new messages (sooner when this "
         "process stored one).",
     )
+    events_max_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="A group's event stream closes after this long; browsers' EventSource "
+        "reconnects with Last-Event-ID and misses nothing.",
+    )
 
 
 class WebhookSettings(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from townsquare.api import health, openai
+from townsquare.features.assistant import group_routes as group_assistant
 from townsquare.features.assistant import routes as assistant
 from townsquare.features.feedback import routes as feedback
 from townsquare.features.groups import routes as groups
@@ -14,11 +15,14 @@ from townsquare.features.safety import routes as safety
 from townsquare.features.search import routes as search
 from townsquare.features.shops import routes as shops
 from townsquare.features.suggestions import routes as suggestions
+from townsquare.features.webhooks import routes as webhooks
 from townsquare.social import routes as social
 
 router = APIRouter()
 router.include_router(health.router)
 router.include_router(assistant.router)
+router.include_router(group_assistant.router)
+router.include_router(webhooks.router)
 router.include_router(openai.router)
 # before the social routes: /api/listings/search must win over /api/listings/{listing_id}
 router.include_router(search.router)

@@ -14,10 +14,12 @@ never on the event loop; a streamed reply is checked every ``safety.stream_check
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import ClassVar, Literal, cast
 
@@ -322,6 +324,17 @@ def _raise_blocked(stage: Stage, decision: Decision) -> None:
     )
 
 
+# Seconds spent generating, added up per task when a caller sets a list here (the group
+# assistant measures its own overhead without the model's time this way).
+model_seconds: ContextVar[list[float] | None] = ContextVar("model_seconds", default=None)
+
+
+def _spent(start: float) -> None:
+    spent = model_seconds.get()
+    if spent is not None:
+        spent.append(time.perf_counter() - start)
+
+
 class GuardedText:
     """A text backend wrapped in the safety pipeline: the only way services generate text."""
 
@@ -386,7 +399,11 @@ class GuardedText:
         one with ``check_items`` (so one unsafe suggestion drops itself, not the whole answer).
         """
         await anyio.to_thread.run_sync(self._before, messages, context)
-        completion = await tool_calls.complete(self.backend, messages, options)
+        start = time.perf_counter()
+        try:
+            completion = await tool_calls.complete(self.backend, messages, options)
+        finally:
+            _spent(start)
         self._count(context, completion.usage)
         if check_output:
             said = "\n".join([completion.text, *(c.arguments for c in completion.tool_calls)])
@@ -420,8 +437,11 @@ class GuardedText:
         source = cast(
             AsyncGenerator[Delta, None], tool_calls.stream(self.backend, messages, options)
         )
+        start = time.perf_counter()
         async with aclosing(source) as deltas:
             async for delta in deltas:
+                if delta.finish_reason is not None:
+                    _spent(start)
                 text += delta.text + "".join(f"\n{c.arguments}" for c in delta.tool_calls)
                 final = delta.finish_reason is not None
                 if final:

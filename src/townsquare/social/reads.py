@@ -110,6 +110,7 @@ def group_messages(
             text=m.text,
             reply_to=replies.get(m.reply_to_id) if m.reply_to_id else None,
             created_at=m.created_at,
+            cards=m.cards or [],
         )
         for m in rows
     ]

@@ -121,6 +121,8 @@ def _add_ingest_routes(kind: Kind) -> None:
         if body.setdefault("external_id", external_id) != external_id:
             raise InvalidRequest("external_id in the body differs from the one in the URL.")
         report = await run_in_threadpool(_ingest_and_index, services, db, kind, [body], admin)
+        if kind.name == "messages":  # live streams, and @-mentions of the assistant
+            await services.group_chat.received([external_id])
         status = "created" if report.created else "updated" if report.updated else "unchanged"
         response.status_code = 201 if report.created else 200
         return {"id": external_id, "status": status}
@@ -141,9 +143,14 @@ def _add_ingest_routes(kind: Kind) -> None:
                 f"The batch has {len(rows)} rows; the limit is {limit} (ingest.max_batch_rows). "
                 "Split it into smaller batches."
             )
-        return await run_in_threadpool(
+        report = await run_in_threadpool(
             functools.partial(_ingest_and_index, services, db, kind, rows, admin, partial=partial)
         )
+        if kind.name == "messages":  # live streams, and @-mentions of the assistant
+            await services.group_chat.received(
+                [str(r.get("external_id")) for r in rows if isinstance(r, dict)]
+            )
+        return report
 
     def delete_one(
         external_id: str,

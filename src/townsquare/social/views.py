@@ -23,6 +23,9 @@ class MessageOut(BaseModel):
     text: str
     reply_to: str | None
     created_at: datetime
+    cards: list[dict[str, Any]] = Field(
+        default_factory=list, description="The assistant's tool results, shown with its reply."
+    )
 
 
 class CommentOut(BaseModel):

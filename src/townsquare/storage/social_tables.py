@@ -59,6 +59,9 @@ class GroupMessage(Base):
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
     author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     text: Mapped[str] = mapped_column(Text)
+    cards: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON, nullable=True
+    )  # the assistant's
     reply_to_id: Mapped[int | None] = mapped_column(
         ForeignKey("group_messages.id", ondelete="SET NULL"), nullable=True
     )
@@ -294,3 +297,54 @@ class ProvenanceRecord(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     model: Mapped[str] = mapped_column(String(200), default="")
     prompt_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class GroupAssistant(Base):
+    """A group's assistant persona: its name there, its instructions, which tools it may use
+    (JSON list; null: all) and whether it answers at all. Edited by the group's moderators."""
+
+    __tablename__ = "group_assistants"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(40))
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    tools: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Webhook(Base):
+    """A host app's endpoint for events, with the secret its deliveries are signed with."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: pending until delivered, retried with backoff, 'dead' after
+    the last try (kept for admins to read and retry)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,611 @@
+"""The assistant as a member of group chats: @-mentions, personas, the group's event stream.
+
+A group message that mentions the assistant (``@assistant``; ``assistant.name``, or the name of
+the group's persona) is answered in the group: the reply is stored as a group message from the
+assistant's user, replying to the message that asked, written with the recent conversation as
+context (that group's messages only) and the asking member's permissions for tools. It reaches
+the host app by webhook (``group.message.created``, enqueued in the same transaction) and every
+member's open event stream (``GET /api/groups/{id}/events``).
+
+Mentions are answered by a few workers (``assistant.mention_concurrency``) behind a bounded
+queue; a message is answered at most once (a reply to it by the assistant already stored means
+done), so resending a batch never doubles a reply. A mention in a group whose persona is
+switched off is ignored and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.backends.base import GenerationOptions, Message
+from townsquare.errors import Busy, ContentBlocked, InvalidField, NotFound, TownsquareError
+from townsquare.features import prompts
+from townsquare.features.assistant.agent import Agent
+from townsquare.features.assistant.tools import TOOLS, Asker
+from townsquare.features.webhooks import service as webhooks
+from townsquare.features.webhooks.service import Sender
+from townsquare.safety.pipeline import Context, GuardedText, model_seconds
+from townsquare.settings import Settings
+from townsquare.social import access
+from townsquare.storage.social_tables import Group, GroupAssistant, GroupMessage
+from townsquare.storage.tables import User
+
+log = logging.getLogger("townsquare.assistant")
+
+FEATURE = "group_assistant"
+TOOL_NAMES = [t.name for t in TOOLS]
+CUT = "\n\n(My reply was cut at the length limit.)"
+
+
+class PersonaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None, pattern=r"^[\w.-]{1,40}$", description="The name to @-mention in this group."
+    )
+    system_prompt: str | None = Field(None, description="How the assistant behaves here.")
+    tools: list[str] | None = Field(
+        None, description="The tools it may use here (all when absent); [] for none."
+    )
+    enabled: bool | None = Field(None, description="Whether it answers mentions here at all.")
+
+
+class PersonaOut(BaseModel):
+    group_id: str
+    name: str
+    system_prompt: str
+    tools: list[str]
+    enabled: bool
+    updated_at: datetime | None
+
+
+class GroupMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, description="The message; '@assistant' asks the assistant.")
+    reply_to: str | None = Field(None, description="The id of the message this answers.")
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether ``text`` @-mentions ``name`` (case-insensitive, a whole word)."""
+    return re.search(rf"(?<![\w@])@{re.escape(name)}(?![\w-])", text, re.IGNORECASE) is not None
+
+
+def without_mention(text: str, name: str) -> str:
+    """The request without the @-mention."""
+    stripped = re.sub(rf"(?<![\w@])@{re.escape(name)}(?![\w-])[,:]?", " ", text, flags=re.I)
+    return re.sub(r"\s+", " ", stripped).strip()
+
+
+def persona_of(db: Session, group: Group, settings: Settings) -> PersonaOut:
+    """The group's persona (the settings' defaults until a moderator edits it)."""
+    row = db.get(GroupAssistant, group.id)
+    if row is None:
+        return PersonaOut(
+            group_id=group.external_id,
+            name=settings.assistant.name,
+            system_prompt="",
+            tools=list(TOOL_NAMES),
+            enabled=True,
+            updated_at=None,
+        )
+    return PersonaOut(
+        group_id=group.external_id,
+        name=row.name,
+        system_prompt=row.system_prompt,
+        tools=list(TOOL_NAMES) if row.tools is None else list(row.tools),
+        enabled=row.enabled,
+        updated_at=row.updated_at,
+    )
+
+
+def update_persona(
+    db: Session, user: User, group: Group, body: PersonaIn, settings: Settings
+) -> PersonaOut:
+    """Change the fields sent (a moderator of the group; checked by the caller). Flushes."""
+    limit = settings.limits.max_system_prompt_chars
+    if body.system_prompt is not None and len(body.system_prompt) > limit:
+        raise InvalidField(
+            f"system_prompt has {len(body.system_prompt)} characters; the limit is {limit} "
+            "(limits.max_system_prompt_chars).",
+            "system_prompt",
+        )
+    unknown = sorted(set(body.tools or ()) - set(TOOL_NAMES))
+    if unknown:
+        raise InvalidField(
+            f"Unknown tools: {', '.join(unknown)}. Known: {', '.join(TOOL_NAMES)}.", "tools"
+        )
+    row = db.get(GroupAssistant, group.id)
+    if row is None:
+        row = GroupAssistant(
+            group_id=group.id, name=settings.assistant.name, system_prompt="", enabled=True
+        )
+        db.add(row)
+    if body.name is not None:
+        row.name = body.name
+    if body.system_prompt is not None:
+        row.system_prompt = body.system_prompt
+    if "tools" in body.model_fields_set:
+        row.tools = None if body.tools is None else sorted(set(body.tools))
+    if body.enabled is not None:
+        row.enabled = body.enabled
+    row.updated_by, row.updated_at = user.id, datetime.now(UTC)
+    db.flush()
+    return persona_of(db, group, settings)
+
+
+def assistant_user(db: Session, settings: Settings) -> User:
+    """The user the assistant posts as (created on first use; safe when two race)."""
+    external = settings.assistant.user_id
+    found = db.scalars(select(User).where(User.external_id == external)).first()
+    if found is not None:
+        return found
+    try:
+        with db.begin_nested():
+            user = User(
+                name=external[:64],
+                external_id=external,
+                display_name=settings.assistant.name.capitalize(),
+                role="member",
+            )
+            db.add(user)
+        return user
+    except IntegrityError:
+        found = db.scalars(select(User).where(User.external_id == external)).first()
+        assert found is not None
+        return found
+
+
+def message_view(
+    message: GroupMessage, group: Group, author: str, reply_to: str | None
+) -> dict[str, Any]:
+    """A group message as events and webhooks carry it."""
+    return {
+        "id": message.external_id,
+        "group": group.external_id,
+        "author": author,
+        "text": message.text,
+        "reply_to": reply_to,
+        "cards": message.cards or [],
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+@dataclass
+class Prepared:
+    message_id: int
+    group_id: int
+    asker_id: int
+    asker_role: str
+    name: str
+    request: str
+    system: str
+    tools: list[str]
+    history: list[Message]
+
+
+@dataclass
+class MentionStats:
+    """What answering mentions cost, for the benchmark: seconds per answer, total and inside
+    the model."""
+
+    total_s: list[float] = field(default_factory=list)
+    model_s: list[float] = field(default_factory=list)
+
+
+class GroupChat:
+    """Mentions, the persona, and each group's event stream, for one app."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        agent: Agent,
+        text: GuardedText,
+        settings: Settings,
+        sender: Sender,
+    ) -> None:
+        self.sessions = sessions
+        self.agent = agent
+        self.text = text
+        self.settings = settings
+        self.sender = sender
+        self.stats = MentionStats()
+        self._queue: asyncio.Queue[int] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._changed: dict[int, asyncio.Event] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the mention workers on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue(self.settings.assistant.mention_queue)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._workers = [
+            self._loop.create_task(self._work(), name=f"mentions-{i}")
+            for i in range(self.settings.assistant.mention_concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Stop the workers (mentions still queued are answered by the next start: they are
+        found again as unanswered mentions only if resent)."""
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+        self._queue = None
+
+    async def drain(self) -> None:
+        """Wait until every queued mention is answered (tests, benchmarks)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    # --- new messages ------------------------------------------------------------------------
+
+    def _mentioning(self, external_ids: Sequence[str]) -> tuple[set[int], list[int]]:
+        """(groups that changed, messages that mention their group's assistant)."""
+        with self.sessions() as db:
+            rows = db.execute(
+                select(
+                    GroupMessage.id,
+                    GroupMessage.group_id,
+                    GroupMessage.text,
+                    GroupMessage.author_id,
+                ).where(GroupMessage.external_id.in_(list(external_ids)))
+            ).all()
+            groups = {g for _, g, _, _ in rows}
+            names = dict(
+                db.execute(
+                    select(GroupAssistant.group_id, GroupAssistant.name).where(
+                        GroupAssistant.group_id.in_(groups)
+                    )
+                ).all()
+            )
+            bot = db.scalars(
+                select(User.id).where(User.external_id == self.settings.assistant.user_id)
+            ).first()
+        asked = [
+            m
+            for m, g, text, author in rows
+            if author != bot and mentions(text, names.get(g, self.settings.assistant.name))
+        ]
+        return groups, asked
+
+    async def received(self, external_ids: Sequence[str]) -> None:
+        """Messages were stored (ingested or posted): wake the groups' streams and queue the
+        mentions."""
+        wanted = [e for e in external_ids if isinstance(e, str)]
+        if not wanted:
+            return
+        groups, asked = await anyio.to_thread.run_sync(self._mentioning, wanted)
+        for group_id in groups:
+            self.notify(group_id)
+        for message_id in asked:
+            if self._queue is None:
+                log.warning("mention %s not answered: the assistant is not running", message_id)
+                continue
+            try:
+                self._queue.put_nowait(message_id)
+            except asyncio.QueueFull:
+                log.error(
+                    "mention %s not answered: %s mentions are waiting (assistant.mention_queue)",
+                    message_id,
+                    self._queue.qsize(),
+                )
+
+    def notify(self, group_id: int) -> None:
+        """Wake the event streams of ``group_id`` (on the loop's thread)."""
+        event = self._changed.pop(group_id, None)
+        if event is not None:
+            event.set()
+
+    def post(self, db: Session, user: User, group: Group, body: GroupMessageIn) -> GroupMessage:
+        """A member's message into their group, with the ingestion rules (length, reply in the
+        same group). Flushes; the caller commits and then calls ``received``."""
+        limit = self.settings.ingest.max_text_chars
+        text = body.text.strip()
+        if not text or len(text) > limit:
+            raise InvalidField(
+                f"text must have 1 to {limit} characters (ingest.max_text_chars).", "text"
+            )
+        reply_to = None
+        if body.reply_to is not None:
+            reply_to = db.scalars(
+                select(GroupMessage).where(
+                    GroupMessage.external_id == body.reply_to,
+                    GroupMessage.group_id == group.id,
+                    GroupMessage.deleted_at.is_(None),
+                )
+            ).first()
+            if reply_to is None:
+                raise InvalidField(
+                    f"reply_to: there is no message {body.reply_to} in this group.", "reply_to"
+                )
+        message = GroupMessage(
+            external_id=f"ts-{uuid.uuid4().hex}",
+            group_id=group.id,
+            author_id=user.id,
+            text=text,
+            reply_to_id=reply_to.id if reply_to else None,
+            created_at=datetime.now(UTC),
+        )
+        db.add(message)
+        db.flush()
+        webhooks.enqueue(
+            db,
+            "group.message.created",
+            {"message": message_view(message, group, user.external_id or user.name, body.reply_to)},
+        )
+        return message
+
+    # --- answering ---------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            message_id = await self._queue.get()
+            try:
+                await self.answer(message_id)
+            except Exception:  # one failed answer must not stop the worker
+                log.exception("answering mention %s failed", message_id)
+            finally:
+                self._queue.task_done()
+
+    def _prepare(self, message_id: int) -> Prepared | None:
+        settings = self.settings
+        with self.sessions() as db:
+            message = db.get(GroupMessage, message_id)
+            if message is None or message.deleted_at is not None:
+                return None
+            group = db.get(Group, message.group_id)
+            asker = db.get(User, message.author_id)
+            assert group is not None and asker is not None
+            persona = persona_of(db, group, settings)
+            if not persona.enabled:
+                log.info(
+                    "mention ignored: the assistant is switched off in group %s",
+                    group.external_id,
+                )
+                return None
+            if access.membership_role(db, asker, group.id) is None:
+                log.info("mention ignored: %s is not in group %s", asker.id, group.external_id)
+                return None
+            bot = assistant_user(db, settings)
+            db.commit()
+            done = db.scalar(
+                select(func.count())
+                .select_from(GroupMessage)
+                .where(GroupMessage.reply_to_id == message.id, GroupMessage.author_id == bot.id)
+            )
+            if done:
+                return None
+            limit = settings.assistant.group_context_messages
+            earlier = list(
+                db.execute(
+                    select(GroupMessage, User.display_name, User.name)
+                    .join(User, User.id == GroupMessage.author_id)
+                    .where(
+                        GroupMessage.group_id == group.id,
+                        GroupMessage.deleted_at.is_(None),
+                        GroupMessage.id != message.id,
+                        GroupMessage.created_at <= message.created_at,
+                    )
+                    .order_by(GroupMessage.created_at.desc(), GroupMessage.id.desc())
+                    .limit(limit)
+                ).all()
+            )
+            history = [
+                Message("assistant", m.text)
+                if m.author_id == bot.id
+                else Message("user", f"{display or name}: {m.text}")
+                for m, display, name in reversed(earlier)
+            ]
+            system = prompts.render(
+                __file__,
+                "group.j2",
+                group=group.name,
+                name=persona.name,
+                persona=persona.system_prompt,
+            )
+            return Prepared(
+                message.id,
+                group.id,
+                asker.id,
+                asker.role,
+                persona.name,
+                without_mention(message.text, persona.name),
+                system,
+                persona.tools,
+                history,
+            )
+
+    async def answer(self, message_id: int) -> str | None:
+        """Answer the mention ``message_id`` in its group; the reply's id, or None when it was
+        ignored (persona off, already answered, deleted)."""
+        started = time.perf_counter()
+        prepared = await anyio.to_thread.run_sync(self._prepare, message_id)
+        if prepared is None:
+            return None
+        spent = model_seconds.set([])
+        try:
+            text, cards = await self._reply(prepared, self.text)
+            reply_id = await anyio.to_thread.run_sync(self._store, prepared, text, cards)
+            self.stats.model_s.append(sum(model_seconds.get() or []))
+        finally:
+            model_seconds.reset(spent)
+        self.notify(prepared.group_id)
+        self.sender.wake_soon()
+        self.stats.total_s.append(time.perf_counter() - started)
+        return reply_id
+
+    async def _reply(
+        self, prepared: Prepared, text: GuardedText
+    ) -> tuple[str, list[dict[str, Any]]]:
+        context = Context(FEATURE, prepared.asker_id, prepared.asker_role, prepared.group_id)
+        request = prepared.request or "Hello!"
+        for attempt in range(3):
+            try:
+                answer = await self.agent.tool_answer(
+                    request,
+                    Asker(prepared.asker_id, prepared.group_id),
+                    context,
+                    history=prepared.history,
+                    system=prepared.system,
+                    allowed=prepared.tools,
+                )
+                if answer is not None:
+                    return answer.text, answer.cards
+                completion = await text.complete(
+                    [
+                        Message("system", prepared.system),
+                        *prepared.history,
+                        Message("user", request),
+                    ],
+                    GenerationOptions(
+                        max_tokens=self.settings.text.default_max_tokens, temperature=0.7
+                    ),
+                    context,
+                )
+                reply = completion.text.strip() or "…"
+                if completion.finish_reason == "length":
+                    reply += CUT
+                return reply, []
+            except ContentBlocked as exc:
+                refusal = "I can't help with that here."
+                if exc.support:
+                    refusal += f" {exc.support}"
+                return refusal, []
+            except Busy:
+                await asyncio.sleep(2**attempt)
+            except TownsquareError as exc:
+                log.warning("mention %s: %s", prepared.message_id, exc.message)
+                return "Sorry, I could not answer that just now. Try again in a moment.", []
+        return "Sorry, I am busy right now. Ask me again in a minute.", []
+
+    def _store(self, prepared: Prepared, text: str, cards: list[dict[str, Any]]) -> str:
+        with self.sessions.begin() as db:
+            group = db.get(Group, prepared.group_id)
+            asked = db.get(GroupMessage, prepared.message_id)
+            if group is None or asked is None:
+                raise NotFound("The group or the message was deleted while the reply was written.")
+            bot = assistant_user(db, self.settings)
+            reply = GroupMessage(
+                external_id=f"ts-{uuid.uuid4().hex}",
+                group_id=group.id,
+                author_id=bot.id,
+                text=text,
+                cards=cards or None,
+                reply_to_id=asked.id,
+                created_at=datetime.now(UTC),
+            )
+            db.add(reply)
+            db.flush()
+            view = message_view(reply, group, bot.external_id or bot.name, asked.external_id)
+            webhooks.enqueue(db, "group.message.created", {"message": view})
+            return reply.external_id
+
+    # --- the event stream --------------------------------------------------------------------
+
+    def _since(
+        self, user_id: int, group_id: int, after: int, limit: int = 100
+    ) -> list[tuple[int, dict[str, Any]]] | None:
+        """New messages of the group after row ``after``; None when the member left it."""
+        with self.sessions() as db:
+            user = db.get(User, user_id)
+            group = db.get(Group, group_id)
+            if user is None or group is None:
+                return None
+            if not access.is_admin(user) and access.membership_role(db, user, group_id) is None:
+                return None
+            rows = db.execute(
+                select(GroupMessage, User.external_id, User.name)
+                .join(User, User.id == GroupMessage.author_id)
+                .where(
+                    GroupMessage.group_id == group_id,
+                    GroupMessage.id > after,
+                    GroupMessage.deleted_at.is_(None),
+                )
+                .order_by(GroupMessage.id)
+                .limit(limit)
+            ).all()
+            parents = {
+                i: e
+                for i, e in db.execute(
+                    select(GroupMessage.id, GroupMessage.external_id).where(
+                        GroupMessage.id.in_({m.reply_to_id for m, _, _ in rows if m.reply_to_id})
+                    )
+                ).all()
+            }
+            return [
+                (
+                    m.id,
+                    message_view(m, group, ext or name, parents.get(m.reply_to_id or -1)),
+                )
+                for m, ext, name in rows
+            ]
+
+    def latest_id(self, group_id: int) -> int:
+        """The group's newest message row (a stream starts after it unless told otherwise)."""
+        with self.sessions() as db:
+            return int(
+                db.scalar(
+                    select(func.coalesce(func.max(GroupMessage.id), 0)).where(
+                        GroupMessage.group_id == group_id
+                    )
+                )
+                or 0
+            )
+
+    async def events(
+        self, user_id: int, group_id: int, after: int, *, max_s: float
+    ) -> AsyncIterator[str]:
+        """SSE lines: each new message as ``id: <n>`` / ``event: message`` / ``data: {...}``,
+        a comment every 15 s to keep proxies from closing the stream; ends if the member
+        leaves the group."""
+        last_ping = time.monotonic()
+        deadline = last_ping + max_s
+        yield ": connected\n\n"
+        while True:
+            changed = self._changed.setdefault(group_id, asyncio.Event())
+            found = await anyio.to_thread.run_sync(self._since, user_id, group_id, after)
+            if found is None:
+                yield 'event: end\ndata: {"reason": "not a member"}\n\n'
+                return
+            for row_id, view in found:
+                after = row_id
+                yield f"id: {row_id}\nevent: message\ndata: {json.dumps(view)}\n\n"
+            if found:
+                continue
+            if time.monotonic() >= deadline:
+                return
+            if time.monotonic() - last_ping > 15:
+                last_ping = time.monotonic()
+                yield ": ping\n\n"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    changed.wait(),
+                    max(
+                        0.0, min(self.settings.assistant.events_poll_s, deadline - time.monotonic())
+                    ),
+                )

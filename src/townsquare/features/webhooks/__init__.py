@@ -1,0 +1,1 @@
+"""Webhooks: signed, retried deliveries of events to the host app."""

@@ -1,0 +1,328 @@
+"""Webhooks: events delivered to the host app, signed, retried with backoff, dead-lettered.
+
+An event (``group.message.created``: a message townsquare wrote into a group, such as the
+assistant's reply to an @-mention) becomes one ``webhook_deliveries`` row per subscribed
+webhook, in the same transaction as the message: a reply is never stored without its
+deliveries. The ``Sender`` (one per process, started with the app) posts due deliveries with
+the signature header
+
+    X-Townsquare-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+and marks each delivered on a 2xx; otherwise it waits ``backoff_s * 2**(attempt-1)`` (at most
+``backoff_max_s``) and tries again, and after ``max_attempts`` the delivery is 'dead': listed
+for admins, who can retry it. Several replicas share the table; a delivery is claimed by moving
+its ``next_attempt_at`` forward in one UPDATE, so only one replica posts it at a time.
+
+Webhook URLs must be http(s); a host that resolves to a loopback, private, link-local or
+reserved address is refused unless ``webhooks.allow_private_targets`` is on (checked when the
+webhook is registered and again before each delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+from pydantic import BaseModel, Field
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.errors import InvalidField, NotFound
+from townsquare.settings import WebhookSettings
+from townsquare.storage.social_tables import Webhook, WebhookDelivery
+from townsquare.storage.tables import User
+
+log = logging.getLogger("townsquare.webhooks")
+
+EVENTS = ("group.message.created",)
+SIGNATURE_HEADER = "X-Townsquare-Signature"
+
+
+class WebhookIn(BaseModel):
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL of the endpoint.")
+    events: list[str] = Field(default_factory=lambda: list(EVENTS), min_length=1)
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        max_length=128,
+        description="Signing secret; generated (and shown once) when absent.",
+    )
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    events: list[str]
+    created_at: datetime
+    secret: str | None = Field(None, description="Only in the answer that created it.")
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    webhook_id: int
+    event: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    last_status: int | None
+    created_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value for ``body`` sent at ``timestamp``."""
+    digest = hmac.new(
+        secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300) -> bool:
+    """Whether ``header`` signs ``body`` with ``secret`` within ``tolerance_s`` (for receivers;
+    docs/assistant.md shows the same check in a few lines)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), header)
+
+
+def _private(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return not ip.is_global or ip.is_multicast
+
+
+async def check_url(url: str, *, allow_private: bool, field: str = "url") -> str:
+    """``url`` if it may receive deliveries; a 422 naming the problem otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise InvalidField(f"{field} must be an http:// or https:// URL with a host.", field)
+    if allow_private:
+        return url
+    try:
+        infos = await anyio.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise InvalidField(
+            f"{field}: the host {parts.hostname} does not resolve ({exc}).", field
+        ) from None
+    addresses = {str(info[4][0]) for info in infos}
+    if any(_private(a) for a in addresses):
+        raise InvalidField(
+            f"{field} points at a loopback, private or link-local address "
+            f"({', '.join(sorted(addresses))}). Use a public address, or set "
+            "TOWNSQUARE_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true for a host app on this network.",
+            field,
+        )
+    return url
+
+
+def create(db: Session, admin: User, body: WebhookIn) -> WebhookOut:
+    """Register a webhook (the URL already checked); the answer shows the secret once."""
+    unknown = sorted(set(body.events) - set(EVENTS))
+    if unknown:
+        raise InvalidField(
+            f"Unknown events: {', '.join(unknown)}. Known: {', '.join(EVENTS)}.", "events"
+        )
+    secret = body.secret or secrets.token_urlsafe(32)
+    row = Webhook(url=body.url, secret=secret, events=sorted(set(body.events)), created_by=admin.id)
+    db.add(row)
+    db.flush()
+    return WebhookOut(
+        id=row.id, url=row.url, events=row.events, created_at=row.created_at, secret=secret
+    )
+
+
+def list_webhooks(db: Session) -> list[WebhookOut]:
+    """Every webhook (secrets left out)."""
+    rows = db.scalars(select(Webhook).order_by(Webhook.id))
+    return [WebhookOut(id=r.id, url=r.url, events=r.events, created_at=r.created_at) for r in rows]
+
+
+def delete(db: Session, webhook_id: int) -> None:
+    """Remove a webhook and its deliveries."""
+    row = db.get(Webhook, webhook_id)
+    if row is None:
+        raise NotFound(f"There is no webhook {webhook_id}. GET /api/webhooks lists them.")
+    db.delete(row)
+
+
+def enqueue(db: Session, event: str, payload: dict[str, Any]) -> int:
+    """One pending delivery per webhook subscribed to ``event``, in the caller's transaction."""
+    count = 0
+    for hook in db.scalars(select(Webhook)):
+        if event in hook.events:
+            db.add(
+                WebhookDelivery(
+                    webhook_id=hook.id,
+                    event=event,
+                    payload={"event": event, **payload},
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=datetime.now(UTC),
+                    last_error="",
+                )
+            )
+            count += 1
+    return count
+
+
+def deliveries(db: Session, *, status: str | None, limit: int, offset: int) -> list[DeliveryOut]:
+    """Deliveries, newest first, optionally only one status (pending, delivered, dead)."""
+    query = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    rows = db.scalars(query.limit(limit).offset(offset))
+    return [DeliveryOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+def retry(db: Session, delivery_id: int) -> DeliveryOut:
+    """Send a dead (or pending) delivery again now, with a fresh count of attempts."""
+    row = db.get(WebhookDelivery, delivery_id)
+    if row is None:
+        raise NotFound(f"There is no delivery {delivery_id}.")
+    row.status, row.attempts, row.next_attempt_at = "pending", 0, datetime.now(UTC)
+    db.flush()
+    return DeliveryOut.model_validate(row, from_attributes=True)
+
+
+def backoff(settings: WebhookSettings, attempts: int) -> float:
+    """Seconds to wait after ``attempts`` failed tries."""
+    return float(min(settings.backoff_max_s, settings.backoff_s * 2 ** max(0, attempts - 1)))
+
+
+class Sender:
+    """Posts due deliveries (see the module docstring); ``wake()`` sends new ones at once."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: WebhookSettings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the sending loop on the running event loop."""
+        self._loop_ref = asyncio.get_running_loop()
+        self._task = self._loop_ref.create_task(self._loop(), name="webhooks")
+
+    async def stop(self) -> None:
+        """Stop the loop (deliveries left pending are sent by the next start or replica)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake_soon(self) -> None:
+        """Look for due deliveries now; safe from any thread."""
+        loop = self._loop_ref
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _loop(self) -> None:
+        async with httpx.AsyncClient(timeout=self.settings.timeout_s) as client:
+            while True:
+                try:
+                    while await self.send_due(client):
+                        pass
+                except Exception:  # a broken database must not end the loop for good
+                    log.exception("webhook sending failed; trying again shortly")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                self._wake.clear()
+
+    def _claim(self, limit: int = 20) -> list[tuple[int, str, str, dict[str, Any], int]]:
+        """Due deliveries, each claimed for ``timeout_s`` (another replica skips it)."""
+        now = datetime.now(UTC)
+        lease = now + timedelta(seconds=self.settings.timeout_s * 2)
+        claimed = []
+        with self.sessions.begin() as db:
+            rows = db.execute(
+                select(WebhookDelivery, Webhook)
+                .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+                .where(
+                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.next_attempt_at <= now,
+                )
+                .order_by(WebhookDelivery.next_attempt_at)
+                .limit(limit)
+            ).all()
+            for delivery, hook in rows:
+                won = db.execute(  # type: ignore[attr-defined]
+                    update(WebhookDelivery)
+                    .where(
+                        WebhookDelivery.id == delivery.id,
+                        WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
+                    )
+                    .values(next_attempt_at=lease)
+                ).rowcount
+                if won:
+                    claimed.append(
+                        (delivery.id, hook.url, hook.secret, delivery.payload, delivery.attempts)
+                    )
+        return claimed
+
+    def _record(self, delivery_id: int, ok: bool, status: int | None, error: str) -> None:
+        with self.sessions.begin() as db:
+            row = db.get(WebhookDelivery, delivery_id)
+            if row is None:  # its webhook was deleted meanwhile
+                return
+            row.attempts += 1
+            row.last_status, row.last_error = status, error[:2000]
+            now = datetime.now(UTC)
+            if ok:
+                row.status, row.delivered_at = "delivered", now
+            elif row.attempts >= self.settings.max_attempts:
+                row.status = "dead"
+                log.warning(
+                    "webhook delivery %s is dead after %s tries: %s", row.id, row.attempts, error
+                )
+            else:
+                row.next_attempt_at = now + timedelta(seconds=backoff(self.settings, row.attempts))
+
+    async def send_due(self, client: httpx.AsyncClient) -> int:
+        """Post every delivery that is due now; the number sent (delivered or not)."""
+        claimed = await anyio.to_thread.run_sync(self._claim)
+        for delivery_id, url, secret, payload, _ in claimed:
+            body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":"))
+            data = body.encode()
+            ok, status, error = False, None, ""
+            try:
+                await check_url(url, allow_private=self.settings.allow_private_targets)
+                response = await client.post(
+                    url,
+                    content=data,
+                    headers={
+                        "Content-Type": "application/json",
+                        SIGNATURE_HEADER: sign(secret, int(time.time()), data),
+                        "X-Townsquare-Event": str(payload.get("event", "")),
+                        "X-Townsquare-Delivery": str(delivery_id),
+                    },
+                )
+                status = response.status_code
+                ok = 200 <= status < 300
+                error = "" if ok else f"HTTP {status}"
+            except InvalidField as exc:
+                error = exc.message
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            await anyio.to_thread.run_sync(self._record, delivery_id, ok, status, error)
+        return len(claimed)
