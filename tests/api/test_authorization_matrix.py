@@ -28,6 +28,7 @@ from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
 from townsquare.safety import redteam
 from townsquare.services import Services
+from townsquare.storage.social_tables import Webhook, WebhookDelivery
 
 PERSONAS = ("anonymous", "member", "outsider", "creator", "moderator", "admin")
 OK = "ok"
@@ -167,12 +168,17 @@ BODIES = {
     ("PUT", "/api/groups/{group_id}/moderation-policy"): {"rules": {"X5": {"action": "allow"}}},
     ("POST", "/v1/moderations"): {"input": "hello"},
     ("POST", "/api/redteam/runs"): {"suite": "quick"},
+    ("PUT", "/api/groups/{group_id}/assistant"): {"name": "baker"},
+    ("POST", "/api/groups/{group_id}/messages"): {"text": "hello"},
+    # a public address written as an IP: no DNS lookup, and nothing is sent during the test
+    ("POST", "/api/webhooks"): {"url": "https://93.184.216.34/hook"},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},
     "/api/search/sources": {"q": "bike"},
     "/api/reels/recommendations": {"context": "baking"},
     "/api/groups/{group_id}/catch-up": {"since": "2000-01-01T00:00:00Z"},
+    "/api/groups/{group_id}/events": {"max_s": 0},  # the stream ends at once
 }
 
 
@@ -205,6 +211,16 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         keys["conversation_id"] = str(conversation.json()["id"])
         draft = client.post("/api/listings/l1/description", json={}, headers=auth(keys["member"]))
         keys["generation_id"] = str(draft.json()["generation_id"])
+    with services.sessions.begin() as db:
+        hook = Webhook(url="https://93.184.216.34/hook", secret="s" * 32, events=["x"])
+        db.add(hook)
+        db.flush()
+        delivery = WebhookDelivery(
+            webhook_id=hook.id, event="x", payload={}, status="dead", attempts=3, last_error=""
+        )
+        db.add(delivery)
+        db.flush()
+        keys["webhook_id"], keys["delivery_id"] = str(hook.id), str(delivery.id)
     run_id = redteam.start(services.sessions, "quick", "matrix")
     redteam.finish(services.sessions, run_id, redteam.summarise([], suite="quick", target="x"))
     keys["run_id"] = str(run_id)
@@ -232,6 +248,8 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         "conversation_id": keys["conversation_id"],
         "generation_id": keys["generation_id"],
         "run_id": keys["run_id"],
+        "webhook_id": keys["webhook_id"],
+        "delivery_id": keys["delivery_id"],
         "external_id": EXISTING.get(kind, "x") if method == "DELETE" else "new-1",
     }
     url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)

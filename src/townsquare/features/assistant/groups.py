@@ -230,24 +230,26 @@ class GroupChat:
         self._workers: list[asyncio.Task[None]] = []
         self._changed: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the mention workers on the running loop."""
+        """Start the mention workers on the running loop (once: an app started again on
+        another loop while these run shares them)."""
+        if self._workers and not all(t.done() for t in self._workers):
+            return
         self._loop = asyncio.get_running_loop()
+        self._changed = {}  # events of this loop only
         self._queue = asyncio.Queue(self.settings.assistant.mention_queue)
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._workers = [
             self._loop.create_task(self._work(), name=f"mentions-{i}")
             for i in range(self.settings.assistant.mention_concurrency)
         ]
 
     async def stop(self) -> None:
-        """Stop the workers (mentions still queued are answered by the next start: they are
-        found again as unanswered mentions only if resent)."""
+        """Stop the workers, from the loop that started them."""
+        if not self._workers or asyncio.get_running_loop() is not self._loop:
+            return
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -255,6 +257,21 @@ class GroupChat:
                 await task
         self._workers = []
         self._queue = None
+        self._loop = None
+
+    def _on_owner(self, callback: Any, *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop that owns the queue and the events."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            callback(*args)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(callback, *args)
 
     async def drain(self) -> None:
         """Wait until every queued mention is answered (tests, benchmarks)."""
@@ -305,17 +322,25 @@ class GroupChat:
             if self._queue is None:
                 log.warning("mention %s not answered: the assistant is not running", message_id)
                 continue
-            try:
-                self._queue.put_nowait(message_id)
-            except asyncio.QueueFull:
-                log.error(
-                    "mention %s not answered: %s mentions are waiting (assistant.mention_queue)",
-                    message_id,
-                    self._queue.qsize(),
-                )
+            self._on_owner(self._enqueue, message_id)
+
+    def _enqueue(self, message_id: int) -> None:
+        if self._queue is None:
+            return
+        try:
+            self._queue.put_nowait(message_id)
+        except asyncio.QueueFull:
+            log.error(
+                "mention %s not answered: %s mentions are waiting (assistant.mention_queue)",
+                message_id,
+                self._queue.qsize(),
+            )
 
     def notify(self, group_id: int) -> None:
-        """Wake the event streams of ``group_id`` (on the loop's thread)."""
+        """Wake the event streams of ``group_id``."""
+        self._on_owner(self._set_changed, group_id)
+
+    def _set_changed(self, group_id: int) -> None:
         event = self._changed.pop(group_id, None)
         if event is not None:
             event.set()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from townsquare.features.assistant import markdown
 
 
 class Strict(BaseModel):
@@ -37,9 +39,23 @@ class MessageOut(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cards: list[dict[str, Any]] = Field(
-        default_factory=list, description="Attached by tools, e.g. reel cards to show."
+        default_factory=list,
+        description="Tool results to show with the reply: listings, reels, catch-up points, "
+        "topics, suggestions, replies, drafts, sources (each has a 'type').",
     )
     created_at: datetime
+
+    @computed_field(description="The content rendered from Markdown to safe HTML.")  # type: ignore[prop-decorator]
+    @property
+    def content_html(self) -> str:
+        """The content as HTML (raw HTML in it escaped, unsafe links dropped)."""
+        return markdown.render(self.content)
+
+    @computed_field(description="True when the reply was cut at max_tokens.")  # type: ignore[prop-decorator]
+    @property
+    def truncated(self) -> bool:
+        """Whether the reply stopped at the token limit."""
+        return self.finish_reason == "length"
 
 
 class ConversationOut(BaseModel):

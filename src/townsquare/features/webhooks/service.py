@@ -219,17 +219,25 @@ class Sender:
         self._loop_ref: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start the sending loop on the running event loop."""
+        """Start the sending loop on the running event loop (once: an app started again on
+        another loop while this one runs shares it)."""
+        if self._task is not None and not self._task.done():
+            return
         self._loop_ref = asyncio.get_running_loop()
+        self._wake = asyncio.Event()  # bound to this loop
         self._task = self._loop_ref.create_task(self._loop(), name="webhooks")
 
     async def stop(self) -> None:
-        """Stop the loop (deliveries left pending are sent by the next start or replica)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the loop, from the loop that started it (deliveries left pending are sent by
+        the next start or another replica)."""
+        task = self._task
+        if task is None or asyncio.get_running_loop() is not self._loop_ref:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._task = None
+        self._loop_ref = None
 
     def wake_soon(self) -> None:
         """Look for due deliveries now; safe from any thread."""

@@ -31,25 +31,88 @@ function bubble(role, text) {
   return item;
 }
 
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+// only http(s) and same-site links become links; anything else is shown as text
+function safeHref(url) {
+  if (typeof url !== "string") return null;
+  if (url.startsWith("/") && !url.startsWith("//")) return url;
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+// one card per tool result; every value is set as text, never as HTML
+function card(data) {
+  const href = safeHref(data.url || data.accept_url || (data.links && data.links[0]));
+  const node = el(href ? "a" : "div", `card ${data.type}`);
+  node.dataset.type = data.type;
+  if (href) { node.href = href; node.target = "_blank"; node.rel = "noopener"; }
+  if (data.id) node.dataset.id = data.id;
+  const add = (tag, text) => { if (text) node.appendChild(el(tag, "", text)); };
+  switch (data.type) {
+    case "listing":
+      add("strong", data.title);
+      add("span", `${data.price} ${data.currency} · ${data.location} · ${String(data.condition).replace("_", " ")}`);
+      break;
+    case "reel":
+      node.dataset.reelId = data.id;
+      add("strong", data.caption);
+      add("span", `${data.creator} · ${Math.round(data.duration_s)} s`);
+      break;
+    case "point":
+      add("strong", data.text);
+      add("span", `cites ${data.message_ids.length} message${data.message_ids.length === 1 ? "" : "s"}`);
+      break;
+    case "topic":
+      add("strong", data.topic);
+      add("span", data.opener);
+      break;
+    case "suggestion":
+    case "reply":
+      add("strong", data.text);
+      add("span", "suggested by AI · pick, edit, send");
+      break;
+    case "draft":
+      add("strong", data.title);
+      add("span", data.description);
+      break;
+    case "summary":
+      add("strong", data.sentences.map((s) => `${s.text} ${s.citations.map((n) => `[${n}]`).join("")}`).join(" "));
+      break;
+    case "source":
+      add("strong", `[${data.n}] ${data.title}`);
+      add("span", data.kind);
+      break;
+    default:
+      add("strong", data.title || data.text || data.type);
+  }
+  return node;
+}
+
 function showCards(item, cards) {
   if (!cards || !cards.length) return;
-  const strip = document.createElement("div");
-  strip.className = "cards";
-  for (const card of cards) {
-    const link = document.createElement("a");
-    link.className = "card reel";
-    link.href = card.url;
-    link.target = "_blank";
-    link.rel = "noopener";
-    link.dataset.reelId = card.id;
-    const caption = document.createElement("strong");
-    caption.textContent = card.caption;
-    const meta = document.createElement("span");
-    meta.textContent = `${card.creator} · ${Math.round(card.duration_s)} s`;
-    link.append(caption, meta);
-    strip.appendChild(link);
-  }
+  const strip = el("div", "cards");
+  for (const data of cards) strip.appendChild(card(data));
   item.appendChild(strip);
+}
+
+// the reply as stored: Markdown rendered on the server (raw HTML escaped there), its cards,
+// and a note when the token limit cut it
+function finishReply(item, reply) {
+  item.classList.add("rendered");
+  item.innerHTML = reply.content_html;
+  if (reply.truncated) item.appendChild(el("p", "note", "Cut at the length limit (max_tokens)."));
+  if (reply.model) item.title = `written by ${reply.model}`;
+  showCards(item, reply.cards);
 }
 
 async function loadList() {
@@ -74,7 +137,10 @@ async function open(id) {
   const conversation = await response.json();
   current = conversation.id;
   messages.replaceChildren();
-  for (const m of conversation.messages) showCards(bubble(m.role, m.content), m.cards);
+  for (const m of conversation.messages) {
+    const item = bubble(m.role, m.content);
+    if (m.role === "assistant") finishReply(item, m);
+  }
   await loadList();
 }
 
@@ -124,7 +190,7 @@ async function send(content) {
         if (delta.content) reply.textContent += delta.content;
         if (chunk.townsquare) {
           reply.dataset.messageId = chunk.townsquare.reply.id;
-          showCards(reply, chunk.townsquare.reply.cards);
+          finishReply(reply, chunk.townsquare.reply);
         }
       }
       messages.scrollTop = messages.scrollHeight;
