@@ -274,6 +274,7 @@ def chat(
             count=text.count_message_tokens,
             window=text.context_window,
             max_tokens=limit,
+            history_tokens=settings.assistant.history_tokens,
         )
         pieces: list[str] = []
         async for delta in text.stream(

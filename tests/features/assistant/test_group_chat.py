@@ -186,7 +186,7 @@ def test_mention_is_answered_in_the_group_with_stream_and_signed_webhook(
 def test_ingested_mentions_are_answered_once_and_outsiders_see_nothing(
     town: tuple[LiveServer, dict[str, str], FakeText, Receiver],
 ) -> None:
-    server, keys, fake, _ = town
+    server, keys, _fake, _ = town
     admin, member = api(server, keys["admin"]), api(server, keys["member"])
     row = {"external_id": "m9", "group": "g1", "author": "u-member", "text": "hey @assistant hi"}
     assert admin.post("/api/messages:batch", json=[row]).status_code == 200

@@ -19,6 +19,7 @@ from townsquare.backends.base import Message
 from townsquare.backends.fake import FakeText
 from townsquare.backends.sentence_embed import SentenceEmbeddings
 from townsquare.features.assistant import grounding
+from townsquare.features.assistant.agent import FALLBACK
 from townsquare.features.assistant.router import EXAMPLES, core_words, match_group
 from townsquare.features.assistant.tools import ToolResult
 from townsquare.identity import issue_key
@@ -128,7 +129,7 @@ def test_reels_answer_never_invents_a_count_or_a_title(
 def test_catch_up_runs_with_the_members_permissions(
     town: tuple[TestClient, dict[str, str], Services, FakeText],
 ) -> None:
-    client, keys, services, _ = town
+    client, keys, _services, _ = town
     reply = ask(client, keys["baker"], "What did I miss in the Sunday Bakers group?")
     assert reply["content"].startswith("Here is what you missed in Sunday Bakers")
     points = reply["cards"]
@@ -143,7 +144,7 @@ def test_catch_up_runs_with_the_members_permissions(
 def test_creator_replies_seller_drafts_and_plain_chat(
     town: tuple[TestClient, dict[str, str], Services, FakeText],
 ) -> None:
-    client, keys, services, fake = town
+    client, keys, _services, fake = town
     replies = ask(client, keys["sol.rivera"], "Suggest three replies to my latest fan DM")
     assert replies["cards"] and all(c["type"] == "reply" for c in replies["cards"])
     assert replies["cards"][0]["thread_id"].startswith("dm-sol.rivera-")
@@ -153,6 +154,10 @@ def test_creator_replies_seller_drafts_and_plain_chat(
     draft = ask(client, keys["seller"], "Write a description for my latest listing")
     [card] = draft["cards"]
     assert card["type"] == "draft" and card["accept_url"].endswith("/description/accept")
+    comments = ask(client, keys["mia"], "Suggest a comment for the latest post")
+    assert comments["cards"] and all(c["type"] == "suggestion" for c in comments["cards"])
+    for answer in (replies, draft, comments):  # the templates pass the check: no fallback line
+        assert answer["content"] != FALLBACK and answer["content"].endswith(":")
     fake.enqueue("Hello! How can I help?")
     plain = ask(client, keys["mia"], "Hi!")
     assert plain["cards"] == [] and plain["content"] == "Hello! How can I help?"

@@ -627,10 +627,7 @@ class GroupChat:
             if time.monotonic() - last_ping > 15:
                 last_ping = time.monotonic()
                 yield ": ping\n\n"
+            wait = min(self.settings.assistant.events_poll_s, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    changed.wait(),
-                    max(
-                        0.0, min(self.settings.assistant.events_poll_s, deadline - time.monotonic())
-                    ),
-                )
+                async with asyncio.timeout(max(0.0, wait)):
+                    await changed.wait()

@@ -368,12 +368,12 @@ class CatchUp(Tool):
             for p in result.points
         ]
         text = (
-            f"Here is what you missed in {group.name} "
-            f"({_plural(result.messages, 'message')} in the last {_plural(hours, 'hour')}):"
+            f"Here is what you missed in {group.name} in the last {_plural(hours, 'hour')}:"
             if cards
             else f"Nothing new in {group.name} in the last {_plural(hours, 'hour')}."
         )
-        return ToolResult(self.name, arguments, cards, text, generation_id=result.generation_id)
+        used = {**arguments, "group": group.name, "hours": hours}
+        return ToolResult(self.name, used, cards, text, generation_id=result.generation_id)
 
 
 class SuggestTopics(Tool):
@@ -458,7 +458,12 @@ class SuggestComments(Tool):
                 text=env.text,
             )
         cards = [
-            {"type": "suggestion", "text": s, "post_id": post.external_id}
+            {
+                "type": "suggestion",
+                "text": s,
+                "post_id": post.external_id,
+                "post_text": post.text[:300],
+            }
             for s in result.suggestions
         ]
         excerpt = post.text[:60] + ("…" if len(post.text) > 60 else "")
@@ -588,6 +593,7 @@ class DraftDescription(Tool):
             "description": draft.description,
             "highlights": draft.highlights,
             "generation_id": draft.generation_id,
+            "listing_title": listing.title,
             "accept_url": f"/api/listings/{draft.listing_id}/description/accept",
         }
         text = f"A draft description for your listing “{listing.title}”:"

@@ -253,8 +253,11 @@ class Sender:
                         pass
                 except Exception:  # a broken database must not end the loop for good
                     log.exception("webhook sending failed; trying again shortly")
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that
+                # lands as the event is set, and stop() then waited for ever
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                    async with asyncio.timeout(self.settings.poll_s):
+                        await self._wake.wait()
                 self._wake.clear()
 
     def _claim(self, limit: int = 20) -> list[tuple[int, str, str, dict[str, Any], int]]:
