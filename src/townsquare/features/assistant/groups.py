@@ -37,6 +37,7 @@ from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import Busy, ContentBlocked, InvalidField, NotFound, TownsquareError
 from townsquare.features import prompts
 from townsquare.features.assistant.agent import Agent
+from townsquare.features.assistant.service import check_system_prompt
 from townsquare.features.assistant.tools import TOOLS, Asker
 from townsquare.features.webhooks import service as webhooks
 from townsquare.features.webhooks.service import Sender
@@ -119,13 +120,7 @@ def update_persona(
     db: Session, user: User, group: Group, body: PersonaIn, settings: Settings
 ) -> PersonaOut:
     """Change the fields sent (a moderator of the group; checked by the caller). Flushes."""
-    limit = settings.limits.max_system_prompt_chars
-    if body.system_prompt is not None and len(body.system_prompt) > limit:
-        raise InvalidField(
-            f"system_prompt has {len(body.system_prompt)} characters; the limit is {limit} "
-            "(limits.max_system_prompt_chars).",
-            "system_prompt",
-        )
+    check_system_prompt(body.system_prompt, settings)
     unknown = sorted(set(body.tools or ()) - set(TOOL_NAMES))
     if unknown:
         raise InvalidField(

@@ -81,17 +81,22 @@ def fit_context(
     return [system, *kept, new]
 
 
+def check_system_prompt(value: str | None, settings: Settings) -> None:
+    """A 422 when a persona's instructions are over ``limits.max_system_prompt_chars``."""
+    limit = settings.limits.max_system_prompt_chars
+    if value is not None and len(value) > limit:
+        raise InvalidField(
+            f"system_prompt has {len(value)} characters; the limit is {limit} "
+            "(limits.max_system_prompt_chars). Shorten it.",
+            "system_prompt",
+        )
+
+
 def create_conversation(
     db: Session, user: User, body: ConversationCreate, settings: Settings
 ) -> Conversation:
     """Start a conversation for ``user``, with its optional persona (length-checked). Commits."""
-    limit = settings.limits.max_system_prompt_chars
-    if body.system_prompt is not None and len(body.system_prompt) > limit:
-        raise InvalidField(
-            f"system_prompt has {len(body.system_prompt)} characters; the limit is {limit} "
-            "(limits.max_system_prompt_chars). Shorten it.",
-            "system_prompt",
-        )
+    check_system_prompt(body.system_prompt, settings)
     conversation = Conversation(user_id=user.id, title=body.title, system_prompt=body.system_prompt)
     db.add(conversation)
     db.commit()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -118,6 +119,25 @@ class Tool(ABC):
     @abstractmethod
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """Do the work for ``asker``."""
+
+    @asynccontextmanager
+    async def _member(
+        self, asker: Asker, find: Any = None, *args: Any
+    ) -> AsyncIterator[tuple[Session, User, Any]]:
+        """A session, the asking member, and ``find(db, user, *args)`` (the group, post, thread
+        or listing the tool works on, read with the member's access rules), read on a worker
+        thread; the read ends before the caller waits for a model."""
+        with self.env.sessions() as db:
+
+            def load() -> tuple[User, Any]:
+                user = db.get(User, asker.user_id)
+                assert user is not None
+                target = find(db, user, *args) if find is not None else None
+                db.commit()
+                return user, target
+
+            user, target = await anyio.to_thread.run_sync(load)
+            yield db, user, target
 
     async def _in_session(self, asker: Asker, work: Any) -> Any:
         """``work(db, user)`` on a worker thread, with a session of its own."""
@@ -242,9 +262,7 @@ class SearchSummary(Tool):
         """The search summary: sentences with [n] citations, and the sources as cards."""
         env = self.env
         query = str(arguments.get("query") or "").strip()[: env.settings.search.max_query_chars]
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
+        async with self._member(asker) as (db, user, _):
             summary = await summarize(
                 db,
                 env.sessions,
@@ -349,12 +367,11 @@ class CatchUp(Tool):
         """Catch-up points as cards, each with the messages it cites."""
         env = self.env
         hours = int(arguments.get("hours") or env.settings.assistant.catch_up_hours)
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
-            group = await anyio.to_thread.run_sync(
-                _group_by_name, db, user, arguments.get("group"), asker.group_id
-            )
+        async with self._member(asker, _group_by_name, arguments.get("group"), asker.group_id) as (
+            db,
+            user,
+            group,
+        ):
             result = await catch_up(
                 db, env.sessions, user, group, now() - timedelta(hours=hours), text=env.text
             )
@@ -391,12 +408,11 @@ class SuggestTopics(Tool):
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """Topic cards, each with an opener to post."""
         env = self.env
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
-            group = await anyio.to_thread.run_sync(
-                _group_by_name, db, user, arguments.get("group"), asker.group_id
-            )
+        async with self._member(asker, _group_by_name, arguments.get("group"), asker.group_id) as (
+            db,
+            user,
+            group,
+        ):
             result = await suggest_topics(
                 db,
                 env.sessions,
@@ -443,12 +459,11 @@ class SuggestComments(Tool):
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """Suggestion cards for the post."""
         env = self.env
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
-            post = await anyio.to_thread.run_sync(
-                _latest_post, db, user, arguments.get("post"), asker.group_id
-            )
+        async with self._member(asker, _latest_post, arguments.get("post"), asker.group_id) as (
+            db,
+            user,
+            post,
+        ):
             result = await suggest_comments(
                 db,
                 env.sessions,
@@ -512,12 +527,11 @@ class SuggestReplies(Tool):
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """Reply cards for the creator."""
         env = self.env
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
-            thread = await anyio.to_thread.run_sync(
-                _latest_thread, db, user, arguments.get("thread")
-            )
+        async with self._member(asker, _latest_thread, arguments.get("thread")) as (
+            db,
+            user,
+            thread,
+        ):
             result = await suggest_replies(
                 db,
                 env.sessions,
@@ -572,12 +586,11 @@ class DraftDescription(Tool):
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """A draft card to accept or edit."""
         env = self.env
-        with env.sessions() as db:
-            user = await anyio.to_thread.run_sync(db.get, User, asker.user_id)
-            assert user is not None
-            listing = await anyio.to_thread.run_sync(
-                _sellers_listing, db, user, arguments.get("listing")
-            )
+        async with self._member(asker, _sellers_listing, arguments.get("listing")) as (
+            db,
+            user,
+            listing,
+        ):
             draft = await describe(
                 db,
                 env.sessions,
