@@ -203,6 +203,15 @@ def retry(db: Session, delivery_id: int) -> DeliveryOut:
     return DeliveryOut.model_validate(row, from_attributes=True)
 
 
+def _receipt(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a delivered event keeps: its name and the ids of its message, no text."""
+    message = payload.get("message") or {}
+    return {
+        "event": payload.get("event"),
+        "message": {k: message.get(k) for k in ("id", "group", "reply_to") if k in message},
+    }
+
+
 def backoff(settings: WebhookSettings, attempts: int) -> float:
     """Seconds to wait after ``attempts`` failed tries."""
     return float(min(settings.backoff_max_s, settings.backoff_s * 2 ** max(0, attempts - 1)))
@@ -301,6 +310,8 @@ class Sender:
             now = datetime.now(UTC)
             if ok:
                 row.status, row.delivered_at = "delivered", now
+                # the host app has it now: keep which message it was, not a second copy of it
+                row.payload = _receipt(row.payload)
             elif row.attempts >= self.settings.max_attempts:
                 row.status = "dead"
                 log.warning(
