@@ -120,3 +120,20 @@ class Metrics:
             "Requests refused with 429 because the model queue was full.",
             registry=self.registry,
         )
+        self.tool_runs = Counter(
+            "townsquare_assistant_tool_runs",
+            "Tools the assistant ran, by tool and outcome (ok, empty, error).",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
+        self.mentions_waiting = Gauge(
+            "townsquare_assistant_mentions_waiting",
+            "Group @-mentions queued and not yet answered.",
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "townsquare_webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retry, dead).",
+            ["outcome"],
+            registry=self.registry,
+        )

@@ -200,7 +200,14 @@ class Services:
             indexer=indexer,
             audit_writer=audit_writer,
         )
-        env = ToolEnv(sessions, built.guarded_text, embedder, index, settings)
+        env = ToolEnv(
+            sessions,
+            built.guarded_text,
+            embedder,
+            index,
+            settings,
+            on_run=lambda tool, outcome: metrics.tool_runs.labels(tool, outcome).inc(),
+        )
         built.agent = Agent(
             env,
             build_tools(env),
@@ -210,10 +217,15 @@ class Services:
                 rule_bonus=settings.assistant.router_rule_bonus,
             ),
         )
-        built.webhook_sender = Sender(sessions, settings.webhooks)
+        built.webhook_sender = Sender(
+            sessions,
+            settings.webhooks,
+            on_outcome=lambda outcome: metrics.webhook_deliveries.labels(outcome).inc(),
+        )
         built.group_chat = GroupChat(
             sessions, built.agent, built.guarded_text, settings, built.webhook_sender
         )
+        metrics.mentions_waiting.set_function(built.group_chat.waiting)
 
         def forget(removal: Removal) -> None:
             # exactly the indexed items the delete removed (cascades included)

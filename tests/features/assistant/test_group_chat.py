@@ -258,6 +258,9 @@ def test_webhook_urls_are_checked_and_failures_end_in_the_dead_letter_list(
     )
     assert dead[0]["attempts"] == 3 and dead[0]["last_status"] == 500
     assert len(receiver.received) == 3  # tried max_attempts times, then stopped
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'townsquare_webhook_deliveries_total{outcome="retry"} 2.0' in metrics
+    assert 'townsquare_webhook_deliveries_total{outcome="dead"} 1.0' in metrics
     receiver.status = 200
     retried = admin.post(f"/api/webhooks/deliveries/{dead[0]['id']}/retry")
     assert retried.status_code == 200 and retried.json()["status"] == "pending"

@@ -107,6 +107,8 @@ def test_marketplace_request_gets_listings_with_its_filters(
     assert reply["model"] == "townsquare-tools"
     results = [ToolResult("search_listings", {"query": "kids bike"}, cards)]
     assert grounding.problems(reply["content"], results, known_titles=titles(services)) == []
+    metrics = client.get("/metrics").text
+    assert 'townsquare_assistant_tool_runs_total{outcome="ok",tool="search_listings"}' in metrics
 
 
 def test_reels_answer_never_invents_a_count_or_a_title(

@@ -268,6 +268,10 @@ class GroupChat:
         elif not loop.is_closed():
             loop.call_soon_threadsafe(callback, *args)
 
+    def waiting(self) -> int:
+        """Mentions queued and not yet answered (a metrics gauge)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def drain(self) -> None:
         """Wait until every queued mention is answered (tests, benchmarks)."""
         if self._queue is not None:

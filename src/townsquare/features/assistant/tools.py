@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -65,6 +65,7 @@ class ToolEnv:
     embedder: EmbeddingBackend
     vectors: VectorIndex
     settings: Settings
+    on_run: Callable[[str, str], None] | None = None  # metrics: (tool, ok|empty|error)
 
 
 @dataclass
@@ -111,10 +112,14 @@ class Tool(ABC):
         """Run the tool; a townsquare error (not found, not allowed, busy...) becomes the
         result's ``error``, said to the member instead of a card."""
         try:
-            return await self.run(asker, arguments)
+            result = await self.run(asker, arguments)
         except TownsquareError as exc:
             log.info("tool %s failed for user %s: %s", self.name, asker.user_id, exc.message)
-            return ToolResult(self.name, arguments, error=exc.message)
+            result = ToolResult(self.name, arguments, error=exc.message)
+        if self.env.on_run is not None:
+            outcome = "error" if result.error else "ok" if result.cards else "empty"
+            self.env.on_run(self.name, outcome)
+        return result
 
     @abstractmethod
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:

@@ -30,6 +30,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,9 +221,16 @@ def backoff(settings: WebhookSettings, attempts: int) -> float:
 class Sender:
     """Posts due deliveries (see the module docstring); ``wake()`` sends new ones at once."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: WebhookSettings,
+        *,
+        on_outcome: Callable[[str], None] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.on_outcome = on_outcome  # metrics: delivered | retry | dead
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop_ref: asyncio.AbstractEventLoop | None = None
@@ -308,6 +316,15 @@ class Sender:
             row.attempts += 1
             row.last_status, row.last_error = status, error[:2000]
             now = datetime.now(UTC)
+            outcome = (
+                "delivered"
+                if ok
+                else "dead"
+                if row.attempts >= self.settings.max_attempts
+                else "retry"
+            )
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
             if ok:
                 row.status, row.delivered_at = "delivered", now
                 # the host app has it now: keep which message it was, not a second copy of it
