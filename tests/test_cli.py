@@ -83,6 +83,21 @@ def test_chat_streams_in_the_terminal(env: Path) -> None:
     assert "echo: hello there" in result.output
 
 
+def test_chat_as_a_member_answers_with_the_towns_tools(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
+    assert runner.invoke(app, ["index", "rebuild"]).exit_code == 0
+    missing = runner.invoke(app, ["chat", "--as", "nobody"], input="/exit\n")
+    assert missing.exit_code == 1 and "no user 'nobody'" in missing.output
+    # one of the router's own examples: the fake embeddings find it exactly
+    monkeypatch.setenv("TOWNSQUARE_ASSISTANT__TOOL_MODE", "router")
+    result = runner.invoke(app, ["chat", "--as", "mia"], input="Is anyone selling a sofa?\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "listings for “sofa”" in result.output and "[listing] id: l-" in result.output
+    assert "echo:" not in result.output  # the tool answered, not the model
+
+
 def test_seed_demo_once(env: Path) -> None:
     first = runner.invoke(app, ["seed", "demo"])
     assert first.exit_code == 0, first.output

@@ -249,14 +249,21 @@ def summarize_cli(
 def chat(
     system: Annotated[str | None, typer.Option(help="A persona for this chat.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest reply in tokens.")] = None,
+    as_user: Annotated[
+        str | None,
+        typer.Option("--as", help="Chat as this member: the town's tools answer as them."),
+    ] = None,
 ) -> None:
     """Chat with the assistant in the terminal, replies streamed as they are written.
 
     Uses the configured backend in-process, through the same safety pipeline as the server.
-    Type /exit (or press Ctrl-D) to leave.
+    With --as, requests for the town's tools (search, reels, catch-up...) are answered by them,
+    with that member's permissions. Type /exit (or press Ctrl-D) to leave.
     """
     from townsquare.backends.base import GenerationOptions, Message
     from townsquare.features.assistant.service import fit_context, system_prompt
+    from townsquare.features.assistant.tools import Asker
+    from townsquare.identity import find_user
     from townsquare.safety.pipeline import Context
 
     settings = settings_or_exit()
@@ -264,9 +271,38 @@ def chat(
     text = services.guarded_text
     limit = max_tokens or settings.text.default_max_tokens
     history: list[Message] = []
+    member = None
+    if as_user is not None:
+        with services.sessions() as db:
+            member = find_user(db, as_user)
+            if member is None:
+                asyncio.run(services.aclose())
+                err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+                raise typer.Exit(1)
+            db.expunge(member)
     console.print(f"Chatting with [bold]{text.model_id}[/bold]. /exit to leave.")
 
+    async def tools(content: str) -> str | None:
+        if member is None:
+            return None
+        context = Context("cli", member.id, member.role)
+        answer = await services.agent.tool_answer(content, Asker(member.id), context)
+        if answer is None:
+            return None
+        console.print(answer.text, markup=False, highlight=False)
+        for card in answer.cards:
+            shown = {k: v for k, v in card.items() if k not in {"type", "links", "url"}}
+            console.print(
+                f"  [{card['type']}] " + ", ".join(f"{k}: {v}" for k, v in shown.items()),
+                markup=False,
+                highlight=False,
+            )
+        return str(answer.text)
+
     async def turn(content: str) -> str:
+        found = await tools(content)
+        if found is not None:
+            return found
         messages = fit_context(
             Message("system", system_prompt(system)),
             history,
