@@ -205,3 +205,48 @@ def test_averaging_marked_images_does_not_reveal_the_tile() -> None:
     single = float(np.sqrt(np.mean(residuals[0] ** 2)))
     mean = float(np.sqrt(np.mean(np.mean(residuals, axis=0) ** 2)))
     assert mean < 0.45 * single
+
+
+def test_embed_reads_its_mark_back_retries_stronger_and_refuses_when_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = photo(384, 384)
+    tries: list[float] = []
+    real_embed, real_detect = wm.embed_array, wm.detect_canonical
+
+    def counting(*args: object, **kwargs: object) -> np.ndarray:
+        tries.append(float(kwargs["psnr"]))  # type: ignore[arg-type]
+        return real_embed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wm, "embed_array", counting)
+    marked = wm.embed(image, PAYLOAD, key=KEY)
+    assert wm.detect(marked, key=KEY).payload == PAYLOAD and len(tries) == 1
+
+    # a texture that hides the first mark: read back fails once, the stronger retry is kept
+    misses = iter([True])
+
+    def flaky(luma: np.ndarray, key: bytes) -> wm.Detection:
+        if next(misses, False):
+            return wm.Detection(
+                found=False, payload=None, bit_errors=48, coded_bits=96, p_value=1.0
+            )
+        return real_detect(luma, key)
+
+    monkeypatch.setattr(wm, "detect_canonical", flaky)
+    tries.clear()
+    marked = wm.embed(image, PAYLOAD, key=KEY)
+    assert tries == [wm.TARGET_PSNR, wm.TARGET_PSNR - wm.VERIFY_STEP_DB]
+    assert real_detect(wm.canonical_luma(marked), KEY).payload == PAYLOAD
+
+    # never readable: refused with a clear error, never reported as marked
+    monkeypatch.setattr(
+        wm,
+        "detect_canonical",
+        lambda luma, key: wm.Detection(
+            found=False, payload=None, bit_errors=48, coded_bits=96, p_value=1.0
+        ),
+    )
+    tries.clear()
+    with pytest.raises(wm.WatermarkError, match="could not be read back"):
+        wm.embed(image, PAYLOAD, key=KEY)
+    assert len(tries) == wm.VERIFY_ATTEMPTS

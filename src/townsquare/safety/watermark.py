@@ -30,6 +30,7 @@ Only numpy, scipy and Pillow are used.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +44,8 @@ from scipy.special import gammaln
 
 from townsquare.errors import InvalidImage
 
+log = logging.getLogger("townsquare.watermark")
+
 Array = NDArray[Any]  # float arrays; numpy's stubs lose the dtype through FFTs
 
 CANONICAL = 512
@@ -55,6 +58,8 @@ CONSTRAINT = 7
 GENERATORS = (0o133, 0o171, 0o165)  # rate 1/3, K = 7 (the LTE / 3GPP code)
 BAND = (0.05, 0.2)  # cycles per canonical pixel: the frequencies the tile lives in
 TARGET_PSNR = 41.5
+VERIFY_ATTEMPTS = 3  # embeds tried before refusing an image whose mark cannot be read back
+VERIFY_STEP_DB = 1.5  # each retry's mark is this much stronger (lower PSNR)
 FALSE_POSITIVE_BOUND = 1e-6
 SYNC_GAIN = 1.0
 SHIFTS = 1  # translations (sync peaks) kept per lattice; more lowers the error threshold
@@ -646,19 +651,38 @@ def embed(
     psnr: float = TARGET_PSNR,
     min_side: int = MIN_SIDE,
     max_pixels: int = 4096 * 4096,
+    verify: bool = True,
 ) -> Image.Image:
     """Return a marked copy of ``image`` carrying ``payload`` (PAYLOAD_BITS bits).
 
     The size is kept; RGB, RGBA, L and LA keep their mode (alpha untouched, a grey image
-    stays grey), any other mode comes back as RGB.
+    stays grey), any other mode comes back as RGB. With ``verify`` (the default) the mark is
+    read back before the image is returned; if it cannot be, it is embedded again with a new
+    tile offset and a stronger amplitude, and after ``VERIFY_ATTEMPTS`` tries
+    ``WatermarkError`` says so: a mark is never reported that cannot be found.
     """
     check_size(*image.size, min_side=min_side, max_pixels=max_pixels)
     rgb, alpha = _split(image)
-    if image.mode in ("L", "LA"):
-        grey = np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
-        marked = Image.fromarray(embed_array(grey, key, payload, psnr=psnr)).convert("L")
+    grey = image.mode in ("L", "LA")
+    source = np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2) if grey else rgb
+    for attempt in range(VERIFY_ATTEMPTS if verify else 1):
+        # each retry: a fresh tile offset and a stronger mark (VERIFY_STEP_DB lower PSNR)
+        strength = psnr - attempt * VERIFY_STEP_DB
+        array = embed_array(source, key, payload, psnr=strength)
+        marked = Image.fromarray(array).convert("L") if grey else Image.fromarray(array)
+        if not verify:
+            break
+        found = detect_canonical(canonical_luma(marked), key)
+        if found.found and found.payload == payload:
+            if attempt:
+                log.info("mark readable on try %s (PSNR %.1f dB)", attempt + 1, strength)
+            break
     else:
-        marked = Image.fromarray(embed_array(rgb, key, payload, psnr=psnr))
+        raise WatermarkError(
+            f"The mark could not be read back from this image after {VERIFY_ATTEMPTS} tries "
+            f"(down to {psnr - (VERIFY_ATTEMPTS - 1) * VERIFY_STEP_DB:.1f} dB PSNR): its "
+            "texture hides it. The image was not marked; nothing was recorded as made here."
+        )
     if alpha is not None:
         marked.putalpha(alpha)
     return marked
