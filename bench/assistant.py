@@ -55,7 +55,7 @@ from townsquare.backends.sentence_embed import (  # noqa: E402
     SentenceEmbeddings,
     bundled_embedding_path,
 )
-from townsquare.features.assistant.router import NONE, Router  # noqa: E402
+from townsquare.features.assistant.router import NONE, Router, load_examples  # noqa: E402
 from townsquare.features.assistant.tools import Asker, specs  # noqa: E402
 from townsquare.features.search.service import _fold  # noqa: E402
 from townsquare.safety.pipeline import Context  # noqa: E402
@@ -143,18 +143,25 @@ def build(data_dir: Path, text: Any, embed: SentenceEmbeddings) -> tuple[Service
     return services, people
 
 
-def tune(router: Router, train: list[dict[str, Any]], places: list[str], groups: list[str]) -> Any:
-    matrix, labels = router._index()
+def tune(router: Router, places: list[str], groups: list[str]) -> list[dict[str, Any]]:
+    """Leave-one-out accuracy over the router's own examples (the training split) for a grid
+    of thresholds and bonuses."""
+    matrix, _ = router.index()
+    examples = load_examples()
     grid = []
     for threshold, bonus in itertools.product([0.4, 0.45, 0.5, 0.55, 0.6], [0.1, 0.2, 0.3, 0.4]):
-        router.threshold, router.rule_bonus = threshold, bonus
         right = 0
-        for i, row in enumerate(train):  # leave-one-out
-            keep = [j for j in range(len(labels)) if j != i]
-            router._matrix, router._labels = matrix[keep], [labels[j] for j in keep]
-            right += router.route(row["text"], places=places, groups=groups).tool == row["tool"]
-        grid.append({"threshold": threshold, "bonus": bonus, "loo_accuracy": right / len(train)})
-    router._matrix, router._labels = matrix, labels
+        for i, (text, label) in enumerate(examples):
+            keep = [j for j in range(len(examples)) if j != i]
+            fold = Router(
+                router.embedder,
+                threshold=threshold,
+                rule_bonus=bonus,
+                examples=[examples[j] for j in keep],
+                vectors=matrix[keep],
+            )
+            right += (fold.route(text, places=places, groups=groups).tool or NONE) == label
+        grid.append({"threshold": threshold, "bonus": bonus, "loo_accuracy": right / len(examples)})
     return grid
 
 
@@ -194,8 +201,7 @@ async def answers(
 async def mentions(services: Services, people: dict[str, int], texts: list[str]) -> dict[str, Any]:
     chat = services.group_chat
     # the requests were embedded by the earlier stages: a cold cache, as for a new message
-    with services.embed._cache_lock:  # type: ignore[attr-defined]
-        services.embed._cache.clear()  # type: ignore[attr-defined]
+    services.embed.clear_cache()  # type: ignore[attr-defined]
     chat.start()
     services.webhook_sender.start()
     with services.sessions.begin() as db:
@@ -275,7 +281,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "router": {"threshold": router.threshold, "rule_bonus": router.rule_bonus},
         }
         if args.tune:
-            result["tuning_grid_train_loo"] = tune(router, train, places, groups)
+            result["tuning_grid_train_loo"] = tune(router, places, groups)
         print("routing the held-out requests", flush=True)
         confusion: dict[str, dict[str, int]] = {}
         right = args_right = args_total = fp = 0

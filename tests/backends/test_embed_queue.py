@@ -2,7 +2,7 @@
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -86,14 +86,21 @@ def test_beyond_the_bound_is_busy_and_nothing_leaks() -> None:
     assert queue.depth == 0
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_cancelled_caller_gives_its_place_back() -> None:
     inner = Recording()
     queue = QueuedEmbeddings(inner, max_queued_texts=20)
     inner.gate.clear()
     running = asyncio.ensure_future(queue.embed([f"r{n}" for n in range(10)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: queue.depth == 10)  # polled, not slept: the suite's load varies
     waiting = asyncio.ensure_future(queue.embed([f"w{n}" for n in range(10)]))
-    await asyncio.sleep(0.05)
+    await until(lambda: queue.depth == 20)
     assert queue.depth == 20
     waiting.cancel()
     inner.gate.set()

@@ -119,6 +119,11 @@ class QueuedEmbeddings(EmbeddingBackend):
             self._cv.notify()
         return job
 
+    def clear_cache(self) -> None:
+        """Forget every cached vector (benchmarks measuring a cold start)."""
+        with self._cache_lock:
+            self._cache.clear()
+
     def _cached(self, texts: Sequence[str]) -> Vectors | None:
         """All of ``texts`` from the cache, or None."""
         if not self.cache_size or not texts:

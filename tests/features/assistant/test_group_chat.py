@@ -297,3 +297,42 @@ def test_mentions_are_whole_names() -> None:
     assert not mentions("@assistants", "assistant")
     assert not mentions("@assistant-bot", "assistant")
     assert without_mention("@assistant, what did I miss?", "assistant") == "what did I miss?"
+
+
+@pytest.mark.model
+def test_the_bundled_model_answers_a_mention_in_its_group(
+    live_server: tuple[LiveServer, str],
+) -> None:
+    server, admin_key = live_server
+    admin = api(server, admin_key)
+    rows = {
+        "users": [{"external_id": "u-gc-ana", "name": "gc-ana"}],
+        "groups": [
+            {"external_id": "g-gc", "name": "Garden Club", "members": [{"user": "u-gc-ana"}]}
+        ],
+        "messages": [
+            {
+                "external_id": "gc-1",
+                "group": "g-gc",
+                "author": "u-gc-ana",
+                "text": "The tomatoes need staking this week.",
+            },
+            {
+                "external_id": "gc-2",
+                "group": "g-gc",
+                "author": "u-gc-ana",
+                "text": "@assistant what should we do with the tomatoes?",
+            },
+        ],
+    }
+    for kind, batch in rows.items():
+        assert admin.post(f"/api/{kind}:batch", json=batch).status_code == 200, kind
+    [reply] = wait_for(
+        lambda: [
+            m
+            for m in admin.get("/api/groups/g-gc/messages").json()["data"]
+            if m["reply_to"] == "gc-2"
+        ],
+        timeout=60,
+    )
+    assert reply["author"] == "townsquare-assistant" and reply["text"].strip()

@@ -13,11 +13,13 @@
 - ``"off"``: no tools.
 
 The member's request is screened by the safety pipeline before any tool runs, so a blocked
-request never reaches the town's content.
+request never reaches the town's content (in model mode by the model call that asks for the
+tools); a request no tool applies to is screened once, by the model call that answers it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -137,11 +139,12 @@ class Agent:
         a model in ``model`` mode reads."""
         if self.mode == "off" or allowed == []:
             return None
-        await self.screen([*history, Message("user", content)], context)
         if self.mode == "router":
             route = await self.route(content, asker, allowed=allowed)
             if route.tool is None:
-                return None
+                return None  # the model answers; its own call screens the request
+            # screened before the tool reads any of the town's content
+            await self.screen([*history, Message("user", content)], context)
             result = await self.tools[route.tool](asker, route.arguments)
             return self.finish([result], content, route)
         return await self._model_calls(
@@ -195,7 +198,8 @@ class Agent:
                 try:
                     arguments = tool_calls.arguments_of(call, offered)
                 except ValueError as exc:  # fed back: the model may correct itself
-                    messages.append(Message("tool", f'{{"error": "{exc}"}}', tool_call_id=call.id))
+                    error = json.dumps({"error": str(exc)})
+                    messages.append(Message("tool", error, tool_call_id=call.id))
                     continue
                 result = await self.tools[call.name](asker, arguments)
                 results.append(result)

@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ log = logging.getLogger("townsquare.assistant")
 
 FEATURE = "group_assistant"
 TOOL_NAMES = [t.name for t in TOOLS]
+STATS_KEPT = 1000  # the latest answers' timings (a long-running server keeps no more)
 CUT = "\n\n(My reply was cut at the length limit.)"
 
 
@@ -200,8 +202,8 @@ class MentionStats:
     """What answering mentions cost, for the benchmark: seconds per answer, total and inside
     the model."""
 
-    total_s: list[float] = field(default_factory=list)
-    model_s: list[float] = field(default_factory=list)
+    total_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))
+    model_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))
 
 
 class GroupChat:

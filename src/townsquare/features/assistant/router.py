@@ -159,36 +159,38 @@ class Router:
         threshold: float,
         rule_bonus: float,
         examples: Sequence[tuple[str, str]] | None = None,
+        vectors: npt.NDArray[np.float32] | None = None,
     ) -> None:
+        """``examples`` default to the bundled ones; ``vectors`` are their embeddings when the
+        caller has them (the benchmark's leave-one-out), else they are embedded on first use."""
         self.embedder = embedder
         self.threshold = threshold
         self.rule_bonus = rule_bonus
         self._examples = list(examples) if examples is not None else None
-        self._matrix: npt.NDArray[np.float32] | None = None
-        self._labels: list[str] = []
+        self._matrix = vectors
+        self._rows: dict[str, npt.NDArray[np.intp]] = {}  # class -> its examples' rows
         self._lock = threading.Lock()
 
-    def _index(self) -> tuple[npt.NDArray[np.float32], list[str]]:
+    def index(self) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.intp]]]:
+        """The examples' embeddings (n, d) and, per class, its rows (built once)."""
         with self._lock:
-            if self._matrix is None:
+            if not self._rows:
                 examples = self._examples if self._examples is not None else load_examples()
-                self._labels = [label for _, label in examples]
-                self._matrix = self.embedder.embed_sync([text for text, _ in examples])
-            return self._matrix, self._labels
+                if self._matrix is None:
+                    self._matrix = self.embedder.embed_sync([text for text, _ in examples])
+                labels = np.array([label for _, label in examples])
+                self._rows = {str(k): np.flatnonzero(labels == k) for k in dict.fromkeys(labels)}
+            assert self._matrix is not None
+            return self._matrix, self._rows
 
-    def warm(self) -> None:
-        """Embed the examples now (at start-up) instead of on the first request."""
-        self._index()
-
-    def scores(self, text: str, vector: npt.NDArray[np.float32] | None = None) -> dict[str, float]:
+    def scores(self, text: str) -> dict[str, float]:
         """Each class's score for ``text``: mean of its two nearest examples + rule bonus."""
-        matrix, labels = self._index()
-        query = vector if vector is not None else self.embedder.embed_sync([text])[0]
-        similarity = matrix @ query  # (n,)
+        matrix, rows_of = self.index()
+        similarity = matrix @ self.embedder.embed_sync([text])[0]  # (n,)
         folded = _fold(text)
         out: dict[str, float] = {}
-        for label in dict.fromkeys(labels):
-            mine = np.sort(similarity[[i for i, x in enumerate(labels) if x == label]])[::-1]
+        for label, rows in rows_of.items():
+            mine = np.sort(similarity[rows])[::-1]
             out[label] = float(mine[:2].mean())
             cue = CUES.get(label)
             if cue is not None and cue.search(folded):

@@ -77,14 +77,18 @@ async def post_message(
     text = services.guarded_text
     # database work on worker threads; the event loop only waits for the model
     service.check_message(body, services.settings)  # limits before any work, tools included
-    conversation = await run_in_threadpool(service.get_conversation, db, user, conversation_id)
-    persona = conversation.system_prompt
-    db.commit()
+
+    def persona() -> str | None:  # 404 first; the read ends before any model work
+        found = service.get_conversation(db, user, conversation_id).system_prompt
+        db.commit()
+        return found
+
+    system = service.system_prompt(await run_in_threadpool(persona))
     answer = await services.agent.tool_answer(
         body.content,
         Asker(user.id),
         Context(service.FEATURE, user.id, user.role),
-        system=service.system_prompt(persona),
+        system=system,
         max_tokens=body.max_tokens or services.settings.text.default_max_tokens,
     )
 

@@ -130,8 +130,9 @@ class Tool(ABC):
         self, asker: Asker, find: Any = None, *args: Any
     ) -> AsyncIterator[tuple[Session, User, Any]]:
         """A session, the asking member, and ``find(db, user, *args)`` (the group, post, thread
-        or listing the tool works on, read with the member's access rules), read on a worker
-        thread; the read ends before the caller waits for a model."""
+        or listing the tool works on, read with the member's access rules; or the whole work of
+        a tool that needs no model), run on a worker thread; the read ends before the caller
+        waits for a model."""
         with self.env.sessions() as db:
 
             def load() -> tuple[User, Any]:
@@ -144,20 +145,14 @@ class Tool(ABC):
             user, target = await anyio.to_thread.run_sync(load)
             yield db, user, target
 
-    async def _in_session(self, asker: Asker, work: Any) -> Any:
-        """``work(db, user)`` on a worker thread, with a session of its own."""
-
-        def call() -> Any:
-            with self.env.sessions() as db:
-                user = db.get(User, asker.user_id)
-                assert user is not None
-                return work(db, user)
-
-        return await anyio.to_thread.run_sync(call)
+    async def _run_as(self, asker: Asker, work: Any) -> Any:
+        """``work(db, user)`` for a tool that needs no model, on a worker thread."""
+        async with self._member(asker, work) as (_, _, found):
+            return found
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
 def _money(value: float) -> str:
@@ -226,7 +221,7 @@ class SearchListings(Tool):
                 tuning=env.settings.search,
             )
 
-        found = await self._in_session(asker, work)
+        found = await self._run_as(asker, work)
         cards = [
             {
                 "type": "listing",
@@ -319,7 +314,7 @@ class RecommendReels(Tool):
                 vectors=env.vectors,
             )
 
-        found = await self._in_session(asker, work)
+        found = await self._run_as(asker, work)
         cards = [{"type": "reel", **card.model_dump()} for card in found.data]
         about = f" about “{topic}”" if topic else ""
         text = (
@@ -550,7 +545,7 @@ class SuggestReplies(Tool):
             {"type": "reply", "text": r, "thread_id": thread.external_id} for r in result.replies
         ]
         text = (
-            f"{_plural(len(cards), 'reply').capitalize().replace('Replys', 'Replies')} you "
+            f"{_plural(len(cards), 'reply', 'replies').capitalize()} you "
             f"could send in thread {thread.external_id}"
             f"{' (in your style)' if result.styled else ''}:"
             if cards

@@ -70,6 +70,5 @@ def retry_delivery(
     """Send a dead delivery again, now."""
     out = service.retry(db, delivery_id)
     db.commit()
-    if services.webhook_sender is not None:
-        services.webhook_sender.wake_soon()
+    services.webhook_sender.wake_soon()
     return out
