@@ -52,6 +52,14 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # tools at random, so logic tests talk to the model and tests/features/assistant/ switch
         # the router on with the real embeddings
         "assistant": {"tool_mode": "off"},
+        # instant deterministic pictures; tests/features/imagine/ switch the real Open-NSFW
+        # check on and run real (tiny) diffusers pipelines
+        "images": {
+            "backend": "fake",
+            "sizes": ["256x256", "384x256"],
+            "default_size": "256x256",
+            "nsfw_check": "off",
+        },
     }
     values.update(overrides)
     return Settings(**values)

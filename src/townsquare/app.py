@@ -96,7 +96,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             "/api/provenance/detect": (
                 settings.watermark.max_upload_bytes,
                 "watermark.max_upload_bytes",
-            )
+            ),
+            # the image and a mask, each within the upload limit
+            "/v1/images/edits": (
+                2 * settings.watermark.max_upload_bytes + 65_536,
+                "watermark.max_upload_bytes",
+            ),
         },
     )
     errors.install(app)

@@ -159,3 +159,17 @@ class InvalidOutput(BackendError):
 class BackendUnavailable(BackendError):
     status_code = 503
     code = "backend_unavailable"
+
+
+class ImagesNotConfigured(BackendUnavailable):
+    """No image engine is set (``images.backend = none``)."""
+
+    code = "images_not_configured"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "No image model is configured on this townsquare, so it cannot make images. An "
+            "operator sets TOWNSQUARE_IMAGES__BACKEND to 'diffusers:/path/to/pipeline-dir' (a "
+            "diffusers pipeline on disk, e.g. SD-Turbo) or 'openai:http://host:port/v1#model' "
+            "(an OpenAI Images server); see docs/imagine.md."
+        )

@@ -137,3 +137,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.images = Counter(
+            "townsquare_images",
+            "Image requests by source (imagine, reimagine, assistant, v1, cli) and outcome "
+            "(made, or the error's name: ContentBlocked, Busy, QuotaExceeded...).",
+            ["source", "outcome"],
+            registry=self.registry,
+        )

@@ -126,3 +126,38 @@ class Quotas:
             self.store.add(f"u{user_id}:tok", DAY, tokens, now)
         if group_id is not None:
             self.store.add(f"g{group_id}:tok", DAY, tokens, now)
+
+    def before_images(
+        self,
+        user_id: int | None,
+        role: str | None,
+        group_id: int | None,
+        n: int,
+        *,
+        user_limit: int,
+        group_limit: int,
+    ) -> None:
+        """Refuse ``n`` more images when the user's or the group's daily allowance is used up
+        (the images are counted by ``record_images`` once they are made)."""
+        now = time.time()
+        checks = []
+        if user_id is not None and not self._exempt(role):
+            checks.append((f"u{user_id}:img", user_limit, "You", "user_images_per_day"))
+        if group_id is not None:
+            checks.append((f"g{group_id}:img", group_limit, "This group", "group_images_per_day"))
+        for key, limit, who, setting in checks:
+            used = self.store.get(key, DAY, now)
+            if limit and used + n > limit:
+                raise QuotaExceeded(
+                    f"{who} may make {limit} images per day (images.{setting}); {used} are made "
+                    f"already and this asks for {n}. Retry in {_retry_after(DAY, now)} s.",
+                    retry_after=_retry_after(DAY, now),
+                )
+
+    def record_images(self, user_id: int | None, group_id: int | None, n: int) -> None:
+        """Count images made against the user's and the group's daily allowances."""
+        now = time.time()
+        if user_id is not None:
+            self.store.add(f"u{user_id}:img", DAY, n, now)
+        if group_id is not None:
+            self.store.add(f"g{group_id}:img", DAY, n, now)

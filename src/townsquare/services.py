@@ -6,24 +6,29 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
 from townsquare.backends.embed_queue import QueuedEmbeddings
+from townsquare.backends.images import ImageBackend, build_image_backend
 from townsquare.backends.registry import LazyText, build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
 from townsquare.features.assistant.agent import Agent
 from townsquare.features.assistant.groups import GroupChat
 from townsquare.features.assistant.router import Router
 from townsquare.features.assistant.tools import ToolEnv, build_tools
+from townsquare.features.imagine.service import ImageService
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.features.webhooks.service import Sender
 from townsquare.observability import Metrics
 from townsquare.quotas import Quotas
 from townsquare.safety.moderation import EmbeddedModerator, Moderator, build_moderator
+from townsquare.safety.nsfw import NsfwCheck
 from townsquare.safety.pipeline import (
     Context,
     GuardedText,
@@ -37,6 +42,7 @@ from townsquare.safety.policy import PolicyStore
 from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
 from townsquare.social.ingest import Removal
+from townsquare.storage.blobs import LocalBlobs
 from townsquare.storage.db import BackgroundWriter, make_engine, make_sessions, migrate
 from townsquare.storage.tables import SafetyEventRow
 from townsquare.storage.vectors import EmbeddedVectorIndex, VectorIndex
@@ -66,7 +72,9 @@ class Services:
     agent: Agent = field(init=False)  # the assistant's tools, router and grounding
     group_chat: GroupChat = field(init=False)  # @-mentions in groups, group event streams
     webhook_sender: Sender = field(init=False)
+    images: ImageService = field(init=False)  # Imagine, Reimagine: the one path for images
     owns_text: bool = True
+    owns_images: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
     # registers here so that a removal reaches it too, and only what was removed.
     deletion_hooks: list[Callable[[Removal], None]] = field(default_factory=list)
@@ -89,12 +97,13 @@ class Services:
         embed: EmbeddingBackend | None = None,
         vectors: VectorIndex | None = None,
         lazy_text: bool = False,
+        images: ImageBackend | Literal["configured"] | None = "configured",
     ) -> Services:
         """Migrate the database, load the text backend and wire the safety pipeline.
 
-        ``text`` and ``policies`` replace the configured ones (tests, embedding apps); a backend
-        passed in stays the caller's to close. ``lazy_text`` loads the configured model on its
-        first use instead (CLI commands that may never generate).
+        ``text``, ``images`` and ``policies`` replace the configured ones (tests, embedding
+        apps); a backend passed in stays the caller's to close. ``lazy_text`` loads the
+        configured model on its first use instead (CLI commands that may never generate).
         """
         engine = make_engine(
             settings.resolved_database_url,
@@ -226,6 +235,24 @@ class Services:
             sessions, built.agent, built.guarded_text, settings, built.webhook_sender
         )
         metrics.mentions_waiting.set_function(built.group_chat.waiting)
+        built.owns_images = images == "configured"
+        image_settings = settings.images
+        built.images = ImageService(
+            sessions,
+            settings,
+            build_image_backend(image_settings) if images == "configured" else images,
+            provenance=built.provenance,
+            guarded=built.guarded_text,
+            quotas=quotas,
+            blobs=LocalBlobs(image_settings.blob_dir or Path(settings.data_dir) / "blobs"),
+            nsfw=(
+                NsfwCheck(image_settings.nsfw_threshold)
+                if image_settings.nsfw_check == "block"
+                else None
+            ),
+            on_outcome=lambda source, outcome: metrics.images.labels(source, outcome).inc(),
+        )
+        env.images = built.images
 
         def forget(removal: Removal) -> None:
             # exactly the indexed items the delete removed (cascades included)
@@ -235,6 +262,13 @@ class Services:
                 index.drop_collection(examples_collection(user_id))
 
         built.deletion_hooks.append(forget)
+
+        def forget_images(removal: Removal) -> None:
+            if removal.blobs:
+                with sessions() as db:
+                    built.images.forget_blobs(db, removal.blobs)
+
+        built.deletion_hooks.append(forget_images)
         return built
 
     def start_background(self) -> None:
@@ -263,6 +297,8 @@ class Services:
         writers, the engine."""
         if self.owns_text:
             await self.text.aclose()
+        if self.owns_images and self.images.backend is not None:
+            self.images.backend.close()
         await self.embed.aclose()
         self.vectors.close()
         self.audit_writer.close()

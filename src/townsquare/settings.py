@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -459,6 +459,118 @@ class WatermarkSettings(BaseModel):
     )
 
 
+class ImageSettings(BaseModel):
+    """Imagine and Reimagine: the image engine, its limits, and what every image goes through."""
+
+    backend: str = Field(
+        "none",
+        description="Image engine: 'none' (image routes answer 503), 'diffusers:/path/to/"
+        "pipeline-dir' (any diffusers text-to-image pipeline saved on disk), "
+        "'openai:http://host:port/v1#model' (an OpenAI Images API server) or 'fake' (tests).",
+    )
+    api_key: SecretStr | None = Field(None, description="API key for an OpenAI Images server.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where a diffusers pipeline runs ('auto': CUDA when there is one)."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="Weights' dtype for a diffusers pipeline ('auto': float16 on CUDA, float32 "
+        "on CPU).",
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description="Denoising steps (unset: the pipeline's own default; 1-4 for SD-Turbo and "
+        "SDXL-Turbo, 20-30 for SD 1.5).",
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=30.0,
+        description="Classifier-free guidance (unset: the pipeline's default; 0 for the Turbo "
+        "models).",
+    )
+    sizes: list[str] = Field(
+        default_factory=lambda: ["512x512", "768x768", "1024x1024", "512x768", "768x512"],
+        description="Sizes (WIDTHxHEIGHT) members may ask for; others are a 422 listing these.",
+    )
+    default_size: str = Field("512x512", description="Size made when none is asked for.")
+    max_n: int = Field(4, ge=1, le=10, description="Most images one request may make.")
+    max_prompt_chars: int = Field(
+        1000, ge=1, le=100_000, description="Longest prompt accepted (longer: 413)."
+    )
+    concurrency: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Image requests worked on at once (one per loaded pipeline is right for a "
+        "local engine).",
+    )
+    max_waiting: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="Image requests that may wait for a turn; beyond this the API answers 429.",
+    )
+    timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="How long a call to an OpenAI Images server may take."
+    )
+    nsfw_check: Literal["block", "off"] = Field(
+        "block",
+        description="The output check on every image (Yahoo Open-NSFW, offline): 'block' "
+        "withholds images scoring at least nsfw_threshold.",
+    )
+    nsfw_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Open-NSFW score at or above which an image is withheld."
+    )
+    user_images_per_day: int = Field(
+        100, ge=0, description="Images one member may make per UTC day (0: no limit)."
+    )
+    group_images_per_day: int = Field(
+        300, ge=0, description="Images made in one group per UTC day (0: no limit)."
+    )
+    blob_dir: Path | None = Field(
+        None, description="Where image files are kept (unset: <data_dir>/blobs)."
+    )
+    max_versions: int = Field(
+        500, ge=1, le=100_000, description="Most versions one version-tree read returns."
+    )
+    url_ttl_s: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86_400,
+        description="How long a signed image URL from /v1/images (response_format=url) works.",
+    )
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("list at least one size, e.g. ['512x512']")
+        return [_size(v) for v in value]
+
+    @field_validator("default_size")
+    @classmethod
+    def _default_size(cls, value: str) -> str:
+        return _size(value)
+
+    @model_validator(mode="after")
+    def _default_is_offered(self) -> ImageSettings:
+        if self.default_size not in self.sizes:
+            raise ValueError(
+                f"default_size {self.default_size} is not one of sizes ({', '.join(self.sizes)})"
+            )
+        return self
+
+
+def _size(value: str) -> str:
+    width, sep, height = value.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise ValueError(f"'{value}' is not a size; write WIDTHxHEIGHT, e.g. 512x512")
+    return f"{int(width)}x{int(height)}"
+
+
 class AssistantSettings(BaseModel):
     """The assistant: tools, routing, group chats (docs/assistant.md)."""
 
@@ -609,6 +721,7 @@ class Settings(BaseSettings):
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
 
     @field_validator("data_dir")
     @classmethod

@@ -111,6 +111,26 @@ RULES: dict[str, dict[str, int | str]] = {
         "admin": OK,
     },
     "creator": {**dict.fromkeys(PERSONAS, 403), "anonymous": 401, "creator": OK, "admin": OK},
+    # the image was made by the member in g1: its members see and remix it
+    "image-viewer": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    # ...and its author, g1's moderator and admins may delete it
+    "image-author": {
+        "anonymous": 401,
+        "member": OK,
+        "outsider": 404,
+        "creator": 404,
+        "moderator": OK,
+        "admin": OK,
+    },
+    # a signed link is its own permission: without a valid signature everyone is refused
+    "signed-url": dict.fromkeys(PERSONAS, 403),
 }
 # Framework routes with no handler of ours: the API docs and static files.
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
@@ -172,6 +192,9 @@ BODIES = {
     ("POST", "/api/groups/{group_id}/messages"): {"text": "hello"},
     # a public address written as an IP: no DNS lookup, and nothing is sent during the test
     ("POST", "/api/webhooks"): {"url": "https://93.184.216.34/hook"},
+    ("POST", "/api/imagine"): {"prompt": "a red bike"},
+    ("POST", "/api/images/{image_id}/reimagine"): {"prompt": "make it blue"},
+    ("POST", "/v1/images/generations"): {"prompt": "a red bike"},
 }
 QUERIES = {
     "/api/listings/search": {"q": "bike"},
@@ -211,6 +234,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         keys["conversation_id"] = str(conversation.json()["id"])
         draft = client.post("/api/listings/l1/description", json={}, headers=auth(keys["member"]))
         keys["generation_id"] = str(draft.json()["generation_id"])
+        image = client.post(
+            "/api/imagine",
+            json={"prompt": "a bike", "group_id": "g1"},
+            headers=auth(keys["member"]),
+        )
+        keys["image_id"] = image.json()["data"][0]["id"]
     with services.sessions.begin() as db:
         hook = Webhook(url="https://93.184.216.34/hook", secret="s" * 32, events=["x"])
         db.add(hook)
@@ -229,9 +258,10 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 def town_copy(template: Path, target: Path) -> Services:
-    for name in ("townsquare.db", "townsquare.db-wal", "townsquare.db-shm"):
+    for name in ("townsquare.db", "townsquare.db-wal", "townsquare.db-shm", "watermark.key"):
         if (template / name).exists():
             shutil.copy(template / name, target / name)
+    shutil.copytree(template / "blobs", target / "blobs")
     return Services.build(make_settings(target), text=FakeText())
 
 
@@ -250,6 +280,8 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         "run_id": keys["run_id"],
         "webhook_id": keys["webhook_id"],
         "delivery_id": keys["delivery_id"],
+        "image_id": keys["image_id"],
+        "name": keys["image_id"] + ".png",
         "external_id": EXISTING.get(kind, "x") if method == "DELETE" else "new-1",
     }
     url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
@@ -270,6 +302,9 @@ def request_for(method: str, path: str, keys: dict[str, str]) -> tuple[str, dict
         kwargs["params"] = QUERIES[path]
     elif path == "/api/provenance/detect":
         kwargs["files"] = {"file": ("plain.png", plain_png(), "image/png")}
+    elif path == "/v1/images/edits":
+        kwargs["files"] = {"image": ("plain.png", plain_png(), "image/png")}
+        kwargs["data"] = {"prompt": "make it blue"}
     elif (method, path) == ("POST", "/login"):
         kwargs["data"] = {"key": keys.get("__persona_key", "ts_wrong")}
     return url, kwargs

@@ -336,7 +336,20 @@ async def list_models(user: CurrentUser, services: ServicesDep) -> dict[str, Any
                 "created": 0,
                 "owned_by": f"townsquare:{services.embed.backend_id}",
             },
-        ],
+        ]
+        + (
+            []
+            if services.images.backend is None
+            else [
+                {
+                    "id": services.images.backend.model_id,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "townsquare:images",
+                    "sizes": [str(s) for s in services.images.backend.sizes],
+                }
+            ]
+        ),
     }
 
 

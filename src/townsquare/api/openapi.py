@@ -23,7 +23,16 @@ from townsquare.social.ingest import KINDS
 from townsquare.storage.social_tables import EXTERNAL_ID
 
 # tags of routes that wait for a model or a bounded pool of model work
-MODEL_TAGS = {"assistant", "openai", "search", "suggestions", "groups", "shops", "provenance"}
+MODEL_TAGS = {
+    "assistant",
+    "openai",
+    "search",
+    "suggestions",
+    "groups",
+    "shops",
+    "provenance",
+    "imagine",
+}
 
 _DESCRIPTIONS = {
     "400": "The request is malformed (the message says what to fix).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -344,3 +345,44 @@ def chat(
             await services.aclose()
 
     asyncio.run(loop())
+
+
+@app.command("imagine")
+def imagine_cli(
+    prompt: Annotated[str, typer.Argument(help="What to picture.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write (n > 1: out-1.png, ...).")] = Path(
+        "imagine.png"
+    ),
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT, one of images.sizes.")] = None,
+    n: Annotated[int, typer.Option(help="How many images.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Same seed and prompt: same image.")] = None,
+    style: Annotated[str, typer.Option(help="A style preset: photo, watercolor, ...")] = "none",
+    as_user: Annotated[str, typer.Option("--as", help="Whose gallery it goes to.")] = "admin",
+) -> None:
+    """Make images with the configured image model; each is moderated, checked and marked,
+    like every image townsquare makes."""
+    from pydantic import ValidationError
+
+    from townsquare.features.imagine.schemas import ImagineRequest
+
+    try:
+        request = ImagineRequest.model_validate(
+            {"prompt": prompt, "size": size, "n": n, "seed": seed, "style": style}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        err.print(f"[red]Error:[/red] {first['loc'][0]}: {first['msg']}.")
+        raise typer.Exit(2) from exc
+
+    async def work(services: Any, db: Any, user: Any) -> None:
+        made = await asyncio.to_thread(services.images.imagine, db, user, request, source="cli")
+        for i, item in enumerate(made, 1):
+            target = out if len(made) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+            target.write_bytes(item.png)
+            console.print(
+                f"{target}: {item.row.width}x{item.row.height}, seed {item.row.seed}, "
+                f"image {item.row.external_id} (marked, payload {item.row.payload})",
+                markup=False,
+            )
+
+    run_as(as_user, work)

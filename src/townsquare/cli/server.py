@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -174,7 +174,28 @@ def doctor() -> None:
         )
     except TownsquareError as exc:
         report(False, f"embedding backend {settings.embed.backend}", exc.message)
+    _check_images(settings, report)
     if problems:
         console.print(f"\n{problems} problem(s) found.")
         raise typer.Exit(1)
     console.print("\nAll checks passed.")
+
+
+def _check_images(settings: Any, report: Any) -> None:
+    """The image engine: not configured is said plainly (image routes answer 503), not failed."""
+    from townsquare.backends.images import build_image_backend
+    from townsquare.errors import ImagesNotConfigured
+
+    if settings.images.backend == "none":
+        console.print(
+            f"[yellow]note[/yellow] images: {ImagesNotConfigured().message}", highlight=False
+        )
+        return
+    try:
+        engine = build_image_backend(settings.images)
+        assert engine is not None
+        sizes = ", ".join(map(str, engine.sizes))
+        report(True, f"image backend {settings.images.backend} loaded ({engine.model_id}; {sizes})")
+        engine.close()
+    except TownsquareError as exc:
+        report(False, f"image backend {settings.images.backend}", exc.message)

@@ -265,6 +265,10 @@ class SafetyPipeline:
         if self.audit is not None:
             self.audit(event)
 
+    def record(self, event: SafetyEvent) -> None:
+        """Log and audit a decision made outside the policies (the image output check)."""
+        self._record(event)
+
     def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
         """The first refusal of any policy for the input, or allow; refusals are audited."""
         decision = self._first_refusal(lambda p: p.check_input(messages, context))

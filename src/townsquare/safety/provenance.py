@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +31,7 @@ from townsquare.admission import Bounded
 from townsquare.errors import ConfigurationError, InvalidImage, PayloadTooLarge, TownsquareError
 from townsquare.safety import watermark
 from townsquare.settings import Settings, WatermarkSettings
-from townsquare.storage.social_tables import ProvenanceRecord
+from townsquare.storage.social_tables import ImageRow, ProvenanceRecord
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 KEY_FILE = "watermark.key"
@@ -164,6 +164,8 @@ class Found:
 
     detection: watermark.Detection
     record: ProvenanceRecord | None
+    # the stored version this payload belongs to, and the version it was remixed from
+    image: dict[str, Any] | None = None
 
     @property
     def made_here(self) -> bool:
@@ -195,8 +197,10 @@ class Found:
                 "user_id": record.user_id,
                 "model": record.model,
                 "prompt_sha256": record.prompt_hash,
+                "parent_payload": record.parent_payload,
             }
         )
+        answer["image"] = self.image
         return answer
 
 
@@ -224,8 +228,13 @@ class Provenance:
         model: str = "",
         prompt: str = "",
         generation_id: int | None = None,
+        parent_payload: str | None = None,
     ) -> tuple[Image.Image, ProvenanceRecord]:
-        """Embed a fresh payload and register it; returns the marked image and its record."""
+        """Embed a fresh payload and register it; returns the marked image and its record.
+
+        ``parent_payload`` links a remix to the image it was made from. The mark is read back
+        before this returns (``watermark.embed(verify=True)``); an image whose mark cannot be
+        found is refused (``WatermarkError``) and its record removed."""
         watermark.check_size(
             *image.size, min_side=self.limits.min_side, max_pixels=self.limits.max_pixels
         )  # before a payload is registered for an image that cannot be marked
@@ -235,16 +244,28 @@ class Provenance:
             model=model,
             prompt_hash=prompt_hash(prompt) if prompt else "",
             generation_id=generation_id,
+            parent_payload=parent_payload,
         )
-        marked = watermark.embed(
-            image,
-            int(record.payload, 16),
-            key=self.key,
-            psnr=self.limits.psnr,
-            min_side=self.limits.min_side,
-            max_pixels=self.limits.max_pixels,
-        )
+        try:
+            marked = watermark.embed(
+                image,
+                int(record.payload, 16),
+                key=self.key,
+                psnr=self.limits.psnr,
+                min_side=self.limits.min_side,
+                max_pixels=self.limits.max_pixels,
+            )
+        except BaseException:
+            self.forget([record.payload])
+            raise
         return marked, record
+
+    def forget(self, payloads: list[str]) -> None:
+        """Remove registry records of images that were never handed out (a failed request)."""
+        if payloads:
+            with self.sessions() as db:
+                db.execute(delete(ProvenanceRecord).where(ProvenanceRecord.payload.in_(payloads)))
+                db.commit()
 
     def _register(self, **fields: Any) -> ProvenanceRecord:
         for _ in range(8):
@@ -282,4 +303,21 @@ class Provenance:
                 )
                 if record is not None:
                     db.expunge(record)
+                    return Found(detection, record, _lineage(db, hex_payload))
         return Found(detection, record)
+
+
+def _lineage(db: Session, payload: str) -> dict[str, Any] | None:
+    """The stored version a payload belongs to and the version it was remixed from."""
+    image = db.scalar(select(ImageRow).where(ImageRow.payload == payload))
+    if image is None:
+        return None
+    ids = {i for i in (image.parent_id, image.root_id) if i is not None}
+    rows = db.execute(select(ImageRow.id, ImageRow.external_id).where(ImageRow.id.in_(ids)))
+    names = {image_id: external for image_id, external in rows.all()}
+    return {
+        "id": image.external_id,
+        "source": image.source,
+        "parent_id": names.get(image.parent_id) if image.parent_id else None,
+        "root_id": names.get(image.root_id) if image.root_id else None,
+    }

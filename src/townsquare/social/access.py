@@ -25,6 +25,7 @@ from townsquare.storage.social_tables import (
     DMThread,
     Generation,
     Group,
+    ImageRow,
     Listing,
     Membership,
     Post,
@@ -174,6 +175,34 @@ def reel_visible_to(db: Session, user: User, external_id: str) -> Reel:
     if reel is None:
         raise _missing("reel", external_id)
     return reel
+
+
+def visible_images(user: User) -> ColumnElement[bool]:
+    """Images the user may see: their own, and those in their groups (admins: all)."""
+    if is_admin(user):
+        return true()
+    return or_(ImageRow.user_id == user.id, _member_of(ImageRow.group_id, user))
+
+
+def image_visible_to(db: Session, user: User, external_id: str) -> ImageRow:
+    """An image the user may see (theirs, or in one of their groups); 404 otherwise."""
+    image = db.scalar(
+        select(ImageRow).where(ImageRow.external_id == external_id, visible_images(user))
+    )
+    if image is None:
+        raise _missing("image", external_id)
+    return image
+
+
+def image_of_author(db: Session, user: User, external_id: str) -> ImageRow:
+    """An image its author, a moderator of its group or an admin may delete: 404 when not
+    visible, 403 when visible but someone else's."""
+    image = image_visible_to(db, user, external_id)
+    if image.user_id == user.id or is_admin(user):
+        return image
+    if image.group_id is not None and membership_role(db, user, image.group_id) == "moderator":
+        return image
+    raise Forbidden("Only the image's author or a moderator of its group may delete it.")
 
 
 # --- who may do what (beyond seeing) -------------------------------------------------------

@@ -46,6 +46,7 @@ from townsquare.storage.social_tables import (
     DMThread,
     Group,
     GroupMessage,
+    ImageRow,
     Interaction,
     Listing,
     Membership,
@@ -584,6 +585,7 @@ class Removal:
     outcome: str  # "deleted" or "soft-deleted"
     items: dict[str, list[int]] = field(default_factory=dict)  # collection -> item ids
     users: list[int] = field(default_factory=list)
+    blobs: list[str] = field(default_factory=list)  # image files of deleted images
 
 
 def _removed_items(db: Session, kind: Kind, obj: Any) -> dict[str, list[int]]:
@@ -621,17 +623,28 @@ def delete_entity(db: Session, kind: Kind, external_id: str, *, actor: User, har
         raise Forbidden("Admins cannot be deleted through the API. Use the CLI on the server.")
     items: dict[str, list[int]] = {}
     users: list[int] = []
+    blobs: list[str] = []
     if kind.soft_delete and not hard:
         obj.deleted_at = datetime.now(UTC)
         outcome = "soft-deleted"
     else:
         items = _removed_items(db, kind, obj)
         users = [obj.id] if kind.table is User else []
+        blobs = _removed_blobs(db, kind, obj)
         _drop_interactions(db, kind, obj)
         db.delete(obj)
         outcome = "deleted"
     audit.record(db, actor, f"delete.{kind.name}", external_id, outcome=outcome)
-    return Removal(kind.name, external_id, outcome, items, users)
+    return Removal(kind.name, external_id, outcome, items, users, blobs)
+
+
+def _removed_blobs(db: Session, kind: Kind, obj: Any) -> list[str]:
+    """The image files of the images a delete of a user or a group removes (by cascade)."""
+    if kind.table is User:
+        return list(db.scalars(select(ImageRow.blob).where(ImageRow.user_id == obj.id)))
+    if kind.table is Group:
+        return list(db.scalars(select(ImageRow.blob).where(ImageRow.group_id == obj.id)))
+    return []
 
 
 def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:

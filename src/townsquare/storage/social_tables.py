@@ -297,6 +297,47 @@ class ProvenanceRecord(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     model: Mapped[str] = mapped_column(String(200), default="")
     prompt_hash: Mapped[str] = mapped_column(String(64), default="")
+    # the payload of the image this one was remixed from (Reimagine); kept when that goes
+    parent_payload: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class ImageRow(Base):
+    """One image made here (Imagine, Reimagine, the assistant, /v1/images, the CLI): its file
+    in the blob store, who made it from what, and its place in a version tree.
+
+    A version's ``parent_id`` is the image it was remixed from and ``root_id`` the first image
+    of its tree. Images in a group are seen by the group's members; the others by their author.
+    Deleting the author or the group deletes the rows (cascade); children of a deleted version
+    point at its parent instead.
+    """
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(EXTERNAL_ID), unique=True)
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    root_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    blob: Mapped[str] = mapped_column(String(64), index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    style: Mapped[str] = mapped_column(String(32), default="")
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    strength: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model: Mapped[str] = mapped_column(String(200), default="")
+    source: Mapped[str] = mapped_column(String(32), default="imagine")
+    payload: Mapped[str] = mapped_column(String(16), index=True)
+    nsfw_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class GroupAssistant(Base):

@@ -62,7 +62,46 @@ CUES: dict[str, re.Pattern[str]] = {
     "draft_description": re.compile(
         r"\b(description|describe|listing (copy|text)|blurb|write up my listing)\b"
     ),
+    "imagine": re.compile(
+        r"\b(draw|drawing|imagine|paint|sketch|picture of|image of|an? (image|picture|"
+        r"illustration|poster|sticker|logo|banner|wallpaper|flyer)|pixel art|render|visuali[sz]e)\b"
+    ),
 }
+# What asks for a picture, taken off the front of an imagine request to leave what to picture
+IMAGINE_ASK = re.compile(
+    r"^(please |hey |ok |so )?((can|could|would) you |i('d| would)? (love|like|want) |"
+    r"i need |let'?s )?(please )?(draw|paint|sketch|render|imagine|visuali[sz]e|picture|"
+    r"create|make|generate|design|show)?( me| us)?( what)?\s*((an? |the |some )?(cute |nice )?"
+    r"(image|picture|photo|drawing|illustration|painting|watercolou?r|sketch|portrait|"
+    r"art|pixel art|3d model)s?( image)?"
+    r"( of| for| with|:)?\s*)?",
+    re.IGNORECASE,
+)
+STYLE_WORDS = {
+    "watercolor": "watercolor",
+    "watercolour": "watercolor",
+    "pixel art": "pixel-art",
+    "sticker": "sticker",
+    "sketch": "sketch",
+    "pencil": "sketch",
+    "3d": "3d",
+    "photo": "photo",
+    "illustration": "illustration",
+    "cartoon": "illustration",
+}
+
+
+def imagine_arguments(text: str) -> dict[str, Any]:
+    """What to picture (the request without its "draw me a ..." front), and a style preset
+    when the request names one."""
+    prompt = IMAGINE_ASK.sub("", text.strip(), count=1).strip(" ?!.,:")
+    prompt = re.sub(r",?\s*(please|would look like)$", "", prompt, flags=re.IGNORECASE)
+    prompt = prompt.strip(" ?!.,") or text
+    folded = text.lower()
+    style = next((v for k, v in STYLE_WORDS.items() if re.search(rf"\b{k}\b", folded)), None)
+    return {"prompt": prompt, **({"style": style} if style else {})}
+
+
 GROUP_WORDS = {"group", "chat", "the", "and", "street", "sunday", "club"}  # too common alone
 GROUP_TOOLS = ("catch_up", "suggest_topics")
 ID = re.compile(r"\b([a-z]{1,3}-[\w.-]+)\b")
@@ -235,6 +274,8 @@ class Router:
             return {"query": core_words(text, places) or text.strip()}
         if tool == "recommend_reels":
             return {"topic": core_words(text)}
+        if tool == "imagine":
+            return imagine_arguments(text)
         if tool in GROUP_TOOLS:
             return {"group": group} if group else {}
         prefix = {"suggest_comments": "p-", "suggest_replies": "dm-", "draft_description": "l-"}

@@ -25,9 +25,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, ToolSpec
-from townsquare.errors import NotFound, TownsquareError
+from townsquare.errors import ImagesNotConfigured, NotFound, TownsquareError
 from townsquare.features.assistant.router import match_group
 from townsquare.features.groups.service import TopicRequest, catch_up, now, suggest_topics
+from townsquare.features.imagine.schemas import STYLES
+from townsquare.features.imagine.service import Ask as ImageAsk
 from townsquare.features.reels.service import recommend_reels
 from townsquare.features.search import service as search
 from townsquare.features.search.schemas import ListingFilters
@@ -66,6 +68,7 @@ class ToolEnv:
     vectors: VectorIndex
     settings: Settings
     on_run: Callable[[str, str], None] | None = None  # metrics: (tool, ok|empty|error)
+    images: Any = None  # the ImageService (set once built; None: no imagine tool)
 
 
 @dataclass
@@ -613,6 +616,53 @@ class DraftDescription(Tool):
         return ToolResult(self.name, arguments, [card], text, generation_id=draft.generation_id)
 
 
+class Imagine(Tool):
+    name = "imagine"
+    description = (
+        "Make a picture from a description (Imagine). In a group chat the picture is posted in "
+        "the group, where members can remix it."
+    )
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "description": "What to picture."},
+            "style": {"enum": list(STYLES)},
+        },
+        "required": ["prompt"],
+        "additionalProperties": False,
+    }
+
+    async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
+        """One image through the image service's single path (moderated, checked, marked)."""
+        service = self.env.images
+        if service is None or service.backend is None:
+            raise ImagesNotConfigured()
+        ask = ImageAsk(
+            prompt=str(arguments.get("prompt") or ""),
+            style=str(arguments.get("style") or "none"),
+            source="assistant",
+        )
+        group = None
+        async with self._member(asker) as (db, user, _):
+            if asker.group_id is not None:
+                group = await anyio.to_thread.run_sync(db.get, Group, asker.group_id)
+            made = await anyio.to_thread.run_sync(lambda: service.make(user, ask, group=group))
+        row = made[0].row
+        card = {
+            "type": "image",
+            "id": row.external_id,
+            "url": f"/api/images/{row.external_id}/file",
+            "prompt": row.prompt,
+            "width": row.width,
+            "height": row.height,
+            "style": row.style,
+            "watermarked": True,
+            "reimagine_url": f"/api/images/{row.external_id}/reimagine",
+        }
+        where = " and posted it here, so anyone in the group can remix it" if group else ""
+        return ToolResult(self.name, arguments, [card], f"I made this picture{where}:")
+
+
 TOOLS: tuple[type[Tool], ...] = (
     SearchListings,
     SearchSummary,
@@ -622,6 +672,7 @@ TOOLS: tuple[type[Tool], ...] = (
     SuggestComments,
     SuggestReplies,
     DraftDescription,
+    Imagine,
 )
 
 

@@ -92,6 +92,16 @@ function card(data) {
       add("strong", `[${data.n}] ${data.title}`);
       add("span", data.kind);
       break;
+    case "image": {
+      const picture = el("img", "");
+      picture.src = safeHref(data.url) || "";
+      picture.alt = `AI-made picture: ${data.prompt}`;
+      picture.width = Math.min(data.width, 256);
+      picture.loading = "lazy";
+      node.appendChild(picture);
+      add("span", "made by AI · carries an invisible provenance mark");
+      break;
+    }
     default:
       add("strong", data.title || data.text || data.type);
   }

@@ -1,0 +1,1 @@
+"""Imagine and Reimagine: images from prompts, group remixes with version trees."""
