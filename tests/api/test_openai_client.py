@@ -17,9 +17,9 @@ def client(live_server: tuple[LiveServer, str]) -> openai.OpenAI:
 
 
 def model_id(client: openai.OpenAI) -> str:
-    """The chat model (the other one listed is the embedding model)."""
+    """The chat model (the others listed are the embedding and the image model)."""
     models = client.models.list().data
-    assert len(models) == 2
+    assert len(models) == 3
     return next(m.id for m in models if m.owned_by == "townsquare:llamacpp")
 
 

@@ -100,6 +100,10 @@ ATTACKS = {
         crop(reencode(im, "JPEG", quality=50), 0.9, False)
     ).enhance(1.2),
     "social": social,
+    # a non-uniform resize of the whole image (found by stretching back to common aspect
+    # ratios) and a mirror image
+    "aspect": lambda im: im.resize((im.width, round(im.height * 0.78)), Image.Resampling.BICUBIC),
+    "flip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
 }
 
 
@@ -118,7 +122,9 @@ def test_round_trip_keeps_size_and_is_invisible() -> None:
     psnr = 10 * math.log10(255**2 / float(np.mean(diff**2)))
     assert 41.0 <= psnr <= 43.0
     found = wm.detect(out, key=KEY)
-    assert found.found and found.payload == PAYLOAD and found.bit_errors == 0
+    # part of the budget goes to the host-compensated sync cells: a clean copy decodes with a
+    # few coded-bit errors at most, far inside the code's reach
+    assert found.found and found.payload == PAYLOAD and found.bit_errors <= 6
     assert found.p_value < 1e-12
 
 
@@ -171,7 +177,8 @@ def test_thresholds_keep_the_stated_false_positive_bound() -> None:
     errors = wm.error_threshold()
     assert wm.p_value(errors, 0.0) <= wm.FALSE_POSITIVE_BOUND < wm.p_value(errors + 1, 0.0)
     # the hard-decision bound is the union bound it claims to be
-    union = 2 * wm.HYPOTHESES * 2**wm.PAYLOAD_BITS * binom.cdf(errors, wm.CODED_BITS, 0.5)
+    decodes = wm.FLIPS * (wm.HYPOTHESES + len(wm.ASPECT_RATIOS))
+    union = 2 * decodes * 2**wm.PAYLOAD_BITS * binom.cdf(errors, wm.CODED_BITS, 0.5)
     assert wm.p_value(errors, 0.0) == pytest.approx(union, rel=1e-6)
     score = wm.score_threshold()
     assert wm.p_value(wm.CODED_BITS, score) == pytest.approx(wm.FALSE_POSITIVE_BOUND, rel=1e-6)

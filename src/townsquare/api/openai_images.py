@@ -196,7 +196,8 @@ def signed_image_file(
     """An image from a ``response_format=url`` answer: no API key, the link's signature and
     expiry are the permission."""
     image_id = name.removesuffix(".png")
-    if not sig or not hmac.compare_digest(sig, _sign(services, image_id, expires)):
+    expected = _sign(services, image_id, expires).encode()
+    if not sig or not hmac.compare_digest(sig.encode(), expected):
         raise Forbidden("This image link is not valid. Use the URL exactly as /v1/images gave it.")
     if expires < time.time():
         raise Forbidden("This image link has expired (images.url_ttl_s). Ask for the image again.")

@@ -94,8 +94,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         statuses |= {"401", "403"}
     elif path in {"/healthz", "/readyz", "/metrics"}:
         statuses = {"401", "403", "503"}  # only when the operator closes them (health.public)
-    if "{" in path or (path.startswith("/v1") and method == "post"):
-        statuses.add("404")  # an unknown id, or an unknown model name
+    if "{" in path or (path.startswith("/v1") and method == "post") or operation.get("x-names"):
+        statuses.add("404")  # an unknown id (in the path or, x-names, the body), or model name
     if method in {"post", "put", "patch"}:
         statuses.add("413")
     if operation.get("x-conflict"):

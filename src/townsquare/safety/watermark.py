@@ -71,6 +71,14 @@ MASK_RANGE = (0.35, 2.5)
 INFORMED_ROUNDS = 2  # host-compensation passes
 INFORMED_CAP = 4.0  # most a coded bit's amplitude may be raised
 LATTICE_PEAKS = 12  # autocorrelation lattice hypotheses checked against the sync pattern
+# Width / height of the original image tried when the image as it is shows no mark: a whole
+# image resized to another aspect ratio (512 x 512 -> 512 x 400) is stretched back to each
+# common one, which restores the tile when the original had that shape.
+ASPECT_RATIOS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 5 / 4, 4 / 5)
+FLIPS = 2  # the image as is, and mirrored left to right
+# (lattice, translation) pairs decoded at most, over every orientation and aspect ratio tried;
+# enters the p-value
+DECODES = FLIPS * (HYPOTHESES + len(ASPECT_RATIOS))
 
 CODED_BITS = len(GENERATORS) * (PAYLOAD_BITS + CONSTRAINT - 1)
 
@@ -244,13 +252,23 @@ def p_value(bit_errors: int, score: float) -> float:
     * ``score = sum(s_j c_j) / sqrt(sum(s_j^2))``: given the magnitudes, a sum of
       fair-sign terms, so ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding).
 
-    Each is multiplied by the ``2**PAYLOAD_BITS`` codewords and the ``HYPOTHESES``
-    (lattice, translation) pairs that could have been decoded (union bound).
+    Each is multiplied by the ``2**PAYLOAD_BITS`` codewords and the ``DECODES`` (lattice,
+    translation) pairs that could have been decoded, over both orientations and every aspect
+    ratio tried (union bound).
     """
-    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(HYPOTHESES) + math.log(2.0)
+    log_union = _log_union()
     log_hard = _log_binom_cdf(bit_errors, CODED_BITS)
     log_soft = -0.5 * score * score if score > 0 else 0.0
     return min(1.0, math.exp(min(log_hard, log_soft) + log_union))
+
+
+def _log_union() -> float:
+    """log of the number of (codeword, hypothesis, orientation, statistic) tests made."""
+    return (
+        PAYLOAD_BITS * math.log(2.0)
+        + math.log(DECODES)
+        + math.log(2.0)  # two statistics
+    )
 
 
 def error_threshold() -> int:
@@ -263,8 +281,7 @@ def error_threshold() -> int:
 
 def score_threshold() -> float:
     """The smallest correlation score that alone keeps the false-positive bound."""
-    log_union = PAYLOAD_BITS * math.log(2.0) + math.log(HYPOTHESES) + math.log(2.0)
-    return math.sqrt(2.0 * (log_union - math.log(FALSE_POSITIVE_BOUND)))
+    return math.sqrt(2.0 * (_log_union() - math.log(FALSE_POSITIVE_BOUND)))
 
 
 # --------------------------------------------------------------------------- pixels
@@ -385,8 +402,13 @@ def embed_array(
         r = (np.arange(rows)[:, None] - offset[0]) % GRID
         c = (np.arange(cols)[None, :] - offset[1]) % GRID
         bit_map = cell_bit[r * GRID + c]
-        group = bit_map + 1
-        data = bit_map >= 0  # the sync cells keep their amplitude
+        # each coded bit is one group (its cells, in every tile), and so is each sync cell:
+        # the sync pattern is host-compensated too, so the detector finds the tile's position
+        # on textures that would otherwise drown it
+        sync_index = np.full(GRID * GRID, -1)
+        sync_index[keyed.sync_cells] = np.arange(len(keyed.sync_cells))
+        group = np.where(bit_map >= 0, bit_map, CODED_BITS + sync_index[r * GRID + c])
+        data = np.ones_like(bit_map, dtype=bool)
         host = np.bincount(group[data], weights=response(canon)[data])
         for _ in range(INFORMED_ROUNDS):
             plane = render(amp)
@@ -575,19 +597,47 @@ def canonical_luma(image: Image.Image) -> Array:
 
 
 def detect_canonical(luma: Array, key: bytes) -> Detection:
-    """Look for a mark in a luminance plane already at the canonical size."""
+    """Look for a mark in a luminance plane already at the canonical size.
+
+    First the image as it is, searching rotations, scales and translations; then mirrored
+    (a horizontally flipped copy); then, in both orientations, stretched back to each common
+    aspect ratio (a non-uniform resize), where only the translation is searched. Marked
+    images are almost always found by the first pass; the others cost time only when it
+    fails (and on unmarked images)."""
     keyed = _keyed(key)
-    noise = _whiten(luma)
     best = Detection(False, None, CODED_BITS, CODED_BITS, 1.0)
+    planes = (luma, np.ascontiguousarray(luma[:, ::-1]))
+    for plane in planes:
+        best = _detect_noise(_whiten(plane), keyed, best, search=True)
+        if best.found:
+            return best
+    height, width = luma.shape
+    for plane in planes:
+        for ratio in ASPECT_RATIOS:
+            if abs(math.log(ratio * height / width)) < 0.02:
+                continue  # the shape it has now: searched above
+            size = _canonical_size(round(1000 * ratio), 1000)
+            stretched = _resize_plane(plane, size)
+            best = _detect_noise(_whiten(stretched), keyed, best, search=False)
+            if best.found:
+                return best
+    return best
+
+
+def _detect_noise(noise: Array, keyed: _Keyed, best: Detection, *, search: bool) -> Detection:
+    """Decode the best (lattice, translation) hypotheses of a whitened plane; ``best`` is the
+    detection so far. Without ``search`` only the untouched geometry is tried."""
     # the untouched geometry is always a hypothesis: most edits keep the pixel grid
-    candidates = [(1.0, 0.0), *_lattice_candidates(noise, LATTICE_PEAKS)]
+    candidates = [(1.0, 0.0)]
+    if search:
+        candidates += _lattice_candidates(noise, LATTICE_PEAKS)
     scored = []
     for scale, angle in candidates:
         folded = _fold(noise, scale, angle)
         for tile, z in _align(folded, _sync_map(folded, keyed)):
             scored.append((z, scale, angle, tile))
     scored.sort(key=lambda item: -item[0])
-    for _z, scale, angle, tile in scored[:HYPOTHESES]:
+    for _z, scale, angle, tile in scored[: HYPOTHESES if search else 1]:
         soft = _soft_bits(tile, keyed)
         payload = _viterbi(soft)
         code = encode_bits(payload)
@@ -661,10 +711,34 @@ def embed(
     tile offset and a stronger amplitude, and after ``VERIFY_ATTEMPTS`` tries
     ``WatermarkError`` says so: a mark is never reported that cannot be found.
     """
+    marked, _ = embed_counted(
+        image,
+        payload,
+        key=key,
+        psnr=psnr,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        verify=verify,
+    )
+    return marked
+
+
+def embed_counted(
+    image: Image.Image,
+    payload: int,
+    *,
+    key: bytes,
+    psnr: float = TARGET_PSNR,
+    min_side: int = MIN_SIDE,
+    max_pixels: int = 4096 * 4096,
+    verify: bool = True,
+) -> tuple[Image.Image, int]:
+    """:func:`embed`, also saying how many embeds it took (1 when the first mark read back)."""
     check_size(*image.size, min_side=min_side, max_pixels=max_pixels)
     rgb, alpha = _split(image)
     grey = image.mode in ("L", "LA")
     source = np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2) if grey else rgb
+    attempt = 0
     for attempt in range(VERIFY_ATTEMPTS if verify else 1):
         # each retry: a fresh tile offset and a stronger mark (VERIFY_STEP_DB lower PSNR)
         strength = psnr - attempt * VERIFY_STEP_DB
@@ -685,7 +759,7 @@ def embed(
         )
     if alpha is not None:
         marked.putalpha(alpha)
-    return marked
+    return marked, attempt + 1
 
 
 def detect(image: Image.Image, *, key: bytes, max_pixels: int = 4096 * 4096) -> Detection:

@@ -23,7 +23,7 @@ from townsquare.social import access
 router = APIRouter(tags=["imagine"])
 
 
-@router.post("/api/imagine", openapi_extra={"x-access": "authenticated"})
+@router.post("/api/imagine", openapi_extra={"x-access": "authenticated", "x-names": True})
 def imagine(body: ImagineRequest, user: CurrentUser, db: DbDep, services: ServicesDep) -> ImageList:
     """Make images from a prompt: moderated, checked, marked and kept in your gallery (or the
     group's, with ``group_id``). 503 when no image model is configured; 429 when busy or over
