@@ -265,9 +265,7 @@ def p_value(bit_errors: int, score: float) -> float:
 def _log_union() -> float:
     """log of the number of (codeword, hypothesis, orientation, statistic) tests made."""
     return (
-        PAYLOAD_BITS * math.log(2.0)
-        + math.log(DECODES)
-        + math.log(2.0)  # two statistics
+        PAYLOAD_BITS * math.log(2.0) + math.log(DECODES) + math.log(2.0)  # two statistics
     )
 
 
