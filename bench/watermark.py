@@ -534,7 +534,9 @@ def _tuning_photo(name: str) -> Image.Image:
         return Image.fromarray(load_sample_image(f"{name}.jpg")).convert("RGB")
     import skimage.data as data
 
-    return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+    if hasattr(data, name):
+        return Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+    return Image.open(Path(data.data_dir) / f"{name}.png").convert("RGB")  # a stereo pair's half
 
 
 def _photo(source: str) -> Image.Image:

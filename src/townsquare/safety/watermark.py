@@ -70,14 +70,20 @@ MASK_POWER = 0.7  # activity mask: (local std / median) ** power, clipped to the
 MASK_RANGE = (0.35, 2.5)
 INFORMED_ROUNDS = 2  # host-compensation passes
 INFORMED_CAP = 4.0  # most a coded bit's amplitude may be raised
+SYNC_INFORMED = 1.0  # share of the host interference compensated on the sync cells
 LATTICE_PEAKS = 12  # autocorrelation lattice hypotheses checked against the sync pattern
+SWEEP_STEP = 0.01  # log-scale step of the unrotated sweeps (at half resolution)
+SWEEP_PEAKS = 3  # lattice hypotheses from each of the three sweeps
+ACF_DECODES = 3  # of the HYPOTHESES decodes, those given to autocorrelation lattices
+ASPECTS = (0.5, 2.0)  # one axis's scale against the other's, swept (non-uniform resizes)
 # Width / height of the original image tried when the image as it is shows no mark: a whole
 # image resized to another aspect ratio (512 x 512 -> 512 x 400) is stretched back to each
-# common one, which restores the tile when the original had that shape.
-ASPECT_RATIOS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 5 / 4, 4 / 5)
+# common one and searched again, which restores the tile exactly when the original had
+# that shape (the sweep above finds other stretches, less surely).
+ASPECT_RATIOS = (1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 10, 10 / 16, 16 / 9, 9 / 16, 5 / 4, 4 / 5)
 FLIPS = 2  # the image as is, and mirrored left to right
-# (lattice, translation) pairs decoded at most, over every orientation and aspect ratio tried;
-# enters the p-value
+# (lattice, translation) pairs decoded at most, over both orientations and every aspect ratio
+# tried; enters the p-value
 DECODES = FLIPS * (HYPOTHESES + len(ASPECT_RATIOS))
 
 CODED_BITS = len(GENERATORS) * (PAYLOAD_BITS + CONSTRAINT - 1)
@@ -413,6 +419,7 @@ def embed_array(
             gain = target_rms / float(np.sqrt(np.mean(plane**2)))
             unit = np.bincount(group[data], weights=(response(gain * plane) / amp)[data])
             deficit = np.maximum(0.0, -host) / np.maximum(unit, 1e-12)
+            deficit[CODED_BITS:] *= SYNC_INFORMED
             amp = np.where(data, np.clip(1.0 + informed * deficit[group], 0.0, INFORMED_CAP), 1.0)
     plane = render(amp)[:ch, :cw]
     plane = _resize_plane(plane, (width, height))
@@ -516,20 +523,67 @@ def _lattice_candidates(noise: Array, n: int) -> list[tuple[float, float]]:
     return found
 
 
-def _fold(noise: Array, scale: float, angle: float) -> Array:
-    """Average the noise onto one tile along the lattice (scale, angle)."""
+Lattice = tuple[float, float, float]  # scale (x), angle in degrees, aspect (y scale / x scale)
+
+
+def _sweeps(noise: Array, keyed: _Keyed, n: int) -> list[Lattice]:
+    """Unrotated lattices found by matching the sync pattern directly, swept at half
+    resolution: one scale for both axes (a crop that is not resized back), and each axis's
+    scale with the other kept (the whole image resized to another aspect ratio). On strongly
+    textured photos the autocorrelation misses these lattices while the host-compensated sync
+    pattern still shows them. The ``n`` best of each sweep, refined at full resolution."""
+    h, w = noise.shape
+    half = noise[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    period = PERIOD // 2
+    pattern = np.conj(np.fft.fft2(keyed.sync_tile.reshape(period, 2, period, 2).mean(axis=(1, 3))))
+
+    def z(folded: Array, spectrum: Array) -> float:
+        score = np.real(np.fft.ifft2(np.fft.fft2(folded) * spectrum))
+        return float((score.max() - score.mean()) / (score.std() + 1e-12))
+
+    scales = np.exp(np.arange(math.log(SCALES[0]), math.log(SCALES[1]), SWEEP_STEP))
+    ratios = np.exp(np.arange(math.log(ASPECTS[0]), math.log(ASPECTS[1]), SWEEP_STEP))
+    families: list[list[Lattice]] = [
+        [(float(s), 0.0, 1.0) for s in scales],  # both axes alike
+        [(1.0, 0.0, float(r)) for r in ratios],  # the height stretched
+        [(float(r), 0.0, 1.0 / float(r)) for r in ratios],  # the width stretched
+    ]
+    sync_full = np.conj(np.fft.fft2(keyed.sync_tile))
+    found: list[Lattice] = []
+    for family in families:
+        zs = np.array([z(_fold(half, *lattice, period=period), pattern) for lattice in family])
+        peaks = zs == ndimage.maximum_filter(zs, size=5, mode="nearest")
+        for i in np.argsort(np.where(peaks, zs, -np.inf))[::-1][:n]:
+            scale, _, aspect = family[i]
+            steps = np.exp(np.linspace(-SWEEP_STEP, SWEEP_STEP, 7))
+            # refine the swept parameter at full resolution
+            fine: list[Lattice] = (
+                [(scale * k, 0.0, aspect) for k in steps]
+                if family is families[0]
+                else [(1.0, 0.0, aspect * k) for k in steps]
+                if family is families[1]
+                else [(scale * k, 0.0, aspect / k) for k in steps]
+            )
+            found.append(max(fine, key=lambda lat: z(_fold(noise, *lat), sync_full)))
+    return found
+
+
+def _fold(
+    noise: Array, scale: float, angle: float, aspect: float = 1.0, *, period: int = PERIOD
+) -> Array:
+    """Average the noise onto one tile along the lattice (scale, angle, aspect)."""
     h, w = noise.shape
     a = math.radians(angle)
     ys = np.arange(h, dtype=np.float64)[:, None]
     xs = np.arange(w, dtype=np.float64)[None, :]
     u = (math.cos(a) / scale) * xs + (math.sin(a) / scale) * ys
-    v = (-math.sin(a) / scale) * xs + (math.cos(a) / scale) * ys
-    idx = (np.rint(v).astype(np.int64) % PERIOD) * PERIOD + np.rint(u).astype(np.int64) % PERIOD
+    v = ((-math.sin(a) / scale) * xs + (math.cos(a) / scale) * ys) / aspect
+    idx = (np.rint(v).astype(np.int64) % period) * period + np.rint(u).astype(np.int64) % period
     idx = idx.ravel()
-    total = np.bincount(idx, weights=noise.ravel(), minlength=PERIOD * PERIOD)
-    count = np.bincount(idx, minlength=PERIOD * PERIOD)
+    total = np.bincount(idx, weights=noise.ravel(), minlength=period * period)
+    count = np.bincount(idx, minlength=period * period)
     folded = total / np.maximum(count, 1)
-    return folded.reshape(PERIOD, PERIOD)
+    return folded.reshape(period, period)
 
 
 def _sync_map(folded: Array, keyed: _Keyed) -> Array:
@@ -597,11 +651,11 @@ def canonical_luma(image: Image.Image) -> Array:
 def detect_canonical(luma: Array, key: bytes) -> Detection:
     """Look for a mark in a luminance plane already at the canonical size.
 
-    First the image as it is, searching rotations, scales and translations; then mirrored
-    (a horizontally flipped copy); then, in both orientations, stretched back to each common
-    aspect ratio (a non-uniform resize), where only the translation is searched. Marked
-    images are almost always found by the first pass; the others cost time only when it
-    fails (and on unmarked images)."""
+    First the image as it is, searching rotations, scales, stretches and translations; then
+    mirrored (a horizontally flipped copy); then, in both orientations, stretched back to each
+    common aspect ratio, where only the translation is searched. Marked images are almost
+    always found by the first pass; the others cost time only when it fails (and on unmarked
+    images)."""
     keyed = _keyed(key)
     best = Detection(False, None, CODED_BITS, CODED_BITS, 1.0)
     planes = (luma, np.ascontiguousarray(luma[:, ::-1]))
@@ -614,8 +668,7 @@ def detect_canonical(luma: Array, key: bytes) -> Detection:
         for ratio in ASPECT_RATIOS:
             if abs(math.log(ratio * height / width)) < 0.02:
                 continue  # the shape it has now: searched above
-            size = _canonical_size(round(1000 * ratio), 1000)
-            stretched = _resize_plane(plane, size)
+            stretched = _resize_plane(plane, _canonical_size(round(1000 * ratio), 1000))
             best = _detect_noise(_whiten(stretched), keyed, best, search=False)
             if best.found:
                 return best
@@ -623,32 +676,45 @@ def detect_canonical(luma: Array, key: bytes) -> Detection:
 
 
 def _detect_noise(noise: Array, keyed: _Keyed, best: Detection, *, search: bool) -> Detection:
-    """Decode the best (lattice, translation) hypotheses of a whitened plane; ``best`` is the
-    detection so far. Without ``search`` only the untouched geometry is tried."""
-    # the untouched geometry is always a hypothesis: most edits keep the pixel grid
-    candidates = [(1.0, 0.0)]
+    """Decode the likeliest (lattice, translation) hypotheses of a whitened plane, cheapest
+    first, stopping at the first mark found; ``best`` is the detection so far.
+
+    The untouched geometry (most edits keep the pixel grid) is decoded first; with ``search``
+    then the best ``ACF_DECODES`` autocorrelation lattices (rotations, uniform scales) by
+    sync strength, then the best of the direct sweeps (crops, stretches): ``HYPOTHESES``
+    decodes in all. Without ``search`` only the untouched geometry is tried."""
+    stages: list[Any] = [lambda: [(1.0, 0.0, 1.0)]]
     if search:
-        candidates += _lattice_candidates(noise, LATTICE_PEAKS)
-    scored = []
-    for scale, angle in candidates:
-        folded = _fold(noise, scale, angle)
-        for tile, z in _align(folded, _sync_map(folded, keyed)):
-            scored.append((z, scale, angle, tile))
-    scored.sort(key=lambda item: -item[0])
-    for _z, scale, angle, tile in scored[: HYPOTHESES if search else 1]:
-        soft = _soft_bits(tile, keyed)
-        payload = _viterbi(soft)
-        code = encode_bits(payload)
-        errors = int(np.sum(soft * code <= 0))  # a zero is no evidence: count it wrong
-        score = float(soft @ code / (np.sqrt(soft @ soft) + 1e-12))
-        p = p_value(errors, score)
-        if p < best.p_value or (best.payload is None and errors < best.bit_errors):
-            found = p <= FALSE_POSITIVE_BOUND
-            best = Detection(
-                found, payload if found else None, errors, CODED_BITS, p, scale, angle, payload
-            )
-        if best.found:
-            break
+        stages.append(lambda: [(s, a, 1.0) for s, a in _lattice_candidates(noise, LATTICE_PEAKS)])
+        stages.append(lambda: _sweeps(noise, keyed, SWEEP_PEAKS))
+    budgets = (1, ACF_DECODES, HYPOTHESES - 1 - ACF_DECODES)
+    for stage, budget in zip(stages, budgets, strict=False):
+        scored = []
+        for scale, angle, aspect in stage():
+            folded = _fold(noise, scale, angle, aspect)
+            for tile, z in _align(folded, _sync_map(folded, keyed)):
+                scored.append((z, scale, angle, tile))
+        scored.sort(key=lambda item: -item[0])
+        for _z, scale, angle, tile in scored[:budget]:
+            best = _decode(tile, keyed, best, scale, angle)
+            if best.found:
+                return best
+    return best
+
+
+def _decode(tile: Array, keyed: _Keyed, best: Detection, scale: float, angle: float) -> Detection:
+    """Decode an aligned tile; the better of it and ``best``."""
+    soft = _soft_bits(tile, keyed)
+    payload = _viterbi(soft)
+    code = encode_bits(payload)
+    errors = int(np.sum(soft * code <= 0))  # a zero is no evidence: count it wrong
+    score = float(soft @ code / (np.sqrt(soft @ soft) + 1e-12))
+    p = p_value(errors, score)
+    if p < best.p_value or (best.payload is None and errors < best.bit_errors):
+        found = p <= FALSE_POSITIVE_BOUND
+        return Detection(
+            found, payload if found else None, errors, CODED_BITS, p, scale, angle, payload
+        )
     return best
 
 

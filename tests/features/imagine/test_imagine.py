@@ -142,6 +142,13 @@ def test_the_cli_writes_a_marked_image(tmp_path: Path, monkeypatch: pytest.Monke
         assert detected.exit_code == 0 and "Record" in detected.output, detected.output
     bad = runner.invoke(app, ["imagine", "x", "--size", "7x7"])
     assert bad.exit_code == 1 and "256x256" in bad.output
+    doctor = runner.invoke(app, ["doctor"])
+    assert "image backend fake loaded (fake-image; 256x256)" in doctor.output, doctor.output
+    monkeypatch.setenv("TOWNSQUARE_IMAGES__BACKEND", "none")
+    doctor = runner.invoke(app, ["doctor"])
+    assert "TOWNSQUARE_IMAGES__BACKEND" in doctor.output and doctor.exit_code == 0
+    unconfigured = runner.invoke(app, ["imagine", "a lake"])
+    assert unconfigured.exit_code == 1 and "TOWNSQUARE_IMAGES__BACKEND" in unconfigured.output
 
 
 def test_without_an_image_model_every_image_route_says_which_settings(tmp_path: Path) -> None:
