@@ -15,7 +15,8 @@ What every image costs on top of the engine, and whether the mark survives where
 3. detected_made_here: images made through the full path, then a social-media chain (long
    side resized to 1080, JPEG quality 80), then ``Provenance.detect``: made here, and the
    record is the image's own. On smooth, flat synthetic pictures (gradients and soft shapes,
-   where a mark is hardest to hide and to find) and on the tiny pipeline's outputs.
+   where a mark is hardest to hide and to find) and on the tiny pipeline's outputs (512 x 512
+   only: its VAE downsamples by 2, so 1024 x 1024 would be slower than a real model).
 4. embed_verified_failures: how often the watermark's read-back check had to embed again more
    strongly, or refused the image.
 
@@ -133,9 +134,11 @@ def social(png: bytes) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-def run_path(engine: Timed, n: int, data_dir: Path, embed: Any) -> dict[str, Any]:
+def run_path(
+    engine: Timed, n: int, data_dir: Path, embed: Any, sizes_px: tuple[tuple[int, int], ...] = SIZES
+) -> dict[str, Any]:
     """``n`` images per size through the full path; overhead, detection, read-back retries."""
-    sizes = [f"{w}x{h}" for w, h in SIZES]
+    sizes = [f"{w}x{h}" for w, h in sizes_px]
     settings = Settings(
         data_dir=data_dir,
         log_json=False,
@@ -156,9 +159,9 @@ def run_path(engine: Timed, n: int, data_dir: Path, embed: Any) -> dict[str, Any
     with services.sessions() as db:
         user = db.query(User).filter_by(name="bench").one()
         db.expunge(user)
-    services.images.make(user, Ask("warm up", size=Size(*SIZES[0])))  # load the classifiers
+    services.images.make(user, Ask("warm up", size=Size(*sizes_px[0])))  # load the classifiers
     out: dict[str, Any] = {}
-    for w, h in SIZES:
+    for w, h in sizes_px:
         overheads, found, engine_s = [], 0, []
         for i in range(n):
             before = engine.spent
@@ -298,12 +301,19 @@ def main() -> None:
         report["smooth"] = run_path(smooth, args.n, Path(tmp) / "smooth", embed)
         from townsquare.backends.diffusers_images import DiffusersImages
 
+        # 512 x 512 only: the tiny VAE downsamples by 2, not 8, so at 1024 x 1024 its UNet's
+        # attention would run over 65,536 positions, far slower than any real model
         directory = build_tiny_pipeline(Path(tmp) / "tiny")
         tiny = DiffusersImages(
-            str(directory), ImageSettings(sizes=sizes, default_size=sizes[0], steps=2, device="cpu")
+            str(directory),
+            ImageSettings(sizes=["512x512"], default_size="512x512", steps=2, device="cpu"),
         )
         report["tiny_pipeline"] = run_path(
-            Timed(tiny, sizes, "tiny-sd"), max(4, args.n // 4), Path(tmp) / "tiny-run", embed
+            Timed(tiny, ["512x512"], "tiny-sd"),
+            max(4, args.n // 4),
+            Path(tmp) / "tiny-run",
+            embed,
+            ((512, 512),),
         )
     report["verify"] = verify_counts(args.n)
     if not args.skip_real:
