@@ -32,6 +32,12 @@ from townsquare.storage.social_tables import ImageRow, ProvenanceRecord
 from townsquare.storage.tables import SafetyEventRow
 
 
+def _images(**overrides: Any) -> dict[str, Any]:
+    """Image settings for a test: the fake engine at 256 x 256, the output check off."""
+    base = {"backend": "fake", "sizes": ["256x256"], "default_size": "256x256"}
+    return {**base, "nsfw_check": "off", **overrides}
+
+
 def _town(tmp_path: Path, **overrides: Any) -> tuple[Services, dict[str, str]]:
     services = Services.build(make_settings(tmp_path, **overrides), text=FakeText())
     return services, build_town(services)
@@ -280,13 +286,7 @@ def test_prompts_are_moderated_before_the_engine_runs(tmp_path: Path) -> None:
 
 
 def test_the_output_check_runs_the_real_open_nsfw_model(tmp_path: Path) -> None:
-    images = {
-        "backend": "fake",
-        "sizes": ["256x256"],
-        "default_size": "256x256",
-        "nsfw_check": "block",
-    }
-    services, keys = _town(tmp_path, images=images)
+    services, keys = _town(tmp_path, images=_images(nsfw_check="block"))
     with TestClient(create_app(services=services)) as client:
         ok = client.post("/api/imagine", json={"prompt": "a lake"}, headers=auth(keys["member"]))
         assert ok.status_code == 200
@@ -307,14 +307,7 @@ def test_the_output_check_runs_the_real_open_nsfw_model(tmp_path: Path) -> None:
 
 
 def test_daily_image_allowances_per_member_and_per_group(tmp_path: Path) -> None:
-    images = {
-        "backend": "fake",
-        "sizes": ["256x256"],
-        "default_size": "256x256",
-        "nsfw_check": "off",
-        "user_images_per_day": 3,
-        "group_images_per_day": 4,
-    }
+    images = _images(user_images_per_day=3, group_images_per_day=4)
     services, keys = _town(tmp_path, images=images)
     with TestClient(create_app(services=services)) as client:
 
@@ -339,15 +332,7 @@ def test_daily_image_allowances_per_member_and_per_group(tmp_path: Path) -> None
 
 
 def test_a_busy_engine_answers_429_not_a_growing_queue(tmp_path: Path) -> None:
-    images = {
-        "backend": "fake",
-        "sizes": ["256x256"],
-        "default_size": "256x256",
-        "nsfw_check": "off",
-        "concurrency": 1,
-        "max_waiting": 0,
-    }
-    services, keys = _town(tmp_path, images=images)
+    services, keys = _town(tmp_path, images=_images(concurrency=1, max_waiting=0))
     started, release = threading.Event(), threading.Event()
     engine = services.images.backend
     assert isinstance(engine, FakeImages)
