@@ -25,7 +25,7 @@ import io
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
@@ -182,7 +182,7 @@ class ImageService:
         stored ``parent``, or an upload) when given, new images otherwise."""
         engine = self.engine()
         prompt = self.check_prompt(ask.prompt)
-        ask = Ask(**{**ask.__dict__, "prompt": prompt})
+        ask = replace(ask, prompt=prompt)
         self._check_n(ask.n)
         if ask.size is not None:
             engine.check_size(ask.size)
