@@ -63,8 +63,9 @@ CUES: dict[str, re.Pattern[str]] = {
         r"\b(description|describe|listing (copy|text)|blurb|write up my listing)\b"
     ),
     "imagine": re.compile(
-        r"\b(draw|drawing|imagine|paint|sketch|picture of|image of|an? (image|picture|"
-        r"illustration|poster|sticker|logo|banner|wallpaper|flyer)|pixel art|render|visuali[sz]e)\b"
+        r"\b(draw|drawing|imagine|paint|painting|sketch|cartoon|watercolou?r|portrait|"
+        r"illustrat(e|ion)|(picture|image|photo|art) of|an? (image|picture|poster|sticker|logo|"
+        r"banner|wallpaper|flyer)|pixel art|render|visuali[sz]e|show me what .* looks? like)\b"
     ),
 }
 # What asks for a picture, taken off the front of an imagine request to leave what to picture
