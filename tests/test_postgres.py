@@ -84,3 +84,38 @@ def test_app_on_postgresql(postgres: str, tmp_path) -> None:
         with services.engine.begin() as db:  # leave the shared server clean for other tests
             db.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         asyncio.run(services.aclose())
+
+
+def test_replicas_starting_together_migrate_once(postgres: str) -> None:
+    """Four replica processes migrate a fresh database at the same moment: the advisory lock
+    lets one create the schema while the others wait, then find it at head (without it,
+    concurrent CREATE TABLEs fail)."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from townsquare.storage.db import make_engine
+
+    url = make_url(postgres.replace("postgresql://", "postgresql+psycopg://"))
+    admin = create_engine(url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS replicas"))
+        connection.execute(text("CREATE DATABASE replicas"))
+    admin.dispose()
+    target = url.set(database="replicas").render_as_string(hide_password=False)
+    script = (
+        "import sys; from townsquare.storage.db import make_engine, migrate; "
+        "migrate(make_engine(sys.argv[1]))"
+    )
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", script, target], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outcomes = [(r.communicate(timeout=120)[1], r.returncode) for r in replicas]
+    assert [err for err, code in outcomes if code != 0] == []
+    engine = make_engine(target)
+    current, head = migration_status(engine)
+    assert current == head is not None
+    engine.dispose()
