@@ -607,6 +607,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main_photos(workers: int, trials: int, fpr: int) -> None:
     """townsquare on the tuning photos and on the held-out Debian photos, 512 x 512 and native
     size, with the read-back check; then the false-positive rate of the final detector."""
+    from townsquare.safety.watermark import VERIFY_ATTEMPTS
+
     held_out = sorted(p.name for p in PHOTOS.glob("*") if p.is_file())
     if not held_out:
         sys.exit("No photos in bench/data/photos: run bench/fetch_photos.sh first.")
@@ -634,7 +636,8 @@ def main_photos(workers: int, trials: int, fpr: int) -> None:
     report["townsquare_photos"] = {
         "date": time.strftime("%Y-%m-%d"),
         "rule": "found (p <= 1e-6) with the exact payload; embedded with the read-back check "
-        f"(up to {3} tries, 1.5 dB stronger each); native sizes capped at {NATIVE_CAP} px",
+        f"(up to {VERIFY_ATTEMPTS} tries, 1.5 dB stronger each); native sizes capped at "
+        f"{NATIVE_CAP} px",
         "tuning": _summary(results["tuning"]),
         "held_out": _summary(results["held_out"]),
         "false_positive": {

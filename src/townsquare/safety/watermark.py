@@ -70,7 +70,6 @@ MASK_POWER = 0.7  # activity mask: (local std / median) ** power, clipped to the
 MASK_RANGE = (0.35, 2.5)
 INFORMED_ROUNDS = 2  # host-compensation passes
 INFORMED_CAP = 4.0  # most a coded bit's amplitude may be raised
-SYNC_INFORMED = 1.0  # share of the host interference compensated on the sync cells
 LATTICE_PEAKS = 12  # autocorrelation lattice hypotheses checked against the sync pattern
 SWEEP_STEP = 0.01  # log-scale step of the unrotated sweeps (at half resolution)
 SWEEP_PEAKS = 3  # lattice hypotheses from each of the three sweeps
@@ -419,7 +418,6 @@ def embed_array(
             gain = target_rms / float(np.sqrt(np.mean(plane**2)))
             unit = np.bincount(group[data], weights=(response(gain * plane) / amp)[data])
             deficit = np.maximum(0.0, -host) / np.maximum(unit, 1e-12)
-            deficit[CODED_BITS:] *= SYNC_INFORMED
             amp = np.where(data, np.clip(1.0 + informed * deficit[group], 0.0, INFORMED_CAP), 1.0)
     plane = render(amp)[:ch, :cw]
     plane = _resize_plane(plane, (width, height))
@@ -541,29 +539,22 @@ def _sweeps(noise: Array, keyed: _Keyed, n: int) -> list[Lattice]:
         score = np.real(np.fft.ifft2(np.fft.fft2(folded) * spectrum))
         return float((score.max() - score.mean()) / (score.std() + 1e-12))
 
-    scales = np.exp(np.arange(math.log(SCALES[0]), math.log(SCALES[1]), SWEEP_STEP))
-    ratios = np.exp(np.arange(math.log(ASPECTS[0]), math.log(ASPECTS[1]), SWEEP_STEP))
-    families: list[list[Lattice]] = [
-        [(float(s), 0.0, 1.0) for s in scales],  # both axes alike
-        [(1.0, 0.0, float(r)) for r in ratios],  # the height stretched
-        [(float(r), 0.0, 1.0 / float(r)) for r in ratios],  # the width stretched
+    # each sweep: a lattice as a function of the one value it sweeps, and that value's range
+    sweeps: list[tuple[Any, tuple[float, float]]] = [
+        (lambda v: (v, 0.0, 1.0), SCALES),  # both axes alike
+        (lambda v: (1.0, 0.0, v), ASPECTS),  # the height stretched
+        (lambda v: (v, 0.0, 1.0 / v), ASPECTS),  # the width stretched
     ]
     sync_full = np.conj(np.fft.fft2(keyed.sync_tile))
+    steps = np.exp(np.linspace(-SWEEP_STEP, SWEEP_STEP, 7))
     found: list[Lattice] = []
-    for family in families:
-        zs = np.array([z(_fold(half, *lattice, period=period), pattern) for lattice in family])
+    for lattice, (low, high) in sweeps:
+        values = np.exp(np.arange(math.log(low), math.log(high), SWEEP_STEP))
+        zs = np.array([z(_fold(half, *lattice(float(v)), period=period), pattern) for v in values])
         peaks = zs == ndimage.maximum_filter(zs, size=5, mode="nearest")
         for i in np.argsort(np.where(peaks, zs, -np.inf))[::-1][:n]:
-            scale, _, aspect = family[i]
-            steps = np.exp(np.linspace(-SWEEP_STEP, SWEEP_STEP, 7))
-            # refine the swept parameter at full resolution
-            fine: list[Lattice] = (
-                [(scale * k, 0.0, aspect) for k in steps]
-                if family is families[0]
-                else [(1.0, 0.0, aspect * k) for k in steps]
-                if family is families[1]
-                else [(scale * k, 0.0, aspect / k) for k in steps]
-            )
+            # the swept value refined at full resolution
+            fine = [lattice(float(values[i] * k)) for k in steps]
             found.append(max(fine, key=lambda lat: z(_fold(noise, *lat), sync_full)))
     return found
 
