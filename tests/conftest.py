@@ -1,5 +1,11 @@
 """Shared fixtures.
 
+The suite runs on SQLite by default; ``pytest --database=postgresql`` (or
+``TOWNSQUARE_TEST_DATABASE=postgresql``) runs every test on a real PostgreSQL with pgvector
+instead: each test gets a fresh database cloned from a migrated template, named in the
+environment (``TOWNSQUARE_DATABASE_URL``, ``TOWNSQUARE_SEARCH__VECTOR_INDEX``) so that settings
+built in the test and the processes it starts use it too.
+
 Unit tests use ``FakeText``. Tests marked ``model`` use the real bundled SmolLM2 through
 llama.cpp: one model is loaded for the whole session and tests run serially (two threads in one
 llama.cpp context abort the process; two busy model processes starve each other's threads).
@@ -8,6 +14,7 @@ llama.cpp context abort the process; two busy model processes starve each other'
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import threading
@@ -20,6 +27,8 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
@@ -28,6 +37,24 @@ from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embed
 from townsquare.identity import create_user
 from townsquare.services import Services
 from townsquare.settings import Settings
+from townsquare.storage import db as db_module
+from townsquare.storage.db import make_engine, migrate
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=DATABASES,
+        default=os.environ.get("TOWNSQUARE_TEST_DATABASE", "sqlite"),
+        help="the database every test's town lives in (default: sqlite, or "
+        "$TOWNSQUARE_TEST_DATABASE)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"townsquare database: {config.getoption('--database')}"
 
 
 def missing(component: str, how: str) -> None:
@@ -84,6 +111,35 @@ def services(settings: Settings, fake_text: FakeText) -> Iterator[Services]:
     built = Services.build(settings, text=fake_text)
     yield built
     _close(built)
+
+
+@pytest.fixture(autouse=True)
+def _close_built_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Services and engines a test builds and leaves open are closed when it ends (their
+    threads, their database connections: PostgreSQL counts those)."""
+    built: list[Services] = []
+    original = Services.build.__func__  # type: ignore[attr-defined]
+
+    def build(cls: type[Services], *args: Any, **kwargs: Any) -> Services:
+        services: Services = original(cls, *args, **kwargs)
+        built.append(services)
+        return services
+
+    monkeypatch.setattr(Services, "build", classmethod(build))
+    engines: list[Any] = []
+    make = db_module.make_engine
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        engines.append(make(*args, **kwargs))
+        return engines[-1]
+
+    # engines made by commands run in this process (a real command's process ends with it)
+    monkeypatch.setattr(db_module, "make_engine", tracked)
+    yield
+    for services in built:
+        _close(services)
+    for engine in engines:
+        engine.dispose()
 
 
 def add_user(services: Services, name: str, role: str = "member") -> str:
@@ -210,3 +266,196 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         missing("PostgreSQL", f"it could not be started here: {exc}")
     yield server.get_uri()
     server.cleanup()
+
+
+def psycopg_url(uri: str, database: str | None = None) -> str:
+    """``uri`` (pgserver's ``postgresql://``) for SQLAlchemy's psycopg driver, optionally
+    naming another database on the same server."""
+    url = make_url(uri.replace("postgresql://", "postgresql+psycopg://", 1))
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
+
+
+TEMPLATE = "townsquare_template"
+
+
+@pytest.fixture(scope="session")
+def _postgres_template(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """In PostgreSQL mode: a database at the newest schema (with pgvector) that every test's
+    database is cloned from; ``None`` in SQLite mode."""
+    if request.config.getoption("--database") != "postgresql":
+        yield None
+        return
+    uri: str = request.getfixturevalue("postgres")
+    admin = create_engine(psycopg_url(uri), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"DROP DATABASE IF EXISTS {TEMPLATE}"))
+        db.execute(text(f"CREATE DATABASE {TEMPLATE}"))
+    engine = make_engine(psycopg_url(uri, TEMPLATE))
+    migrate(engine)
+    with engine.begin() as db:
+        db.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    engine.dispose()  # a template can be copied only while nobody is connected to it
+    yield uri
+    admin.dispose()
+
+
+_DATABASE_COUNT = iter(range(1_000_000))
+_OWN = {"postgres", "_postgres_template", "tmp_path_factory"}
+
+
+def _clone_database(uri: str) -> tuple[str, str]:
+    """A new database cloned from the template: (its name, its SQLAlchemy URL)."""
+    name = f"t{os.getpid()}_{next(_DATABASE_COUNT)}"
+    admin = create_engine(psycopg_url(uri), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    admin.dispose()
+    return name, psycopg_url(uri, name)
+
+
+def _database_env(url: str) -> dict[str, str]:
+    return {"TOWNSQUARE_DATABASE_URL": url, "TOWNSQUARE_SEARCH__VECTOR_INDEX": f"pgvector:{url}"}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
+    """In PostgreSQL mode a module- or session-scoped fixture (a town shared by several
+    tests) is set up with a database of its own, kept until the end of the run."""
+    if (
+        fixturedef.scope == "function"
+        or fixturedef.argname in _OWN
+        or request.config.getoption("--database") != "postgresql"
+    ):
+        return (yield)
+    uri = request.getfixturevalue("_postgres_template")
+    _, url = _clone_database(uri)
+    saved = {key: os.environ.get(key) for key in _database_env(url)}
+    os.environ.update(_database_env(url))
+    try:
+        return (yield)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _test_database(
+    _postgres_template: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """In PostgreSQL mode, a fresh database for this test, named in the environment."""
+    if _postgres_template is None:
+        yield
+        return
+    name, url = _clone_database(_postgres_template)
+    for key, value in _database_env(url).items():
+        monkeypatch.setenv(key, value)
+    yield
+    gc.collect()  # a connection the test leaked is reported here, against this test
+    admin = create_engine(psycopg_url(_postgres_template), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:  # FORCE: a connection a test left open does not keep it
+        db.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def copy_database(url: str) -> str:
+    """A PostgreSQL database cloned from the one at ``url`` (nobody may be connected to it):
+    the URL of the copy, for a test that needs several towns built alike."""
+    source = make_url(url)
+    name = f"{source.database}_c{next(_DATABASE_COUNT)}"
+    admin = create_engine(source.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"CREATE DATABASE {name} TEMPLATE {source.database}"))
+    admin.dispose()
+    return source.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop a PostgreSQL database made by ``copy_database``."""
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"DROP DATABASE IF EXISTS {target.database} WITH (FORCE)"))
+    admin.dispose()
+
+
+class RedisServer:
+    """Debian's redis-server on a loopback port, in a directory of its own, without disk
+    persistence; ``stop`` and ``start`` simulate an outage."""
+
+    def __init__(self, directory: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        assert self.binary is not None
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis (Debian's redis-server) on loopback for the tests that share quotas."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    if server.binary is None:
+        missing("Redis (redis-server)", "`make test` installs Debian's redis-server as root")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def empty_database(_postgres_template: str | None) -> Iterator[str | None]:
+    """In PostgreSQL mode, the URL of a database with no tables; ``None`` on SQLite (where a
+    new data directory is one)."""
+    if _postgres_template is None:
+        yield None
+        return
+    name = f"empty{os.getpid()}_{next(_DATABASE_COUNT)}"
+    admin = create_engine(psycopg_url(_postgres_template), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"CREATE DATABASE {name}"))
+    url = psycopg_url(_postgres_template, name)
+    yield url
+    drop_database(url)
+    admin.dispose()

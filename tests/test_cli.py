@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from townsquare.cli import app
 from townsquare.identity import user_for_key
+from townsquare.settings import Settings
 from townsquare.storage.db import make_engine, make_sessions
 
 runner = CliRunner()
@@ -33,7 +34,7 @@ def test_init_creates_one_admin_once(env: Path) -> None:
     assert "/login" in first.output
     second = runner.invoke(app, ["init"])
     assert "ts_" not in second.output
-    engine = make_engine(f"sqlite:///{env / 'townsquare.db'}")
+    engine = make_engine(Settings().resolved_database_url)  # SQLite here, or PostgreSQL
     with make_sessions(engine)() as db:
         user = user_for_key(db, key)
         assert user is not None and user.role == "admin"
@@ -72,7 +73,11 @@ def test_doctor_passes_and_fails_with_a_fix(env: Path, monkeypatch: pytest.Monke
     assert "FAIL" in bad.output and "Point TOWNSQUARE_TEXT__BACKEND" in bad.output
 
 
-def test_doctor_reports_an_unmigrated_database(env: Path) -> None:
+def test_doctor_reports_an_unmigrated_database(
+    env: Path, empty_database: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if empty_database is not None:  # PostgreSQL: a database nothing has migrated
+        monkeypatch.setenv("TOWNSQUARE_DATABASE_URL", empty_database)
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1 and "townsquare init" in result.output
 
@@ -251,6 +256,9 @@ def test_the_data_directory_is_absolute_printed_and_new_ones_are_flagged(
     monkeypatch.setenv("TOWNSQUARE_TEXT__BACKEND", "fake")
     monkeypatch.setenv("TOWNSQUARE_EMBED__BACKEND", "fake")
     monkeypatch.delenv("TOWNSQUARE_DATA_DIR", raising=False)
+    # the default town: a SQLite file in the default data directory (whatever the suite runs on)
+    monkeypatch.delenv("TOWNSQUARE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("TOWNSQUARE_SEARCH__VECTOR_INDEX", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import skimage.data
@@ -73,6 +75,28 @@ def key_after(output: str, name: str) -> str:
     return line.split()[-1]
 
 
+@contextmanager
+def commands_close_their_engines() -> Iterator[None]:
+    """Engines made by commands run here are disposed afterwards (a command's own process
+    would end and close them)."""
+    from townsquare.storage import db as db_module
+
+    made: list[Any] = []
+    original = db_module.make_engine
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    db_module.make_engine = tracked  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        db_module.make_engine = original  # type: ignore[assignment]
+        for engine in made:
+            engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Path]]:
     data = tmp_path_factory.mktemp("docs-town")
@@ -86,14 +110,22 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        init = runner.invoke(app, ["init"])
-        admin_key = next(w for w in init.output.split() if w.startswith("ts_"))
-        seeded = runner.invoke(app, ["seed", "demo"])
+        with commands_close_their_engines():
+            init = runner.invoke(app, ["init"])
+            admin_key = next(w for w in init.output.split() if w.startswith("ts_"))
+            seeded = runner.invoke(app, ["seed", "demo"])
         assert seeded.exit_code == 0, seeded.output
         keys = {
             "KEY": key_after(seeded.output, "mia"),
             "CREATOR_KEY": key_after(seeded.output, "sol.rivera"),
             "ADMIN_KEY": admin_key,
+            # the town's database when the suite runs on PostgreSQL (one of its own), so that
+            # the examples' commands find it whatever database the test itself was given
+            **{
+                name: os.environ[name]
+                for name in ("TOWNSQUARE_DATABASE_URL", "TOWNSQUARE_SEARCH__VECTOR_INDEX")
+                if name in os.environ
+            },
         }
         services = Services.build(
             make_settings(data, text={"backend": "fake"}),
@@ -153,8 +185,11 @@ def test_cli_example_runs(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, _, data = town
+    _, keys, data = town
     monkeypatch.chdir(tmp_path)
+    for name, value in keys.items():
+        if name.startswith("TOWNSQUARE_"):
+            monkeypatch.setenv(name, value)
     (tmp_path / "messages.jsonl").write_text(
         '{"external_id": "m-doc-2", "group": "g-riverside-runners", "author": "u-mia", '
         '"text": "See you at the bridge."}\n'

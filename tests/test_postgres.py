@@ -119,3 +119,30 @@ def test_replicas_starting_together_migrate_once(postgres: str) -> None:
     current, head = migration_status(engine)
     assert current == head is not None
     engine.dispose()
+
+
+def test_an_unreachable_database_is_retried_then_named(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL not answering at start: retries with backoff, each logged, then a message
+    naming the server (password masked) instead of a traceback."""
+    import logging
+    import time
+
+    from tests.conftest import free_port, make_settings
+    from townsquare.errors import ConfigurationError
+
+    url = f"postgresql+psycopg://town:secret@127.0.0.1:{free_port()}/town"
+    settings = make_settings(tmp_path, database_url=url, database_connect_timeout_s=1.5)
+    started = time.monotonic()
+    with (
+        caplog.at_level(logging.WARNING, logger="townsquare.storage"),
+        pytest.raises(ConfigurationError) as refused,
+    ):
+        Services.build(settings, text=FakeText())
+    assert 1.4 < time.monotonic() - started < 10
+    message = refused.value.message
+    assert "127.0.0.1" in message and "secret" not in message
+    assert "database_connect_timeout_s" in message
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) >= 2  # 0.5 s, then 1 s: backoff

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_environment_sets_nested_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TOWNSQUARE_TEXT__N_CTX", "4096")
     monkeypatch.setenv("TOWNSQUARE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("TOWNSQUARE_DATABASE_URL", raising=False)  # the default, on any suite
     settings = Settings()
     assert settings.text.n_ctx == 4096
     assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'townsquare.db'}"

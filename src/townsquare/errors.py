@@ -22,6 +22,8 @@
     └── BackendError                502 backend_error
         ├── InvalidOutput           502 invalid_output       (structured output failed twice)
         └── BackendUnavailable      503 backend_unavailable
+            ├── ImagesNotConfigured 503 images_not_configured
+            └── QuotasUnavailable   503 quotas_unavailable  (Redis down, fallback 'closed')
 
 Every message says what to do next: it is shown to the caller as it is.
 """
@@ -173,3 +175,9 @@ class ImagesNotConfigured(BackendUnavailable):
             "diffusers pipeline on disk, e.g. SD-Turbo) or 'openai:http://host:port/v1#model' "
             "(an OpenAI Images server); see docs/imagine.md."
         )
+
+
+class QuotasUnavailable(BackendUnavailable):
+    """The shared quota store cannot be reached and ``quotas.redis_fallback`` is 'closed'."""
+
+    code = "quotas_unavailable"

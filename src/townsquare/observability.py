@@ -137,6 +137,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pool_active = Gauge(
+            "townsquare_pool_generations_active",
+            "Generations admitted to each model pool and not finished (running or waiting).",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.pool_generations = Counter(
+            "townsquare_pool_generations",
+            "Generations per model pool by outcome (admitted, busy: refused with 429).",
+            ["pool", "outcome"],
+            registry=self.registry,
+        )
         self.images = Counter(
             "townsquare_images",
             "Image requests by source (imagine, reimagine, assistant, v1, cli) and outcome "

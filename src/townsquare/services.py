@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import EmbeddingBackend, TextBackend, Usage
 from townsquare.backends.embed_queue import QueuedEmbeddings
 from townsquare.backends.images import ImageBackend, build_image_backend
+from townsquare.backends.pools import build_pools
 from townsquare.backends.registry import LazyText, build_embedding_backend, build_text_backend
 from townsquare.errors import InvalidRequest
 from townsquare.features.assistant.agent import Agent
@@ -26,7 +27,7 @@ from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.features.webhooks.service import Sender
 from townsquare.observability import Metrics
-from townsquare.quotas import Quotas
+from townsquare.quotas import Quotas, build_quota_store
 from townsquare.safety.moderation import EmbeddedModerator, Moderator, build_moderator
 from townsquare.safety.nsfw import NsfwCheck
 from townsquare.safety.pipeline import (
@@ -43,7 +44,14 @@ from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
 from townsquare.social.ingest import Removal
 from townsquare.storage.blobs import LocalBlobs
-from townsquare.storage.db import BackgroundWriter, make_engine, make_sessions, migrate
+from townsquare.storage.db import (
+    BackgroundWriter,
+    make_engine,
+    make_sessions,
+    migrate,
+    private_dir,
+    wait_for_database,
+)
 from townsquare.storage.tables import SafetyEventRow
 from townsquare.storage.vectors import EmbeddedVectorIndex, VectorIndex
 
@@ -74,11 +82,13 @@ class Services:
     webhook_sender: Sender = field(init=False)
     images: ImageService = field(init=False)  # Imagine, Reimagine: the one path for images
     owns_text: bool = True
+    pool_backends: list[TextBackend] = field(default_factory=list)  # pools' own engines
     owns_images: bool = True
     # Called as hook(removal) after a delete commits: derived data (embeddings, caches)
     # registers here so that a removal reaches it too, and only what was removed.
     deletion_hooks: list[Callable[[Removal], None]] = field(default_factory=list)
     _provenance: Provenance | None = None
+    closed: bool = field(default=False, init=False)
 
     def provenance(self) -> Provenance:
         """The watermark registry (built on first use: it may create the key file)."""
@@ -105,11 +115,13 @@ class Services:
         apps); a backend passed in stays the caller's to close. ``lazy_text`` loads the
         configured model on its first use instead (CLI commands that may never generate).
         """
+        private_dir(settings.data_dir)  # the watermark key, blobs, the SQLite file
         engine = make_engine(
             settings.resolved_database_url,
             pool_size=settings.resolved_pool_size,
             pool_timeout_s=settings.database_pool_timeout_s,
         )
+        wait_for_database(engine, timeout_s=settings.database_connect_timeout_s)
         migrate(engine)
         sessions = make_sessions(engine)
         metrics = metrics or Metrics()
@@ -141,7 +153,7 @@ class Services:
                 )
             )
 
-        quotas = Quotas(settings.quotas)
+        quotas = Quotas(settings.quotas, build_quota_store(settings.quotas, sessions))
 
         def admit(context: Context) -> None:
             quotas.before_generation(context.user_id, context.role, context.group_id)
@@ -183,6 +195,19 @@ class Services:
         metrics.embed_queue_depth.set_function(lambda: embedder.depth)
         index = vectors or build_vector_index(settings, sessions, embedder.dimensions)
         indexer = Indexer(sessions, embedder, index)
+        pools, pool_backends = build_pools(
+            settings.routing,
+            settings.text,
+            backend,
+            build_text_backend,
+            on_busy=lambda pool: metrics.pool_generations.labels(pool, "busy").inc(),
+        )
+
+        def on_pool(pool: str, change: int) -> None:
+            metrics.pool_active.labels(pool).inc(change)
+            if change > 0:
+                metrics.pool_generations.labels(pool, "admitted").inc()
+
         built = cls(
             settings=settings,
             engine=engine,
@@ -196,7 +221,10 @@ class Services:
                 admit=admit,
                 on_usage=count_usage,
                 check_every_chars=safety.stream_check_chars,
+                pools=pools,
+                on_pool=on_pool,
             ),
+            pool_backends=pool_backends,
             policies=policy_store,
             moderator=moderator,
             # /v1/moderations answers even when the pipeline's moderation is off (lazy: nothing
@@ -294,14 +322,20 @@ class Services:
 
     async def aclose(self) -> None:
         """Close everything these services own: the model (unless passed in), embeddings, indexes,
-        writers, the engine."""
+        writers, the engine. Closing twice does nothing more."""
+        if self.closed:
+            return
+        self.closed = True
         if self.owns_text:
             await self.text.aclose()
+        for backend in self.pool_backends:
+            await backend.aclose()
         if self.owns_images and self.images.backend is not None:
             self.images.backend.close()
         await self.embed.aclose()
         self.vectors.close()
         self.audit_writer.close()
+        self.quotas.store.close()
         self.endpoint_moderator.close()  # the pipeline's, or the endpoint's own
         self.engine.dispose()
 

@@ -313,6 +313,34 @@ class QuotaSettings(BaseModel):
     exempt_admins: bool = Field(
         True, description="Admins (host apps' service keys) are not rate limited."
     )
+    store: Literal["memory", "database", "redis"] = Field(
+        "memory",
+        description="Where the counters live: 'memory' (this process: right for one server), "
+        "'database' (the database, shared by every replica on it), or 'redis' (quotas.redis_url; "
+        "shared and fastest for several replicas).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for quotas.store = 'redis', e.g. redis://redis:6379/0.",
+    )
+    redis_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        le=30,
+        description="How long a quota check waits for Redis before it counts as down.",
+    )
+    redis_fallback: Literal["database", "closed"] = Field(
+        "database",
+        description="While Redis is down: 'database' counts in the database instead (limits "
+        "still hold across replicas), 'closed' refuses requests with 503. Logged once per "
+        "outage; Redis is tried again every quotas.redis_retry_s.",
+    )
+    redis_retry_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="While Redis is down, how often a request tries it again.",
+    )
 
 
 class SafetySettings(BaseModel):
@@ -673,6 +701,73 @@ class WebhookSettings(BaseModel):
     )
 
 
+class PoolSettings(BaseModel):
+    """One model pool: a text backend and how many generations it admits at once."""
+
+    model_config = {"extra": "forbid"}
+
+    backend: str | None = Field(
+        None,
+        description="Text backend of this pool, in text.backend's format; empty: text.backend "
+        "(pools on the same backend share one model and split its capacity by budget).",
+    )
+    concurrency: int = Field(
+        8,
+        ge=1,
+        le=100_000,
+        description="Generations this pool admits at once (running or waiting for the model); "
+        "the next one is answered 429 with Retry-After, for this pool's features only.",
+    )
+    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After of a refusal.")
+
+
+class RoutingSettings(BaseModel):
+    """Model pools and which features use which (interactive vs batch work)."""
+
+    pools: dict[str, PoolSettings] = Field(
+        default_factory=lambda: {
+            "interactive": PoolSettings(concurrency=16),
+            "batch": PoolSettings(concurrency=4),
+        },
+        description='Named pools, e.g. TOWNSQUARE_ROUTING__POOLS=\'{"interactive": '
+        '{"concurrency": 16}, "batch": {"backend": "openai:http://vllm:8000/v1#m", '
+        '"concurrency": 64}}\'. Each pool: backend (empty: text.backend), concurrency '
+        "(generations admitted at once; 429 beyond), retry_after_s. By default both share "
+        "text.backend: batch work can never take more than 4 of its places, so chats stay fast "
+        "during catch-ups and sweeps.",
+        json_schema_extra={
+            "shown_default": '{"interactive": {"concurrency": 16}, "batch": {"concurrency": 4}}'
+        },
+    )
+    features: dict[str, str] = Field(
+        default_factory=lambda: {
+            "group_catch_up": "batch",
+            "group_topics": "batch",
+            "search_summary": "batch",
+            "product_description": "batch",
+            "redteam": "batch",
+        },
+        description="Feature -> pool. Features: assistant, group_assistant, openai (/v1 chat), "
+        "comment_suggestions, creator_replies, search.understand, search_summary, "
+        "group_catch_up, group_topics, product_description, redteam (sweeps), cli. Features not "
+        "named use routing.default_pool.",
+    )
+    default_pool: str = Field("interactive", description="The pool of features not routed.")
+
+    @model_validator(mode="after")
+    def _known_pools(self) -> RoutingSettings:
+        named = {"routing.default_pool": self.default_pool} | {
+            f"routing.features.{feature}": pool for feature, pool in self.features.items()
+        }
+        for setting, pool in named.items():
+            if pool not in self.pools:
+                raise ValueError(
+                    f"{setting} names the pool {pool!r}, which routing.pools does not define "
+                    f"(defined: {', '.join(sorted(self.pools)) or 'none'})"
+                )
+        return self
+
+
 class Settings(BaseSettings):
     """All of townsquare's settings. `townsquare settings` prints them with their values."""
 
@@ -708,6 +803,14 @@ class Settings(BaseSettings):
         description="How long a worker thread waits for a free database connection before the "
         "request fails with 503.",
     )
+    database_connect_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="At start, how long to keep retrying (with backoff) a database that does "
+        "not answer, e.g. a PostgreSQL server still starting beside the app, before exiting "
+        "with a message that names it.",
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
     log_json: bool = Field(True, description="Write logs as one JSON object per line.")
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -722,6 +825,7 @@ class Settings(BaseSettings):
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
     @field_validator("data_dir")
     @classmethod

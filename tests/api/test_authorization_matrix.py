@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from starlette.routing import Mount, Route
 
-from tests.conftest import auth, make_settings
+from tests.conftest import auth, copy_database, drop_database, make_settings
 from tests.town import build_town
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
@@ -253,16 +253,23 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     run_id = redteam.start(services.sessions, "quick", "matrix")
     redteam.finish(services.sessions, run_id, redteam.summarise([], suite="quick", target="x"))
     keys["run_id"] = str(run_id)
+    keys["__database_url"] = services.settings.resolved_database_url
     asyncio.run(services.aclose())
     return directory, keys
 
 
-def town_copy(template: Path, target: Path) -> Services:
+def town_copy(template: Path, target: Path, database_url: str) -> Services:
+    """A copy of the template town: its files, and its database (the SQLite file, or a
+    PostgreSQL database cloned from the template's)."""
     for name in ("townsquare.db", "townsquare.db-wal", "townsquare.db-shm", "watermark.key"):
         if (template / name).exists():
             shutil.copy(template / name, target / name)
     shutil.copytree(template / "blobs", target / "blobs")
-    return Services.build(make_settings(target), text=FakeText())
+    overrides: dict[str, Any] = {}
+    if database_url.startswith("postgresql"):
+        url = copy_database(database_url)
+        overrides = {"database_url": url, "search": {"vector_index": f"pgvector:{url}"}}
+    return Services.build(make_settings(target, **overrides), text=FakeText())
 
 
 def plain_png() -> bytes:
@@ -331,13 +338,13 @@ def test_every_route_declares_a_known_rule() -> None:
 @pytest.fixture
 def open_client(template: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Any]:
     """Opens a client on a fresh copy of the town."""
-    directory, _ = template
+    directory, keys = template
     opened: list[tuple[Services, TestClient]] = []
 
     def open_one() -> TestClient:
         target = tmp_path / str(len(opened))
         target.mkdir()
-        services = town_copy(directory, target)
+        services = town_copy(directory, target, keys["__database_url"])
         client = TestClient(create_app(services=services), follow_redirects=False)
         client.__enter__()
         opened.append((services, client))
@@ -347,6 +354,8 @@ def open_client(template: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterat
     for services, client in opened:
         client.__exit__(None, None, None)
         asyncio.run(services.aclose())
+        if services.settings.database_url:
+            drop_database(services.settings.database_url)
 
 
 @pytest.mark.parametrize(("method", "path", "rule"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])

@@ -15,8 +15,12 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_readyz_fails_when_the_database_is_gone(client: TestClient, services: Services) -> None:
-    services.engine = create_engine("sqlite:////nonexistent/dir/x.db")
-    response = client.get("/readyz")
+    original, services.engine = services.engine, create_engine("sqlite:////nonexistent/dir/x.db")
+    try:
+        response = client.get("/readyz")
+    finally:
+        services.engine.dispose()
+        services.engine = original  # closed with the services
     assert response.status_code == 503
     assert response.json()["checks"]["database"] is False
 

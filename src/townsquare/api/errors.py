@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -140,6 +141,17 @@ def install(app: FastAPI) -> None:
             503,
             headers={"Retry-After": "2"},
         )
+
+    @app.exception_handler(DataError)
+    async def value_refused(request: Request, exc: DataError) -> JSONResponse:
+        # the database refused a value the schemas let through (PostgreSQL: a NUL character in
+        # text); the transaction was rolled back, so nothing already stored changed
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "a value is invalid"
+        message = (
+            f"The database refused a value in this request: {reason}. Remove the offending "
+            "characters (text may not contain NUL, \\u0000) and send it again."
+        )
+        return JSONResponse(error_payload(request.url.path, 422, "invalid_value", message), 422)
 
     # Any other exception is answered by RequestContextMiddleware (``internal_error``), inside
     # the request's context, so the 500 keeps its request id and the connection stays open.

@@ -10,7 +10,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -20,11 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from townsquare.api.deps import CurrentUser, ServicesDep
 from townsquare.api.sse import primed, sse_response
 from townsquare.backends import tool_calls
-from townsquare.backends.base import GenerationOptions, Message, TokenLogprob, ToolCall, ToolSpec
+from townsquare.backends.base import (
+    Completion,
+    Delta,
+    GenerationOptions,
+    Message,
+    TextBackend,
+    TokenLogprob,
+    ToolCall,
+    ToolSpec,
+)
 from townsquare.errors import BackendError, InvalidField, InvalidRequest, ModelNotFound
-from townsquare.safety.pipeline import Context
+from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.safety.taxonomy import OPENAI_CATEGORIES, OPENAI_TO_CODES, openai_from_codes
-from townsquare.services import Services
+from townsquare.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -142,8 +151,8 @@ def _check_fields(body: ChatCompletionRequest) -> None:
         )
 
 
-def _check_model(services: Services, model: str) -> None:
-    available = [services.text.model_id]
+def _check_model(model_id: str, model: str) -> None:
+    available = [model_id]
     if model not in available:
         raise ModelNotFound(
             f"The model '{model}' does not exist here. Available: {', '.join(available)}. "
@@ -186,8 +195,9 @@ def _tool_options(body: ChatCompletionRequest) -> dict[str, Any]:
     }
 
 
-def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptions:
-    settings = services.settings
+def _options(
+    settings: Settings, backend: TextBackend | GuardedText, body: ChatCompletionRequest
+) -> GenerationOptions:
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.text.default_max_tokens
     if max_tokens > settings.text.max_tokens_limit:
         raise InvalidField(
@@ -209,10 +219,9 @@ def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptio
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidField("top_logprobs needs logprobs: true.", "top_logprobs")
-    if body.logprobs and not services.text.supports_logprobs:
+    if body.logprobs and not _supports_logprobs(backend):
         raise InvalidField(
-            f"The model '{services.text.model_id}' does not report log probabilities. Remove "
-            "logprobs.",
+            f"The model '{backend.model_id}' does not report log probabilities. Remove logprobs.",
             "logprobs",
         )
     return GenerationOptions(
@@ -228,8 +237,13 @@ def _options(services: Services, body: ChatCompletionRequest) -> GenerationOptio
     )
 
 
-def _messages(services: Services, body: ChatCompletionRequest) -> list[Message]:
-    limits = services.settings.limits
+def _supports_logprobs(backend: TextBackend | GuardedText) -> bool:
+    raw = backend.backend if isinstance(backend, GuardedText) else backend
+    return bool(raw.supports_logprobs)
+
+
+def _messages(settings: Settings, body: ChatCompletionRequest) -> list[Message]:
+    limits = settings.limits
     if len(body.messages) > limits.max_messages:
         raise InvalidField(
             f"{len(body.messages)} messages sent; the limit is {limits.max_messages} "
@@ -359,18 +373,42 @@ async def chat_completions(
 ) -> Any:
     """OpenAI's chat completions, streaming or not, with function calling (``tools``,
     ``tool_choice``, ``parallel_tool_calls``, ``role: tool`` results) and ``logprobs``."""
-    _check_fields(body)
-    _check_model(services, body.model)
-    options = _options(services, body)
-    messages = _messages(services, body)
-    _check_history(messages, options)
     text = services.guarded_text
     context = Context("openai", user.id, user.role)
+    return await chat_answer(
+        body,
+        request,
+        services.settings,
+        text,
+        lambda messages, options: text.complete(messages, options, context),
+        lambda messages, options: text.stream(messages, options, context),
+    )
+
+
+Complete = Callable[[list[Message], GenerationOptions], Awaitable[Completion]]
+Stream = Callable[[list[Message], GenerationOptions], AsyncIterator[Delta]]
+
+
+async def chat_answer(
+    body: ChatCompletionRequest,
+    request: Request,
+    settings: Settings,
+    backend: TextBackend | GuardedText,
+    complete: Complete,
+    stream: Stream,
+) -> Any:
+    """Answer a chat completion request with ``complete`` or ``stream`` (the guarded text of
+    this town, or a bare model in ``townsquare.serving``): checks, then OpenAI's JSON or SSE."""
+    _check_fields(body)
+    _check_model(backend.model_id, body.model)
+    options = _options(settings, backend, body)
+    messages = _messages(settings, body)
+    _check_history(messages, options)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    base = {"id": completion_id, "created": created, "model": text.model_id}
+    base = {"id": completion_id, "created": created, "model": backend.model_id}
 
     if not body.stream:
-        result = await text.complete(messages, options, context)
+        result = await complete(messages, options)
         _check_calls(result.tool_calls, options)
         message: dict[str, Any] = {
             "role": "assistant",
@@ -398,7 +436,7 @@ async def chat_completions(
             },
         }
 
-    deltas = await primed(text.stream(messages, options, context))
+    deltas = await primed(stream(messages, options))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from fastapi.responses import StreamingResponse
 
 from townsquare.api.errors import error_payload, exception_payload
-from townsquare.errors import TownsquareError
+from townsquare.errors import BackendUnavailable, TownsquareError
 
 T = TypeVar("T")
 log = logging.getLogger("townsquare.api")
@@ -42,6 +43,38 @@ async def primed(source: AsyncIterator[T]) -> AsyncIterator[T]:
     return chained()
 
 
+class ShuttingDown(BackendUnavailable):
+    """This replica is stopping and its grace period for open streams is over."""
+
+    code = "server_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This server is shutting down and ended the reply here. Send the request again: "
+            "another server answers it."
+        )
+
+
+class Draining:
+    """Set when the server is told to stop (SIGTERM): streams still open one second before the
+    grace period ends (server.shutdown_timeout_s) end with a ``server_shutting_down`` error
+    event, so a client knows to retry instead of seeing a cut connection."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def begin(self, grace_s: float) -> None:
+        """The server stops in ``grace_s`` seconds."""
+        self.deadline = time.monotonic() + max(0.0, grace_s - 1.0)
+
+    def overdue(self) -> bool:
+        """Whether open streams should end now."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+DRAINING = Draining()  # one server per process
+
+
 def data(payload: dict[str, Any] | str) -> str:
     """One SSE event in OpenAI's framing: ``data: ...`` and a blank line (``\n``, not ``\r\n``)."""
     text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
@@ -62,6 +95,8 @@ def sse_response(path: str, chunks: AsyncIterator[dict[str, Any]]) -> StreamingR
             try:
                 async for chunk in items:
                     yield data(chunk)
+                    if DRAINING.overdue():  # the server is stopping: end with an error event
+                        raise ShuttingDown()
             except TownsquareError as exc:
                 log.warning("stream ended with an error: %s", exc.message)
                 yield data(exception_payload(path, exc))

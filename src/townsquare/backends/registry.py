@@ -1,7 +1,7 @@
 """Builds a text backend from its settings string.
 
 ``llamacpp:bundled`` · ``llamacpp:/path/to/model.gguf`` · ``openai:http://host:port/v1#model`` ·
-``fake``.
+``fake`` (``fake:SECONDS`` waits that long between streamed words: tests and load drills).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ SPEC_HELP = (
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split ``kind:target``; ``fake`` has no target."""
     kind, _, target = spec.partition(":")
-    if kind == "fake" and not target:
-        return kind, ""
+    if kind == "fake" and (not target or target.replace(".", "", 1).isdigit()):
+        return kind, target
     if kind not in {"llamacpp", "openai"} or not target:
         raise InvalidRequest(f"Unknown text backend '{spec}'. {SPEC_HELP}")
     if kind == "openai" and "#" not in target:
@@ -58,7 +58,9 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
     if kind == "fake":
         from townsquare.backends.fake import FakeText
 
-        return FakeText(model_id=settings.model_alias or "fake", context_window=settings.n_ctx)
+        fake = FakeText(model_id=settings.model_alias or "fake", context_window=settings.n_ctx)
+        fake.delay_s = float(target or 0)
+        return fake
     if kind == "openai":
         from townsquare.backends.openai_compat import OpenAICompatText
 

@@ -31,6 +31,11 @@ watermark_app = typer.Typer(
 app.add_typer(watermark_app, name="watermark")
 feedback_app = typer.Typer(help="Export members' feedback for training.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+batch_app = typer.Typer(
+    help="Work over the whole town, in this process or on a Ray cluster (--ray).",
+    no_args_is_help=True,
+)
+app.add_typer(batch_app, name="batch")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # never cut a path or a fix in two
 
@@ -68,11 +73,19 @@ def fail(exc: TownsquareError) -> typer.Exit:
     return typer.Exit(1)
 
 
+def command_engine(settings: Settings) -> Any:
+    """An engine on the configured database (its connections close when the command's process
+    ends)."""
+    from townsquare.storage.db import make_engine
+
+    return make_engine(settings.resolved_database_url)
+
+
 def migrated_sessions(settings: Settings) -> Any:
     """Sessions on the configured database, migrated to the newest schema."""
-    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.db import make_sessions, migrate
 
-    engine = make_engine(settings.resolved_database_url)
+    engine = command_engine(settings)
     migrate(engine)
     return make_sessions(engine)
 

@@ -276,11 +276,12 @@ def chat(
     if as_user is not None:
         with services.sessions() as db:
             member = find_user(db, as_user)
-            if member is None:
-                asyncio.run(services.aclose())
-                err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
-                raise typer.Exit(1)
-            db.expunge(member)
+            if member is not None:
+                db.expunge(member)
+        if member is None:  # the session is closed first: its connection goes back
+            asyncio.run(services.aclose())
+            err.print(f"[red]Error:[/red] no user '{as_user}'. Use --as NAME.")
+            raise typer.Exit(1)
     console.print(f"Chatting with [bold]{text.model_id}[/bold]. /exit to leave.")
 
     async def tools(content: str) -> str | None:

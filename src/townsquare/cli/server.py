@@ -9,6 +9,7 @@ import typer
 
 from townsquare.cli.common import (
     app,
+    command_engine,
     console,
     err,
     settings_or_exit,
@@ -33,25 +34,35 @@ def serve(
     host = host or settings.server.host
     port = port or settings.server.port
     err.print(f"townsquare on http://{host}:{port}  (log in at http://{host}:{port}/login)")
-    uvicorn.run(
+    from townsquare.api.sse import DRAINING
+
+    grace = max(1, round(settings.server.shutdown_timeout_s))
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            DRAINING.begin(grace)  # streams still open near the end get an error event
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         log_config=None,
         access_log=False,
         # on SIGTERM, streams still open after this long are closed so the process exits
-        timeout_graceful_shutdown=max(1, round(settings.server.shutdown_timeout_s)),
+        timeout_graceful_shutdown=grace,
     )
+    Server(config).run()
 
 
 @app.command()
 def init() -> None:
     """Migrate the database and, if it has no users, create the first admin and print its key."""
     from townsquare.identity import count_users, create_user
-    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.db import make_sessions, migrate
 
     settings = settings_or_exit()
-    engine = make_engine(settings.resolved_database_url)
+    engine = command_engine(settings)
     migrate(engine)
     with make_sessions(engine).begin() as db:
         if count_users(db):
@@ -106,7 +117,7 @@ def settings_reference() -> str:
 def doctor() -> None:
     """Check the settings, the model file, the database and the backend; print what to fix."""
     from townsquare.backends.registry import build_text_backend, model_path_for, parse_spec
-    from townsquare.storage.db import make_engine, migration_status
+    from townsquare.storage.db import migration_status
 
     problems = 0
 
@@ -135,7 +146,7 @@ def doctor() -> None:
             report(False, "model file", exc.message)
     url = settings.resolved_database_url
     try:
-        engine = make_engine(url)
+        engine = command_engine(settings)
         current, head = migration_status(engine)
         report(True, f"database reachable ({engine.url.render_as_string(hide_password=True)})")
         report(

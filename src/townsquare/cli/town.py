@@ -12,6 +12,7 @@ from rich.table import Table
 from townsquare.cli.common import (
     app,
     build_services,
+    command_engine,
     console,
     err,
     fail,
@@ -33,9 +34,9 @@ def users_create(
 ) -> None:
     """Create a user and print their first API key (shown once)."""
     from townsquare.identity import create_user
-    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.db import make_sessions, migrate
 
-    engine = make_engine(settings_or_exit().resolved_database_url)
+    engine = command_engine(settings_or_exit())
     migrate(engine)
     try:
         with make_sessions(engine).begin() as db:
@@ -49,9 +50,9 @@ def users_create(
 def users_key(name: str) -> None:
     """Issue another API key for an existing user."""
     from townsquare.identity import find_user, issue_key
-    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.db import make_sessions, migrate
 
-    engine = make_engine(settings_or_exit().resolved_database_url)
+    engine = command_engine(settings_or_exit())
     migrate(engine)
     with make_sessions(engine).begin() as db:
         user = find_user(db, name)
@@ -69,10 +70,10 @@ def users_list() -> None:
     """List users and their roles."""
     from sqlalchemy import select
 
-    from townsquare.storage.db import make_engine, make_sessions, migrate
+    from townsquare.storage.db import make_sessions, migrate
     from townsquare.storage.tables import User
 
-    engine = make_engine(settings_or_exit().resolved_database_url)
+    engine = command_engine(settings_or_exit())
     migrate(engine)
     table = Table("id", "name", "role", "display name", "created")
     with make_sessions(engine)() as db:

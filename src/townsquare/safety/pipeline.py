@@ -36,6 +36,7 @@ from townsquare.backends.base import (
     TextBackend,
     Usage,
 )
+from townsquare.backends.pools import Pool, Pools
 from townsquare.errors import BackendUnavailable, ContentBlocked
 from townsquare.safety.moderation import Moderator, Scores
 from townsquare.safety.policy import PolicyStore
@@ -350,12 +351,33 @@ class GuardedText:
         admit: Callable[[Context], None] | None = None,
         on_usage: Callable[[Context, str, Usage], None] | None = None,
         check_every_chars: int = 1,
+        pools: Pools | None = None,
+        on_pool: Callable[[str, int], None] | None = None,
     ) -> None:
         self.backend = backend
         self.pipeline = pipeline
         self.check_every_chars = check_every_chars
+        self.pools = pools
         self._admit = admit
         self._on_usage = on_usage
+        self._on_pool = on_pool  # (pool, +1 admitted / -1 finished)
+
+    def _enter(self, context: Context) -> tuple[TextBackend, Pool | None]:
+        """The backend of the context's pool, admitted within the pool's budget (``Busy``
+        beyond it)."""
+        if self.pools is None:
+            return self.backend, None
+        pool = self.pools.for_feature(context.feature)
+        pool.admission.acquire()
+        if self._on_pool is not None:
+            self._on_pool(pool.name, 1)
+        return pool.backend, pool
+
+    def _leave(self, pool: Pool | None) -> None:
+        if pool is not None:
+            pool.admission.release()
+            if self._on_pool is not None:
+                self._on_pool(pool.name, -1)
 
     def _before(self, messages: Sequence[Message], context: Context) -> None:
         if self._admit is not None:
@@ -371,9 +393,9 @@ class GuardedText:
         if not decision.allowed:
             _raise_blocked("input", decision)
 
-    def _count(self, context: Context, usage: Usage | None) -> None:
+    def _count(self, context: Context, usage: Usage | None, model_id: str) -> None:
         if usage is not None and self._on_usage is not None:
-            self._on_usage(context, self.backend.model_id, usage)
+            self._on_usage(context, model_id, usage)
 
     @property
     def model_id(self) -> str:
@@ -403,12 +425,15 @@ class GuardedText:
         one with ``check_items`` (so one unsafe suggestion drops itself, not the whole answer).
         """
         await anyio.to_thread.run_sync(self._before, messages, context)
+        backend, pool = self._enter(context)
         start = time.perf_counter()
         try:
-            completion = await tool_calls.complete(self.backend, messages, options)
+            completion = await tool_calls.complete(backend, messages, options)
         finally:
             _spent(start)
-        self._count(context, completion.usage)
+            self._leave(pool)
+        # the quota store may be Redis or the database: off the event loop
+        await anyio.to_thread.run_sync(self._count, context, completion.usage, backend.model_id)
         if check_output:
             said = "\n".join([completion.text, *(c.arguments for c in completion.tool_calls)])
             decision = await anyio.to_thread.run_sync(self._check_reply, said.strip(), context)
@@ -438,23 +463,27 @@ class GuardedText:
         every = self.check_every_chars
         # aclosing: when a check fails or the client leaves, the backend stream is closed now,
         # which frees a local model at once instead of whenever the generator is collected.
-        source = cast(
-            AsyncGenerator[Delta, None], tool_calls.stream(self.backend, messages, options)
-        )
+        backend, pool = self._enter(context)
+        source = cast(AsyncGenerator[Delta, None], tool_calls.stream(backend, messages, options))
         start = time.perf_counter()
-        async with aclosing(source) as deltas:
-            async for delta in deltas:
-                if delta.finish_reason is not None:
-                    _spent(start)
-                text += delta.text + "".join(f"\n{c.arguments}" for c in delta.tool_calls)
-                final = delta.finish_reason is not None
-                if final:
-                    self._count(context, delta.usage)
-                if final or len(text) - checked >= every:
-                    checked = len(text)
-                    decision = await anyio.to_thread.run_sync(
-                        self._check_reply, text, context, final
-                    )
-                    if not decision.allowed:
-                        _raise_blocked("output", decision)
-                yield delta
+        try:
+            async with aclosing(source) as deltas:
+                async for delta in deltas:
+                    if delta.finish_reason is not None:
+                        _spent(start)
+                    text += delta.text + "".join(f"\n{c.arguments}" for c in delta.tool_calls)
+                    final = delta.finish_reason is not None
+                    if final:
+                        await anyio.to_thread.run_sync(
+                            self._count, context, delta.usage, backend.model_id
+                        )
+                    if final or len(text) - checked >= every:
+                        checked = len(text)
+                        decision = await anyio.to_thread.run_sync(
+                            self._check_reply, text, context, final
+                        )
+                        if not decision.allowed:
+                            _raise_blocked("output", decision)
+                    yield delta
+        finally:
+            self._leave(pool)

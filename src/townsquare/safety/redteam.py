@@ -37,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from townsquare.backends.pools import routed_as
 from townsquare.errors import Conflict, NotFound
 from townsquare.safety.datasets import Wheel, donotanswer, split_of, townsquare_data
 from townsquare.storage.tables import RedteamRunRow, utcnow
@@ -74,6 +75,21 @@ class Outcome:
     hit: bool
     reply: str = ""
     detail: str = ""
+
+
+def attempt_from_dict(item: dict[str, Any]) -> Attempt:
+    """An ``Attempt`` from ``dataclasses.asdict`` of one (batch jobs send them as data)."""
+    return Attempt(**{**item, "codes": tuple(item["codes"])})
+
+
+def outcome_dict(outcome: Outcome) -> dict[str, Any]:
+    """An ``Outcome`` as plain data (for a batch job to send back)."""
+    return asdict(outcome)
+
+
+def outcome_from_dict(item: dict[str, Any]) -> Outcome:
+    """The ``Outcome`` of ``outcome_dict``."""
+    return Outcome(**{**item, "attempt": attempt_from_dict(item["attempt"])})
 
 
 # --- probes --------------------------------------------------------------------------------
@@ -758,7 +774,10 @@ async def run_in_process(
                 creator_key=creator_key,
                 staged=staged,
             )
-            return await execute(target, garak, suite, concurrency=concurrency, name=name, cap=cap)
+            with routed_as("redteam"):  # the sweep runs on the batch pool (routing.features)
+                return await execute(
+                    target, garak, suite, concurrency=concurrency, name=name, cap=cap
+                )
     finally:
         revoke(services.sessions, key)
         revoke(services.sessions, creator_key)

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,46 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) 
             cursor.close()
 
     return engine
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) as a directory readable by its owner only."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def wait_for_database(engine: Engine, *, timeout_s: float, first_wait_s: float = 0.5) -> None:
+    """Return once the database answers; while it does not (a PostgreSQL server still
+    starting, a network partition), retry with exponential backoff, logging each failure, and
+    raise ``ConfigurationError`` naming the server after ``timeout_s``."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from townsquare.errors import ConfigurationError
+    from townsquare.settings import redact
+
+    deadline = time.monotonic() + timeout_s
+    wait = first_wait_s
+    where = redact(engine.url.render_as_string(hide_password=True))
+    while True:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConfigurationError(
+                    f"The database at {where} is not reachable ({reason}); gave up after "
+                    f"{timeout_s:.0f} s (database_connect_timeout_s). Check database_url and "
+                    "that the server is running and accepts connections."
+                ) from exc
+            wait = min(wait, left)
+            log.warning(
+                "the database at %s is not reachable (%s); retrying in %.1f s", where, reason, wait
+            )
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
 
 
 def _private_file(path: Path) -> None:

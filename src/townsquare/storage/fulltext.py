@@ -2,8 +2,9 @@
 
 - ``Fts5`` (SQLite): one FTS5 table per collection (``search_fts_<collection>``, migration
   0010), keyed by rowid = the item's id, ranked by BM25 with the title weighted 4x;
-- ``TsVector`` (PostgreSQL): the ``search_fts`` table with a GIN index on the English
-  ``tsvector`` of title and body (migration 0003), ranked by ``ts_rank``.
+- ``TsVector`` (PostgreSQL): the ``search_fts`` table with a stored, GIN-indexed English
+  ``tsvector`` (migration 0015): title words weighted A, body words B, ranked by ``ts_rank``
+  with A = 4 x B and length normalisation, the same ordering rule as FTS5's weighted BM25.
 
 Both answer ``search`` with item ids, best first, among the ``limit`` newest matches: ranking
 every match would make a query of common words cost work in proportion to the catalogue, while
@@ -120,11 +121,11 @@ class TsVector(FullText):
             return []
         rows = db.execute(
             text(
-                "SELECT item_id FROM (SELECT item_id, ts_rank(to_tsvector('english', title || "
-                "' ' || body), query) AS score FROM search_fts, "
+                "SELECT item_id FROM (SELECT item_id, ts_rank('{0.1, 0.2, 0.25, 1.0}', "
+                "document, query, 1) AS score FROM search_fts, "
                 "websearch_to_tsquery('english', :q) query WHERE collection = :c AND "
-                "to_tsvector('english', title || ' ' || body) @@ query "
-                "ORDER BY item_id DESC LIMIT :n) newest ORDER BY score DESC"
+                "document @@ query ORDER BY item_id DESC LIMIT :n) newest "
+                "ORDER BY score DESC, item_id DESC"
             ),
             {"q": " OR ".join(found), "c": self._check(collection), "n": limit},
         )

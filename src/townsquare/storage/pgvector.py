@@ -20,7 +20,8 @@ from townsquare.storage.vectors import Attrs, VectorIndex, Vectors, attrs_hash
 
 
 def _literal(vector: Any) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in np.asarray(vector, dtype=np.float32)) + "]"
+    # 9 significant digits: a float32 read back exactly (7 would move near-ties apart)
+    return "[" + ",".join(f"{x:.9g}" for x in np.asarray(vector, dtype=np.float32)) + "]"
 
 
 def _parse(value: str) -> Vectors:

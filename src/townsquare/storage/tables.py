@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -198,3 +199,14 @@ class RedteamRunRow(Base):
     summary: Mapped[str] = mapped_column(Text, default="{}")
     report_html: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class QuotaCounter(Base):
+    """One quota window's count (``quotas.store = database``, and Redis's fallback)."""
+
+    __tablename__ = "quota_counters"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    total: Mapped[int] = mapped_column(BigInteger)
+    expires: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -39,8 +39,13 @@ def build(tmp_path: Path, size: int) -> tuple[Services, TestClient, dict[str, st
     """A town with ``size`` listings, ``size // 5`` posts and reels, in groups."""
     rng = random.Random(size)
     services = Services.build(
-        # a full-text cap both towns reach, so the bound shows at test sizes (default 1000)
-        make_settings(tmp_path, search={"follow_s": 3600, "fulltext_candidates": 20}),
+        # SQLite on either suite: the work is counted in SQLite's virtual-machine steps; a
+        # full-text cap both towns reach, so the bound shows at test sizes (default 1000)
+        make_settings(
+            tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'town.db'}",
+            search={"follow_s": 3600, "fulltext_candidates": 20, "vector_index": "embedded"},
+        ),
         text=FakeText(),
         embed=CountingEmbeddings(),
     )

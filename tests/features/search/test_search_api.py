@@ -145,12 +145,14 @@ def test_deleted_and_edited_listings_follow_the_index(
     with services.sessions() as db:
         from sqlalchemy import text
 
-        assert (
-            db.execute(
-                text("SELECT count(*) FROM search_fts_listings WHERE title LIKE '%Walnut%'")
-            ).scalar()
-            == 0
+        table = (  # SQLite: one FTS5 table per collection; PostgreSQL: one table
+            "search_fts_listings"
+            if db.get_bind().dialect.name == "sqlite"
+            else "search_fts WHERE collection = 'listings' AND"
         )
+        where = "WHERE" if table == "search_fts_listings" else ""
+        count = f"SELECT count(*) FROM {table} {where} title LIKE '%Walnut%'"
+        assert db.execute(text(count)).scalar() == 0
 
 
 @pytest.mark.parametrize(

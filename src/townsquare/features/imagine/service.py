@@ -234,9 +234,11 @@ class ImageService:
         try:
             results = self.working.run(work)
         except Exception as exc:
+            self.quotas.release_images(user_id, role, group_id, ask.n)
             self.on_outcome(ask.source, type(exc).__name__)
             raise
-        self.quotas.record_images(user_id, group_id, len(results))
+        if len(results) < ask.n:
+            self.quotas.release_images(user_id, role, group_id, ask.n - len(results))
         self.on_outcome(ask.source, "made")
         return results
 

