@@ -19,6 +19,7 @@ instance (``local``); an address nobody answers at is a clear error, not a long 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -96,8 +97,17 @@ class _EmbedActor:
     """A Ray Data actor: loads the embedding model once, embeds batch after batch."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        import ray
+
         from townsquare.backends.registry import build_embedding_backend
 
+        # as many math threads as the CPUs Ray gave this actor: actors side by side would
+        # otherwise each start one per core and fight over them
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(ImportError):
+            import torch
+
+            torch.set_num_threads(max(1, int(cpus)))
         self.backend = build_embedding_backend(EmbedSettings(**settings))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -89,6 +90,8 @@ class Services:
     deletion_hooks: list[Callable[[Removal], None]] = field(default_factory=list)
     _provenance: Provenance | None = None
     closed: bool = field(default=False, init=False)
+    # work a request started and left running (a red-team run); cancelled when the app stops
+    background_tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def provenance(self) -> Provenance:
         """The watermark registry (built on first use: it may create the key file)."""
@@ -306,9 +309,14 @@ class Services:
         self.group_chat.start()
 
     async def stop_background(self) -> None:
-        """Stop what ``start_background`` started."""
+        """Stop what ``start_background`` started, and work requests left running (red-team
+        runs)."""
         await self.group_chat.stop()
         await self.webhook_sender.stop()
+        for task in list(self.background_tasks):
+            task.cancel()
+        if self.background_tasks:
+            await asyncio.gather(*self.background_tasks, return_exceptions=True)
 
     def database_ok(self) -> bool:
         """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""

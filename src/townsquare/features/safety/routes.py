@@ -26,7 +26,6 @@ from townsquare.storage.tables import RedteamRunRow
 router = APIRouter(prefix="/api", tags=["safety"])
 
 # a running red-team task must be referenced until it ends
-_TASKS: set[asyncio.Task[None]] = set()
 
 
 class PolicyOut(BaseModel):
@@ -158,12 +157,17 @@ async def start_run(
                 concurrency=settings.safety.redteam_concurrency,
             )
             await anyio.to_thread.run_sync(redteam.finish, services.sessions, run_id, summary)
+        except asyncio.CancelledError:  # the server is stopping: the run ends as 'failed'
+            redteam.finish(
+                services.sessions, run_id, None, error="the server stopped during the run"
+            )
+            raise
         except Exception as exc:  # any failure ends the run as 'failed'
             await anyio.to_thread.run_sync(
                 partial(redteam.finish, services.sessions, run_id, None, error=repr(exc))
             )
 
     task = asyncio.create_task(work())
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
+    services.background_tasks.add(task)  # cancelled when the app stops
+    task.add_done_callback(services.background_tasks.discard)
     return {"id": run_id, "status": "running", "suite": body.suite}
