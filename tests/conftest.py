@@ -21,6 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,20 +127,30 @@ def _close_built_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return services
 
     monkeypatch.setattr(Services, "build", classmethod(build))
-    engines: list[Any] = []
-    make = db_module.make_engine
+    with commands_close_their_engines():
+        yield
+        for services in built:
+            _close(services)
+
+
+@contextmanager
+def commands_close_their_engines() -> Iterator[None]:
+    """Engines made by commands run in this process are disposed afterwards (a command's own
+    process would end and close them)."""
+    made: list[Any] = []
+    original = db_module.make_engine
 
     def tracked(*args: Any, **kwargs: Any) -> Any:
-        engines.append(make(*args, **kwargs))
-        return engines[-1]
+        made.append(original(*args, **kwargs))
+        return made[-1]
 
-    # engines made by commands run in this process (a real command's process ends with it)
-    monkeypatch.setattr(db_module, "make_engine", tracked)
-    yield
-    for services in built:
-        _close(services)
-    for engine in engines:
-        engine.dispose()
+    db_module.make_engine = tracked  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        db_module.make_engine = original  # type: ignore[assignment]
+        for engine in made:
+            engine.dispose()
 
 
 def add_user(services: Services, name: str, role: str = "member") -> str:

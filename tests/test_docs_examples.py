@@ -22,16 +22,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import skimage.data
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import LiveServer, commands_close_their_engines, make_settings
 from townsquare.backends.fake import FakeText
 from townsquare.cli import app
 from townsquare.services import Services
@@ -73,28 +71,6 @@ def cli_examples() -> list[str]:
 def key_after(output: str, name: str) -> str:
     line = next(line for line in output.splitlines() if line.split()[:1] == [name])
     return line.split()[-1]
-
-
-@contextmanager
-def commands_close_their_engines() -> Iterator[None]:
-    """Engines made by commands run here are disposed afterwards (a command's own process
-    would end and close them)."""
-    from townsquare.storage import db as db_module
-
-    made: list[Any] = []
-    original = db_module.make_engine
-
-    def tracked(*args: Any, **kwargs: Any) -> Any:
-        made.append(original(*args, **kwargs))
-        return made[-1]
-
-    db_module.make_engine = tracked  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        db_module.make_engine = original  # type: ignore[assignment]
-        for engine in made:
-            engine.dispose()
 
 
 @pytest.fixture(scope="module")
