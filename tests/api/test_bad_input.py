@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import auth, make_settings
+from tests.conftest import auth, make_settings, web_login
 from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
 from townsquare.services import Services
@@ -146,12 +146,14 @@ def test_missing_or_wrong_key_is_401(client: TestClient, headers: dict[str, str]
 
 
 def test_cookie_writes_need_the_csrf_header(client: TestClient, member_key: str) -> None:
-    login = client.post("/login", data={"key": member_key}, follow_redirects=False)
-    assert login.status_code == 303
+    csrf = web_login(client, member_key)
     assert client.get("/api/conversations").status_code == 200
     assert client.post("/api/conversations", json={}).status_code == 403
+    # the old fixed value is no token: only the session's own token is
+    refused = client.post("/api/conversations", json={}, headers={"X-Townsquare-CSRF": "1"})
+    assert refused.status_code == 403
     assert (
-        client.post("/api/conversations", json={}, headers={"X-Townsquare-CSRF": "1"}).status_code
+        client.post("/api/conversations", json={}, headers={"X-Townsquare-CSRF": csrf}).status_code
         == 201
     )
 

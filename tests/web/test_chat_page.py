@@ -55,18 +55,21 @@ def test_login_chat_stream_and_reload(page, live_server: tuple[LiveServer, str])
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{server.url}/")
     expect(page.locator(".who")).to_contain_text("browser-mia")
+    page.click("nav[aria-label=Main] >> text=Assistant")
 
     page.fill("#prompt", "Hello! What is a good name for a cat?")
     page.click("#send")
     reply = page.locator("li.msg.assistant").last
     expect(reply).to_have_attribute("data-message-id", re.compile(r"\d+"), timeout=30_000)
-    text = reply.inner_text().strip()
+    text = reply.locator(".body").inner_text().strip()
+    expect(reply.locator(".ai")).to_have_text("suggested by AI")
+    expect(reply.locator("button[aria-label='Yes, helpful']")).to_be_visible()
     assert text and "error" not in (reply.get_attribute("class") or "")
     expect(page.locator("#conversation-list a")).to_have_count(1)
 
     page.reload()
     expect(page.locator("li.msg.user")).to_have_text(["Hello! What is a good name for a cat?"])
-    expect(page.locator("li.msg.assistant")).to_have_text([text])
+    expect(page.locator("li.msg.assistant .body")).to_have_text([text])
 
 
 @pytest.fixture
@@ -112,6 +115,7 @@ def test_replies_render_markdown_safely_with_cards_and_the_cut_note(  # type: ig
         page.goto(f"{server.url}/login")
         page.fill("#key", key)
         page.click("button[type=submit]")
+        page.goto(f"{server.url}/assistant")
         expect(page.locator("li.msg.assistant .note")).to_contain_text("length limit")
 
         page.fill("#prompt", "tell me something")

@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from townsquare.errors import Forbidden, Unauthorized
-from townsquare.identity import user_for_key, user_for_session
+from townsquare.identity import csrf_matches, user_for_key, user_for_session
 from townsquare.services import Services
 from townsquare.social import access
 from townsquare.storage.tables import User
@@ -49,7 +49,8 @@ def authenticate(request: Request, db: Session) -> User | None:
     """The user behind the request's bearer key or web session cookie, if any.
 
     A bad key is an error (401), never a silent fall-back to the cookie. Cookie-authenticated
-    writes must carry the ``X-Townsquare-CSRF`` header, which a cross-site form cannot send.
+    writes must carry the session's CSRF token in the ``X-Townsquare-CSRF`` header (the pages
+    hold it in ``<meta name="csrf-token">``); a cross-site page can neither read nor send it.
     """
     header = request.headers.get("authorization")
     if header:
@@ -67,10 +68,13 @@ def authenticate(request: Request, db: Session) -> User | None:
     if token:
         user = user_for_session(db, token)
         if user is not None:
-            if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+            if request.method not in _SAFE_METHODS and not csrf_matches(
+                token, request.headers.get(CSRF_HEADER)
+            ):
                 raise Forbidden(
-                    "Browser requests that change data must send the header "
-                    "'X-Townsquare-CSRF: 1'. API clients should use a bearer key instead."
+                    "Browser requests that change data must send the page's CSRF token (its "
+                    "<meta name='csrf-token'>) in the header 'X-Townsquare-CSRF'; reload the "
+                    "page if it is old. API clients should use a bearer key instead."
                 )
             return user
     return None

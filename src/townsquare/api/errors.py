@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -86,20 +86,30 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _page(request: Request, status: int, message: str) -> Response | None:
+    """The web pages' HTML answer for an error on one of their paths (None elsewhere)."""
+    render = getattr(request.app.state, "html_error", None)
+    return render(request, status, message) if render is not None else None
+
+
 def install(app: FastAPI) -> None:
     """Register the exception handlers: townsquare errors, validation errors, HTTP errors and a
-    busy database pool."""
+    busy database pool. On a web page's path the same errors are answered as HTML."""
 
     @app.exception_handler(TownsquareError)
-    async def townsquare_error(request: Request, exc: TownsquareError) -> JSONResponse:
+    async def townsquare_error(request: Request, exc: TownsquareError) -> Response:
         if exc.status_code >= 500:  # the model or a dependency failed: operators must see it
             log.warning("%s %s: %s", exc.status_code, exc.code, exc.message)
+        page = _page(request, exc.status_code, exc.message)
+        if page is not None:
+            page.headers.update(_headers(exc))
+            return page
         return JSONResponse(
             exception_payload(request.url.path, exc), exc.status_code, headers=_headers(exc)
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for error in exc.errors():
             where = _field(tuple(error.get("loc", ())))
@@ -111,18 +121,24 @@ def install(app: FastAPI) -> None:
                 problems.append(f"{where}: {error.get('msg')}")
         first = _field(tuple(exc.errors()[0].get("loc", ()))) if exc.errors() else None
         message = "Fix these fields and send again: " + "; ".join(problems) + "."
+        page = _page(request, 422, message)
+        if page is not None:
+            return page
         return JSONResponse(
             error_payload(request.url.path, 422, "invalid_field", message, param=first), 422
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             message = f"There is no {request.url.path}. The API is described at /docs."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}. See /docs."
         else:
             message = str(exc.detail)
+        page = _page(request, exc.status_code, message)
+        if page is not None:
+            return page
         return JSONResponse(
             error_payload(request.url.path, exc.status_code, "http_error", message),
             exc.status_code,

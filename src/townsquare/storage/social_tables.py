@@ -51,6 +51,20 @@ class Membership(Base):
     role: Mapped[str] = mapped_column(String(16), default="member")  # member | moderator
 
 
+class GroupRead(Base):
+    """Where a member last read a group (its newest message when they opened its page)."""
+
+    __tablename__ = "group_reads"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_message_id: Mapped[int] = mapped_column(Integer)
+
+
 class GroupMessage(Base):
     __tablename__ = "group_messages"
 

@@ -52,7 +52,9 @@ async def post_message(
     def store() -> dict[str, object]:
         group = access.group_visible_to(db, user, group_id)
         message = chat.post(db, user, group, body)
-        view = message_view(message, group, user.external_id or user.name, body.reply_to)
+        view = message_view(
+            message, group, user.external_id or user.name, body.reply_to, user.display_name
+        )
         db.commit()
         return view
 

@@ -170,13 +170,19 @@ def assistant_user(db: Session, settings: Settings) -> User:
 
 
 def message_view(
-    message: GroupMessage, group: Group, author: str, reply_to: str | None
+    message: GroupMessage,
+    group: Group,
+    author: str,
+    reply_to: str | None,
+    author_name: str = "",
 ) -> dict[str, Any]:
-    """A group message as events and webhooks carry it."""
+    """A group message as events and webhooks carry it (``author``: the id the host app knows
+    the author by; ``author_name``: their display name)."""
     return {
         "id": message.external_id,
         "group": group.external_id,
         "author": author,
+        "author_name": author_name or author,
         "text": message.text,
         "reply_to": reply_to,
         "cards": message.cards or [],
@@ -381,7 +387,11 @@ class GroupChat:
         webhooks.enqueue(
             db,
             "group.message.created",
-            {"message": message_view(message, group, user.external_id or user.name, body.reply_to)},
+            {
+                "message": message_view(
+                    message, group, user.external_id or user.name, body.reply_to, user.display_name
+                )
+            },
         )
         return message
 
@@ -547,7 +557,9 @@ class GroupChat:
             )
             db.add(reply)
             db.flush()
-            view = message_view(reply, group, bot.external_id or bot.name, asked.external_id)
+            view = message_view(
+                reply, group, bot.external_id or bot.name, asked.external_id, bot.display_name
+            )
             webhooks.enqueue(db, "group.message.created", {"message": view})
             return reply.external_id
 
@@ -565,7 +577,7 @@ class GroupChat:
             if not access.is_admin(user) and access.membership_role(db, user, group_id) is None:
                 return None
             rows = db.execute(
-                select(GroupMessage, User.external_id, User.name)
+                select(GroupMessage, User.external_id, User.name, User.display_name)
                 .join(User, User.id == GroupMessage.author_id)
                 .where(
                     GroupMessage.group_id == group_id,
@@ -579,16 +591,16 @@ class GroupChat:
                 i: e
                 for i, e in db.execute(
                     select(GroupMessage.id, GroupMessage.external_id).where(
-                        GroupMessage.id.in_({m.reply_to_id for m, _, _ in rows if m.reply_to_id})
+                        GroupMessage.id.in_({m.reply_to_id for m, *_ in rows if m.reply_to_id})
                     )
                 ).all()
             }
             return [
                 (
                     m.id,
-                    message_view(m, group, ext or name, parents.get(m.reply_to_id or -1)),
+                    message_view(m, group, ext or name, parents.get(m.reply_to_id or -1), display),
                 )
-                for m, ext, name in rows
+                for m, ext, name, display in rows
             ]
 
     def latest_id(self, group_id: int) -> int:

@@ -3,7 +3,8 @@
 // header marks its writes as coming from this page.
 "use strict";
 
-const headers = { "Content-Type": "application/json", "X-Townsquare-CSRF": "1" };
+const csrf = document.querySelector("meta[name=csrf-token]");
+const headers = { "Content-Type": "application/json", "X-Townsquare-CSRF": csrf ? csrf.content : "" };
 const list = document.getElementById("conversation-list");
 const messages = document.getElementById("messages");
 const form = document.getElementById("composer");
@@ -50,12 +51,16 @@ function safeHref(url) {
   }
 }
 
+// the page of each kind of result: a card links there
+const PAGES = { listing: "/market/", reel: "/reels/", image: "/images/" };
+
 // one card per tool result; every value is set as text, never as HTML
 function card(data) {
-  const href = safeHref(data.url || data.accept_url || (data.links && data.links[0]));
+  const page = PAGES[data.type] && typeof data.id === "string" ? PAGES[data.type] + encodeURIComponent(data.id) : null;
+  const href = page || safeHref(data.url || data.accept_url || (data.links && data.links[0]));
   const node = el(href ? "a" : "div", `card ${data.type}`);
   node.dataset.type = data.type;
-  if (href) { node.href = href; node.target = "_blank"; node.rel = "noopener"; }
+  if (href) { node.href = href; if (!page) { node.target = "_blank"; node.rel = "noopener"; } }
   if (data.id) node.dataset.id = data.id;
   const add = (tag, text) => { if (text) node.appendChild(el(tag, "", text)); };
   switch (data.type) {
@@ -117,12 +122,39 @@ function showCards(item, cards) {
 
 // the reply as stored: Markdown rendered on the server (raw HTML escaped there), its cards,
 // and a note when the token limit cut it
-function finishReply(item, reply) {
+// thumbs up/down on a reply: feedback on its generation (for training exports)
+function thumbs(generationId) {
+  const box = el("div", "feedback");
+  box.appendChild(el("span", "hint", "Helpful?"));
+  for (const [rating, label, face] of [["up", "Yes, helpful", "👍"], ["down", "No, not helpful", "👎"]]) {
+    const button = el("button", "thumb", face);
+    button.type = "button";
+    button.setAttribute("aria-label", label);
+    button.addEventListener("click", async () => {
+      const response = await fetch(`/api/generations/${generationId}/feedback`, {
+        method: "POST", headers, body: JSON.stringify({ rating }),
+      });
+      box.replaceChildren(el("span", response.ok ? "hint done" : "error",
+        response.ok ? `Thanks: you rated this ${rating === "up" ? "helpful" : "not helpful"}.` : await errorText(response)));
+    });
+    box.appendChild(button);
+  }
+  return box;
+}
+
+function finishReply(item, reply, generationId) {
   item.classList.add("rendered");
-  item.innerHTML = reply.content_html;
+  const body = el("div", "body");
+  body.innerHTML = reply.content_html;  // rendered and sanitised on the server
+  item.replaceChildren(body);
   if (reply.truncated) item.appendChild(el("p", "note", "Cut at the length limit (max_tokens)."));
-  if (reply.model) item.title = `written by ${reply.model}`;
+  if (reply.model) {
+    const badge = el("span", "ai", "suggested by AI");
+    badge.title = `Written by the model ${reply.model}`;
+    item.prepend(badge);
+  }
   showCards(item, reply.cards);
+  if (generationId) item.appendChild(thumbs(generationId));
 }
 
 async function loadList() {
@@ -200,7 +232,7 @@ async function send(content) {
         if (delta.content) reply.textContent += delta.content;
         if (chunk.townsquare) {
           reply.dataset.messageId = chunk.townsquare.reply.id;
-          finishReply(reply, chunk.townsquare.reply);
+          finishReply(reply, chunk.townsquare.reply, chunk.townsquare.generation_id);
         }
       }
       messages.scrollTop = messages.scrollHeight;

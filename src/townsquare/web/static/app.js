@@ -1,0 +1,83 @@
+// The pages' own script (htmx does the rest): "use this suggestion" buttons, clearing a form
+// after htmx sent it, and the group chat's live messages over Server-Sent Events. Every value
+// from the server is set as text, never as HTML.
+"use strict";
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-fill]");
+  if (!button) return;
+  const field = document.querySelector(button.dataset.fill);
+  if (!field) return;
+  field.value = button.dataset.text;
+  field.focus();
+});
+
+document.addEventListener("htmx:afterRequest", (event) => {
+  const form = event.detail.elt;
+  if (event.detail.successful && form instanceof HTMLFormElement && form.dataset.reset === "true") {
+    form.reset();
+    const status = form.querySelector("[role=status]");
+    if (status) status.textContent = "";
+  }
+});
+
+// Enter sends, Shift+Enter makes a new line, in the group composer
+document.addEventListener("keydown", (event) => {
+  const field = event.target;
+  if (event.key !== "Enter" || event.shiftKey || field.id !== "group-text") return;
+  event.preventDefault();
+  field.form.requestSubmit();
+});
+
+function node(tag, className, text) {
+  const element = document.createElement(tag);
+  if (className) element.className = className;
+  if (text !== undefined && text !== null) element.textContent = String(text);
+  return element;
+}
+
+const CARD_PAGES = { listing: "/market/", reel: "/reels/", image: "/images/" };
+
+function cardFor(data) {
+  const page = CARD_PAGES[data.type];
+  const card = node(page ? "a" : "div", `card ${data.type || ""}`);
+  if (page && typeof data.id === "string") card.href = page + encodeURIComponent(data.id);
+  card.appendChild(node("strong", "", data.title || data.caption || data.text || data.topic || data.prompt || data.type));
+  return card;
+}
+
+function startGroupEvents() {
+  const list = document.getElementById("group-messages");
+  if (!list || !list.dataset.events) return;
+  const assistants = new Set(JSON.parse(list.dataset.ai || "[]"));
+  const source = new EventSource(list.dataset.events);
+  source.addEventListener("message", (event) => {
+    const message = JSON.parse(event.data);
+    if (document.getElementById(`msg-${message.id}`)) return;
+    const ai = assistants.has(message.author);
+    const item = node("li", ai ? "msg assistant" : "msg");
+    item.id = `msg-${message.id}`;
+    item.dataset.id = message.id;
+    const meta = node("p", "meta", message.author_name || message.author);
+    if (ai) {
+      const badge = node("span", "ai", "suggested by AI");
+      badge.title = `Written by the model ${list.dataset.model}`;
+      meta.append(" ", badge);
+    }
+    item.append(meta, node("p", "text", message.text));
+    if (Array.isArray(message.cards) && message.cards.length) {
+      const cards = node("div", "cards");
+      message.cards.forEach((data) => cards.appendChild(cardFor(data)));
+      item.appendChild(cards);
+    }
+    list.appendChild(item);
+    item.scrollIntoView({ block: "nearest" });
+  });
+  source.addEventListener("end", () => source.close());
+}
+
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", startGroupEvents);
+} else {
+  startGroupEvents();
+}
