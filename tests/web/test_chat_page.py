@@ -9,19 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import LiveServer, add_user, missing
+from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
 from townsquare.services import Services
 
 pytestmark = [pytest.mark.browser, pytest.mark.model]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from townsquare.api.deps import MAX_INT, DbDep, ServicesDep
 from townsquare.errors import InvalidField, InvalidImage, NotFound
@@ -84,7 +84,6 @@ def users(
         select(ApiKey).where(ApiKey.user_id.in_([u.id for u in rows])).order_by(ApiKey.id)
     ):
         keys.setdefault(key.user_id, []).append(key)
-    total = db.scalar(select(func.count()).select_from(User)) or 0
     return _page(
         request,
         "admin/users.html",
@@ -92,7 +91,6 @@ def users(
         "users",
         users=rows,
         keys=keys,
-        total=total,
         next_before=rows[-1].id if len(rows) == PAGE else None,
         new_key=None,
         roles=("member", "creator", "admin"),
