@@ -690,6 +690,13 @@ class WebhookSettings(BaseModel):
     )
     backoff_max_s: float = Field(600.0, gt=0, le=86_400, description="Longest wait between tries.")
     timeout_s: float = Field(10.0, gt=0, le=120, description="How long one delivery may take.")
+    stop_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=120,
+        description="When the server stops, how long the delivery in flight may take to finish "
+        "before it is cut off (and tried again on the next start).",
+    )
     poll_s: float = Field(
         1.0, gt=0, le=60, description="How often the sender looks for deliveries that are due."
     )

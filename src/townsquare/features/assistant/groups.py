@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +46,7 @@ from townsquare.settings import Settings
 from townsquare.social import access
 from townsquare.storage.social_tables import Group, GroupAssistant, GroupMessage
 from townsquare.storage.tables import User
+from townsquare.threads import finish_in_thread
 
 log = logging.getLogger("townsquare.assistant")
 
@@ -322,7 +322,7 @@ class GroupChat:
         wanted = [e for e in external_ids if isinstance(e, str)]
         if not wanted:
             return
-        groups, asked = await anyio.to_thread.run_sync(self._mentioning, wanted)
+        groups, asked = await finish_in_thread(self._mentioning, wanted)
         for group_id in groups:
             self.notify(group_id)
         for message_id in asked:
@@ -480,13 +480,13 @@ class GroupChat:
         """Answer the mention ``message_id`` in its group; the reply's id, or None when it was
         ignored (persona off, already answered, deleted)."""
         started = time.perf_counter()
-        prepared = await anyio.to_thread.run_sync(self._prepare, message_id)
+        prepared = await finish_in_thread(self._prepare, message_id)
         if prepared is None:
             return None
         spent = model_seconds.set([])
         try:
             text, cards = await self._reply(prepared, self.text)
-            reply_id = await anyio.to_thread.run_sync(self._store, prepared, text, cards)
+            reply_id = await finish_in_thread(self._store, prepared, text, cards)
             self.stats.model_s.append(sum(model_seconds.get() or []))
         finally:
             model_seconds.reset(spent)
@@ -626,7 +626,7 @@ class GroupChat:
         yield ": connected\n\n"
         while True:
             changed = self._changed.setdefault(group_id, asyncio.Event())
-            found = await anyio.to_thread.run_sync(self._since, user_id, group_id, after)
+            found = await finish_in_thread(self._since, user_id, group_id, after)
             if found is None:
                 yield 'event: end\ndata: {"reason": "not a member"}\n\n'
                 return

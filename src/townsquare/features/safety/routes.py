@@ -22,6 +22,7 @@ from townsquare.safety.taxonomy import CODES_TO_OPENAI, HAZARDS
 from townsquare.services import Services
 from townsquare.storage.social_tables import Group
 from townsquare.storage.tables import RedteamRunRow
+from townsquare.threads import finish_in_thread
 
 router = APIRouter(prefix="/api", tags=["safety"])
 
@@ -156,14 +157,20 @@ async def start_run(
                 max_tokens=settings.safety.redteam_max_tokens,
                 concurrency=settings.safety.redteam_concurrency,
             )
-            await anyio.to_thread.run_sync(redteam.finish, services.sessions, run_id, summary)
+            await finish_in_thread(redteam.finish, services.sessions, run_id, summary)
         except asyncio.CancelledError:  # the server is stopping: the run ends as 'failed'
-            redteam.finish(
-                services.sessions, run_id, None, error="the server stopped during the run"
+            await finish_in_thread(
+                partial(
+                    redteam.finish,
+                    services.sessions,
+                    run_id,
+                    None,
+                    error="the server stopped during the run",
+                )
             )
             raise
         except Exception as exc:  # any failure ends the run as 'failed'
-            await anyio.to_thread.run_sync(
+            await finish_in_thread(
                 partial(redteam.finish, services.sessions, run_id, None, error=repr(exc))
             )
 

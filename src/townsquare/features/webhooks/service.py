@@ -45,6 +45,7 @@ from townsquare.errors import InvalidField, NotFound
 from townsquare.settings import WebhookSettings
 from townsquare.storage.social_tables import Webhook, WebhookDelivery
 from townsquare.storage.tables import User
+from townsquare.threads import finish_in_thread
 
 log = logging.getLogger("townsquare.webhooks")
 
@@ -234,6 +235,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     def start(self) -> None:
         """Start the sending loop on the running event loop (once: an app started again on
@@ -242,14 +244,21 @@ class Sender:
             return
         self._loop_ref = asyncio.get_running_loop()
         self._wake = asyncio.Event()  # bound to this loop
+        self._stopping = False
         self._task = self._loop_ref.create_task(self._loop(), name="webhooks")
 
     async def stop(self) -> None:
-        """Stop the loop, from the loop that started it (deliveries left pending are sent by
-        the next start or another replica)."""
+        """Stop the loop, from the loop that started it: the delivery in flight finishes
+        (for up to ``stop_grace_s``, then it is cut off and tried again later); deliveries left
+        pending are sent by the next start or another replica."""
         task = self._task
         if task is None or asyncio.get_running_loop() is not self._loop_ref:
             return
+        self._stopping = True
+        self._wake.set()
+        # a request cancelled mid-connect can leave its socket to the garbage collector
+        # (httpcore closes a half-made TLS stream on errors only): let it end on its own
+        await asyncio.wait({task}, timeout=self.settings.stop_grace_s)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -264,9 +273,9 @@ class Sender:
 
     async def _loop(self) -> None:
         async with httpx.AsyncClient(timeout=self.settings.timeout_s) as client:
-            while True:
+            while not self._stopping:
                 try:
-                    while await self.send_due(client):
+                    while await self.send_due(client) and not self._stopping:
                         pass
                 except Exception:  # a broken database must not end the loop for good
                     log.exception("webhook sending failed; trying again shortly")
@@ -339,8 +348,10 @@ class Sender:
 
     async def send_due(self, client: httpx.AsyncClient) -> int:
         """Post every delivery that is due now; the number sent (delivered or not)."""
-        claimed = await anyio.to_thread.run_sync(self._claim)
+        claimed = await finish_in_thread(self._claim)
         for delivery_id, url, secret, payload, _ in claimed:
+            if self._stopping:  # claims lapse after their lease: sent on the next start
+                break
             body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":"))
             data = body.encode()
             ok, status, error = False, None, ""
@@ -363,5 +374,5 @@ class Sender:
                 error = exc.message
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await anyio.to_thread.run_sync(self._record, delivery_id, ok, status, error)
+            await finish_in_thread(self._record, delivery_id, ok, status, error)
         return len(claimed)
