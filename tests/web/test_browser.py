@@ -166,6 +166,8 @@ def test_a_member_asks_the_assistant_in_a_group_and_sees_the_reply(browser, town
     expect(reply.locator(".ai")).to_have_text("suggested by AI")
     assert "SmolLM2" in (reply.locator(".ai").get_attribute("title") or "")
     expect(page.locator("#group-text")).to_have_value("")  # the composer was cleared
+    reply.locator("button[aria-label='Yes, helpful']").click()  # the asker rates the reply
+    expect(reply.locator(".feedback.done")).to_contain_text("helpful")
 
     page.click("text=Catch me up")
     expect(page.locator("#catch-up")).not_to_be_empty(timeout=15_000)

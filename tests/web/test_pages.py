@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.conftest import web_login as login
@@ -209,6 +210,42 @@ def test_group_pages_follow_the_access_rules_and_count_unread(town) -> None:  # 
         )
         client.get("/groups/g1")  # reading the group clears its count
         assert "unread" not in client.get("/").text
+
+
+def test_the_assistants_group_reply_has_thumbs_for_its_asker_only(town) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    services, keys = town
+    services.text.enqueue("Rye flour is at the mill shop.")  # type: ignore[attr-defined]
+    with TestClient(create_app(services=services)) as client:
+        asked = client.post(
+            "/api/groups/g1/messages",
+            json={"text": "@assistant where is rye flour?"},
+            headers={"Authorization": f"Bearer {keys['member']}"},
+        )
+        assert asked.status_code == 201, asked.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with services.sessions() as db:
+                made = db.scalar(
+                    select(GroupMessage.generation_id).where(
+                        GroupMessage.generation_id.is_not(None)
+                    )
+                )
+            if made:
+                break
+            time.sleep(0.05)
+        assert made
+        csrf = login(client, keys["member"])
+        page = client.get("/groups/g1").text
+        assert "Rye flour is at the mill shop." in page
+        assert f'hx-post="/feedback/{made}"' in page
+        rated = client.post(f"/feedback/{made}", data={"rating": "down", "csrf_token": csrf})
+        assert rated.status_code == 200 and "not helpful" in rated.text
+    with TestClient(create_app(services=services)) as client:
+        login(client, keys["moderator"])  # in the group, but did not ask
+        page = client.get("/groups/g1").text
+        assert "Rye flour is at the mill shop." in page and "/feedback/" not in page
 
 
 def test_market_search_shows_filters_results_and_loads_a_cited_summary(town) -> None:  # type: ignore[no-untyped-def]

@@ -111,6 +111,7 @@ def group_messages(
             reply_to=replies.get(m.reply_to_id) if m.reply_to_id else None,
             created_at=m.created_at,
             cards=m.cards or [],
+            generation_id=m.generation_id,
         )
         for m in rows
     ]

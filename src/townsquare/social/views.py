@@ -26,6 +26,11 @@ class MessageOut(BaseModel):
     cards: list[dict[str, Any]] = Field(
         default_factory=list, description="The assistant's tool results, shown with its reply."
     )
+    generation_id: int | None = Field(
+        None,
+        description="On the assistant's replies: the generation the member who asked may rate "
+        "(POST /api/generations/{id}/feedback).",
+    )
 
 
 class CommentOut(BaseModel):

@@ -81,6 +81,8 @@ class GroupMessage(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the assistant's reply: its generation, which the member who asked may rate (0017)
+    generation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Post(Base):

@@ -34,6 +34,7 @@ from townsquare.social import access, reads
 from townsquare.storage.social_tables import (
     Comment,
     DMMessage,
+    Generation,
     Group,
     GroupMessage,
     GroupRead,
@@ -188,12 +189,26 @@ def group_page(
     from townsquare.features.imagine.service import outs
 
     persona = services.settings.assistant.name
+    made = {m.generation_id for m in messages if m.generation_id}
+    rateable = (  # the assistant's replies to this viewer: theirs to rate
+        set(
+            db.scalars(
+                select(Generation.id).where(
+                    Generation.id.in_(made), Generation.user_id == who.user.id
+                )
+            )
+        )
+        if made
+        else set()
+    )
     return render(
         request,
         "group.html",
         who,
         "home",
         group=info,
+        me=who.user.external_id or who.user.name,
+        rateable=rateable,
         messages=messages,
         names=display_names(db, {m.author for m in messages}),
         ai_names=_ai_names(services),

@@ -20,6 +20,7 @@ from tests.conftest import LiveServer, _close, add_user, make_settings
 from tests.town import build_town
 from townsquare.backends.fake import FakeEmbeddings, FakeText
 from townsquare.features.assistant.groups import mentions, without_mention
+from townsquare.features.feedback import service as feedback_service
 from townsquare.features.webhooks.service import SIGNATURE_HEADER, verify
 from townsquare.services import Services
 from townsquare.storage.social_tables import WebhookDelivery
@@ -169,6 +170,21 @@ def test_mention_is_answered_in_the_group_with_stream_and_signed_webhook(
     listener.join(timeout=10)
     assert [e["id"] for e in events] == [asked, reply["id"]]
     assert events[1]["reply_to"] == asked
+    assert events[0]["generation_id"] is None
+
+    # the reply is a generation the asker may rate (and only they), ready for training export
+    generation = reply["generation_id"]
+    assert isinstance(generation, int) and events[1]["generation_id"] == generation
+    moderator = api(server, keys["moderator"])
+    rating = {"rating": "up"}
+    assert moderator.post(f"/api/generations/{generation}/feedback", json=rating).status_code == 404
+    rated = member.post(f"/api/generations/{generation}/feedback", json=rating)
+    assert rated.status_code in (200, 201), rated.text
+    assert rated.json()["feature"] == "group_assistant"
+    with server.services.sessions() as db:
+        [row] = list(feedback_service.export(db, "sft", feature="group_assistant"))
+    assert row["messages"][-1] == {"role": "assistant", "content": reply["text"]}
+    assert row["messages"][-2]["content"] == "who sells rye flour?"
 
     # both messages townsquare wrote reach the host app, signed
     wait_for(lambda: len(receiver.received) >= 2)

@@ -44,7 +44,7 @@ from townsquare.features.webhooks.service import Sender
 from townsquare.safety.pipeline import Context, GuardedText, model_seconds
 from townsquare.settings import Settings
 from townsquare.social import access
-from townsquare.storage.social_tables import Group, GroupAssistant, GroupMessage
+from townsquare.storage.social_tables import Generation, Group, GroupAssistant, GroupMessage
 from townsquare.storage.tables import User
 from townsquare.threads import finish_in_thread
 
@@ -186,6 +186,7 @@ def message_view(
         "text": message.text,
         "reply_to": reply_to,
         "cards": message.cards or [],
+        "generation_id": message.generation_id,
         "created_at": message.created_at.isoformat(),
     }
 
@@ -485,8 +486,10 @@ class GroupChat:
             return None
         spent = model_seconds.set([])
         try:
-            text, cards = await self._reply(prepared, self.text)
-            reply_id = await finish_in_thread(self._store, prepared, text, cards)
+            text, cards, generated = await self._reply(prepared, self.text)
+            reply_id = await finish_in_thread(
+                self._store, prepared, text, cards, self.text.model_id if generated else None
+            )
             self.stats.model_s.append(sum(model_seconds.get() or []))
         finally:
             model_seconds.reset(spent)
@@ -497,7 +500,9 @@ class GroupChat:
 
     async def _reply(
         self, prepared: Prepared, text: GuardedText
-    ) -> tuple[str, list[dict[str, Any]]]:
+    ) -> tuple[str, list[dict[str, Any]], bool]:
+        """The reply's text, its cards, and whether the model wrote it (not a refusal or an
+        apology for an error)."""
         context = Context(FEATURE, prepared.asker_id, prepared.asker_role, prepared.group_id)
         request = prepared.request or "Hello!"
         for attempt in range(3):
@@ -511,7 +516,7 @@ class GroupChat:
                     allowed=prepared.tools,
                 )
                 if answer is not None:
-                    return answer.text, answer.cards
+                    return answer.text, answer.cards, True
                 completion = await text.complete(
                     [
                         Message("system", prepared.system),
@@ -526,20 +531,24 @@ class GroupChat:
                 reply = completion.text.strip() or "…"
                 if completion.finish_reason == "length":
                     reply += CUT
-                return reply, []
+                return reply, [], True
             except ContentBlocked as exc:
                 refusal = "I can't help with that here."
                 if exc.support:
                     refusal += f" {exc.support}"
-                return refusal, []
+                return refusal, [], False
             except Busy:
                 await asyncio.sleep(2**attempt)
             except TownsquareError as exc:
                 log.warning("mention %s: %s", prepared.message_id, exc.message)
-                return "Sorry, I could not answer that just now. Try again in a moment.", []
-        return "Sorry, I am busy right now. Ask me again in a minute.", []
+                return "Sorry, I could not answer that just now. Try again in a moment.", [], False
+        return "Sorry, I am busy right now. Ask me again in a minute.", [], False
 
-    def _store(self, prepared: Prepared, text: str, cards: list[dict[str, Any]]) -> str:
+    def _store(
+        self, prepared: Prepared, text: str, cards: list[dict[str, Any]], model: str | None
+    ) -> str:
+        """Store the reply in the group (and, when the ``model`` wrote it, as a generation the
+        asker may rate and training exports may use); queue its webhook."""
         with self.sessions.begin() as db:
             group = db.get(Group, prepared.group_id)
             asked = db.get(GroupMessage, prepared.message_id)
@@ -557,6 +566,23 @@ class GroupChat:
             )
             db.add(reply)
             db.flush()
+            if model is not None:
+                generation = Generation(
+                    feature=FEATURE,
+                    user_id=prepared.asker_id,
+                    inputs={"group": group.external_id, "message": reply.external_id},
+                    output={"reply": text, "cards": cards},
+                    model=model,
+                    prompt=[
+                        {"role": "system", "content": prepared.system},
+                        *({"role": m.role, "content": m.content} for m in prepared.history),
+                        {"role": "user", "content": prepared.request or "Hello!"},
+                    ],
+                    answer=text,
+                )
+                db.add(generation)
+                db.flush()
+                reply.generation_id = generation.id
             view = message_view(
                 reply, group, bot.external_id or bot.name, asked.external_id, bot.display_name
             )

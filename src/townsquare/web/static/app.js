@@ -46,6 +46,23 @@ function cardFor(data) {
   return card;
 }
 
+function feedbackForm(generationId) {
+  const form = node("form", "feedback");
+  form.setAttribute("hx-post", `/feedback/${generationId}`);
+  form.setAttribute("hx-swap", "outerHTML");
+  form.appendChild(node("span", "hint", "Helpful?"));
+  for (const [value, face, label] of [["up", "👍", "Yes, helpful"], ["down", "👎", "No, not helpful"]]) {
+    const button = node("button", "thumb", face);
+    button.type = "submit";
+    button.name = "rating";
+    button.value = value;
+    button.setAttribute("aria-label", label);
+    form.appendChild(button);
+  }
+  if (window.htmx) window.htmx.process(form);
+  return form;
+}
+
 function startGroupEvents() {
   const list = document.getElementById("group-messages");
   if (!list || !list.dataset.events) return;
@@ -58,6 +75,7 @@ function startGroupEvents() {
     const item = node("li", ai ? "msg assistant" : "msg");
     item.id = `msg-${message.id}`;
     item.dataset.id = message.id;
+    item.dataset.author = message.author;
     const meta = node("p", "meta", message.author_name || message.author);
     if (ai) {
       const badge = node("span", "ai", "suggested by AI");
@@ -71,6 +89,11 @@ function startGroupEvents() {
       item.appendChild(cards);
     }
     list.appendChild(item);
+    // the assistant's reply to this viewer: theirs to rate (the form the server renders)
+    const asked = message.reply_to && document.getElementById(`msg-${message.reply_to}`);
+    if (Number.isInteger(message.generation_id) && asked && asked.dataset.author === list.dataset.me) {
+      item.appendChild(feedbackForm(message.generation_id));
+    }
     item.scrollIntoView({ block: "nearest" });
   });
   source.addEventListener("end", () => source.close());
