@@ -15,6 +15,8 @@ from townsquare.social.ingest import Removal
 from townsquare.storage.social_tables import (
     AuditEvent,
     DMMessage,
+    Feedback,
+    Generation,
     GroupMessage,
     Interaction,
     Listing,
@@ -265,6 +267,11 @@ def test_deleting_a_user_removes_them_everywhere(
             "posts": sorted(db.scalars(select(Post.id).where(Post.author_id == user.id))),
             "reels": sorted(db.scalars(select(Reel.id).where(Reel.creator_id == user.id))),
         }
+    with services.sessions.begin() as db:  # something a writing feature made for them, rated
+        made = Generation(feature="comments", user_id=user.id, answer="their words")
+        db.add(made)
+        db.flush()
+        db.add(Feedback(generation_id=made.id, user_id=user.id, rating="up"))
     response = client.delete("/api/users/u-member", headers=auth(keys["admin"]))
     assert response.json() == {"id": "u-member", "status": "deleted"}
     # the hooks learn exactly what went, cascades included, so derived data prunes only that
@@ -290,6 +297,8 @@ def test_deleting_a_user_removes_them_everywhere(
             db.scalar(select(func.count()).select_from(Reel).where(Reel.external_id == "r1")) == 0
         )
         assert db.scalar(select(func.count()).select_from(Conversation)) == 0
+        assert db.scalar(select(func.count()).select_from(Generation)) == 0
+        assert db.scalar(select(func.count()).select_from(Feedback)) == 0
         # the outsider's save pointed at the member's listing: gone too; the moderator's message stays
         assert db.scalar(select(func.count()).select_from(Interaction)) == 0
         assert db.scalar(select(func.count()).select_from(GroupMessage)) == 1

@@ -44,6 +44,7 @@ from townsquare.storage.social_tables import (
     DMMessage,
     DMParticipant,
     DMThread,
+    Generation,
     Group,
     GroupMessage,
     ImageRow,
@@ -655,6 +656,8 @@ def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:
         db.execute(
             update(ProvenanceRecord).where(ProvenanceRecord.user_id == obj.id).values(user_id=None)
         )
+        # what the writing features made for them holds their words (their feedback goes too)
+        db.execute(delete(Generation).where(Generation.user_id == obj.id))
         targets = [
             ("post", select(Post.id).where(Post.author_id == obj.id)),
             ("listing", select(Listing.id).where(Listing.seller_id == obj.id)),

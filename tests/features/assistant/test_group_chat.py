@@ -183,6 +183,8 @@ def test_mention_is_answered_in_the_group_with_stream_and_signed_webhook(
     assert rated.json()["feature"] == "group_assistant"
     with server.services.sessions() as db:
         [row] = list(feedback_service.export(db, "sft", feature="group_assistant"))
+    # the asker's question and the reply; the other members' messages are not exported
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     assert row["messages"][-1] == {"role": "assistant", "content": reply["text"]}
     assert row["messages"][-2]["content"] == "who sells rye flour?"
 

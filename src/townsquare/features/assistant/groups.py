@@ -573,9 +573,10 @@ class GroupChat:
                     inputs={"group": group.external_id, "message": reply.external_id},
                     output={"reply": text, "cards": cards},
                     model=model,
+                    # the asker's words only: the other members' messages the model also read
+                    # stay theirs (and go with them), not in a training export
                     prompt=[
                         {"role": "system", "content": prepared.system},
-                        *({"role": m.role, "content": m.content} for m in prepared.history),
                         {"role": "user", "content": prepared.request or "Hello!"},
                     ],
                     answer=text,
