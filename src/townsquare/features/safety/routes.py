@@ -158,7 +158,7 @@ async def start_run(
                 concurrency=settings.safety.redteam_concurrency,
             )
             await finish_in_thread(redteam.finish, services.sessions, run_id, summary)
-        except asyncio.CancelledError:  # the server is stopping: the run ends as 'failed'
+        except (redteam.Stopped, asyncio.CancelledError) as exc:  # the server is stopping
             await finish_in_thread(
                 partial(
                     redteam.finish,
@@ -168,13 +168,14 @@ async def start_run(
                     error="the server stopped during the run",
                 )
             )
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
         except Exception as exc:  # any failure ends the run as 'failed'
             await finish_in_thread(
                 partial(redteam.finish, services.sessions, run_id, None, error=repr(exc))
             )
 
     task = asyncio.create_task(work())
-    services.background_tasks.add(task)  # cancelled when the app stops
+    services.background_tasks.add(task)  # stopped (services.stopping) when the app stops
     task.add_done_callback(services.background_tasks.discard)
     return {"id": run_id, "status": "running", "suite": body.suite}
