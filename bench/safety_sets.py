@@ -15,13 +15,13 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from townsquare.backends.base import Message
 from townsquare.safety.datasets import Example, Wheel, held_out
-from townsquare.safety.pipeline import Context, Decision, SafetyPipeline
+from townsquare.safety.pipeline import ALL_ROLES, Context, Decision, SafetyPipeline
 
 DATA = Path(__file__).resolve().parent / "data" / "safety"
 
@@ -43,13 +43,19 @@ _RHO_CODES: tuple[tuple[str, str], ...] = (
     ("S4", r"csam|child_exploit|child_groom|minor_recruit|grooming"),
     ("S3", r"sex_traffick|trafficking|voyeur|sexual"),
     ("S11", r"suicide|self_harm|eating_disorder|pro_ana|abortion|dangerous_challenge"),
-    ("S9", r"nerve_agent|ricin|cyanide|chlorine|poison_gas|bioweapon|biocontam|chemical_weapon|"
-     r"bioterror|water_poison|contact_poison"),
+    (
+        "S9",
+        r"nerve_agent|ricin|cyanide|chlorine|poison_gas|bioweapon|biocontam|chemical_weapon|"
+        r"bioterror|water_poison|contact_poison",
+    ),
     ("S7", r"doxx|stalk|spy|surveillance|spying|catfish|camera_hack|gps|dossier|exfiltration"),
     ("S10", r"extremis|radicali|propaganda|manifesto|religious_extremism|incitement|cult"),
-    ("S1", r"ied|explosive|weapon|bomb|incendiary|thermite|drone|ghost_gun|ammo|suppressor|"
-     r"booby|vbied|detonator|attack|sabotage|violence|arson|abduction|torture|animal_cruelty|"
-     r"concealed|drugging|poison"),
+    (
+        "S1",
+        r"ied|explosive|weapon|bomb|incendiary|thermite|drone|ghost_gun|ammo|suppressor|"
+        r"booby|vbied|detonator|attack|sabotage|violence|arson|abduction|torture|animal_cruelty|"
+        r"concealed|drugging|poison",
+    ),
     ("S2", r"."),
 )
 
@@ -84,7 +90,8 @@ def community_sets() -> dict[str, list[Item]]:
             Item(r["text"], (), f"community.{r['kind']}") for r in jsonl("community_benign.jsonl")
         ],
         "community_harmful": [
-            Item(r["text"], tuple(r["codes"]), "community") for r in jsonl("community_harmful.jsonl")
+            Item(r["text"], tuple(r["codes"]), "community")
+            for r in jsonl("community_harmful.jsonl")
         ],
         "s11_disclosures": [
             Item(r["text"], ("S11",), "disclosure") for r in jsonl("s11_disclosures.jsonl")
@@ -108,7 +115,9 @@ def moderation_figures(
         rows = decisions.get(name, [])
         if rows:
             blocked = [(i, d) for i, d in rows if not d.allowed]
-            out[f"moderation_over_refusal_{name.split('_')[0]}"] = round(len(blocked) / len(rows), 4)
+            out[f"moderation_over_refusal_{name.split('_')[0]}"] = round(
+                len(blocked) / len(rows), 4
+            )
             out[f"{name}_n"] = len(rows)
             out[f"{name}_blocked_examples"] = [
                 {"text": i.text, "hazards": list(d.hazards)} for i, d in blocked
@@ -195,6 +204,7 @@ def bypass_shapes(
             ],
         }
 
+    context = replace(context, supplied=ALL_ROLES)  # /v1: every turn is the caller's
     blocked: dict[str, int] = Counter()
     for item in harmful:
         for shape, messages in shapes(item.text).items():
@@ -202,18 +212,45 @@ def bypass_shapes(
     return {shape: round(blocked[shape] / len(harmful), 4) for shape in shapes("x")}
 
 
-def latency(moderator: Any, texts: Sequence[str]) -> dict[str, float]:
-    """Per-message moderation time, one at a time (the server's scoring path)."""
-    moderator.score(["warm up"])
+def _timed(call: Any, texts: Sequence[str]) -> dict[str, float]:
+    call(["warm up"])
     spent = []
     for text in texts:
         start = time.perf_counter()
-        moderator.score([text])
+        call([text])
         spent.append((time.perf_counter() - start) * 1000)
     spent.sort()
     return {
-        "p50_ms": round(spent[len(spent) // 2], 2),
-        "p99_ms": round(spent[int(len(spent) * 0.99)], 2),
-        "mean_ms": round(statistics.mean(spent), 2),
+        "p50_ms": round(spent[len(spent) // 2], 3),
+        "p99_ms": round(spent[int(len(spent) * 0.99)], 3),
+        "mean_ms": round(statistics.mean(spent), 3),
         "messages": len(spent),
     }
+
+
+def latency(texts: Sequence[str]) -> dict[str, Any]:
+    """Per-message moderation time, one at a time, with no score cache: the first stage alone
+    (rules, static embeddings, the first pass, profanity), the whole cascade, and every text
+    given the second look (MiniLM), in the same run."""
+    from townsquare.safety import rules
+    from townsquare.safety.moderation import EmbeddedModerator, ModerationModel, Profanity
+    from townsquare.safety.static import StaticEmbeddings
+
+    model, static, profanity = ModerationModel.bundled(), StaticEmbeddings(), Profanity()
+
+    def first_stage(batch: Sequence[str]) -> None:
+        for text in batch:
+            rules.request_codes(text)
+            rules.attack_rules(text)
+        model.first_pass(static.embed(batch))
+        profanity.score(batch)
+
+    cascade = EmbeddedModerator(cache_size=0)
+    full = EmbeddedModerator(cache_size=0, cascade=False)
+    out: dict[str, Any] = {
+        "first_stage": _timed(first_stage, texts),
+        "cascade": _timed(cascade.score, texts),
+        "second_look_every_text": _timed(full.score, texts),
+    }
+    out["second_look_share"] = round(cascade.second_looks / (len(texts) + 1), 4)
+    return out

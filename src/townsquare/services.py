@@ -183,7 +183,8 @@ class Services:
                         moderator,
                         policy_store,
                         support_message=safety.support_message,
-                        input_window=safety.input_window_messages,
+                        s11_threshold=safety.s11_support_threshold,
+                        max_texts=safety.max_checked_texts,
                         fail_open=safety.guard_fail_open,
                     )
                 )

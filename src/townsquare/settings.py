@@ -389,11 +389,34 @@ class SafetySettings(BaseModel):
         description="A streamed reply is checked each time it has grown by this many "
         "characters, and once more when complete.",
     )
-    input_window_messages: int = Field(
-        4,
+    max_checked_texts: int = Field(
+        256,
         ge=1,
-        le=100,
-        description="The newest user messages of a conversation that each input check reads.",
+        le=10_000,
+        description="Most member-written turns one input check reads (every user turn, and "
+        "system, assistant and tool turns a member sent). A request with more gets 413: "
+        "nothing is let through unread.",
+    )
+    cascade: bool = Field(
+        True,
+        description="The embedded moderator's first pass (static embeddings, ~0.1 ms) lets a "
+        "text it is sure of through without the MiniLM second look. False: every text gets "
+        "the second look (about 13 ms more on 2 cores; bench/RESULTS.md has both).",
+    )
+    score_cache_size: int = Field(
+        4096,
+        ge=0,
+        le=1_000_000,
+        description="Texts whose moderation scores a replica keeps (a conversation's earlier "
+        "turns are checked again on every turn).",
+    )
+    s11_support_threshold: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="S11 (suicide and self-harm) score on the member's newest message at or "
+        "above which they get the support text instead of any other answer, whatever else "
+        "the policy says. Lower than the blocking threshold on purpose.",
     )
     policy_cache_s: float = Field(
         5.0,

