@@ -41,6 +41,10 @@ def main() -> None:
         out["bypass_blocked"] = ss.bypass_shapes(
             services.safety, sets["community_harmful"][:50], context
         )
+        # the same shapes with benign requests: reading every turn must not refuse more
+        out["benign_blocked_by_shape"] = ss.bypass_shapes(
+            services.safety, sets["community_benign"][::4], context
+        )
         # everyday community text: the demo town's messages, posts and listings
         from townsquare.safety.datasets import demo_town_texts
 

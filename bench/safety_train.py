@@ -60,12 +60,13 @@ RESULTS = ROOT / "bench/results/safety_classifier.json"
 HARD_NEGATIVE_WEIGHT = 5
 HARD_NEGATIVE_FPR = 0.05  # the gate's operating point on the dev split's hard negatives
 FIRST_PASS_RECALL = 0.995  # harmful dev texts kept above the first pass's cut
+S11_BENIGN_SHARE = 0.005  # dev texts that are not S11 and still get the support text, at most
 LEARNT_ELSEWHERE = {"X5"}  # profanity: alt-profanity-check
 HARD_NEGATIVE_SOURCES = {"townsquare.hard_negatives", "townsquare.lookalikes"}
 
 
 def mlp(hidden: int) -> MLPClassifier:
-    return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-3, max_iter=300, random_state=0)
+    return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1e-2, max_iter=300, random_state=0)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -129,6 +130,15 @@ def main() -> None:
     codes_model = LogisticRegression(C=4.0, max_iter=3000, class_weight="balanced")
     codes_model.fit(both[train & harmful], primary[train & harmful])
 
+    # the S11 bar: the support text for the lowest S11 score that at most S11_BENIGN_SHARE of
+    # the dev texts without S11 reach (the gate's score times S11's share of the code head)
+    shifted = 1 / (1 + np.exp(-(logit(gate_scores) - logit(np.array([operating]))[0])))
+    probabilities = codes_model.predict_proba(both)
+    s11 = list(codes_model.classes_).index("S11")
+    s11_scores = shifted * probabilities[:, s11] / probabilities.max(axis=1)
+    is_s11 = np.array(["S11" in e.codes for e in corpus])
+    s11_bar = float(np.quantile(s11_scores[dev & ~is_s11], 1 - S11_BENIGN_SHARE))
+
     # dev figures
     flagged = gate_scores >= operating
     skipped = first_scores < cut
@@ -155,6 +165,8 @@ def main() -> None:
         ),
         "dev_fpr_hard_negatives": round(float(flagged[dev & hard].mean()), 4),
         "dev_fpr_benign": round(float(flagged[dev & ~harmful].mean()), 4),
+        "s11_bar": round(s11_bar, 4),
+        "dev_s11_recall_at_bar": round(float((s11_scores[dev & is_s11] >= s11_bar).mean()), 4),
         "dev_code_accuracy": round(
             float((predicted[dev & harmful] == primary[dev & harmful]).mean()), 4
         ),
@@ -177,6 +189,7 @@ def main() -> None:
         gate_w2=gate.coefs_[1].astype(np.float32),
         gate_b2=gate.intercepts_[1].astype(np.float32),
         gate_shift=np.array(float(logit(np.array([operating]))[0])),
+        s11_bar=np.array(s11_bar),
         codes=np.array(codes_model.classes_),
         codes_w=codes_model.coef_.astype(np.float32),
         codes_b=codes_model.intercept_.astype(np.float32),

@@ -410,13 +410,14 @@ class SafetySettings(BaseModel):
         description="Texts whose moderation scores a replica keeps (a conversation's earlier "
         "turns are checked again on every turn).",
     )
-    s11_support_threshold: float = Field(
-        0.3,
+    s11_support_threshold: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
         description="S11 (suicide and self-harm) score on the member's newest message at or "
         "above which they get the support text instead of any other answer, whatever else "
-        "the policy says. Lower than the blocking threshold on purpose.",
+        "the policy says. Unset: the embedded model's bar, tuned below the blocking threshold "
+        "(bench/RESULTS.md); 0.5 for guard backends.",
     )
     policy_cache_s: float = Field(
         5.0,

@@ -48,6 +48,9 @@ class Moderator(ABC):
     """Scores texts against the hazard codes."""
 
     name: ClassVar[str]
+    # S11 score on the member's newest turn from which they get the support text (a
+    # moderator's own calibration; safety.s11_support_threshold overrides it)
+    s11_bar: float = 0.5
 
     @abstractmethod
     def score(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
@@ -105,6 +108,7 @@ class ModerationModel:
         self.first_cut = float(data["first_cut"])
         self.gate = (array("gate_w1"), array("gate_b1"), array("gate_w2"), array("gate_b2"))
         self.gate_shift = float(data["gate_shift"])
+        self.s11_bar = float(data["s11_bar"])  # tuned on the dev split (bench/safety_train.py)
         self.codes: list[str] = [str(c) for c in data["codes"]]
         self.codes_w = array("codes_w")  # (codes, 640)
         self.codes_b = array("codes_b")
@@ -204,6 +208,11 @@ class EmbeddedModerator(Moderator):
         self._cache: OrderedDict[tuple[str, str], Scores] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.second_looks = 0  # texts that needed MiniLM (for the benchmark and metrics)
+
+    @property  # type: ignore[override]
+    def s11_bar(self) -> float:
+        """The bar tuned on the dev split with the model."""
+        return ModerationModel.bundled().s11_bar
 
     def _load(self) -> tuple[ModerationModel, EmbeddingBackend, StaticEmbeddings, Profanity]:
         with self._lock:

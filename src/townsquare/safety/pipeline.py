@@ -170,7 +170,8 @@ class ModerationPolicy(SafetyPolicy):
     the roles in ``Context.supplied``): each on its own, each with the turn after it, and all
     of them together, so a request split over turns or pushed back behind others is read as a
     whole. S11 comes first: when the member's newest turn scores S11 at or above
-    ``s11_threshold``, they get the support text whatever else applies.
+    ``s11_threshold`` (None: the moderator's own tuned bar), they get the support text
+    whatever else applies.
     """
 
     name: ClassVar[str] = "moderation"
@@ -181,14 +182,14 @@ class ModerationPolicy(SafetyPolicy):
         policies: PolicyStore,
         *,
         support_message: str,
-        s11_threshold: float = 0.3,
+        s11_threshold: float | None = None,
         max_texts: int = 256,
         fail_open: bool = False,
     ) -> None:
         self.moderator = moderator
         self.policies = policies
         self.support_message = support_message
-        self.s11_threshold = s11_threshold
+        self.s11_threshold = moderator.s11_bar if s11_threshold is None else s11_threshold
         self.max_texts = max_texts
         self.fail_open = fail_open
 
@@ -266,8 +267,12 @@ class ModerationPolicy(SafetyPolicy):
         texts = self.written(messages, context)
         if not texts:
             return Decision.allow()
-        units = list(dict.fromkeys(texts + _joins(texts)))
+        joins = [j for j in _joins(texts) if j not in texts]
+        units = list(dict.fromkeys(texts + joins))
         scores = dict(zip(units, self._scores(units, "user"), strict=True))
+        for join in joins:  # a join is a conversation, not a jailbreak template: X3 by rule only
+            if not rules.attack_rules(join):
+                scores[join] = {c: v for c, v in scores[join].items() if c != "X3"}
         if scores[texts[-1]].get("S11", 0.0) >= self.s11_threshold:
             return self.support()
         return _merge([self.decide(scores[u], context, u) for u in units])

@@ -437,8 +437,9 @@ _GORE = _any(
 )
 _PERSONAL = _any(
     (
-        r"(?:home|house|flat|postal|real) address(?:es)?",
-        r"address(?:es)?",
+        r"(?:home|house|flat|postal) address(?:es)?",
+        r"(?:her|his|their) address(?:es)?",
+        r"(?:everyone|members|people)(?:'s)? (?:\w+ ){0,4}(?:with )?their addresses",
         r"phone numbers?",
         r"mobile numbers?",
         r"cell(?:phone)? numbers?",
@@ -460,7 +461,7 @@ _PERSONAL = _any(
         r"ip address",
         r"licen[cs]e plate",
         r"car plate",
-        r"(?:daily )?routine",
+        r"(?:her|his|their) (?:daily )?(?:routine|schedule)",
         r"where (?:she|he|they|(?-i:[A-Z][a-z]+)) (?:lives?|works?|parks?|sleeps?)",
         r"(?:which|what) (?:flat|building|house|street|floor|school) (?:she|he|they|the "
         r"[a-z' ]{1,30}) (?:lives?|live|works?|goes?|go)",
