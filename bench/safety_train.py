@@ -61,6 +61,7 @@ HARD_NEGATIVE_WEIGHT = 5
 HARD_NEGATIVE_FPR = 0.05  # the gate's operating point on the dev split's hard negatives
 FIRST_PASS_RECALL = 0.995  # harmful dev texts kept above the first pass's cut
 S11_BENIGN_SHARE = 0.005  # dev texts that are not S11 and still get the support text, at most
+REPLY_BENIGN_FPR = 0.01  # replies: the answers members read are refused more rarely still
 LEARNT_ELSEWHERE = {"X5"}  # profanity: alt-profanity-check
 HARD_NEGATIVE_SOURCES = {"townsquare.hard_negatives", "townsquare.lookalikes"}
 
@@ -130,6 +131,13 @@ def main() -> None:
     codes_model = LogisticRegression(C=4.0, max_iter=3000, class_weight="balanced")
     codes_model.fit(both[train & harmful], primary[train & harmful])
 
+    # replies: at most REPLY_BENIGN_FPR of the dev split's benign replies refused (never below
+    # the requests' operating point); the input side carries the load
+    responses = np.array([e.kind == "response" for e in corpus])
+    reply_operating = max(
+        operating, float(np.quantile(gate_scores[dev & responses & ~harmful], 1 - REPLY_BENIGN_FPR))
+    )
+
     # the S11 bar: the support text for the lowest S11 score that at most S11_BENIGN_SHARE of
     # the dev texts without S11 reach (the gate's score times S11's share of the code head)
     shifted = 1 / (1 + np.exp(-(logit(gate_scores) - logit(np.array([operating]))[0])))
@@ -165,6 +173,13 @@ def main() -> None:
         ),
         "dev_fpr_hard_negatives": round(float(flagged[dev & hard].mean()), 4),
         "dev_fpr_benign": round(float(flagged[dev & ~harmful].mean()), 4),
+        "reply_operating_point": round(reply_operating, 4),
+        "dev_reply_recall_harmful": round(
+            float((gate_scores[dev & responses & harmful] >= reply_operating).mean()), 4
+        ),
+        "dev_reply_fpr_benign": round(
+            float((gate_scores[dev & responses & ~harmful] >= reply_operating).mean()), 4
+        ),
         "s11_bar": round(s11_bar, 4),
         "dev_s11_recall_at_bar": round(float((s11_scores[dev & is_s11] >= s11_bar).mean()), 4),
         "dev_code_accuracy": round(
@@ -190,6 +205,7 @@ def main() -> None:
         gate_b2=gate.intercepts_[1].astype(np.float32),
         gate_shift=np.array(float(logit(np.array([operating]))[0])),
         s11_bar=np.array(s11_bar),
+        reply_shift=np.array(float(logit(np.array([reply_operating]))[0])),
         codes=np.array(codes_model.classes_),
         codes_w=codes_model.coef_.astype(np.float32),
         codes_b=codes_model.intercept_.astype(np.float32),

@@ -67,8 +67,8 @@ def revoke_key(db: Session, key: str) -> None:
         row.revoked_at = datetime.now(UTC)
 
 
-def user_for_key(db: Session, key: str) -> User | None:
-    """The active user owning ``key``, or None."""
+def key_row(db: Session, key: str) -> ApiKey | None:
+    """The live (not revoked) key row of an active user for ``key``, or None."""
     if not key.startswith(KEY_PREFIX):
         return None
     row = db.scalar(
@@ -76,7 +76,13 @@ def user_for_key(db: Session, key: str) -> User | None:
     )
     if row is None or row.user.disabled:
         return None
-    return row.user
+    return row
+
+
+def user_for_key(db: Session, key: str) -> User | None:
+    """The active user owning ``key``, or None."""
+    row = key_row(db, key)
+    return None if row is None else row.user
 
 
 def count_users(db: Session) -> int:
@@ -89,23 +95,30 @@ def find_user(db: Session, name: str) -> User | None:
     return db.scalar(select(User).where(User.name == name))
 
 
-def start_web_session(db: Session, user: User, *, days: int) -> str:
-    """Create a browser session and return its token (for the cookie). The caller commits."""
+def start_web_session(db: Session, key: ApiKey, *, days: int) -> str:
+    """Create a browser session opened with ``key`` and return its token (for the cookie):
+    the session lives only as long as the key does. The caller commits."""
     token = secrets.token_urlsafe(32)
     db.add(
         WebSession(
-            user_id=user.id,
+            user_id=key.user_id,
             token_hash=_digest(token),
             expires_at=datetime.now(UTC) + timedelta(days=days),
+            api_key_id=key.id,
         )
     )
     return token
 
 
 def user_for_session(db: Session, token: str) -> User | None:
-    """The user behind a live web session token, or None (expired or unknown)."""
+    """The user behind a live web session token, or None: expired, unknown, opened before
+    sessions were tied to keys, or opened with a key that has since been revoked (checked on
+    every request, so a revocation ends the session on every replica at once)."""
     row = db.scalar(select(WebSession).where(WebSession.token_hash == _digest(token)))
-    if row is None or _as_utc(row.expires_at) < datetime.now(UTC):
+    if row is None or _as_utc(row.expires_at) < datetime.now(UTC) or row.api_key_id is None:
+        return None
+    key = db.get(ApiKey, row.api_key_id)
+    if key is None or key.revoked_at is not None:
         return None
     user = db.get(User, row.user_id)
     return None if user is None or user.disabled else user

@@ -28,6 +28,7 @@ from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.features.webhooks.service import Sender
 from townsquare.observability import Metrics
+from townsquare.privacy import RetentionSweeper
 from townsquare.quotas import Quotas, build_quota_store
 from townsquare.safety.moderation import EmbeddedModerator, Moderator, build_moderator
 from townsquare.safety.nsfw import NsfwCheck
@@ -81,6 +82,7 @@ class Services:
     agent: Agent = field(init=False)  # the assistant's tools, router and grounding
     group_chat: GroupChat = field(init=False)  # @-mentions in groups, group event streams
     webhook_sender: Sender = field(init=False)
+    retention: RetentionSweeper = field(init=False)
     images: ImageService = field(init=False)  # Imagine, Reimagine: the one path for images
     owns_text: bool = True
     pool_backends: list[TextBackend] = field(default_factory=list)  # pools' own engines
@@ -260,6 +262,7 @@ class Services:
                 rule_bonus=settings.assistant.router_rule_bonus,
             ),
         )
+        built.retention = RetentionSweeper(sessions, settings.privacy)
         built.webhook_sender = Sender(
             sessions,
             settings.webhooks,
@@ -311,6 +314,7 @@ class Services:
         self.stopping = asyncio.Event()  # these services may serve one app after another
         self.webhook_sender.start()
         self.group_chat.start()
+        self.retention.start()
 
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started, and work requests left running (red-team
@@ -319,6 +323,7 @@ class Services:
         (Cancelling at once would abandon the worker threads of its in-process requests with
         their database sessions open.)"""
         self.stopping.set()
+        await self.retention.stop()
         await self.group_chat.stop()
         await self.webhook_sender.stop()
         running = set(self.background_tasks)

@@ -40,6 +40,17 @@ class ServerSettings(BaseModel):
         le=365,
         description="How long a web login lasts before the member must log in again.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Addresses (or CIDR ranges, or '*') of the load balancers whose "
+        "X-Forwarded-Proto and X-Forwarded-For headers are believed: behind a balancer on "
+        "another host, list it here so requests it received over HTTPS count as HTTPS.",
+    )
+    secure_cookies: Literal["auto", "always"] = Field(
+        "auto",
+        description="'auto': login cookies carry Secure when the request came over HTTPS (as "
+        "a trusted proxy says); 'always': they always do (for any deployment behind TLS).",
+    )
     threads: int = Field(
         40,
         ge=2,
@@ -464,6 +475,33 @@ class SafetySettings(BaseModel):
     )
 
 
+class PrivacySettings(BaseModel):
+    """How long members' words are kept outside their own content (docs/features.md)."""
+
+    moderation_log_days: int = Field(
+        90,
+        ge=0,
+        le=36_500,
+        description="Days the moderation log keeps a decision and its excerpt; 0 keeps them "
+        "until an admin deletes them. Self-harm (S11) decisions never keep an excerpt.",
+    )
+    prompt_days: int = Field(
+        365,
+        ge=0,
+        le=36_500,
+        description="Days the prompt, answer and output of a generation are kept (for "
+        "feedback and training exports); after that only its ids, timing and ratings stay. "
+        "0 keeps them until the member is deleted.",
+    )
+    sweep_every_s: float = Field(
+        3600.0,
+        ge=0,
+        le=86_400 * 7,
+        description="How often each replica applies the retention above; 0 never (run "
+        "`townsquare privacy sweep` from a scheduler instead).",
+    )
+
+
 class WatermarkSettings(BaseModel):
     """The invisible watermark on generated images and the provenance detector."""
 
@@ -852,6 +890,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)

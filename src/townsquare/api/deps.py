@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
+from townsquare.bounds import MAX_INT
 from townsquare.errors import Forbidden, Unauthorized
 from townsquare.identity import csrf_matches, user_for_key, user_for_session
 from townsquare.services import Services
@@ -37,9 +38,7 @@ def get_db(services: ServicesDep) -> Iterator[Session]:
 
 DbDep = Annotated[Session, Depends(get_db)]
 
-# The largest integer the databases store (a signed 64-bit column): ids and offsets beyond it
-# are refused with a 422 instead of overflowing in the driver.
-MAX_INT = 2**63 - 1
+# ids and offsets beyond the databases' largest integer are refused with a 422
 RowId = Annotated[int, Path(ge=1, le=MAX_INT, description="The id the API returned.")]
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT, description="Items to skip.")]

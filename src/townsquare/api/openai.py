@@ -138,6 +138,14 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Accepted when empty; token biases are not supported."
+    )
+    # llama.cpp's and vLLM's sampling extensions
+    top_k: int | None = Field(None, ge=1, le=1000)
+    min_p: float | None = Field(None, ge=0, le=1)
 
 
 def _check_fields(body: ChatCompletionRequest) -> None:
@@ -217,6 +225,10 @@ def _options(
     elif body.response_format is not None and body.response_format.type == "json_object":
         json_object = True
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if body.logit_bias:
+        raise InvalidField(
+            "logit_bias is not supported here; send it empty or leave it out.", "logit_bias"
+        )
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidField("top_logprobs needs logprobs: true.", "top_logprobs")
     if body.logprobs and not _supports_logprobs(backend):
@@ -233,6 +245,10 @@ def _options(
         json_object=json_object,
         seed=body.seed,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        top_k=body.top_k,
+        min_p=body.min_p,
         **_tool_options(body),
     )
 

@@ -68,6 +68,12 @@ class GenerationOptions:
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
     logprobs: int | None = None  # None: none; n >= 0: each token's logprob and its n best rivals
+    # OpenAI's penalties (-2..2; 0 is neutral) and llama.cpp's top_k / min_p (None: the
+    # backend's default)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    top_k: int | None = None
+    min_p: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,7 @@ JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" ["\\/bfnrt]'
 
 
 PENALTIES = (64, 1.15, 0.0, 0.0)  # last n tokens, repeat, frequency, presence
+NEUTRAL = (64, 1.0, 0.0, 0.0)
 
 
 def json_grammar(gbnf: str) -> str:
@@ -336,18 +337,22 @@ class LlamaCppText(TextBackend):
                 sampler.close()
                 raise InvalidRequest("The JSON schema's grammar did not parse. Simplify it.")
             self._ll.llama_sampler_chain_add(sampler.sampler, handle)
-        if options.schema is not None:
-            # A small model inside a grammar can loop ("1.1.1.1...", "•••") until max_tokens
-            # cuts the JSON off: a repetition penalty over the recent tokens breaks the loop
-            # (measured in bench/evals: DRY did not, on runs of multi-token characters).
-            sampler.add_penalties(self._model.n_vocab(), *PENALTIES)
+        last_n, repeat, frequency, presence = PENALTIES if options.schema is not None else NEUTRAL
+        # A small model inside a grammar can loop ("1.1.1.1...", "•••") until max_tokens
+        # cuts the JSON off: a repetition penalty over the recent tokens breaks the loop
+        # (measured in bench/evals: DRY did not, on runs of multi-token characters). A caller's
+        # frequency and presence penalties (OpenAI's) go into the same sampler.
+        frequency += options.frequency_penalty
+        presence += options.presence_penalty
+        if (repeat, frequency, presence) != (1.0, 0.0, 0.0):
+            sampler.add_penalties(self._model.n_vocab(), last_n, repeat, frequency, presence)
         if options.temperature <= 0:
             sampler.add_greedy()
         else:
             seed = options.seed if options.seed is not None else self._seed
-            sampler.add_top_k(40)
+            sampler.add_top_k(40 if options.top_k is None else options.top_k)
             sampler.add_top_p(options.top_p, 1)
-            sampler.add_min_p(0.05, 1)
+            sampler.add_min_p(0.05 if options.min_p is None else options.min_p, 1)
             sampler.add_temp(options.temperature)
             sampler.add_dist(seed if seed is not None else self._ll.LLAMA_DEFAULT_SEED)
         return sampler

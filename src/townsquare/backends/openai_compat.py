@@ -40,6 +40,17 @@ def _request_kwargs(options: GenerationOptions) -> dict[str, Any]:
         "temperature": options.temperature,
         "top_p": options.top_p,
     }
+    if options.frequency_penalty:
+        kwargs["frequency_penalty"] = options.frequency_penalty
+    if options.presence_penalty:
+        kwargs["presence_penalty"] = options.presence_penalty
+    extra = {
+        name: value
+        for name, value in (("top_k", options.top_k), ("min_p", options.min_p))
+        if value is not None
+    }
+    if extra:  # llama.cpp's server and vLLM read these; OpenAI ignores unknown body fields
+        kwargs["extra_body"] = extra
     if options.stop:
         kwargs["stop"] = list(options.stop)
     if options.seed is not None:

@@ -31,6 +31,8 @@ watermark_app = typer.Typer(
 app.add_typer(watermark_app, name="watermark")
 feedback_app = typer.Typer(help="Export members' feedback for training.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+privacy_app = typer.Typer(help="Retention of members' words.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 batch_app = typer.Typer(
     help="Work over the whole town, in this process or on a Ray cluster (--ray).",
     no_args_is_help=True,

@@ -49,6 +49,9 @@ def serve(
         port=port,
         log_config=None,
         access_log=False,
+        # X-Forwarded-Proto/-For are believed from these balancers only (server.trusted_proxies)
+        proxy_headers=True,
+        forwarded_allow_ips=settings.server.trusted_proxies,
         # on SIGTERM, streams still open after this long are closed so the process exits
         timeout_graceful_shutdown=grace,
     )

@@ -19,6 +19,7 @@ from townsquare.cli.common import (
     feedback_app,
     index_app,
     migrated_sessions,
+    privacy_app,
     seed_app,
     settings_or_exit,
     users_app,
@@ -222,7 +223,8 @@ def index_rebuild(
 def feedback_export(
     path: Annotated[Path, typer.Argument(help="The JSON Lines file to write.")],
     kind: Annotated[
-        str, typer.Option("--format", help="sft (OpenAI chat format) or dpo (preference pairs).")
+        str,
+        typer.Option("--format", help="sft (chat), dpo (preference pairs) or kto (thumbs)."),
     ] = "sft",
     feature: Annotated[str | None, typer.Option(help="Only this feature, e.g. assistant.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time: feedback from then on.")] = None,
@@ -235,8 +237,8 @@ def feedback_export(
 
     from townsquare.features.feedback.service import export
 
-    if kind not in {"sft", "dpo"}:
-        err.print(f"[red]Error:[/red] --format must be sft or dpo, not '{kind}'.")
+    if kind not in {"sft", "dpo", "kto"}:
+        err.print(f"[red]Error:[/red] --format must be sft, dpo or kto, not '{kind}'.")
         raise typer.Exit(2)
     if path.exists() and not force:
         err.print(f"[red]Error:[/red] {path} exists. Choose another path, or add --force.")
@@ -262,3 +264,17 @@ def feedback_export(
             written += 1
     tmp.replace(path)  # a complete file or none
     console.print(f"{written} {kind} rows written to {path}.")
+
+
+@privacy_app.command("sweep")
+def privacy_sweep() -> None:
+    """Apply the retention settings now (privacy.moderation_log_days, privacy.prompt_days):
+    what every replica also does every privacy.sweep_every_s."""
+    from townsquare.privacy import sweep
+
+    settings = settings_or_exit()
+    done = sweep(migrated_sessions(settings), settings.privacy)
+    console.print(
+        f"{done['moderation_events']} moderation log entries deleted, "
+        f"{done['prompts']} stored prompts redacted."
+    )

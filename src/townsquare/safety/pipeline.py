@@ -189,7 +189,7 @@ class ModerationPolicy(SafetyPolicy):
         self.moderator = moderator
         self.policies = policies
         self.support_message = support_message
-        self.s11_threshold = moderator.s11_bar if s11_threshold is None else s11_threshold
+        self.s11_threshold = moderator.s11_bar() if s11_threshold is None else s11_threshold
         self.max_texts = max_texts
         self.fail_open = fail_open
 
@@ -377,6 +377,10 @@ class SafetyPipeline:
             },
         )
         if self.audit is not None:
+            # a self-harm disclosure is not kept word for word, nor is another member's
+            # content that a feature screened (the codes and the reason are)
+            if event.stage == "source" or "S11" in event.decision.hazards:
+                event = replace(event, excerpt="")
             self.audit(event)
 
     def record(self, event: SafetyEvent) -> None:
@@ -426,6 +430,15 @@ class SafetyPipeline:
                 )
             )
         return decisions
+
+    def screen_text(self, context: Context) -> Callable[[str], Decision]:
+        """A function that runs the input check on one text a member wrote (a correction, a
+        persona): blocking, for worker threads."""
+
+        def screen(text: str) -> Decision:
+            return self.check_input([], replace(context, subject=(text,)))
+
+        return screen
 
     def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
         """A decision per piece of other members' content (see

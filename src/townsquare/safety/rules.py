@@ -865,7 +865,7 @@ def instructions_in(text: str) -> list[str]:
     return found
 
 
-_PHONE = r"(?<![\w.])(?:\+\d{1,3}[\s.-]?)?(?:\d[\s.-]?){8,12}\d(?![\w.])"
+_PHONE = r"(?<!\w)(?:\+\d{1,3}[\s.-]?)?(?:\d[\s.-]?){8,12}\d(?!\w)"
 _IBAN = r"\b[A-Z]{2}\d{2}(?:[\s]?[A-Z0-9]{4}){3,7}(?:[\s]?[A-Z0-9]{1,3})?\b"
 _LINK = r"\b(?:https?://\S+|www\.\S+|[a-z0-9-]+\.(?:com|net|org|io|me|example|link|xyz|info|pt|"
 _LINK += r"ly)/\S*|bit\.ly/\S+|t\.me/\S+|[a-z0-9-]+(?:-[a-z0-9]+)+\.(?:com|net|org|example|pt))"

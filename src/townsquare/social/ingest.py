@@ -20,6 +20,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from townsquare.errors import Forbidden, InvalidBatch, NotFound
+from townsquare.privacy import erase_member_words
 from townsquare.settings import IngestSettings
 from townsquare.social import audit
 from townsquare.social.schemas import (
@@ -658,6 +659,9 @@ def _drop_interactions(db: Session, kind: Kind, obj: Any) -> None:
         )
         # what the writing features made for them holds their words (their feedback goes too)
         db.execute(delete(Generation).where(Generation.user_id == obj.id))
+        # ... and so may what was made for others from their posts, messages and listings,
+        # and the excerpts of their moderation decisions: redacted
+        erase_member_words(db, obj.id)
         targets = [
             ("post", select(Post.id).where(Post.author_id == obj.id)),
             ("listing", select(Listing.id).where(Listing.seller_id == obj.id)),

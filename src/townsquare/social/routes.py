@@ -15,7 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from townsquare.api.deps import MAX_INT, AdminUser, CurrentUser, DbDep, Limit, Offset, ServicesDep
+from townsquare.api.deps import AdminUser, CurrentUser, DbDep, Limit, Offset, ServicesDep
+from townsquare.bounds import MAX_INT
 from townsquare.errors import InvalidRequest, PayloadTooLarge
 from townsquare.services import Services
 from townsquare.social import reads

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from townsquare.bounds import check_instant
 from townsquare.identity import NAME_PATTERN
 
 Text = str
@@ -27,6 +28,14 @@ def _text_limit(value: str, info: ValidationInfo) -> str:
 
 class IngestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _dates_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every date lies between 1970 and 2100 (a year-9999 date is a 422, not a 500)."""
+        if isinstance(value, datetime):
+            check_instant(value, info.field_name or "date")
+        return value
 
 
 class UserIn(IngestModel):

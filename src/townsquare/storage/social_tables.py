@@ -263,6 +263,26 @@ class Generation(Base):
     answer: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class GenerationContributor(Base):
+    """A member whose words went into a generation's prompt (the member it was made for, the
+    authors of the messages, posts and listings it read). Deleting the member redacts the
+    generation; an export leaves it out while one of them has opted out. A generation with no
+    row was recorded before 0018: whose words it holds is unknown, so it is never exported."""
+
+    __tablename__ = "generation_contributors"
+
+    generation_id: Mapped[int] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
+
+
+def add_contributors(db: Any, generation_id: int, user_ids: Any) -> None:
+    """Record whose words a generation's prompt holds (ids, de-duplicated)."""
+    for user_id in sorted({int(u) for u in user_ids if u is not None}):
+        db.add(GenerationContributor(generation_id=generation_id, user_id=user_id))
+
+
 class Feedback(Base):
     """A member's verdict on a generation they received: thumbs, a reason, a corrected text.
     One per member and generation (the latest wins); accepting or editing a draft counts."""
@@ -279,6 +299,10 @@ class Feedback(Base):
     reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str] = mapped_column(String(16), default="member")  # member | accept
+    # a correction is moderated before it is stored: "ok", or "blocked" (kept out of every
+    # export, shown to admins with its codes)
+    correction_status: Mapped[str] = mapped_column(String(16), default="ok")
+    correction_hazards: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 

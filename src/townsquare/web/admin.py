@@ -11,7 +11,8 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
-from townsquare.api.deps import MAX_INT, DbDep, ServicesDep
+from townsquare.api.deps import DbDep, ServicesDep
+from townsquare.bounds import MAX_INT
 from townsquare.errors import InvalidField, InvalidImage, NotFound
 from townsquare.features.feedback import service as feedback
 from townsquare.identity import create_user, issue_key

@@ -28,6 +28,7 @@ from townsquare.api.deps import CSRF_HEADER, SESSION_COOKIE, DbDep, ServicesDep,
 from townsquare.errors import Forbidden
 from townsquare.identity import csrf_matches, csrf_token
 from townsquare.services import Services
+from townsquare.settings import Settings
 from townsquare.social import access
 from townsquare.storage.tables import User
 
@@ -207,9 +208,17 @@ def login_page(request: Request, error: str | None = None, status_code: int = 20
         max_age=3600,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(request),
     )
     return response
+
+
+def secure_cookies(request: Request, settings: Settings | None = None) -> bool:
+    """Whether login cookies carry ``Secure``: always when ``server.secure_cookies`` says so,
+    else when the request came over HTTPS (behind a balancer, as one of
+    ``server.trusted_proxies`` reports it)."""
+    settings = settings or request.app.state.services.settings
+    return settings.server.secure_cookies == "always" or request.url.scheme == "https"
 
 
 LOGIN_COOKIE = "townsquare_login"

@@ -516,13 +516,14 @@ def listing_accept(
     listing_id: str,
     who: ViewerDep,
     db: DbDep,
+    services: ServicesDep,
     generation_id: Annotated[int, Form(ge=1, le=2**63 - 1)],
     title: Annotated[str, Form(min_length=1, max_length=300)],
     description: Annotated[str, Form(min_length=1, max_length=5000)],
 ) -> RedirectResponse:
     """Put the (edited) draft on the listing."""
     body = Accept(generation_id=generation_id, title=title.strip(), description=description)
-    shop_api.accept_description(listing_id, body, who.user, db)
+    shop_api.accept_description(listing_id, body, who.user, db, services)
     db.commit()
     return RedirectResponse(f"/market/{listing_id}?accepted=1", status_code=303)
 

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from townsquare.api.deps import SESSION_COOKIE, DbDep, ServicesDep
-from townsquare.identity import csrf_matches, end_web_session, start_web_session, user_for_key
+from townsquare.identity import csrf_matches, end_web_session, key_row, start_web_session
 from townsquare.web import admin, pages
 from townsquare.web.common import (
     HERE,
@@ -23,6 +23,7 @@ from townsquare.web.common import (
     html_error,
     login_page,
     safe_next,
+    secure_cookies,
     templates,
 )
 
@@ -52,8 +53,8 @@ def login(
             "This login form is out of date (or came from another site). Try again.",
             status_code=403,
         )
-    user = user_for_key(db, key.strip())
-    if user is None:
+    row = key_row(db, key.strip())
+    if row is None:
         return login_page(
             request,
             "That key is not valid. Paste the key `make run` printed, or ask an admin "
@@ -61,7 +62,7 @@ def login(
             status_code=401,
         )
     days = services.settings.server.session_days
-    token = start_web_session(db, user, days=days)
+    token = start_web_session(db, row, days=days)
     db.commit()
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
@@ -70,7 +71,7 @@ def login(
         max_age=days * 86400,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(request, services.settings),
     )
     response.delete_cookie(LOGIN_COOKIE)
     return response

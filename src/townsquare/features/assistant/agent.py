@@ -143,8 +143,11 @@ class Agent:
             route = await self.route(content, asker, allowed=allowed)
             if route.tool is None:
                 return None  # the model answers; its own call screens the request
-            # screened before the tool reads any of the town's content
-            await self.screen([*history, Message("user", content)], context)
+            # screened before the tool reads any of the town's content; the tool reads it as
+            # the member, under the access rules, so naming people is no privacy risk by itself
+            await self.screen(
+                [*history, Message("user", content)], replace(context, member_scoped=True)
+            )
             result = await self.tools[route.tool](asker, route.arguments)
             return self.finish([result], content, route)
         return await self._model_calls(
@@ -203,11 +206,21 @@ class Agent:
                     continue
                 result = await self.tools[call.name](asker, arguments)
                 results.append(result)
-                messages.append(Message("tool", result.for_model(), tool_call_id=call.id))
+                # what the tool found is other members' content: read as data, and left out
+                # when it carries instructions to the assistant or a blocked hazard
+                data = result.for_model()
+                (verdict,) = await self.env.text.check_sources([data], context)
+                if not verdict.allowed:
+                    data = json.dumps({"error": "the results were withheld: " + verdict.reason})
+                messages.append(Message("tool", data, tool_call_id=call.id))
         if not results:
             return None
+        # the answer is built from others' content: no contact or payment details the
+        # member did not ask with
         final = await self.env.text.complete(
-            messages, replace(options, tool_choice="none"), context
+            messages,
+            replace(options, tool_choice="none"),
+            replace(context, third_party=True, request=content),
         )
         usage = Usage(
             usage.prompt_tokens + final.usage.prompt_tokens,

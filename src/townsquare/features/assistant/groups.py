@@ -44,7 +44,13 @@ from townsquare.features.webhooks.service import Sender
 from townsquare.safety.pipeline import Context, GuardedText, model_seconds
 from townsquare.settings import Settings
 from townsquare.social import access
-from townsquare.storage.social_tables import Generation, Group, GroupAssistant, GroupMessage
+from townsquare.storage.social_tables import (
+    Generation,
+    Group,
+    GroupAssistant,
+    GroupMessage,
+    add_contributors,
+)
 from townsquare.storage.tables import User
 from townsquare.threads import finish_in_thread
 
@@ -486,10 +492,8 @@ class GroupChat:
             return None
         spent = model_seconds.set([])
         try:
-            text, cards, generated = await self._reply(prepared, self.text)
-            reply_id = await finish_in_thread(
-                self._store, prepared, text, cards, self.text.model_id if generated else None
-            )
+            text, cards, written_by = await self._reply(prepared, self.text)
+            reply_id = await finish_in_thread(self._store, prepared, text, cards, written_by)
             self.stats.model_s.append(sum(model_seconds.get() or []))
         finally:
             model_seconds.reset(spent)
@@ -500,27 +504,39 @@ class GroupChat:
 
     async def _reply(
         self, prepared: Prepared, text: GuardedText
-    ) -> tuple[str, list[dict[str, Any]], bool]:
-        """The reply's text, its cards, and whether the model wrote it (not a refusal or an
-        apology for an error)."""
-        context = Context(FEATURE, prepared.asker_id, prepared.asker_role, prepared.group_id)
+    ) -> tuple[str, list[dict[str, Any]], str | None]:
+        """The reply's text, its cards, and who wrote it: the model's id, the tools' templates
+        ("townsquare-tools"), or None for a refusal or an apology for an error."""
         request = prepared.request or "Hello!"
+        # moderation reads the asker's own message (S11 included), never the group's history:
+        # the other members' messages are their content, screened as sources and left out of
+        # the prompt when they carry instructions to the assistant or a blocked hazard
+        context = Context(
+            FEATURE,
+            prepared.asker_id,
+            prepared.asker_role,
+            prepared.group_id,
+            subject=(request,),
+            third_party=True,
+            request=request,
+        )
         for attempt in range(3):
             try:
+                history = await self._screened(prepared.history, context)
                 answer = await self.agent.tool_answer(
                     request,
                     Asker(prepared.asker_id, prepared.group_id),
                     context,
-                    history=prepared.history,
+                    history=history,
                     system=prepared.system,
                     allowed=prepared.tools,
                 )
                 if answer is not None:
-                    return answer.text, answer.cards, True
+                    return answer.text, answer.cards, answer.written_by
                 completion = await text.complete(
                     [
                         Message("system", prepared.system),
-                        *prepared.history,
+                        *history,
                         Message("user", request),
                     ],
                     GenerationOptions(
@@ -531,18 +547,26 @@ class GroupChat:
                 reply = completion.text.strip() or "…"
                 if completion.finish_reason == "length":
                     reply += CUT
-                return reply, [], True
+                return reply, [], text.model_id
             except ContentBlocked as exc:
                 refusal = "I can't help with that here."
                 if exc.support:
                     refusal += f" {exc.support}"
-                return refusal, [], False
+                return refusal, [], None
             except Busy:
                 await asyncio.sleep(2**attempt)
             except TownsquareError as exc:
                 log.warning("mention %s: %s", prepared.message_id, exc.message)
-                return "Sorry, I could not answer that just now. Try again in a moment.", [], False
-        return "Sorry, I am busy right now. Ask me again in a minute.", [], False
+                return "Sorry, I could not answer that just now. Try again in a moment.", [], None
+        return "Sorry, I am busy right now. Ask me again in a minute.", [], None
+
+    async def _screened(self, history: Sequence[Message], context: Context) -> list[Message]:
+        """The group's recent messages the model may read: other members' ones that carry
+        instructions to the assistant or a blocked hazard are left out."""
+        theirs = [m for m in history if m.role == "user"]
+        verdicts = await self.text.check_sources([m.content for m in theirs], context)
+        dropped = {id(m) for m, v in zip(theirs, verdicts, strict=True) if not v.allowed}
+        return [m for m in history if id(m) not in dropped]
 
     def _store(
         self, prepared: Prepared, text: str, cards: list[dict[str, Any]], model: str | None
@@ -583,6 +607,7 @@ class GroupChat:
                 )
                 db.add(generation)
                 db.flush()
+                add_contributors(db, generation.id, [prepared.asker_id])
                 reply.generation_id = generation.id
             view = message_view(
                 reply, group, bot.external_id or bot.name, asked.external_id, bot.display_name

@@ -83,11 +83,17 @@ async def post_message(
         db.commit()
         return found
 
-    system = service.system_prompt(await run_in_threadpool(persona))
+    written = await run_in_threadpool(persona)
+    system = service.system_prompt(written)
     answer = await services.agent.tool_answer(
         body.content,
         Asker(user.id),
-        Context(service.FEATURE, user.id, user.role),
+        Context(
+            service.FEATURE,
+            user.id,
+            user.role,
+            subject=tuple(t for t in (written, body.content) if t and t.strip()),
+        ),
         system=system,
         max_tokens=body.max_tokens or services.settings.text.default_max_tokens,
     )

@@ -29,7 +29,7 @@ from townsquare.features.assistant.schemas import (
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import Settings
 from townsquare.social import access
-from townsquare.storage.social_tables import Generation
+from townsquare.storage.social_tables import Generation, add_contributors
 from townsquare.storage.tables import ChatMessage, Conversation, User
 
 FEATURE = "assistant"
@@ -181,13 +181,16 @@ def prepare_turn(
         max_tokens=max_tokens,
         temperature=0.7 if body.temperature is None else body.temperature,
     )
+    # moderation reads what the member wrote: their persona, every turn of theirs the model
+    # reads, and the new message (the system prompt around the persona is ours)
+    written = [conversation.system_prompt or ""] + [m.content for m in messages if m.role == "user"]
     return PreparedTurn(
         conversation.id,
         user.id,
         body.content,
         messages,
         options,
-        Context(FEATURE, user.id, user.role),
+        Context(FEATURE, user.id, user.role, subject=tuple(w for w in written if w.strip())),
         list(cards),
     )
 
@@ -198,8 +201,10 @@ def store_turn(
     reply: str,
     completion: Completion,
     model: str,
+    tool_results: Sequence[str] = (),
 ) -> Exchange:
-    """Commit the member's message and the complete reply together."""
+    """Commit the member's message and the complete reply together. ``tool_results`` are what
+    the tools gave the model (kept with the generation, for training exports)."""
     now = datetime.now(UTC)
     with sessions.begin() as db:
         conversation = db.get(Conversation, turn.conversation_id)
@@ -230,7 +235,11 @@ def store_turn(
         generation = Generation(
             feature=FEATURE,
             user_id=turn.user_id,
-            inputs={"conversation": conversation.id, "message": answered.id},
+            inputs={
+                "conversation": conversation.id,
+                "message": answered.id,
+                **({"tool_results": list(tool_results)} if tool_results else {}),
+            },
             output={"reply": reply},
             model=model,
             prompt=[{"role": m.role, "content": m.content} for m in turn.messages],
@@ -238,6 +247,7 @@ def store_turn(
         )
         db.add(generation)
         db.flush()
+        add_contributors(db, generation.id, [turn.user_id])
         return Exchange(
             conversation_id=conversation.id,
             user_message=MessageOut.model_validate(asked),
@@ -252,8 +262,9 @@ async def tool_reply(
     """Store a turn answered by tools (``answer.text`` around ``turn.cards``)."""
     completion = answer.completion or Completion(answer.text, "stop", Usage())
     completion = Completion(answer.text, completion.finish_reason, completion.usage)
+    results = [r.for_model() for r in answer.results]
     return await anyio.to_thread.run_sync(
-        store_turn, sessions, turn, answer.text, completion, answer.written_by
+        store_turn, sessions, turn, answer.text, completion, answer.written_by, results
     )
 
 

@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from townsquare.api.deps import MAX_INT, AdminUser, CurrentUser, DbDep, Limit, RowId, ServicesDep
+from townsquare.api.deps import AdminUser, CurrentUser, DbDep, Limit, RowId, ServicesDep
+from townsquare.bounds import MAX_INT
 from townsquare.errors import InvalidField
 from townsquare.features.feedback import service
 from townsquare.features.feedback.service import FeedbackIn, FeedbackOut
 from townsquare.safety import log
 from townsquare.safety.log import ModerationEntry
+from townsquare.safety.pipeline import Context
 from townsquare.safety.taxonomy import CODES
 from townsquare.social.views import Page
 
@@ -25,9 +27,16 @@ router = APIRouter(prefix="/api", tags=["feedback"])
 def give_feedback(
     generation_id: RowId, body: FeedbackIn, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> FeedbackOut:
-    """Rate a generation made for you (thumbs, a reason, a corrected text); again replaces it."""
+    """Rate a generation made for you (thumbs, a reason, a corrected text); again replaces it.
+    A correction is moderated: one the policy blocks is stored as blocked (the answer says so)
+    and never reaches a training export."""
     out = service.give(
-        db, user, generation_id, body, max_chars=services.settings.limits.max_message_chars
+        db,
+        user,
+        generation_id,
+        body,
+        max_chars=services.settings.limits.max_message_chars,
+        screen=services.safety.screen_text(Context("feedback", user.id, user.role)),
     )
     db.commit()
     return out

@@ -3,6 +3,11 @@
 Topics that are already being discussed (too similar to a recent message, by embedding) are
 dropped. Catch-up points cite the messages they come from; the schema allows only the numbers
 of the messages supplied, and every point must cite at least one (checked again on parsing).
+
+The group's messages are its members' content, read as data: each is screened before it goes
+into a prompt (one carrying instructions to the assistant, or a hazard the policy blocks, is
+withheld and its id reported), the prompt marks where they begin and end, and an answer that
+repeats a phone number, account, link or payment instruction from them is not sent.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ class Topics(BaseModel):
     group_id: str
     topics: list[Topic]
     dropped: int
+    withheld: list[str] = Field(
+        default_factory=list,
+        description="Messages left out: they carry instructions to the assistant or a hazard.",
+    )
 
 
 class Point(BaseModel):
@@ -52,6 +61,10 @@ class CatchUp(BaseModel):
     since: datetime
     messages: int
     points: list[Point]
+    withheld: list[str] = Field(
+        default_factory=list,
+        description="Messages left out: they carry instructions to the assistant or a hazard.",
+    )
 
 
 def _recent(db: Session, group: Group, since: datetime | None, limit: int) -> list[dict[str, Any]]:
@@ -64,7 +77,7 @@ def _recent(db: Session, group: Group, since: datetime | None, limit: int) -> li
         query = query.where(GroupMessage.created_at > since)
     rows = db.execute(query.order_by(GroupMessage.created_at.desc()).limit(limit)).all()
     return [
-        {"id": m.external_id, "author": display or name, "text": m.text}
+        {"id": m.external_id, "author": display or name, "text": m.text, "author_id": m.author_id}
         for m, display, name in reversed(rows)
     ]
 
@@ -94,7 +107,10 @@ async def suggest_topics(
 ) -> Topics:
     """Conversation starters for a group, grounded in its recent messages; topics already being
     discussed are dropped."""
-    recent = await _recent_off_loop(db, group, None)
+    context = Context("group_topics", user.id, user.role, group.id, subject=(), third_party=True)
+    recent, withheld = await structured.screen_sources(
+        text, await _recent_off_loop(db, group, None), lambda m: str(m["text"]), context
+    )
     schema = {
         "type": "object",
         "required": ["topics"],
@@ -114,7 +130,6 @@ async def suggest_topics(
             }
         },
     }
-    context = Context("group_topics", user.id, user.role, group.id, subject=())
 
     async def finish(topics: list[Topic]) -> tuple[tuple[list[Topic], int], dict[str, Any]]:
         safe_openers = set(
@@ -152,9 +167,14 @@ async def suggest_topics(
         inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
         finish=finish,
         items_checked_by_caller=True,
+        contributors=[int(m["author_id"]) for m in recent],
     )
     return Topics(
-        generation_id=generation_id, group_id=group.external_id, topics=kept, dropped=dropped
+        generation_id=generation_id,
+        group_id=group.external_id,
+        topics=kept,
+        dropped=dropped,
+        withheld=[str(m["id"]) for m in withheld],
     )
 
 
@@ -187,10 +207,18 @@ async def catch_up(
 ) -> CatchUp:
     """What a group said since ``since``: a few points, each citing the messages it comes from."""
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    messages = await _recent_off_loop(db, group, since)
+    context = Context("group_catch_up", user.id, user.role, group.id, subject=(), third_party=True)
+    messages, withheld = await structured.screen_sources(
+        text, await _recent_off_loop(db, group, since), lambda m: str(m["text"]), context
+    )
     if not messages:
         return CatchUp(
-            generation_id=None, group_id=group.external_id, since=since, messages=0, points=[]
+            generation_id=None,
+            group_id=group.external_id,
+            since=since,
+            messages=0,
+            points=[],
+            withheld=[str(m["id"]) for m in withheld],
         )
     numbered = [{**m, "n": n} for n, m in enumerate(messages, start=1)]
     schema = {
@@ -217,7 +245,6 @@ async def catch_up(
             }
         },
     }
-    context = Context("group_catch_up", user.id, user.role, group.id, subject=())
 
     async def finish(found: list[Point]) -> tuple[list[Point], dict[str, Any]]:
         allowed = set(await text.check_items([p.text for p in found], context))
@@ -244,6 +271,7 @@ async def catch_up(
         },
         finish=finish,
         items_checked_by_caller=True,
+        contributors=[int(m["author_id"]) for m in messages],
     )
     return CatchUp(
         generation_id=generation_id,
@@ -251,6 +279,7 @@ async def catch_up(
         since=since,
         messages=len(messages),
         points=points,
+        withheld=[str(m["id"]) for m in withheld],
     )
 
 

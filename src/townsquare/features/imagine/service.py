@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -83,6 +84,7 @@ class Ask:
     negative_prompt: str | None = None
     strength: float = 0.6
     source: str = "imagine"
+    mask_sent: bool = False  # an upload came with a mask (checked before it is decoded)
 
 
 def new_image_id() -> str:
@@ -150,6 +152,17 @@ class ImageService:
         self.engine().check_size(size)
         return size
 
+    def nearest_size(self, image: Image.Image) -> Size:
+        """The allowed size (images.sizes, as the engine makes them) whose shape is nearest the
+        image's: remixes never run at an uploaded image's own size."""
+        sizes = self.engine().sizes
+        ratio = image.width / max(1, image.height)
+        default = Size.parse(self.settings.default_size)
+        return min(
+            sizes,
+            key=lambda s: (abs(math.log((s.width / s.height) / ratio)), s != default),
+        )
+
     def _check_n(self, n: int) -> None:
         if not 1 <= n <= self.settings.max_n:
             raise InvalidField(
@@ -177,9 +190,11 @@ class ImageService:
         source_image: Image.Image | None = None,
         parent: ImageRow | None = None,
         mask: Image.Image | None = None,
+        upload: Callable[[], tuple[Image.Image, Image.Image | None]] | None = None,
     ) -> list[Made]:
         """Make, check, mark and store images for ``ask``: a remix of ``source_image`` (a
-        stored ``parent``, or an upload) when given, new images otherwise."""
+        stored ``parent``), or of an ``upload`` (decoded only once admitted to the engine's
+        queue, as the source and its mask), new images otherwise."""
         engine = self.engine()
         prompt = self.check_prompt(ask.prompt)
         ask = replace(ask, prompt=prompt)
@@ -188,7 +203,10 @@ class ImageService:
             engine.check_size(ask.size)
         if mask is not None and not engine.supports_mask:
             raise InvalidField(f"This image engine ({engine.model_id}) takes no masks.", "mask")
-        if source_image is not None and not engine.supports_edit:
+        remix = source_image is not None or upload is not None
+        if upload is not None and not engine.supports_mask and ask.mask_sent:
+            raise InvalidField(f"This image engine ({engine.model_id}) takes no masks.", "mask")
+        if remix and not engine.supports_edit:
             raise InvalidField(f"This image engine ({engine.model_id}) cannot remix.", "image")
         group_id = group.id if group else None
         self._screen(ask, user, group_id)
@@ -206,10 +224,16 @@ class ImageService:
         styled = prompt + (f", {STYLES[ask.style]}" if STYLES.get(ask.style) else "")
 
         def work() -> list[Made]:
+            source, source_mask = source_image, mask
+            if upload is not None:  # decoded here, behind the queue: never more at once
+                source, source_mask = upload()
+            # a remix is made at an allowed size: the one asked for, or the allowed size
+            # nearest the source's shape (never the upload's own size)
+            size = ask.size or (self.nearest_size(source) if source is not None else None)
             pictures: list[tuple[Image.Image, int]] = []
             for i in range(ask.n):  # one seed per image: each one can be made again alone
                 image_seed = min(seed + i, MAX_SEED)
-                if source_image is None:
+                if source is None:
                     size = ask.size or self.size_of(None)
                     made = engine.generate(
                         styled,
@@ -220,13 +244,13 @@ class ImageService:
                     )
                 else:
                     made = engine.edit(
-                        source_image,
+                        source,
                         styled,
                         strength=ask.strength,
-                        mask=mask,
+                        mask=source_mask,
                         seed=image_seed,
                         n=1,
-                        size=ask.size,
+                        size=size,
                     )
                 pictures.extend((picture, image_seed) for picture in made[:1])
             return self._finish(pictures, user, ask, group_id=group_id, parent=parent)
@@ -389,9 +413,12 @@ class ImageService:
     ) -> list[Made]:
         """``/v1/images/edits``: remix an uploaded image (the upload limits apply)."""
         limits = self.provenance().limits
-        image = load_image(data, limits).convert("RGB")
-        mask_image = load_image(mask, limits) if mask is not None else None
-        return self.make(user, ask, source_image=image, mask=mask_image)
+
+        def decode() -> tuple[Image.Image, Image.Image | None]:
+            image = load_image(data, limits).convert("RGB")
+            return image, load_image(mask, limits) if mask is not None else None
+
+        return self.make(user, replace(ask, mask_sent=mask is not None), upload=decode)
 
     def file(self, db: Session, user: User, image_id: str) -> tuple[ImageRow, bytes]:
         """An image's PNG, if the member may see it (404 otherwise)."""

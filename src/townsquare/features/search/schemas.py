@@ -59,6 +59,9 @@ class Source(BaseModel):
     snippet: str
     url: str
     score: float
+    # whose words these are (the seller, the author, the creator): kept with a summary's
+    # generation for erasure and exports, never sent
+    owner_id: int | None = Field(None, exclude=True)
 
 
 class Sources(BaseModel):

@@ -462,6 +462,7 @@ def _source(n: int, item: Listing | Post | Reel, score: float) -> Source:
             snippet=snippet[:300],
             url=f"/api/listings/{listing.external_id}",
             score=score,
+            owner_id=listing.seller_id,
         )
     if isinstance(item, Post):
         post = item
@@ -473,6 +474,7 @@ def _source(n: int, item: Listing | Post | Reel, score: float) -> Source:
             snippet=post.text[:300],
             url=f"/api/posts/{post.external_id}",
             score=score,
+            owner_id=post.author_id,
         )
     reel = item
     return Source(
@@ -483,4 +485,5 @@ def _source(n: int, item: Listing | Post | Reel, score: float) -> Source:
         snippet=reel.transcript[:300],
         url=f"/api/reels/{reel.external_id}",
         score=score,
+        owner_id=reel.creator_id,
     )

@@ -45,6 +45,11 @@ class Summary(BaseModel):
     sentences: list[Sentence]
     sources: list[Source]
     removed_sentences: int = 0
+    withheld: list[str] = Field(
+        default_factory=list,
+        description="Sources left out of the summary: they carry instructions to the "
+        "assistant or a hazard (listed in sources all the same, as search results).",
+    )
 
 
 def schema(count: int) -> dict[str, Any]:
@@ -116,14 +121,26 @@ async def summarize(
         )
     )
     await anyio.to_thread.run_sync(db.commit)  # no connection held while the model writes
-    if not found.sources:
-        return Summary(generation_id=None, query=query, answer="", sentences=[], sources=[])
-    count = len(found.sources)
+    # the query is the member's; the sources are other members' content, read as data
+    context = Context(FEATURE, user.id, user.role, third_party=True, request=query)
+    usable, withheld = await structured.screen_sources(
+        text, found.sources, lambda s: f"{s.title}\n{s.snippet}", context
+    )
+    usable = [s.model_copy(update={"n": n}) for n, s in enumerate(usable, start=1)]
+    if not usable:
+        return Summary(
+            generation_id=None,
+            query=query,
+            answer="",
+            sentences=[],
+            sources=[],
+            withheld=[s.id for s in withheld],
+        )
+    count = len(usable)
     messages = [
-        Message("system", prompts.render(__file__, "summary.j2", sources=found.sources)),
+        Message("system", prompts.render(__file__, "summary.j2", sources=usable)),
         Message("user", query),
     ]
-    context = Context(FEATURE, user.id, user.role)
 
     async def finish(
         cited_sentences: tuple[list[Sentence], int],
@@ -143,15 +160,17 @@ async def summarize(
         lambda raw: cited(raw, count),
         options=GenerationOptions(max_tokens=64, temperature=0.3),  # raised to the schema's need
         context=context,
-        inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in found.sources]},
+        inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in usable]},
         finish=finish,
         items_checked_by_caller=True,
+        contributors=[s.owner_id for s in usable if s.owner_id is not None],
     )
     return Summary(
         generation_id=generation_id,
         query=query,
         answer=answer,
         sentences=safe,
-        sources=found.sources,
+        sources=usable,
         removed_sentences=removed,
+        withheld=[s.id for s in withheld],
     )

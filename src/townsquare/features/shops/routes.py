@@ -9,12 +9,14 @@ from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
 from townsquare.features.shops.service import (
+    FEATURE,
     Accept,
     DescriptionRequest,
     Draft,
     accept,
     describe,
 )
+from townsquare.safety.pipeline import Context
 from townsquare.social import access
 from townsquare.storage.social_tables import Listing
 
@@ -38,9 +40,10 @@ async def draft_description(
 
 @router.post("/{listing_id}/description/accept", openapi_extra={"x-access": "listing-seller"})
 def accept_description(
-    listing_id: str, body: Accept, user: CurrentUser, db: DbDep
+    listing_id: str, body: Accept, user: CurrentUser, db: DbDep, services: ServicesDep
 ) -> dict[str, Any]:
     """Put a draft (as generated, or edited) on the listing."""
     listing = access.listing_of_seller(db, user, listing_id)
-    listing = accept(db, user, listing, body)
+    screen = services.safety.screen_text(Context(FEATURE, user.id, user.role))
+    listing = accept(db, user, listing, body, screen=screen)
     return {"id": listing.external_id, "title": listing.title, "description": listing.description}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
+from townsquare.bounds import MAX_INT
 from townsquare.errors import InvalidField, NotFound
 from townsquare.features import prompts, structured
 from townsquare.features.feedback import service as feedback
-from townsquare.safety.pipeline import Context, GuardedText
+from townsquare.safety.pipeline import Context, Decision, GuardedText
 from townsquare.storage.social_tables import Generation, Listing
 from townsquare.storage.tables import User
 
@@ -60,7 +62,7 @@ class Draft(BaseModel):
 class Accept(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    generation_id: int
+    generation_id: int = Field(ge=1, le=MAX_INT, description="The draft's id.")
     title: str | None = Field(None, min_length=1, max_length=300, description="An edited title.")
     description: str | None = Field(
         None, min_length=1, max_length=5000, description="An edited text."
@@ -240,8 +242,16 @@ async def describe(
     )
 
 
-def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
-    """Store a draft (as generated, or edited by the seller) on the listing."""
+def accept(
+    db: Session,
+    user: User,
+    listing: Listing,
+    body: Accept,
+    *,
+    screen: Callable[[str], Decision] | None = None,
+) -> Listing:
+    """Store a draft (as generated, or edited by the seller) on the listing. An edited text is
+    feedback on the draft, moderated by ``screen`` before it can reach a training export."""
     generation = db.get(Generation, body.generation_id)
     if (
         generation is None
@@ -267,6 +277,7 @@ def accept(db: Session, user: User, listing: Listing, body: Accept) -> Listing:
             feedback.FeedbackIn(rating="up", correction=body.description),
             max_chars=None,  # Accept.description is bounded already
             source="accept",
+            screen=screen,
         )
     db.commit()
     return listing

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
-from townsquare.errors import InvalidField
+from townsquare.errors import ContentBlocked, InvalidField
 from townsquare.features import prompts, structured
 from townsquare.features.suggestions.schemas import CommentRequest, CommentSuggestions
 from townsquare.safety.pipeline import Context, GuardedText
@@ -115,7 +115,15 @@ async def suggest_comments(
             ),
         ),
     ]
-    context = Context(FEATURE, user.id, user.role, post.group_id, subject=(post.text,))
+    # the post is its author's content, read as data: one that carries instructions to the
+    # assistant or a blocked hazard gets no suggestions
+    context = Context(FEATURE, user.id, user.role, post.group_id, subject=(), third_party=True)
+    if post.text.strip():
+        (verdict,) = await text.check_sources([post.text], context)
+        if not verdict.allowed:
+            raise ContentBlocked(
+                "No comments are suggested for this post: " + verdict.reason, verdict.hazards
+            )
 
     async def finish(answer: list[str]) -> tuple[tuple[list[str], int], dict[str, Any]]:
         # unsafe ones first, so a dropped suggestion makes room for the next candidate
@@ -135,6 +143,7 @@ async def suggest_comments(
         inputs={"post": post.external_id, "count": request.count, "tone": request.tone},
         finish=finish,
         items_checked_by_caller=True,
+        contributors=[post.author_id],
     )
     return CommentSuggestions(
         generation_id=generation_id, post_id=post.external_id, suggestions=safe, dropped=dropped

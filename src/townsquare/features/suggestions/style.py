@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
-from townsquare.errors import InvalidField
+from townsquare.errors import ContentBlocked, InvalidField
 from townsquare.features import prompts, structured
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.social import access
@@ -79,6 +79,7 @@ class Exchange:
     reply_id: int  # the creator's reply (a DM message id): the key in the index
     fan: str
     reply: str
+    fan_id: int = 0  # who wrote the fan message (erasure and exports)
 
     @property
     def fan_hash(self) -> str:
@@ -112,7 +113,7 @@ def exchanges(db: Session, creator: User, *, limit: int = EXAMPLE_POOL) -> list[
         .subquery()
     )
     rows = db.execute(
-        select(window.c.id, window.c.previous_text, window.c.text)
+        select(window.c.id, window.c.previous_text, window.c.text, window.c.previous_author)
         .where(
             window.c.author_id == creator.id,
             window.c.previous_author.is_not(None),
@@ -121,7 +122,7 @@ def exchanges(db: Session, creator: User, *, limit: int = EXAMPLE_POOL) -> list[
         .order_by(window.c.id.desc())
         .limit(limit)
     ).all()
-    return [Exchange(int(i), fan, reply) for i, fan, reply in rows]
+    return [Exchange(int(i), fan, reply, int(who)) for i, fan, reply, who in rows]
 
 
 def pairs(db: Session, creator: User) -> list[tuple[str, str]]:
@@ -256,6 +257,7 @@ class _Inputs:
     profile: StyleProfile
     styled: bool
     examples: list[dict[str, str]]
+    fans: list[int]  # whose messages the prompt holds
 
 
 def _inputs(
@@ -268,8 +270,8 @@ def _inputs(
     use_style: bool | None,
 ) -> _Inputs:
     """Everything a suggestion needs from the database and the index (a worker thread)."""
-    fan_messages = db.scalars(
-        select(DMMessage.text)
+    fan_messages = db.execute(
+        select(DMMessage.text, DMMessage.author_id)
         .where(
             DMMessage.thread_id == thread.id,
             DMMessage.deleted_at.is_(None),
@@ -280,17 +282,16 @@ def _inputs(
     ).all()
     if not fan_messages:
         raise InvalidField("The thread has no message from the fan to reply to yet.", "thread")
-    latest = fan_messages[0]
+    latest, fan_id = fan_messages[0]
     style = style_for(db, user)
     styled = style.enabled if use_style is None else use_style
-    examples = []
-    if styled:
-        examples = [
-            {"fan": e.fan, "reply": e.reply}
-            for e in similar_exchanges(db, user, latest, embedder=embedder, vectors=vectors)
-        ]
+    found = (
+        similar_exchanges(db, user, latest, embedder=embedder, vectors=vectors) if styled else []
+    )
+    examples = [{"fan": e.fan, "reply": e.reply} for e in found]
+    fans = [int(fan_id), *(e.fan_id for e in found)]
     db.commit()  # no connection held while the model writes
-    return _Inputs(latest, StyleProfile.model_validate(style.profile), styled, examples)
+    return _Inputs(latest, StyleProfile.model_validate(style.profile), styled, examples, fans)
 
 
 async def suggest_replies(
@@ -309,7 +310,17 @@ async def suggest_replies(
     found = await anyio.to_thread.run_sync(
         partial(_inputs, db, user, thread, embedder=embedder, vectors=vectors, use_style=use_style)
     )
-    styled, profile, examples = found.styled, found.profile, found.examples
+    styled, profile = found.styled, found.profile
+    # the fan's message (and the past ones in the examples) are other members' content: read
+    # as data; a message that carries instructions to the assistant or a blocked hazard is not
+    # answered, an example that does is left out
+    context = Context(FEATURE, user.id, user.role, subject=(), third_party=True)
+    (verdict,) = await text.check_sources([found.latest], context)
+    if not verdict.allowed:
+        raise ContentBlocked(
+            "No replies are suggested for this message: " + verdict.reason, verdict.hazards
+        )
+    examples, _ = await structured.screen_sources(text, found.examples, lambda e: e["fan"], context)
     prompt = prompts.render(
         __file__,
         "replies.j2",
@@ -317,7 +328,6 @@ async def suggest_replies(
         style=profile if styled else None,
         examples=examples,
     )
-    context = Context(FEATURE, user.id, user.role)
     schema = {
         "type": "object",
         "required": ["replies"],
@@ -351,6 +361,7 @@ async def suggest_replies(
         },
         finish=finish,
         items_checked_by_caller=True,
+        contributors=found.fans,
     )
     return Replies(
         generation_id=generation_id, thread_id=thread.external_id, styled=styled, replies=replies

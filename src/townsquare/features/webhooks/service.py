@@ -14,8 +14,9 @@ for admins, who can retry it. Several replicas share the table; a delivery is cl
 its ``next_attempt_at`` forward in one UPDATE, so only one replica posts it at a time.
 
 Webhook URLs must be http(s); a host that resolves to a loopback, private, link-local or
-reserved address is refused unless ``webhooks.allow_private_targets`` is on (checked when the
-webhook is registered and again before each delivery).
+reserved address, in any IPv4 or IPv6 form (IPv4-mapped, 6to4, NAT64...), is refused unless
+``webhooks.allow_private_targets`` is on: checked when the webhook is registered and again at
+each delivery, which then connects to the very address that was checked.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -107,33 +109,77 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300) -> 
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
-def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not ip.is_global or ip.is_multicast
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 
-async def check_url(url: str, *, allow_private: bool, field: str = "url") -> str:
-    """``url`` if it may receive deliveries; a 422 naming the problem otherwise."""
+def _embedded(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped (::ffff:a.b.c.d), compatible
+    (::a.b.c.d), 6to4, Teredo and NAT64 forms all reach the IPv4 address inside."""
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        found += list(ip.teredo)
+    packed = ip.packed
+    if packed[:12] == bytes(12) and packed[12:] != bytes(4):  # ::a.b.c.d (deprecated form)
+        found.append(ipaddress.IPv4Address(packed[12:]))
+    if any(ip in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(packed[12:]))
+    return found
+
+
+def private_address(address: str) -> bool:
+    """Whether ``address`` (any IPv4 or IPv6 form) is loopback, private, link-local, shared,
+    reserved or multicast, or carries such an IPv4 address inside an IPv6 one."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if not ip.is_global or ip.is_multicast:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        return any(not v4.is_global or v4.is_multicast for v4 in _embedded(ip))
+    return False
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """Where a delivery connects: the URL with the checked address in place of the host, and
+    the Host header and TLS name of the original, so the connection goes to the address that
+    was checked (a DNS answer that changes between the check and the connection is never
+    followed)."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+async def check_url(url: str, *, allow_private: bool, field: str = "url") -> Pinned:
+    """Where ``url`` may be delivered to (the resolved address, checked in every form); a 422
+    naming the problem otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise InvalidField(f"{field} must be an http:// or https:// URL with a host.", field)
     if allow_private:
-        return url
+        return Pinned(url, {}, {})
+    default_port = 443 if parts.scheme == "https" else 80
     try:
-        infos = await anyio.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
+        port = parts.port or default_port
+        infos = await anyio.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
         raise InvalidField(
             f"{field}: the host {parts.hostname} does not resolve ({exc}).", field
         ) from None
-    addresses = {str(info[4][0]) for info in infos}
-    if any(_private(a) for a in addresses):
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if not addresses or any(private_address(a) for a in addresses):
         raise InvalidField(
             f"{field} points at a loopback, private or link-local address "
-            f"({', '.join(sorted(addresses))}). Use a public address, or set "
+            f"({', '.join(addresses)}). Use a public address, or set "
             "TOWNSQUARE_WEBHOOKS__ALLOW_PRIVATE_TARGETS=true for a host app on this network.",
             field,
         )
-    return url
+    address = addresses[0]
+    host = f"[{address}]" if ":" in address else address
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    original = parts.hostname + (f":{parts.port}" if parts.port else "")
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return Pinned(pinned, {"Host": original}, extensions)
 
 
 def create(db: Session, admin: User, body: WebhookIn) -> WebhookOut:
@@ -356,16 +402,19 @@ class Sender:
             data = body.encode()
             ok, status, error = False, None, ""
             try:
-                await check_url(url, allow_private=self.settings.allow_private_targets)
+                # checked again now and connected to the address that was checked
+                target = await check_url(url, allow_private=self.settings.allow_private_targets)
                 response = await client.post(
-                    url,
+                    target.url,
                     content=data,
                     headers={
+                        **target.headers,
                         "Content-Type": "application/json",
                         SIGNATURE_HEADER: sign(secret, int(time.time()), data),
                         "X-Townsquare-Event": str(payload.get("event", "")),
                         "X-Townsquare-Delivery": str(delivery_id),
                     },
+                    extensions=target.extensions,
                 )
                 status = response.status_code
                 ok = 200 <= status < 300

@@ -1,0 +1,144 @@
+"""What townsquare keeps of members' words, and for how long (docs/features.md, "What is kept").
+
+- **Erasure**: deleting a member redacts every stored prompt, answer and output of a
+  generation whose prompt held their words (``generation_contributors``), removes the
+  excerpts of their moderation decisions, and so keeps them out of every later export.
+- **Retention**: ``privacy.moderation_log_days`` bounds the moderation log (decisions and
+  excerpts), ``privacy.prompt_days`` the prompts and answers stored with generations (the
+  feedback on them stays, without the text it was about). ``RetentionSweeper`` enforces both on
+  every replica every ``privacy.sweep_every_s``; the deletes are idempotent, in batches, so
+  replicas sweeping at once only repeat each other's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from townsquare.settings import PrivacySettings
+from townsquare.storage.social_tables import Generation, GenerationContributor
+from townsquare.storage.tables import SafetyEventRow
+from townsquare.threads import finish_in_thread
+
+log = logging.getLogger("townsquare.privacy")
+
+REDACTED = {"redacted": True}
+BATCH = 1000
+
+
+def erase_member_words(db: Session, user_id: int) -> int:
+    """Redact what is stored of a member's words outside their own rows (which the delete
+    removes): generations whose prompt held them, and their moderation excerpts. The caller
+    commits; the number of generations redacted."""
+    held = select(GenerationContributor.generation_id).where(
+        GenerationContributor.user_id == user_id
+    )
+    ids = list(db.scalars(held))  # indexed by member: as many as their words reached
+    if ids:
+        db.execute(
+            update(Generation)
+            .where(Generation.id.in_(ids))
+            .values(prompt=None, answer=None, inputs=REDACTED, output=REDACTED)
+            .execution_options(synchronize_session=False)
+        )
+    db.execute(delete(GenerationContributor).where(GenerationContributor.user_id == user_id))
+    db.execute(
+        update(SafetyEventRow)
+        .where(SafetyEventRow.user_id == user_id)
+        .values(excerpt="", user_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return len(ids)
+
+
+def sweep(
+    sessions: sessionmaker[Session], settings: PrivacySettings, now: datetime | None = None
+) -> dict[str, int]:
+    """Apply the retention settings once: ``{"moderation_events": deleted, "prompts":
+    redacted}``. Batches of ``BATCH`` rows, each its own transaction."""
+    now = now or datetime.now(UTC)
+    done = {"moderation_events": 0, "prompts": 0}
+    if settings.moderation_log_days:
+        cutoff = now - timedelta(days=settings.moderation_log_days)
+        done["moderation_events"] = _batches(
+            sessions,
+            lambda db: list(
+                db.scalars(
+                    select(SafetyEventRow.id).where(SafetyEventRow.created_at < cutoff).limit(BATCH)
+                )
+            ),
+            lambda db, ids: db.execute(delete(SafetyEventRow).where(SafetyEventRow.id.in_(ids))),
+        )
+    if settings.prompt_days:
+        cutoff = now - timedelta(days=settings.prompt_days)
+        done["prompts"] = _batches(
+            sessions,
+            lambda db: list(
+                db.scalars(
+                    select(Generation.id)
+                    .where(Generation.created_at < cutoff, Generation.prompt.is_not(None))
+                    .limit(BATCH)
+                )
+            ),
+            lambda db, ids: db.execute(
+                update(Generation)
+                .where(Generation.id.in_(ids))
+                .values(prompt=None, answer=None, inputs=REDACTED, output=REDACTED)
+                .execution_options(synchronize_session=False)
+            ),
+        )
+    return done
+
+
+def _batches(
+    sessions: sessionmaker[Session],
+    find: Callable[[Session], list[int]],
+    act: Callable[[Session, list[int]], object],
+) -> int:
+    total = 0
+    while True:
+        with sessions.begin() as db:
+            ids = find(db)
+            if ids:
+                act(db, ids)
+        total += len(ids)
+        if len(ids) < BATCH:
+            return total
+
+
+class RetentionSweeper:
+    """Runs ``sweep`` every ``privacy.sweep_every_s`` beside requests (off the event loop)."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: PrivacySettings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start sweeping on the running event loop (at once, then every interval)."""
+        if self._task is None and self.settings.sweep_every_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        """Stop sweeping; a sweep in flight finishes its batch first."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                done = await finish_in_thread(sweep, self.sessions, self.settings)
+                if any(done.values()):
+                    log.info("retention sweep", extra=done)
+            except Exception:  # a database hiccup: the next sweep tries again
+                log.exception("retention sweep failed")
+            await asyncio.sleep(self.settings.sweep_every_s)
