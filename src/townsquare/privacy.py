@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, null, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.settings import PrivacySettings
@@ -44,7 +44,7 @@ def erase_member_words(db: Session, user_id: int) -> int:
         db.execute(
             update(Generation)
             .where(Generation.id.in_(ids))
-            .values(prompt=None, answer=None, inputs=REDACTED, output=REDACTED)
+            .values(prompt=null(), answer=None, inputs=REDACTED, output=REDACTED)
             .execution_options(synchronize_session=False)
         )
     db.execute(delete(GenerationContributor).where(GenerationContributor.user_id == user_id))
@@ -89,7 +89,7 @@ def sweep(
             lambda db, ids: db.execute(
                 update(Generation)
                 .where(Generation.id.in_(ids))
-                .values(prompt=None, answer=None, inputs=REDACTED, output=REDACTED)
+                .values(prompt=null(), answer=None, inputs=REDACTED, output=REDACTED)
                 .execution_options(synchronize_session=False)
             ),
         )
@@ -113,32 +113,41 @@ def _batches(
 
 
 class RetentionSweeper:
-    """Runs ``sweep`` every ``privacy.sweep_every_s`` beside requests (off the event loop)."""
+    """Runs ``sweep`` every ``privacy.sweep_every_s`` beside requests (off the event loop); the
+    first sweep comes one interval after the start."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: PrivacySettings) -> None:
         self.sessions = sessions
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start sweeping on the running event loop (at once, then every interval)."""
-        if self._task is None and self.settings.sweep_every_s > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
+        """Start sweeping on the running event loop (once: an app started again on another
+        loop while this one runs shares it)."""
+        if self.settings.sweep_every_s <= 0 or (self._task is not None and not self._task.done()):
+            return
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
-        """Stop sweeping; a sweep in flight finishes its batch first."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop sweeping, from the loop that started it; a sweep in flight finishes its batch
+        first (its worker thread is waited for)."""
+        task = self._task
+        if task is None or asyncio.get_running_loop() is not self._loop:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._task = None
+        self._loop = None
 
     async def _run(self) -> None:
         while True:
+            await asyncio.sleep(self.settings.sweep_every_s)
             try:
                 done = await finish_in_thread(sweep, self.sessions, self.settings)
                 if any(done.values()):
                     log.info("retention sweep", extra=done)
             except Exception:  # a database hiccup: the next sweep tries again
                 log.exception("retention sweep failed")
-            await asyncio.sleep(self.settings.sweep_every_s)

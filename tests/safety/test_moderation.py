@@ -5,6 +5,7 @@ the bring-your-own backends against a real local OpenAI-compatible server."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,7 +174,7 @@ def test_blocked_chat_is_an_openai_refusal_and_self_harm_gets_support(town) -> N
     assert blocked.status_code == 422
     error = blocked.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "content_blocked"
-    assert error["hazards"] == ["X3"] and "X3 Prompt Attack" in error["message"]
+    assert "X3" in error["hazards"] and "X3 Prompt Attack" in error["message"]
     sad = client.post(
         "/v1/chat/completions",
         json={
@@ -192,7 +193,7 @@ def test_blocked_chat_is_an_openai_refusal_and_self_harm_gets_support(town) -> N
     services.audit_writer.flush()
     with services.sessions() as db:
         events = db.scalars(select(SafetyEventRow)).all()
-    assert {e.hazards for e in events} >= {'["X3"]'}
+    assert any("X3" in json.loads(e.hazards) for e in events)
     fine = client.post(
         "/v1/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "Any good bakeries?"}]},
@@ -283,8 +284,35 @@ def test_a_guard_that_is_down_refuses_with_503_not_500(tmp_path: Path) -> None:
             headers=auth(key),
         )
     assert response.status_code == 503
-    assert "moderation service" in response.json()["error"]["message"]
+    assert "moderation service (llama-guard)" in response.json()["error"]["message"]
     asyncio.run(services.aclose())
+
+
+def test_a_guard_that_is_down_lets_text_through_when_configured_and_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        safety={
+            "moderation": "llama-guard",
+            "guard_url": "http://127.0.0.1:9/v1",
+            "guard_timeout_s": 1,
+            "guard_fail_open": True,
+        },
+    )
+    services = Services.build(settings, text=FakeText())
+    key = add_user(services, "mia")
+    with TestClient(create_app(services=services)) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": services.text.model_id, "messages": [{"role": "user", "content": "hi"}]},
+            headers=auth(key),
+        )
+    asyncio.run(services.aclose())
+    assert response.status_code == 200
+    assert any(
+        "llama-guard" in r.getMessage() and "let through" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_warned_text_passes_and_is_in_the_moderation_log(town) -> None:  # type: ignore[no-untyped-def]

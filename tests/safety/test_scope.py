@@ -29,9 +29,7 @@ CHATTER = ["Thanks, that helps.", "And the weekend?", "Ok.", "Shorter please."]
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    settings = make_settings(
-        tmp_path_factory.mktemp("scope"), safety={"moderation": "embedded"}
-    )
+    settings = make_settings(tmp_path_factory.mktemp("scope"), safety={"moderation": "embedded"})
     built = Services.build(settings, text=FakeText())
     yield built
     asyncio.run(built.aclose())
@@ -39,7 +37,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 def check(services: Services, messages: Sequence[Message], **context: object) -> object:
     return services.safety.check_input(
-        messages, Context("openai", 1, "member", supplied=ALL_ROLES, **context)  # type: ignore[arg-type]
+        messages,
+        Context("openai", 1, "member", supplied=ALL_ROLES, **context),  # type: ignore[arg-type]
     )
 
 
@@ -75,9 +74,7 @@ def test_a_harmful_request_is_caught_in_every_shape(services: Services) -> None:
 
 
 def test_more_turns_than_are_read_is_a_413(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path, safety={"moderation": "embedded", "max_checked_texts": 3}
-    )
+    settings = make_settings(tmp_path, safety={"moderation": "embedded", "max_checked_texts": 3})
     services = Services.build(settings, text=FakeText())
     key = add_user(services, "mia")
     messages = [{"role": "user", "content": f"turn {i}"} for i in range(4)]
@@ -143,7 +140,7 @@ def test_a_member_scoped_tool_request_is_refused_for_privacy_only_on_a_rules_wor
 def test_answers_built_from_others_content_never_carry_their_contact_details(
     services: Services,
 ) -> None:
-    clean = policy(services, {})
+    clean = SafetyPipeline([policy(services, {})])
     context = Context("search_summary", 1, "member", third_party=True, request="kids bike")
     said = [
         "A red kids' bike for 80 euros in Alfama.",
@@ -188,9 +185,7 @@ def test_a_policy_change_racing_checks_gives_one_policy_or_the_other(services: S
     def read() -> None:
         try:
             while not done.is_set():
-                outcomes.add(
-                    pipeline.check_input([Message("user", "darn")], Context("t")).allowed
-                )
+                outcomes.add(pipeline.check_input([Message("user", "darn")], Context("t")).allowed)
         except BaseException as exc:  # any error is the failure this test looks for
             errors.append(exc)
 

@@ -600,9 +600,13 @@ def moderations(
             for category in OPENAI_CATEGORIES
         }
         categories = openai_from_codes(codes)
+        blocked = [c for c in codes if policy.rules[c].action == "block"]
         results.append(
             {
+                # OpenAI's meaning: something applies. Here that is every code the policy blocks
+                # or warns on; ``blocked`` says whether townsquare would refuse the text
                 "flagged": bool(codes),
+                "blocked": bool(blocked),
                 "categories": categories,
                 "category_scores": category_scores,
                 "category_applied_input_types": {

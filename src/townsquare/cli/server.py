@@ -18,6 +18,13 @@ from townsquare.errors import TownsquareError
 from townsquare.settings import Settings, env_name, iter_settings, redact
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for load balancers: X-Forwarded-Proto and -For are believed from
+    ``server.trusted_proxies`` only (a request a trusted balancer received over HTTPS counts as
+    HTTPS: its login cookies are Secure)."""
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.server.trusted_proxies}
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (server.host).")] = None,
@@ -49,9 +56,7 @@ def serve(
         port=port,
         log_config=None,
         access_log=False,
-        # X-Forwarded-Proto/-For are believed from these balancers only (server.trusted_proxies)
-        proxy_headers=True,
-        forwarded_allow_ips=settings.server.trusted_proxies,
+        **proxy_options(settings),
         # on SIGTERM, streams still open after this long are closed so the process exits
         timeout_graceful_shutdown=grace,
     )

@@ -282,17 +282,11 @@ class ModerationPolicy(SafetyPolicy):
         if not text.strip():
             return Decision.allow()
         (scores,) = self._scores([text], "assistant")
-        decision = self.decide(scores, context)
-        if decision.allowed and final:
-            return _third_party(text, context) or decision
-        return decision
+        return self.decide(scores, context)
 
     @override
     def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
-        return [
-            _third_party(item, context) or self.decide(scores, context)
-            for item, scores in zip(items, self._scores(list(items), "assistant"), strict=True)
-        ]
+        return [self.decide(s, context) for s in self._scores(list(items), "assistant")]
 
     def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
         """A decision per piece of other members' content a feature is about to put in a
@@ -300,20 +294,23 @@ class ModerationPolicy(SafetyPolicy):
         policy blocks. Features leave refused sources out."""
         decisions = []
         for text, scores in zip(texts, self._scores(list(texts), "user"), strict=True):
-            orders = rules.instructions_in(text)
-            if orders:
-                decisions.append(
-                    Decision(
-                        False,
-                        ("X3",),
-                        "It holds instructions to the assistant ("
-                        + ", ".join(orders)
-                        + "), so it is read as content only and left out of the answer.",
-                    )
-                )
-                continue
-            decisions.append(self.decide(scores, replace(context, member_scoped=True), text))
+            decisions.append(
+                _instructions(text) or self.decide(scores, replace(context, member_scoped=True))
+            )
         return decisions
+
+
+def _instructions(text: str) -> Decision | None:
+    """X3 for content that gives the assistant orders (``rules.instructions_in``)."""
+    orders = rules.instructions_in(text)
+    if not orders:
+        return None
+    return Decision(
+        False,
+        ("X3",),
+        f"It holds instructions to the assistant ({', '.join(orders)}), so it is treated as "
+        "content only and left out.",
+    )
 
 
 def _joins(texts: Sequence[str]) -> list[str]:
@@ -399,8 +396,12 @@ class SafetyPipeline:
         return decision
 
     def check_output(self, text: str, context: Context, *, final: bool) -> Decision:
-        """The first refusal of any policy for the output, or allow; refusals are audited."""
+        """The first refusal of any policy for the output, or allow; refusals are audited.
+        A complete reply built from others' content is also refused when it carries their
+        contact or payment details (whatever the moderation backend: an injection defence)."""
         decision = self._first_refusal(lambda p: p.check_output(text, context, final=final))
+        if decision.allowed and final:
+            decision = _third_party(text, context) or decision
         if final or not decision.allowed:
             self._record(
                 SafetyEvent(
@@ -417,6 +418,7 @@ class SafetyPipeline:
     def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
         """A decision per finished output (each one logged and audited)."""
         verdicts: list[list[Decision]] = [p.check_items(items, context) for p in self.policies]
+        verdicts.append([_third_party(i, context) or Decision.allow() for i in items])
         decisions = [_merge([v[i] for v in verdicts]) for i in range(len(items))]
         for item, decision in zip(items, decisions, strict=True):
             self._record(
@@ -443,7 +445,9 @@ class SafetyPipeline:
     def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
         """A decision per piece of other members' content (see
         ``ModerationPolicy.check_sources``); refused ones are logged and audited."""
-        decisions = [Decision.allow() for _ in texts]
+        # instructions to the assistant are withheld whatever the moderation backend (even
+        # 'off'): a prompt-injection defence, not a content policy
+        decisions = [_instructions(t) or Decision.allow() for t in texts]
         for policy in self.policies:
             if isinstance(policy, ModerationPolicy) and texts:
                 decisions = [

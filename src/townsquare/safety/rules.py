@@ -673,6 +673,17 @@ _REQUEST_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         # S11: the member's own self-harm, asked about or disclosed
         ("S11", "self-harm", rf"\b{_SELF}"),
         ("X1", "tell-to-die", _TELL_DIE),
+        # S13: false claims about the time, place or manner of voting
+        (
+            "S13",
+            "voting-lies",
+            r"\bvot(?:e|ing|es)\b.{0,30}\bby (?:text|sms|phone|e-?mail|whatsapp|an app)\b|"
+            r"\bvote twice\b|\bvote (?:more than )?(?:two|2) times\b|"
+            r"\belection(?:s)? (?:(?:is|are|was|has been|have been) )?(?:moved|postponed|"
+            r"cancell?ed|delayed)\b|\b(?:vote|votes|ballots?)\b (?:won'?t|doesn'?t|will not|does "
+            r"not|no longer) count\b|\bpolling (?:stations?|places?) (?:are|is|will be) "
+            r"(?:closed|moved)\b",
+        ),
         # S12: explicit sexual writing asked for
         (
             "S12",
@@ -707,6 +718,14 @@ _REQUEST_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             rf"\b(?:a|an) (?:very |really )?(?:bloody|gory|gruesome|graphic) (?:description|"
             rf"story|scene|account)|\bgore (?:story|scene|description)|\bmost (?:gory|"
             rf"gruesome|graphic)\b|\bgoriest\b)",
+        ),
+        (
+            "X4",
+            "gore-image",
+            r"\b(?:decapitated|beheaded|dismembered|disembowell?ed|mutilated|flayed|skinned)\b"
+            r".{0,30}\b(?:man|woman|person|people|body|bodies|corpse|head|child|victim|dog|cat|"
+            r"animal)\b|\b(?:gory|gruesome|bloody|photorealistic|realistic)\b.{0,30}\b(?:"
+            r"corpse|decapitat\w*|dismember\w*|mutilat\w*|disembowel\w*|guts|entrails)",
         ),
         # S7: personal data about someone else, tracking and reading their messages
         (

@@ -36,8 +36,12 @@ class StaticEmbeddings:
         """(len(texts), 256) unit vectors."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        vectors = self._model.embed(list(texts), norm=True)
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimensions)
+        raw = np.asarray(self._model.embed(list(texts), norm=False), dtype=np.float32)
+        raw = raw.reshape(len(texts), self.dimensions)  # (n, 256)
+        # normalised here: a text with no known token (empty, only emoji) is the zero vector,
+        # not the NaNs of 0 / 0
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        return np.asarray(raw / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def _load() -> Any:
