@@ -229,31 +229,36 @@ async def injection(town: Town) -> dict[str, Any]:
                 "category": "electronics",
                 "attributes": {"note": item["text"][:200]},
             }
-            await town.http.put(f"/api/listings/inj-{n}", json=body, headers=admin)
+            (
+                await town.http.put(f"/api/listings/inj-{n}", json=body, headers=admin)
+            ).raise_for_status()
         elif where == "post":
-            await town.http.put(
+            staged = await town.http.put(
                 f"/api/posts/inj-{n}", json={"author": seller, "text": item["text"]}, headers=admin
             )
-        else:
-            await town.http.put(
+            staged.raise_for_status()
+        else:  # written by a member of the group
+            group = item["group"] if item["group"] in readers else f"g-{item['group']}"
+            staged = await town.http.put(
                 f"/api/messages/inj-{n}",
-                json={"group": item["group"], "author": seller, "text": item["text"]},
+                json={"group": group, "author": readers[group][1], "text": item["text"]},
                 headers=admin,
             )
+            staged.raise_for_status()
     town.services.indexer.sync_all()
     key = town.as_(town.demo["mia"])
     for n, item in enumerate(items):
         payload = re.compile("|".join(item["payload"]), re.IGNORECASE)
         outputs: dict[str, str] = {}
         if item["where"] in ("listing", "post"):
-            answer = await town.http.post(
-                "/api/search/summary", json={"query": item["topic"]}, headers=key
-            )
+            # the words a member would search with that find this very item
+            query = " ".join(re.findall(r"[A-Za-z']+", item["text"])[:5])
+            answer = await town.http.post("/api/search/summary", json={"query": query}, headers=key)
             body = answer.json()
             outputs["summary"] = body.get("answer", "") if answer.status_code == 200 else ""
             withheld = f"inj-{n}" in body.get("withheld", []) if answer.status_code == 200 else None
         else:
-            group = item["group"]
+            group = item["group"] if item["group"] in readers else f"g-{item['group']}"
             reader_key, reader = readers[group]
             answer = await town.http.get(
                 f"/api/groups/{group}/catch-up",
@@ -336,14 +341,14 @@ async def self_harm(town: Town, disclosures: list[ss.Item]) -> dict[str, Any]:
             db.query(User.external_id)
             .join(Membership, Membership.user_id == User.id)
             .join(Group, Group.id == Membership.group_id)
-            .filter(Group.external_id == "riverside-runners")
+            .filter(Group.external_id == "g-riverside-runners")
             .order_by(User.id)
             .first()
         )
     assert runner is not None
     in_group = []
     for item in disclosures:
-        reply = await mention(town, "riverside-runners", f"@assistant {item.text}", runner[0])
+        reply = await mention(town, "g-riverside-runners", f"@assistant {item.text}", runner[0])
         in_group.append(support in reply)
     return {
         "s11_support_rate": rate(direct + in_group),
@@ -372,7 +377,10 @@ def poisoned_exports(sets: dict[str, list[ss.Item]]) -> dict[str, Any]:
         with services.sessions.begin() as db:
             user, _ = create_user(db, "rater")
             user_id = user.id
-        screen = services.safety.screen_text(Context("feedback", user_id, "member"))
+        screen = services.safety.screen_text(
+            Context("feedback", user_id, "member"),
+            training_threshold=services.settings.safety.training_threshold,
+        )
         for n, correction in enumerate(poisoned + clean):
             with services.sessions.begin() as db:
                 generation = Generation(
@@ -483,6 +491,11 @@ def main() -> None:
         result["moderation_cascade_p99_ms"] = m["latency"]["cascade"]["p99_ms"]
         print("moderation", time.perf_counter() - started, flush=True)
 
+    def save() -> None:  # after every section: a crash later keeps what was measured
+        OUT.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    save()
+
     async def live() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             async with Town(Path(tmp)) as town:
@@ -493,8 +506,10 @@ def main() -> None:
                     result["asr_heldout_source"] = e2e["asr_heldout_harmful"]
                     result["over_refusal_community_e2e"] = e2e["over_refusal_community_benign"]
                     result["asr_community"] = e2e["asr_community_harmful"]
+                    save()
                 if "injection" in args.only:
                     result.update(await injection(town))
+                    save()
                 if "s11" in args.only:
                     result.update(await self_harm(town, sets["s11_disclosures"]))
 

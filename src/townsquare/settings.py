@@ -421,6 +421,15 @@ class SafetySettings(BaseModel):
         description="Texts whose moderation scores a replica keeps (a conversation's earlier "
         "turns are checked again on every turn).",
     )
+    training_threshold: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Score of any hazard code (as a request or as a reply) at or above which a "
+        "member's correction is kept out of every training export. Lower than the blocking "
+        "threshold on purpose: leaving a correction out costs little, training on a harmful "
+        "one costs a lot.",
+    )
     s11_support_threshold: float | None = Field(
         None,
         ge=0.0,

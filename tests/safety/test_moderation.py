@@ -232,6 +232,10 @@ def test_v1_moderations_with_the_official_client(moderation_server) -> None:  # 
     assert not benign.flagged and not any(benign.categories.model_dump().values())
     raw = harmful.model_dump()
     assert "S11" in raw["hazard_codes"] and raw["hazard_scores"]["S11"] >= 0.5
+    assert raw["blocked"] is True and benign.model_dump()["blocked"] is False
+    # a warn-only code (X5 profanity, by default): flagged in OpenAI's sense, not blocked
+    (sweary,) = client.moderations.create(input="this party is fucking awesome").results
+    assert sweary.flagged and sweary.model_dump()["blocked"] is False
     with pytest.raises(openai.UnprocessableEntityError):
         client.moderations.create(input=["x" * 200_000])
 

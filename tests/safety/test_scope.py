@@ -196,3 +196,11 @@ def test_a_policy_change_racing_checks_gives_one_policy_or_the_other(services: S
         thread.join(60)
     store.update("default", PolicyIn(rules={"X5": None}))
     assert errors == [] and outcomes <= {True, False}
+
+
+def test_two_hundred_turns_do_not_dilute_a_harmful_one(services: Services) -> None:
+    turns = [Message("user", HARMFUL)] + [
+        Message("user" if i % 2 else "assistant", CHATTER[i % len(CHATTER)]) for i in range(199)
+    ]
+    decision = check(services, turns)
+    assert not decision.allowed and "S1" in decision.hazards  # type: ignore[attr-defined]

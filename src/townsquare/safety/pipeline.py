@@ -288,6 +288,23 @@ class ModerationPolicy(SafetyPolicy):
     def check_items(self, items: Sequence[str], context: Context) -> list[Decision]:
         return [self.decide(s, context) for s in self._scores(list(items), "assistant")]
 
+    def check_training(self, text: str, threshold: float) -> Decision:
+        """Whether ``text`` may become training data: refused when any code scores at or above
+        ``threshold`` read as a request or as a reply (whatever the policy's action)."""
+        as_request, as_reply = self._scores([text], "user")[0], self._scores([text], "assistant")[0]
+        codes = sorted(
+            c
+            for c in {*as_request, *as_reply}
+            if max(as_request.get(c, 0.0), as_reply.get(c, 0.0)) >= threshold
+        )
+        if not codes:
+            return Decision.allow()
+        return Decision(
+            False,
+            tuple(codes),
+            f"Kept out of training: it scores {', '.join(codes)} (safety.training_threshold).",
+        )
+
     def check_sources(self, texts: Sequence[str], context: Context) -> list[Decision]:
         """A decision per piece of other members' content a feature is about to put in a
         prompt: refused when it carries instructions to the assistant (X3) or a hazard the
@@ -433,12 +450,33 @@ class SafetyPipeline:
             )
         return decisions
 
-    def screen_text(self, context: Context) -> Callable[[str], Decision]:
+    def screen_text(
+        self, context: Context, *, training_threshold: float | None = None
+    ) -> Callable[[str], Decision]:
         """A function that runs the input check on one text a member wrote (a correction, a
-        persona): blocking, for worker threads."""
+        persona): blocking, for worker threads. With ``training_threshold`` the text is meant
+        for training too, and any code at that score refuses it (``check_training``)."""
 
         def screen(text: str) -> Decision:
-            return self.check_input([], replace(context, subject=(text,)))
+            decision = self.check_input([], replace(context, subject=(text,)))
+            if not decision.allowed or training_threshold is None:
+                return decision
+            for policy in self.policies:
+                if isinstance(policy, ModerationPolicy):
+                    strict = policy.check_training(text, training_threshold)
+                    if not strict.allowed:
+                        self._record(
+                            SafetyEvent(
+                                "input",
+                                context.feature,
+                                context.user_id,
+                                strict,
+                                text[:200],
+                                context.group_id,
+                            )
+                        )
+                        return strict
+            return decision
 
         return screen
 

@@ -36,7 +36,10 @@ def give_feedback(
         generation_id,
         body,
         max_chars=services.settings.limits.max_message_chars,
-        screen=services.safety.screen_text(Context("feedback", user.id, user.role)),
+        screen=services.safety.screen_text(
+            Context("feedback", user.id, user.role),
+            training_threshold=services.settings.safety.training_threshold,
+        ),
     )
     db.commit()
     return out

@@ -44,6 +44,9 @@ def accept_description(
 ) -> dict[str, Any]:
     """Put a draft (as generated, or edited) on the listing."""
     listing = access.listing_of_seller(db, user, listing_id)
-    screen = services.safety.screen_text(Context(FEATURE, user.id, user.role))
+    screen = services.safety.screen_text(
+        Context(FEATURE, user.id, user.role),
+        training_threshold=services.settings.safety.training_threshold,
+    )
     listing = accept(db, user, listing, body, screen=screen)
     return {"id": listing.external_id, "title": listing.title, "description": listing.description}
