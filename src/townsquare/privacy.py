@@ -41,12 +41,7 @@ def erase_member_words(db: Session, user_id: int) -> int:
     )
     ids = list(db.scalars(held))  # indexed by member: as many as their words reached
     if ids:
-        db.execute(
-            update(Generation)
-            .where(Generation.id.in_(ids))
-            .values(prompt=null(), answer=None, inputs=REDACTED, output=REDACTED)
-            .execution_options(synchronize_session=False)
-        )
+        _redact(db, ids)
     db.execute(delete(GenerationContributor).where(GenerationContributor.user_id == user_id))
     db.execute(
         update(SafetyEventRow)
@@ -55,6 +50,16 @@ def erase_member_words(db: Session, user_id: int) -> int:
         .execution_options(synchronize_session=False)
     )
     return len(ids)
+
+
+def _redact(db: Session, ids: list[int]) -> None:
+    """Drop what the generations ``ids`` stored of anyone's words (SQL NULL, not JSON null)."""
+    db.execute(
+        update(Generation)
+        .where(Generation.id.in_(ids))
+        .values(prompt=null(), answer=None, inputs=REDACTED, output=REDACTED)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def sweep(
@@ -86,12 +91,7 @@ def sweep(
                     .limit(BATCH)
                 )
             ),
-            lambda db, ids: db.execute(
-                update(Generation)
-                .where(Generation.id.in_(ids))
-                .values(prompt=null(), answer=None, inputs=REDACTED, output=REDACTED)
-                .execution_options(synchronize_session=False)
-            ),
+            _redact,
         )
     return done
 

@@ -17,6 +17,14 @@ INJECTED = (
 )
 
 
+def catch_up(client: TestClient, key: str) -> dict[str, object]:
+    return client.get(  # type: ignore[no-any-return]
+        "/api/groups/g1/catch-up",
+        params={"since": "2000-01-01T00:00:00Z"},
+        headers=auth(key),
+    ).json()
+
+
 def prompts(fake: FakeText) -> str:
     return "\n".join(m.content for call in fake.calls for m in call[0])
 
@@ -56,11 +64,7 @@ def test_an_injected_group_message_is_withheld_from_the_catch_up(
     fake_text.enqueue(
         '{"points": [{"text": "Rye flour is at the mill shop.", "messages": [1, 2]}]}'
     )
-    body = client.get(
-        "/api/groups/g1/catch-up",
-        params={"since": "2000-01-01T00:00:00Z"},
-        headers=auth(keys["member"]),
-    ).json()
+    body = catch_up(client, keys["member"])
     assert body["withheld"] == ["m-inj"] and body["messages"] == 2
     assert "MB Way" not in prompts(fake_text)
     assert "<messages>" in prompts(fake_text)  # the members' words are marked off as data
@@ -74,9 +78,5 @@ def test_a_point_repeating_a_third_partys_number_is_not_sent(
         '{"points": [{"text": "Rye flour is at the mill shop.", "messages": [1, 2]}, '
         '{"text": "Pay the fee by MB Way to 912 345 678.", "messages": [1]}]}'
     )
-    body = client.get(
-        "/api/groups/g1/catch-up",
-        params={"since": "2000-01-01T00:00:00Z"},
-        headers=auth(keys["member"]),
-    ).json()
-    assert [p["text"] for p in body["points"]] == ["Rye flour is at the mill shop."]
+    body = catch_up(client, keys["member"])
+    assert [p["text"] for p in body["points"]] == ["Rye flour is at the mill shop."]  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -270,13 +271,14 @@ def test_openai_moderations_backend_against_another_townsquare(moderation_server
     remote.close()
 
 
-def test_a_guard_that_is_down_refuses_with_503_not_500(tmp_path: Path) -> None:
+def _ask_with_the_guard_down(tmp_path: Path, **safety: object) -> Any:
     settings = make_settings(
         tmp_path,
         safety={
             "moderation": "llama-guard",
             "guard_url": "http://127.0.0.1:9/v1",
             "guard_timeout_s": 1,
+            **safety,
         },
     )
     services = Services.build(settings, text=FakeText())
@@ -287,32 +289,20 @@ def test_a_guard_that_is_down_refuses_with_503_not_500(tmp_path: Path) -> None:
             json={"model": services.text.model_id, "messages": [{"role": "user", "content": "hi"}]},
             headers=auth(key),
         )
+    asyncio.run(services.aclose())
+    return response
+
+
+def test_a_guard_that_is_down_refuses_with_503_not_500(tmp_path: Path) -> None:
+    response = _ask_with_the_guard_down(tmp_path)
     assert response.status_code == 503
     assert "moderation service (llama-guard)" in response.json()["error"]["message"]
-    asyncio.run(services.aclose())
 
 
 def test_a_guard_that_is_down_lets_text_through_when_configured_and_logs_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        safety={
-            "moderation": "llama-guard",
-            "guard_url": "http://127.0.0.1:9/v1",
-            "guard_timeout_s": 1,
-            "guard_fail_open": True,
-        },
-    )
-    services = Services.build(settings, text=FakeText())
-    key = add_user(services, "mia")
-    with TestClient(create_app(services=services)) as client:
-        response = client.post(
-            "/v1/chat/completions",
-            json={"model": services.text.model_id, "messages": [{"role": "user", "content": "hi"}]},
-            headers=auth(key),
-        )
-    asyncio.run(services.aclose())
+    response = _ask_with_the_guard_down(tmp_path, guard_fail_open=True)
     assert response.status_code == 200
     assert any(
         "llama-guard" in r.getMessage() and "let through" in r.getMessage() for r in caplog.records

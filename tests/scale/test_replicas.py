@@ -178,8 +178,12 @@ def test_replicas_share_sessions_quotas_and_survive_a_crash(cluster: Cluster) ->
     assert all(0 < s < 500 for s in before), sorted(set(before))
     # the surviving replica serves everything once the balancer has seen the crash
     assert all(0 < s < 500 for s in after), sorted(set(after))
-    # the shared quota held across both replicas (and through the crash)
-    assert quota_statuses.count(200) == QUOTA, quota_statuses
+    # the shared quota held across both replicas (and through the crash): never more than the
+    # quota answered, and the quota used up (a request cut off by the crash may have been
+    # counted before its answer was lost, so it counts as spent)
+    ok = quota_statuses.count(200)
+    lost = sum(s not in (200, 429) for s in quota_statuses)  # cut off: no answer, or the
+    assert lost <= 2 and ok <= QUOTA <= ok + lost, quota_statuses  # balancer's 502 at the kill
     assert set(quota_statuses) <= {200, 429}
     # every acknowledged write is in the database
     engine = create_engine(cluster.env["TOWNSQUARE_DATABASE_URL"])
