@@ -257,19 +257,25 @@ class EmbeddedModerator(Moderator):
                     self._cache.popitem(last=False)
         return [r if r is not None else {} for r in results]
 
+    def score_thorough(self, texts: Sequence[str], *, role: Role = "user") -> list[Scores]:
+        """``score`` with every text given the second look (no cascade, no cache): for text
+        that will become training data."""
+        return self._score(texts, role, thorough=True)
+
     def _clip(self, text: str) -> str:
         # long texts: the start and the end carry the request (the encoder reads 256 tokens)
         half = self.max_chars // 2
         return text if len(text) <= self.max_chars else text[:half] + " " + text[-half:]
 
-    def _score(self, texts: Sequence[str], role: Role) -> list[Scores]:
+    def _score(self, texts: Sequence[str], role: Role, *, thorough: bool = False) -> list[Scores]:
         model, encoder, static_model, profanity = self._load()
         clipped = [self._clip(t) for t in texts]
         static = static_model.embed(clipped)
         hits = [rules.request_codes(t) if role == "user" else {} for t in texts]
         attacks = [attack_rules(t, role=role) for t in texts]
         sure = model.first_pass(static) < model.first_cut
-        look = [i for i in range(len(texts)) if not (self.cascade and sure[i] and not hits[i])]
+        skip = self.cascade and not thorough
+        look = [i for i in range(len(texts)) if not (skip and sure[i] and not hits[i])]
         harm = np.zeros(len(texts))
         probabilities = np.zeros((len(texts), len(model.codes)))
         if look:

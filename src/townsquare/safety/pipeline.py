@@ -291,7 +291,14 @@ class ModerationPolicy(SafetyPolicy):
     def check_training(self, text: str, threshold: float) -> Decision:
         """Whether ``text`` may become training data: refused when any code scores at or above
         ``threshold`` read as a request or as a reply (whatever the policy's action)."""
-        as_request, as_reply = self._scores([text], "user")[0], self._scores([text], "assistant")[0]
+        # the whole check, whatever the cascade says: this text may be trained on
+        thorough = getattr(self.moderator, "score_thorough", None)
+        if thorough is not None:
+            as_request = thorough([text], role="user")[0]
+            as_reply = thorough([text], role="assistant")[0]
+        else:
+            as_request = self._scores([text], "user")[0]
+            as_reply = self._scores([text], "assistant")[0]
         codes = sorted(
             c
             for c in {*as_request, *as_reply}
