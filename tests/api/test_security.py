@@ -121,7 +121,7 @@ def _cookie_over(settings_overrides: dict[str, Any], tmp_path: Path) -> str:
     that a balancer on 127.0.0.1 received over HTTPS."""
     settings = make_settings(tmp_path, server=settings_overrides)
     services = Services.build(settings, text=FakeText())
-    key = add_user(services, "mia")
+    key = add_user(services, f"mia-{tmp_path.name}")  # one database per test on PostgreSQL
     port = free_port()
     config = uvicorn.Config(
         create_app(services=services),
