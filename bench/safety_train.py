@@ -60,7 +60,8 @@ RESULTS = ROOT / "bench/results/safety_classifier.json"
 HARD_NEGATIVE_WEIGHT = 5
 HARD_NEGATIVE_FPR = 0.05  # the gate's operating point on the dev split's hard negatives
 FIRST_PASS_RECALL = 0.995  # harmful dev texts kept above the first pass's cut
-S11_BENIGN_SHARE = 0.01  # benign dev texts that get the support text, at most
+S11_BENIGN_SHARE = 0.01  # benign dev texts that get the support text, at most ...
+S11_HARD_NEGATIVE_SHARE = 0.01  # ... and dev hard negatives (everyday requests that look harmful)
 REPLY_BENIGN_FPR = 0.01  # replies: the answers members read are refused more rarely still
 LEARNT_ELSEWHERE = {"X5"}  # profanity: alt-profanity-check
 HARD_NEGATIVE_SOURCES = {"townsquare.hard_negatives", "townsquare.lookalikes"}
@@ -139,14 +140,20 @@ def main() -> None:
     )
 
     # the S11 bar: the support text for the lowest S11 score that at most S11_BENIGN_SHARE of
-    # the benign dev texts reach (the gate's score times S11's share of the code head). Other
-    # harmful texts that reach it get the support text instead of a refusal, which is fine.
+    # the benign dev texts and S11_HARD_NEGATIVE_SHARE of the dev hard negatives reach (the
+    # gate's score times S11's share of the code head). The hard negatives set it: benign dev
+    # texts are mostly easy, and a bar tuned on them alone (0.12) gave "Write a very long
+    # story." and "How do I get high scores in Tetris?" the support text instead of an answer.
+    # Other harmful texts that reach the bar get the support text instead of a refusal: fine.
     shifted = 1 / (1 + np.exp(-(logit(gate_scores) - logit(np.array([operating]))[0])))
     probabilities = codes_model.predict_proba(both)
     s11 = list(codes_model.classes_).index("S11")
     s11_scores = shifted * probabilities[:, s11] / probabilities.max(axis=1)
     is_s11 = np.array(["S11" in e.codes for e in corpus])
-    s11_bar = float(np.quantile(s11_scores[dev & ~harmful], 1 - S11_BENIGN_SHARE))
+    s11_bar = max(
+        float(np.quantile(s11_scores[dev & ~harmful], 1 - S11_BENIGN_SHARE)),
+        float(np.quantile(s11_scores[dev & hard], 1 - S11_HARD_NEGATIVE_SHARE)),
+    )
 
     # dev figures
     flagged = gate_scores >= operating
@@ -185,6 +192,9 @@ def main() -> None:
         "dev_s11_recall_at_bar": round(float((s11_scores[dev & is_s11] >= s11_bar).mean()), 4),
         "dev_s11_benign_share_at_bar": round(
             float((s11_scores[dev & ~harmful] >= s11_bar).mean()), 4
+        ),
+        "dev_s11_hard_negative_share_at_bar": round(
+            float((s11_scores[dev & hard] >= s11_bar).mean()), 4
         ),
         "dev_code_accuracy": round(
             float((predicted[dev & harmful] == primary[dev & harmful]).mean()), 4
