@@ -60,7 +60,7 @@ RESULTS = ROOT / "bench/results/safety_classifier.json"
 HARD_NEGATIVE_WEIGHT = 5
 HARD_NEGATIVE_FPR = 0.05  # the gate's operating point on the dev split's hard negatives
 FIRST_PASS_RECALL = 0.995  # harmful dev texts kept above the first pass's cut
-S11_BENIGN_SHARE = 0.01  # benign dev texts that get the support text, at most ...
+S11_BENIGN_SHARE = 0.01  # benign dev texts that get the support text, about ...
 S11_HARD_NEGATIVE_SHARE = 0.01  # ... and dev hard negatives (everyday requests that look harmful)
 REPLY_BENIGN_FPR = 0.01  # replies: the answers members read are refused more rarely still
 LEARNT_ELSEWHERE = {"X5"}  # profanity: alt-profanity-check
@@ -139,8 +139,8 @@ def main() -> None:
         operating, float(np.quantile(gate_scores[dev & responses & ~harmful], 1 - REPLY_BENIGN_FPR))
     )
 
-    # the S11 bar: the support text for the lowest S11 score that at most S11_BENIGN_SHARE of
-    # the benign dev texts and S11_HARD_NEGATIVE_SHARE of the dev hard negatives reach (the
+    # the S11 bar: the support text from the higher of two quantiles, where S11_BENIGN_SHARE of
+    # the benign dev texts and S11_HARD_NEGATIVE_SHARE of the dev hard negatives reach it (the
     # gate's score times S11's share of the code head). The hard negatives set it: benign dev
     # texts are mostly easy, and a bar tuned on them alone (0.12) gave "Write a very long
     # story." and "How do I get high scores in Tetris?" the support text instead of an answer.
