@@ -288,11 +288,15 @@ def test_prompts_are_moderated_before_the_engine_runs(tmp_path: Path) -> None:
 def test_the_output_check_runs_the_real_open_nsfw_model(tmp_path: Path) -> None:
     services, keys = _town(tmp_path, images=_images(nsfw_check="block"))
     with TestClient(create_app(services=services)) as client:
-        ok = client.post("/api/imagine", json={"prompt": "a lake"}, headers=auth(keys["member"]))
+        # A fixed seed: the fake engine's pictures are coloured blobs, and an unseeded one can
+        # score 0.4 (seen in CI); this one scores about 0.002 on the real model.
+        ok = client.post(
+            "/api/imagine", json={"prompt": "a lake", "seed": 1}, headers=auth(keys["member"])
+        )
         assert ok.status_code == 200
         with services.sessions() as db:
             score = db.scalar(select(ImageRow.nsfw_score))
-        assert score is not None and 0 <= score < 0.2  # the model ran and found a landscape
+        assert score is not None and 0 < score < 0.2  # the model ran and found nothing explicit
         assert services.images.nsfw is not None
         services.images.nsfw.threshold = 1e-12  # a policy that withholds every picture
         withheld = client.post(
