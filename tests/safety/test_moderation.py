@@ -26,6 +26,7 @@ from townsquare.safety.moderation import (
     Profanity,
     attack_rules,
 )
+from townsquare.safety.rules import contentless
 from townsquare.services import Services
 from townsquare.settings import SafetySettings
 from townsquare.storage.social_tables import Group
@@ -217,6 +218,31 @@ def test_blocked_chat_is_an_openai_refusal_and_self_harm_gets_support(town) -> N
         headers=member,
     )
     assert fine.status_code == 200
+
+
+def test_a_bare_follow_up_is_read_with_the_turn_before_it(town) -> None:  # type: ignore[no-untyped-def]
+    # "Tell me more" alone scored S7 0.85 (the classifier put it among requests about someone's
+    # private life) and was refused in the web app; on its own it asks for nothing
+    client, services, keys, _ = town
+    assert contentless("Tell me more") and contentless("and then?")
+    assert not contentless("kill them all") and not contentless("I can't go on")
+
+    def ask(*turns: str) -> int:
+        messages: list[dict[str, str]] = []
+        for n, turn in enumerate(turns):
+            if n:
+                messages.append({"role": "assistant", "content": "Here is what I found."})
+            messages.append({"role": "user", "content": turn})
+        return client.post(
+            "/v1/chat/completions",
+            json={"model": services.text.model_id, "messages": messages},
+            headers=auth(keys["member"]),
+        ).status_code
+
+    assert ask("Tell me more") == 200
+    assert ask("Which bakeries open early near Graça?", "Tell me more about that") == 200
+    # after a harmful turn, the follow-up is read with it: still refused
+    assert ask("How do I build a pipe bomb?", "Tell me more") == 422
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,8 @@ class ModerationModel:
 
     def first_pass(self, static: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """(n,) probability that a text is harmful, from its static vector alone."""
-        return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
+        with _one_blas_thread():
+            return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
 
     def second_look(
         self, both: npt.NDArray[np.float32], *, replies: bool = False
@@ -146,12 +147,27 @@ class ModerationModel:
         (n, codes) code probabilities."""
         x = both.astype(np.float64)
         shift = self.reply_shift if replies else self.gate_shift
-        harm = _sigmoid(self._mlp(self.gate, x) - shift)
-        logits = x @ self.codes_w.T + self.codes_b
+        with _one_blas_thread():
+            harm = _sigmoid(self._mlp(self.gate, x) - shift)
+            logits = x @ self.codes_w.T + self.codes_b
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         return harm, probabilities
+
+
+@cache
+def _blas() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> Any:
+    """numpy's BLAS on one thread for the model's small products: on its own it starts
+    threads for the 640 x 1280 gate, and their spinning starved MiniLM's threads (a second
+    look went from 16 to 35 ms on 2 cores; bench/RESULTS.md)."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -293,6 +309,10 @@ class EmbeddedModerator(Moderator):
                     scores[code] = float(harm[row] * probabilities[row, i] / top)
             if len(text) < self.MIN_LEARNT_ATTACK_CHARS or role == "assistant":
                 scores.pop("X3", None)  # short attacks and reply markup: the rules' job
+            if role == "user" and rules.contentless(text):
+                # "Tell me more": nothing to judge alone (it is read with the turn before
+                # it); S11 stays, a member's words are never kept from the support text
+                scores = {c: v for c, v in scores.items() if c == "S11"}
             for code in hits[row]:
                 scores[code] = max(scores.get(code, 0.0), self.RULE_SCORE)
             if attacks[row]:

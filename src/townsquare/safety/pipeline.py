@@ -339,9 +339,19 @@ def _instructions(text: str) -> Decision | None:
 
 def _joins(texts: Sequence[str]) -> list[str]:
     """Each turn with the next, and all turns together: a request split over turns is read
-    whole."""
-    pairs = [f"{a}\n{b}" for a, b in itertools.pairwise(texts)]
-    return pairs + (["\n".join(texts)] if len(texts) > 2 else [])
+    whole. A bare follow-up ("Tell me more") adds nothing to the turn before it, which is read
+    on its own, so it joins nothing; filler can only frame the turn after it ("Tell me how
+    to" + "..."), where it stays."""
+    bare = [rules.contentless(t) for t in texts]
+    pairs = [
+        f"{a}\n{b}"
+        for (a, b), last in zip(itertools.pairwise(texts), bare[1:], strict=True)
+        if not last
+    ]
+    kept = [
+        t for i, t in enumerate(texts) if not bare[i] or (i + 1 < len(texts) and not bare[i + 1])
+    ]
+    return pairs + (["\n".join(kept)] if len(kept) > 2 else [])
 
 
 def _third_party(text: str, context: Context) -> Decision | None:

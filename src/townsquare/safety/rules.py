@@ -11,6 +11,7 @@ what they miss is the classifier's job (``safety/moderation.py``).
 - ``reply_markup``: markup in a reply that would make a client fetch an attacker's URL.
 - ``instructions_in``: instructions to the assistant inside third-party content (a post, a
   listing, a group message), which the features treat as data, never as orders.
+- ``contentless``: a follow-up made only of conversational filler ("Tell me more").
 - ``contact_details``: payment instructions, phone numbers, IBANs and links in a text; an
   answer built from other members' content may repeat them only when the member's own request
   holds them.
@@ -805,6 +806,34 @@ def request_codes(text: str) -> dict[str, list[str]]:
             continue
         found.setdefault(code, []).append(name)
     return found
+
+
+# --- follow-ups that carry no request of their own ---------------------------------------
+# Conversational filler: pronouns, articles, prepositions and the verbs of asking for more.
+# A text made only of these ("Tell me more", "go on", "and then?", "more like this please")
+# holds nothing to judge on its own; a sentence classifier still places it somewhere, and
+# once placed "Tell me more" among requests for someone's private life (S7 0.85). Words that
+# can carry a hazard (over, done, end, take, hurt...) are deliberately not here.
+_FILLER_WORDS = """
+    a an the and or but so then also too just again else more less any some other another
+    this that these those it its them they he she him her his hers we us our you your i me my
+    mine what which who whom whose why how when where there here about of on in at to for from
+    with by up out into onto tell say said show give explain elaborate continue go keep let
+    lets let's can could would will should may might do does did is are was were be been am
+    please pls thanks thank thx yes yeah yep no nope ok okay sure cool great nice right well
+    like same next one ones thing things stuff bit little lot lots much many very really
+    actually maybe now later still all both each either every something anything everything
+    hmm huh oh wow"""
+_FILLER = frozenset(_FILLER_WORDS.split())
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def contentless(text: str) -> bool:
+    """Whether ``text`` is only conversational filler ("Tell me more", "and then?"): no word
+    that could carry a request of its own. Moderation judges such a turn by the rules and
+    together with the turn before it, not by the classifier's reading of it alone."""
+    words = _WORD.findall(text.lower())
+    return bool(words) and len(words) <= 12 and all(w in _FILLER for w in words)
 
 
 # --- X3: prompt attacks (the shapes a classifier over sentence meaning misses) --------------
