@@ -259,12 +259,15 @@ def test_a_member_searches_with_filters_and_follows_a_citation(browser, town: To
     page.goto(f"{town.server.url}/market")
     page.fill("#q", "bike")
     page.fill("#max_price", "500")
-    page.click("button:text('Search')")
-    results = page.locator(".results li a")
-    expect(results.first).to_be_visible()
+    # queued before the search: the results page asks for its summary as soon as it loads, so
+    # a reply queued after the results showed raced it (the fake's default "fake text" then
+    # answered, and output moderation may refuse that; it did in CI as S5)
     town.fake.enqueue(
         '{"sentences": [{"text": "There are bikes for children and adults.", "sources": [1]}]}'
     )
+    page.click("button:text('Search')")
+    results = page.locator(".results li a")
+    expect(results.first).to_be_visible()
     citation = page.locator("#summary a.cite").first
     expect(citation).to_be_visible(timeout=20_000)
     href = citation.get_attribute("href") or ""
