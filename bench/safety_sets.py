@@ -9,6 +9,7 @@ Community sets (bench/data/safety, written before the change, kept out of traini
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -232,18 +233,20 @@ def latency(texts: Sequence[str]) -> dict[str, Any]:
     """Per-message moderation time, one at a time, with no score cache: the first stage alone
     (rules, static embeddings, the first pass, profanity), the whole cascade, and every text
     given the second look (MiniLM), in the same run."""
-    from townsquare.safety import rules
+    from townsquare.safety import moderation, rules
     from townsquare.safety.moderation import EmbeddedModerator, ModerationModel, Profanity
     from townsquare.safety.static import StaticEmbeddings
 
     model, static, profanity = ModerationModel.bundled(), StaticEmbeddings(), Profanity()
 
     def first_stage(batch: Sequence[str]) -> None:
-        for text in batch:
-            rules.request_codes(text)
-            rules.attack_rules(text)
-        model.first_pass(static.embed(batch))
-        profanity.score(batch)
+        with moderation.one_blas_thread():  # as EmbeddedModerator scores a batch
+            for text in batch:
+                rules.request_codes(text)
+                rules.attack_rules(text)
+                rules.contentless(text)
+            model.first_pass(static.embed(batch))
+            profanity.score(batch)
 
     cascade = EmbeddedModerator(cache_size=0)
     full = EmbeddedModerator(cache_size=0, cascade=False)
@@ -252,5 +255,13 @@ def latency(texts: Sequence[str]) -> dict[str, Any]:
         "cascade": _timed(cascade.score, texts),
         "second_look_every_text": _timed(full.score, texts),
     }
+    # the baseline for the one-thread limit, in the same run: numpy's BLAS left to start its
+    # own threads beside MiniLM's
+    limited = moderation.one_blas_thread
+    moderation.one_blas_thread = contextlib.nullcontext  # type: ignore[assignment]
+    try:
+        out["second_look_every_text_blas_threads"] = _timed(full.score, texts)
+    finally:
+        moderation.one_blas_thread = limited
     out["second_look_share"] = round(cascade.second_looks / (len(texts) + 1), 4)
     return out

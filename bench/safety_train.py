@@ -52,6 +52,7 @@ from townsquare.safety.datasets import (  # noqa: E402
     normalise,
     training_corpus,
 )
+from townsquare.safety.moderation import ModerationModel  # noqa: E402
 from townsquare.safety.static import StaticEmbeddings  # noqa: E402
 from townsquare.settings import Settings  # noqa: E402
 
@@ -99,9 +100,8 @@ class Averaged:
         return w1, b1, w2, b2
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        w1, b1, w2, b2 = self.layers()
-        logits = (np.maximum(x @ w1 + b1, 0.0) @ w2 + b2)[:, 0]
-        p = 1 / (1 + np.exp(-logits))
+        """The runtime's own forward pass (``ModerationModel._mlp``) over the merged layers."""
+        p = 1 / (1 + np.exp(-ModerationModel._mlp(self.layers(), x.astype(np.float64))))
         return np.stack([1 - p, p], axis=1)
 
 

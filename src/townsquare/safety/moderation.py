@@ -137,8 +137,7 @@ class ModerationModel:
 
     def first_pass(self, static: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """(n,) probability that a text is harmful, from its static vector alone."""
-        with _one_blas_thread():
-            return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
+        return _sigmoid(self._mlp(self.first, static.astype(np.float64)))
 
     def second_look(
         self, both: npt.NDArray[np.float32], *, replies: bool = False
@@ -147,9 +146,8 @@ class ModerationModel:
         (n, codes) code probabilities."""
         x = both.astype(np.float64)
         shift = self.reply_shift if replies else self.gate_shift
-        with _one_blas_thread():
-            harm = _sigmoid(self._mlp(self.gate, x) - shift)
-            logits = x @ self.codes_w.T + self.codes_b
+        harm = _sigmoid(self._mlp(self.gate, x) - shift)
+        logits = x @ self.codes_w.T + self.codes_b
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -163,10 +161,10 @@ def _blas() -> Any:
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> Any:
-    """numpy's BLAS on one thread for the model's small products: on its own it starts
-    threads for the 640 x 1280 gate, and their spinning starved MiniLM's threads (a second
-    look went from 16 to 35 ms on 2 cores; bench/RESULTS.md)."""
+def one_blas_thread() -> Any:
+    """numpy's BLAS on one thread while a batch is scored: on its own it starts threads for
+    the 640 x 1280 gate, and their spinning starves MiniLM's (torch's own) threads
+    (bench/RESULTS.md: ``second_look_every_text`` against ``..._blas_threads``)."""
     return _blas().limit(limits=1, user_api="blas")
 
 
@@ -284,6 +282,10 @@ class EmbeddedModerator(Moderator):
         return text if len(text) <= self.max_chars else text[:half] + " " + text[-half:]
 
     def _score(self, texts: Sequence[str], role: Role, *, thorough: bool = False) -> list[Scores]:
+        with one_blas_thread():
+            return self._score_batch(texts, role, thorough=thorough)
+
+    def _score_batch(self, texts: Sequence[str], role: Role, *, thorough: bool) -> list[Scores]:
         model, encoder, static_model, profanity = self._load()
         clipped = [self._clip(t) for t in texts]
         static = static_model.embed(clipped)
