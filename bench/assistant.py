@@ -58,7 +58,7 @@ from townsquare.backends.sentence_embed import (  # noqa: E402
 )
 from townsquare.features.assistant.router import NONE, Router, load_examples  # noqa: E402
 from townsquare.features.assistant.tools import Asker, specs  # noqa: E402
-from townsquare.features.search.service import _fold  # noqa: E402
+from townsquare.features.search.query import fold as _fold  # noqa: E402
 from townsquare.safety.pipeline import Context  # noqa: E402
 from townsquare.services import Services  # noqa: E402
 from townsquare.settings import Settings  # noqa: E402
@@ -268,7 +268,100 @@ async def model_choice(services: Services, held_out: list[dict[str, Any]]) -> di
     }
 
 
+NEW = ROOT / "bench/data/assistant_requests_new.jsonl"
+NEW_FILTERS = ("category", "max_price", "min_price", "near")
+
+
+def filters_right(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs between the expected marketplace filters and ``got`` (empty: all right):
+    category, prices and place exactly, the accepted conditions as a set (absent = any)."""
+    wrong = []
+    for key in NEW_FILTERS:
+        want, have = expected.get(key), got.get(key)
+        if want is None and have is None:
+            continue
+        same_number = isinstance(want, int | float) and have is not None and float(have) == want
+        differs = want is None or have is None or _fold(str(want)) != _fold(str(have))
+        if differs and not same_number:
+            wrong.append(f"{key}: {want!r} != {have!r}")
+    condition = got.get("condition")
+    have_set = set([condition] if isinstance(condition, str) else condition or [])
+    if set(expected.get("conditions") or []) != have_set:
+        wrong.append(f"conditions: {expected.get('conditions')} != {sorted(have_set)}")
+    return wrong
+
+
+async def new_set(services: Services, places: list[str], groups: list[str]) -> dict[str, Any]:
+    """Issue 25's request set, written before the issue-25 changes and kept out of every rule,
+    example and threshold: the router's tool choice and arguments, and the search box's
+    reading of the marketplace requests (the same parser: rules, then the category from the
+    town's listings)."""
+    from townsquare.features.search.query import core_words, read_filters
+    from townsquare.features.search.service import category_of
+
+    rows = [json.loads(line) for line in NEW.read_text().splitlines() if line.strip()]
+    router = services.agent.router
+    right = fp = nones = args_total = args_right = parsed_right = marketplace = 0
+    misses: list[dict[str, Any]] = []
+    for row in rows:
+        route = router.route(row["text"], places=places, groups=groups)
+        expected, got = row["tool"] or NONE, route.tool or NONE
+        right += expected == got
+        if row["tool"] is None:
+            nones += 1
+            fp += route.tool is not None
+        if expected != got:
+            misses.append({"request": row["text"], "expected_tool": expected, "got_tool": got})
+        elif row["tool"] == "search_listings":
+            args_total += 1
+            wrong = filters_right(row["args"], route.arguments)
+            query_has = row["args"].get("query_has")
+            if query_has and _fold(query_has) not in _fold(route.arguments.get("query", "")):
+                wrong.append(f"query {route.arguments.get('query')!r} lacks {query_has!r}")
+            args_right += not wrong
+            if wrong:
+                misses.append({"request": row["text"], "arguments": wrong})
+        if row["tool"] == "search_listings":  # the search box, whatever the router chose
+            marketplace += 1
+            box = read_filters(row["text"], places)
+            words = core_words(row["text"], places)
+            category = category_of(
+                services.embed, services.vectors, services.settings.search, words
+            )
+            if category:
+                box["category"] = category
+            wrong = filters_right(row["args"], box)
+            parsed_right += not wrong
+            if wrong:
+                misses.append({"search_box": row["text"], "filters": wrong})
+    _, held_out = load()  # the round-2 held-out set, routing only: does the change regress it?
+    old_right = sum(
+        (router.route(r["text"], places=places, groups=groups).tool or NONE) == (r["tool"] or NONE)
+        for r in held_out
+    )
+    old_fp = sum(
+        router.route(r["text"], places=places, groups=groups).tool is not None
+        for r in held_out
+        if r["tool"] is None
+    )
+    return {
+        "held_out_round2_tool_choice_accuracy": round(old_right / len(held_out), 4),
+        "held_out_round2_no_tool_false_positive": round(
+            old_fp / max(1, sum(r["tool"] is None for r in held_out)), 4
+        ),
+        "requests": len(rows),
+        "tool_choice_accuracy_new_set": round(right / len(rows), 4),
+        "no_tool_false_positive_new_set": round(fp / max(1, nones), 4),
+        "search_listings_argument_accuracy_new_set": round(args_right / max(1, args_total), 4),
+        "filters_parsed_accuracy": round(parsed_right / max(1, marketplace), 4),
+        "marketplace_requests": marketplace,
+        "misses": misses,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.only_new:
+        return await run_new()
     train, held_out = load()
     embed = SentenceEmbeddings(bundled_embedding_path())
     text = LlamaCppText(bundled_model_path(), n_ctx=4096, seed=1234)
@@ -337,13 +430,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def run_new() -> dict[str, Any]:
+    """Only the new set (routing and parsing: embeddings, no text model): merged into the
+    results file, the other sections as the last full run left them."""
+    embed = SentenceEmbeddings(bundled_embedding_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        services, _ = build(Path(tmp), None, embed)
+        with services.sessions() as db:
+            places = [p for p in db.scalars(select(Listing.location).distinct())]
+            groups = list(db.scalars(select(Group.name)))
+        result = await new_set(services, places, groups)
+        await services.aclose()
+    return result
+
+
 def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tune", action="store_true", help="reprint the training-split grid")
     parser.add_argument("--skip-model-choice", action="store_true")
+    parser.add_argument(
+        "--only-new", action="store_true", help="only issue 25's new set (no text model; ~1 min)"
+    )
     args = parser.parse_args()
     started = time.time()
+    if args.only_new:
+        new = asyncio.run(run_new())
+        new["seconds"] = round(time.time() - started, 1)
+        kept = json.loads(OUT.read_text()) if OUT.exists() else {}
+        kept["new_set"] = new
+        OUT.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: v for k, v in new.items() if k != "misses"}, indent=1))
+        return
     result = asyncio.run(run(args))
     result["seconds"] = round(time.time() - started, 1)
     result["machine"] = {"cpus": os.cpu_count()}

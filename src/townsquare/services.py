@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from townsquare.features.assistant.groups import GroupChat
 from townsquare.features.assistant.router import Router
 from townsquare.features.assistant.tools import ToolEnv, build_tools
 from townsquare.features.imagine.service import ImageService
+from townsquare.features.search import service as search_service
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
 from townsquare.features.webhooks.service import Sender
@@ -260,6 +262,7 @@ class Services:
                 embedder,
                 threshold=settings.assistant.router_threshold,
                 rule_bonus=settings.assistant.router_rule_bonus,
+                categorize=partial(search_service.category_of, embedder, index, settings.search),
             ),
         )
         built.retention = RetentionSweeper(sessions, settings.privacy)

@@ -255,9 +255,17 @@ def test_market_search_shows_filters_results_and_loads_a_cited_summary(town) -> 
         page = client.get("/market", params={"q": "bike", "max_price": "100"})
         assert page.status_code == 200
         assert 'href="/market/l-active"' in page.text
-        assert 'value="100"' in page.text and 'hx-get="/market/summary?q=bike"' in page.text
+        assert 'value="100"' in page.text
+        # the summary gets the same words and filters as the results
+        [summary] = re.findall(r'hx-get="(/market/summary[^"]*)"', page.text)
+        assert (
+            summary.startswith("/market/summary?q=bike&amp;read=0") and "max_price=100" in summary
+        )
         filtered = client.get("/market", params={"q": "bike", "max_price": "10"})
-        assert 'href="/market/l-active"' not in filtered.text  # filters are hard
+        # filters are hard: the 80 € bike is only a marked alternative outside them
+        results, outside = filtered.text.split('id="alternatives-title"')
+        assert 'href="/market/l-active"' not in results and "Nothing matches" in results
+        assert 'href="/market/l-active"' in outside and "outside: over €10" in outside
         bad = client.get("/market", params={"q": "bike", "condition": "shiny"})
         assert bad.status_code == 422 and "condition" in bad.text
         # the form sends its empty number fields as empty strings
@@ -265,6 +273,25 @@ def test_market_search_shows_filters_results_and_loads_a_cited_summary(town) -> 
         assert empty.status_code == 200 and 'href="/market/l-active"' in empty.text
         words = client.get("/market", params={"q": "bike", "max_price": "cheap"})
         assert words.status_code == 422 and "max_price must be a number" in words.text
+
+
+def test_the_market_box_reads_the_words_as_removable_chips(town) -> None:  # type: ignore[no-untyped-def]
+    services, keys = town
+    with TestClient(create_app(services=services)) as client:
+        login(client, keys["outsider"])
+        page = client.get("/market", params={"q": "kids bike under 50, not for parts"}).text
+        assert "under €50" in page and "new or like new or good or fair" in page
+        assert page.count("(from your words)") >= 2
+        # 80 € is over the price read from the words: said plainly, shown as outside
+        assert "Nothing matches “kids bike”" in page and "outside: over €50" in page
+        remove = re.search(r'href="([^"]+)" aria-label="Remove filter under €50"', page)
+        assert remove is not None
+        loosened = client.get(remove.group(1).replace("&amp;", "&")).text
+        assert 'href="/market/l-active"' in loosened and "Nothing matches" not in loosened
+        assert "under €50" not in loosened and "new or like new or good or fair" in loosened
+        only = client.get("/market", params={"q": "under 100"}).text
+        assert 'href="/market/l-active"' in only and "only filters" in only
+        assert "/market/summary" not in only
 
 
 def test_api_docs_work_offline(town) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -24,6 +26,8 @@ from townsquare.features.imagine import routes as image_api
 from townsquare.features.imagine.schemas import ImagineRequest, ReimagineRequest
 from townsquare.features.reels.service import recommend_reels
 from townsquare.features.search import routes as search_api
+from townsquare.features.search import service as search_service
+from townsquare.features.search.schemas import ListingFilters
 from townsquare.features.search.summary import SummaryRequest
 from townsquare.features.shops import routes as shop_api
 from townsquare.features.shops.service import Accept, DescriptionRequest
@@ -397,6 +401,78 @@ def thread_send(
 # --- marketplace -------------------------------------------------------------------------
 
 
+def _filters_form(
+    category: str,
+    min_price: str,
+    max_price: str,
+    condition: list[str],
+    near: str,
+    radius_km: str,
+) -> dict[str, Any]:
+    """The market form's filters, checked (a clear 422 naming the field to fix)."""
+    low = _number(min_price, "min_price", 0, 1e9)
+    high = _number(max_price, "max_price", 0, 1e9)
+    radius = _number(radius_km, "radius_km", 0.1, 500) or 5.0
+    wrong = [c for c in condition if c and c not in CONDITIONS]
+    if wrong:
+        raise InvalidField(f"condition must be one of {', '.join(CONDITIONS)}.", "condition")
+    return {
+        "category": category or None,
+        "min_price": low,
+        "max_price": high,
+        "condition": [c for c in condition if c] or None,
+        "near": near or None,
+        "radius_km": radius,
+    }
+
+
+def _market_url(words: str, filters: dict[str, Any], *, path: str = "/market") -> str:
+    """The market URL searching ``words`` with ``filters`` stated (read=0: nothing more is
+    read from the words; the chips' links and the summary use it)."""
+    pairs: list[tuple[str, str]] = [("q", words), ("read", "0")]
+    for key in ("category", "min_price", "max_price", "near"):
+        value = filters.get(key)
+        if value is not None:
+            pairs.append((key, f"{value:g}" if isinstance(value, float) else str(value)))
+    pairs.extend(("condition", c) for c in filters.get("condition") or [])
+    if filters.get("near") is not None:
+        pairs.append(("radius_km", f"{filters['radius_km']:g}"))
+    return f"{path}?{urlencode(pairs)}"
+
+
+def _chips(words: str, filters: dict[str, Any], understood: dict[str, Any]) -> list[dict[str, Any]]:
+    """One removable chip per filter in force: its words, whether it was read from the query,
+    and the URL of the same search without it."""
+    chips = []
+    price = {k: filters.get(k) for k in ("min_price", "max_price")}
+    for key in ("category", "price", "condition", "near"):
+        if key == "price":
+            if price["min_price"] is None and price["max_price"] is None:
+                continue
+            low, high = price["min_price"], price["max_price"]
+            label = (
+                f"€{low:g} to €{high:g}"
+                if low is not None and high is not None
+                else (f"under €{high:g}" if high is not None else f"over €{low:g}")
+            )
+            without = {**filters, "min_price": None, "max_price": None}
+            read = "max_price" in understood or "min_price" in understood
+        else:
+            value = filters.get(key)
+            if not value:
+                continue
+            if key == "condition":
+                label = " or ".join(c.replace("_", " ") for c in value)
+            elif key == "near":
+                label = f"near {value}"
+            else:
+                label = str(value)
+            without = {**filters, key: None}
+            read = key in understood
+        chips.append({"label": label, "read": read, "remove": _market_url(words, without)})
+    return chips
+
+
 @router.get("/market", **rule("authenticated"))
 async def market(
     request: Request,
@@ -407,32 +483,47 @@ async def market(
     category: str = "",
     min_price: Annotated[str, Query(max_length=20)] = "",
     max_price: Annotated[str, Query(max_length=20)] = "",
-    condition: str = "",
+    condition: Annotated[list[str] | None, Query(max_length=5)] = None,
     near: Annotated[str, Query(max_length=200)] = "",
     radius_km: Annotated[str, Query(max_length=20)] = "",
+    read: Annotated[str, Query(max_length=1)] = "1",
 ) -> HTMLResponse:
-    """Hybrid search with hard filters; the summary loads beside the results. Without a query:
-    the newest listings, and the member's own listings (to describe). The form's number fields
-    may be left empty."""
-    low = _number(min_price, "min_price", 0, 1e9)
-    high = _number(max_price, "max_price", 0, 1e9)
-    radius = _number(radius_km, "radius_km", 0.1, 500) or 5.0
-    if condition and condition not in CONDITIONS:
-        raise InvalidField(f"condition must be one of {', '.join(CONDITIONS)}.", "condition")
+    """Hybrid search with hard filters; the summary loads beside the results. The box reads
+    what the member typed as the assistant does (one parser): the filters it states become
+    removable chips, the rest is searched, and a query that is only filters gives the
+    filtered list without a summary. Without a query: the newest listings, and the member's
+    own listings (to describe). The form's number fields may be left empty."""
+    explicit = _filters_form(category, min_price, max_price, condition or [], near, radius_km)
     results = None
+    chips: list[dict[str, Any]] = []
+    summary_url = None
     if q.strip():
-        results = await search_api.search_listings(
-            who.user,
-            db,
-            services,
-            q,
-            category=category or None,
-            min_price=low,
-            max_price=high,
-            condition=condition or None,  # type: ignore[arg-type]
-            near=near or None,
-            radius_km=radius,
+        words = q.strip()[: services.settings.search.max_query_chars]
+        understood: dict[str, Any] = {}
+        if read != "0":
+            understood, words = await search_api.read_wording(
+                q, explicit, who.user, db, services, model=False
+            )
+        filters = {**explicit, **understood}
+        results = await run_in_threadpool(
+            partial(
+                search_service.search_listings,
+                db,
+                who.user,
+                q.strip()[: services.settings.search.max_query_chars],
+                ListingFilters(**{k: v for k, v in filters.items() if v is not None}),
+                page=1,
+                page_size=20,
+                embedder=services.embed,
+                vectors=services.vectors,
+                tuning=services.settings.search,
+                understood=understood,
+                words=words,
+            )
         )
+        chips = _chips(words, filters, understood)
+        if words:
+            summary_url = _market_url(words, filters, path="/market/summary")
 
     def browse() -> tuple[list[Any], list[Any], list[str]]:
         latest = reads.listings(db, who.user, category=None, limit=12, offset=0)
@@ -452,11 +543,11 @@ async def market(
     form = {
         "q": q,
         "category": category,
-        "min_price": "" if low is None else f"{low:g}",
-        "max_price": "" if high is None else f"{high:g}",
-        "condition": condition,
+        "min_price": "" if explicit["min_price"] is None else f"{explicit['min_price']:g}",
+        "max_price": "" if explicit["max_price"] is None else f"{explicit['max_price']:g}",
+        "condition": explicit["condition"] or [],
         "near": near,
-        "radius_km": f"{radius:g}",
+        "radius_km": f"{explicit['radius_km']:g}",
     }
     return render(
         request,
@@ -464,6 +555,8 @@ async def market(
         who,
         "market",
         results=results,
+        chips=chips,
+        summary_url=summary_url,
         latest=latest,
         mine=mine,
         categories=categories,
@@ -479,9 +572,20 @@ async def market_summary(
     db: DbDep,
     services: ServicesDep,
     q: Annotated[str, Query(max_length=1000)],
+    category: str = "",
+    min_price: Annotated[str, Query(max_length=20)] = "",
+    max_price: Annotated[str, Query(max_length=20)] = "",
+    condition: Annotated[list[str] | None, Query(max_length=5)] = None,
+    near: Annotated[str, Query(max_length=200)] = "",
+    radius_km: Annotated[str, Query(max_length=20)] = "",
+    read: Annotated[str, Query(max_length=1)] = "0",
 ) -> HTMLResponse:
-    """A summary of the results with numbered citations linking to them (a fragment)."""
-    summary = await search_api.search_summary(SummaryRequest(query=q), who.user, db, services)
+    """A summary of the results with numbered citations linking to them (a fragment): the
+    same filters as the results (only listings inside them are cited)."""
+    stated = _filters_form(category, min_price, max_price, condition or [], near, radius_km)
+    filters = ListingFilters(**{k: v for k, v in stated.items() if v is not None})
+    body = SummaryRequest(query=q, filters=filters)
+    summary = await search_api.search_summary(body, who.user, db, services)
     return render(request, "fragments/summary.html", who, summary=summary)
 
 

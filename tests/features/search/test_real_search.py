@@ -136,7 +136,8 @@ def test_gibberish_finds_no_sources_and_real_queries_do(
 
 
 def test_the_documented_understood_query(town: tuple[TestClient, dict[str, str]]) -> None:
-    """README's example: the wording's price and place become filters."""
+    """The documented example: the wording's price and place become filters, and the
+    category comes from the town's listings nearest to 'sturdy kids bike'."""
     client, keys = town
     key = next(iter(keys.values()))
     response = client.get(
@@ -144,5 +145,7 @@ def test_the_documented_understood_query(town: tuple[TestClient, dict[str, str]]
         params={"q": "a sturdy kids bike under 150 near Alfama", "understand": "true"},
         headers=auth(key),
     ).json()
-    assert response["understood"] == {"max_price": 150.0, "near": "Alfama"}
+    assert response["understood"] == {"max_price": 150.0, "near": "Alfama", "category": "bikes"}
+    assert response["searched"] == "sturdy kids bike"
     assert response["data"] and all(float(hit["price"]) <= 150 for hit in response["data"])
+    assert all(hit["category"] == "bikes" for hit in response["data"])

@@ -173,7 +173,8 @@ def test_bad_queries_are_422_naming_the_fix(
     response = client.get("/api/listings/search", params=params, headers=auth(keys["member"]))
     assert response.status_code == 422
     error = response.json()["error"]
-    assert error["field"] == field and says in error["message"]
+    # a list parameter names its item: condition.0
+    assert error["field"].split(".")[0] == field and says in error["message"]
 
 
 def test_understood_filters_never_override_explicit_ones(
@@ -181,13 +182,20 @@ def test_understood_filters_never_override_explicit_ones(
 ) -> None:
     fake_text.enqueue('{"max_price": 50, "min_price": null, "near": "Alfama", "condition": null}')
     results = search(client, keys["outsider"], q="cheap bike in alfama under 50", understand="true")
-    assert results["understood"] == {"max_price": 50.0, "near": "Alfama"}
+    # 'bike' names the category 'bikes' as a whole
+    assert results["understood"] == {"max_price": 50.0, "near": "Alfama", "category": "bikes"}
+    assert results["searched"] == "bike"
     assert ids(results) == ["bike-cheap"]
     fake_text.enqueue(
         '{"max_price": 50, "min_price": null, "near": "Atlantis", "condition": "new"}'
     )
     explicit = search(
-        client, keys["outsider"], q="bike under 50", understand="true", max_price=1000
+        client,
+        keys["outsider"],
+        q="bike under 50",
+        understand="true",
+        max_price=1000,
+        category="bikes",
     )
     # Atlantis is unknown and "new" is not in the words: a small model's inventions are dropped
     assert explicit["understood"] == {}
@@ -217,15 +225,23 @@ def test_sources_respect_access(client: TestClient, keys: dict[str, str]) -> Non
         ),
         (
             "like new laptop €100-200",
-            {"min_price": 100.0, "max_price": 200.0, "condition": "like_new"},
+            {"min_price": 100.0, "max_price": 200.0, "condition": ["like_new"]},
         ),
         ("phone over 80 near principe real", {"min_price": 80.0, "near": "Príncipe Real"}),
         ("a bike for 2 to 5 year olds", {}),
-        ("broken tv", {"condition": "for_parts"}),
+        ("broken tv", {"condition": ["for_parts"]}),
+        ("desk, new or like new, max 120", {"max_price": 120.0, "condition": ["new", "like_new"]}),
+        ("a laptop that isn't for parts", {"condition": ["new", "like_new", "good", "fair"]}),
+        ("anything but fair", {"condition": ["new", "like_new", "good", "for_parts"]}),
+        ("sofa in good condition or better", {"condition": ["new", "like_new", "good"]}),
+        ("a good bike for a fair price", {}),
+        ("speaker, budget 60", {"max_price": 60.0}),
+        ("40 euros or less", {"max_price": 40.0}),
+        ("headphones no more than 45 euros", {"max_price": 45.0}),
     ],
 )
 def test_the_rules_read_filters_from_the_wording(query: str, read: dict[str, Any]) -> None:
-    from townsquare.features.search.service import read_filters
+    from townsquare.features.search.query import read_filters
 
     assert read_filters(query, ["Alfama", "Graça", "Príncipe Real", "Baixa"]) == read
 
@@ -247,3 +263,35 @@ def test_an_overlong_assistant_message_is_refused_before_any_tool_runs(
         f"/api/conversations/{cid}/messages", json={"content": "x" * (limit + 1)}, headers=member
     )
     assert response.status_code == 422 and ran == []
+
+
+def test_several_conditions_are_one_filter(client: TestClient, keys: dict[str, str]) -> None:
+    both = search(client, keys["outsider"], q="bike", condition=["like_new", "fair"])
+    assert set(ids(both)) == {"bike-road", "bike-cheap"}
+    assert both["filters"]["condition"] == ["like_new", "fair"]
+    read = search(client, keys["outsider"], q="bike that is not for parts, not fair", understand=1)
+    assert read["understood"]["condition"] == ["new", "like_new", "good"]
+    assert "bike-cheap" not in ids(read) and "bike-road" in ids(read)
+
+
+def test_nothing_matches_is_said_with_the_nearest_outside_marked(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    # the only oak table is 150: under 100 there are bikes, which are no table
+    found = search(client, keys["outsider"], q="oak dining table", max_price=100)
+    assert found["nothing_matches"] is True
+    assert "table-oak" not in ids(found)
+    [alternative] = [a for a in found["alternatives"] if a["id"] == "table-oak"]
+    assert alternative["outside"] == ["over €100"]
+    # a match inside the filters: no such flag, no alternatives
+    fine = search(client, keys["outsider"], q="oak dining table", max_price=200)
+    assert fine["nothing_matches"] is False and fine["alternatives"] == []
+    assert ids(fine)[0] == "table-oak"
+
+
+def test_a_query_of_only_filters_is_the_filtered_list(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    found = search(client, keys["outsider"], q="under 60", understand=1)
+    assert found["searched"] == "" and found["understood"] == {"max_price": 60.0}
+    assert ids(found) == ["bike-cheap"] and found["nothing_matches"] is False

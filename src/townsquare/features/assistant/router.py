@@ -6,12 +6,16 @@ The bundled 135M model cannot choose tools, so a request is routed before any mo
    with the example requests of each tool and of "no tool" (``data/router_examples.jsonl``, the
    training two thirds of ``bench/data/assistant_requests.jsonl``; the held-out third never
    ships). A class scores the mean of its two most similar examples, plus a bonus when a rule
-   cue for it is in the words ('for sale', 'catch me up', 'reels'...). The best class wins if it
+   cue for it is in the words ('for sale', 'catch me up', 'reels'...; for the marketplace also
+   words whose nearest listings agree on a category, so 'digital piano' is a thing to buy in a
+   town that sells pianos). The best class wins if it
    is a tool and scores at least ``assistant.router_threshold``; otherwise no tool runs and the
    model answers. Threshold and bonus were tuned on the training split (bench/assistant.py).
-2. **Arguments** by rules: the marketplace filters are read by search's own ``read_filters``
-   (prices, a known place, a condition); a group by its name among the member's groups (or the
-   group the question was asked in); the search words are what is left of the request.
+2. **Arguments** by rules: the marketplace filters are read by search's own parser
+   (``features/search/query.py``: prices, a known place, the conditions accepted, a category
+   from the town's listings), the one the search box uses; a group by its name among the
+   member's groups (or the group the question was asked in); the search words are what is
+   left of the request.
 
 With a model that calls functions itself (``assistant.tool_mode = "model"``), the model chooses
 instead, through the same tools.
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from townsquare.backends.base import EmbeddingBackend
-from townsquare.features.search.service import _fold, read_filters
+from townsquare.features.search.query import core_words, read_filters
+from townsquare.features.search.query import fold as _fold
 
 EXAMPLES = Path(__file__).parent / "data" / "router_examples.jsonl"
 NONE = "none"
@@ -154,40 +159,6 @@ def match_group(text: str, groups: Sequence[str]) -> str | None:
     return best
 
 
-_FILLER = re.compile(
-    r"\b(find( me)?|show( me)?|get( me)?|i'?m|i am|i want( to)?|i'?d like( to)?|i need|looking "
-    r"(to buy|for)|shopping for|search( the town)?( and)?|where can i buy|buy|want to buy|does "
-    r"anyone sell|is anyone selling|anyone selling|any|some|got|please|for sale|on the "
-    r"market(place)?|listed|around here|a|an|the|me|my|for|of|on|about|in|to|with|what'?s|what|"
-    r"does|do|did|is|are|say|says|saying|said|people|town|community|locals|folks|neighbours|"
-    r"summari[sz]e|sum up|overview|give|tell|word|around|take|buzz|think|tips|posts?|messages?|"
-    r"and|recommend|watch|watching|videos?|reels?|clips?|something|short|could|should|can|you|"
-    r"i|like|tonight|from|here|has|have|said|chatter|knows|care|up|max|cheap|decent|over|"
-    r"under|below|less than|up to|between|euros?|near|others?)\b"
-)
-_PRICE = re.compile(r"€?\s*\d+(?:[.,]\d+)?\s*(?:€|euros?|eur)?", re.IGNORECASE)
-_CONDITION_WORDS = re.compile(
-    r"\b(like[\s-]new|as new|mint|brand[\s-]new|new|unused|for parts|broken( is fine)?|not "
-    r"working|good condition|condition|in)\b"
-)
-
-
-def core_words(text: str, places: Sequence[str] = ()) -> str:
-    """What a request is about, without the asking, the prices, places and conditions:
-    'Find me a kids bike under 150 near Alfama' -> 'kids bike'."""
-    out = _fold(text)
-    for place in sorted(places, key=len, reverse=True):
-        out = re.sub(rf"\b{re.escape(_fold(place))}\b", " ", out)
-    out = _PRICE.sub(" ", out)
-    out = _CONDITION_WORDS.sub(" ", out)
-    out = re.sub(r"[^\w\s'-]", " ", out)
-    previous = None
-    while previous != out:
-        previous = out
-        out = _FILLER.sub(" ", out)
-    return " ".join(w for w in out.split() if len(w) > 1 or w.isdigit())
-
-
 class Router:
     """Routes requests to tools (see the module docstring). Thread-safe; the examples are
     embedded once, on first use."""
@@ -200,10 +171,14 @@ class Router:
         rule_bonus: float,
         examples: Sequence[tuple[str, str]] | None = None,
         vectors: npt.NDArray[np.float32] | None = None,
+        categorize: Callable[[str], str | None] | None = None,
     ) -> None:
         """``examples`` default to the bundled ones; ``vectors`` are their embeddings when the
-        caller has them (the benchmark's leave-one-out), else they are embedded on first use."""
+        caller has them (the benchmark's leave-one-out), else they are embedded on first use.
+        ``categorize`` names the listing category of a search's core words (search's
+        ``infer_category`` over the town's listings; none without it)."""
         self.embedder = embedder
+        self.categorize = categorize
         self.threshold = threshold
         self.rule_bonus = rule_bonus
         self._examples = list(examples) if examples is not None else None
@@ -251,6 +226,14 @@ class Router:
         ``groups`` are the names of the member's groups; ``here`` the group the request was
         made in (the default group of catch-up and topics)."""
         scores = self.scores(text)
+        category = None
+        if self.categorize is not None and "search_listings" in scores:
+            core = core_words(text, places)
+            category = self.categorize(core) if core else None
+            # words that most of the town's nearest listings share a category with are a
+            # thing to buy: the marketplace cue, as if a cue word were there (never twice)
+            if category is not None and not CUES["search_listings"].search(_fold(text)):
+                scores["search_listings"] += self.rule_bonus
         named = match_group(text, groups)
         if named is not None:
             for tool in GROUP_TOOLS:  # a named group points at the group tools, half as much
@@ -262,15 +245,29 @@ class Router:
         best = max(candidates, key=lambda k: candidates[k])
         if best == NONE or candidates[best] < self.threshold:
             return Route(None, {}, scores)
-        return Route(best, self.arguments(best, text, places, named or here), scores)
+        arguments = self.arguments(best, text, places, named or here, category=category)
+        return Route(best, arguments, scores)
 
-    @staticmethod
-    def arguments(tool: str, text: str, places: Sequence[str], group: str | None) -> dict[str, Any]:
-        """The arguments of ``tool`` read from ``text`` by rules."""
+    def arguments(
+        self,
+        tool: str,
+        text: str,
+        places: Sequence[str],
+        group: str | None,
+        *,
+        category: str | None = None,
+    ) -> dict[str, Any]:
+        """The arguments of ``tool`` read from ``text`` by rules (search's own parser for the
+        marketplace; ``category``: the one already inferred, if any)."""
         ids = ID.findall(text)
         if tool == "search_listings":
             filters = read_filters(text, places)
-            return {"query": core_words(text, places) or text.strip(), **filters}
+            core = core_words(text, places)
+            if category is None and self.categorize is not None and core:
+                category = self.categorize(core)
+            if category:
+                filters["category"] = category
+            return {"query": core or text.strip(), **filters}
         if tool == "search_summary":
             return {"query": core_words(text, places) or text.strip()}
         if tool == "recommend_reels":

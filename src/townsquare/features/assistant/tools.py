@@ -174,8 +174,12 @@ def describe_filters(arguments: dict[str, Any]) -> str:
         parts.append(f" over {_money(low)}")
     if arguments.get("near"):
         parts.append(f" near {arguments['near']}")
-    if arguments.get("condition"):
-        parts.append(f", {str(arguments['condition']).replace('_', ' ')}")
+    condition = arguments.get("condition")
+    if condition:
+        accepted = [condition] if isinstance(condition, str) else list(condition)
+        parts.append(f", {' or '.join(str(c).replace('_', ' ') for c in accepted)}")
+    if arguments.get("category"):
+        parts.append(f", in {arguments['category']}")
     return "".join(parts)
 
 
@@ -193,7 +197,13 @@ class SearchListings(Tool):
             "min_price": {"type": "number", "minimum": 0},
             "near": {"type": "string", "description": "A place name of the town."},
             "category": {"type": "string"},
-            "condition": {"enum": CONDITIONS},
+            "condition": {
+                "anyOf": [
+                    {"enum": CONDITIONS},
+                    {"type": "array", "items": {"enum": CONDITIONS}, "minItems": 1},
+                ],
+                "description": "The condition accepted, or the list of those accepted.",
+            },
         },
         "required": ["query"],
         "additionalProperties": False,

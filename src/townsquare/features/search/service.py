@@ -14,7 +14,6 @@ import json
 import re
 import threading
 import time
-import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
@@ -25,7 +24,9 @@ from sqlalchemy.orm import Session
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.errors import BackendError, InvalidField
 from townsquare.features.search.indexer import COLLECTIONS
+from townsquare.features.search.query import CONDITIONS, fold, infer_category, read_filters
 from townsquare.features.search.schemas import (
+    Alternative,
     ListingFilters,
     ListingHit,
     ListingResults,
@@ -36,7 +37,7 @@ from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import SearchSettings
 from townsquare.social import access
 from townsquare.social.schemas import MAX_PRICE
-from townsquare.storage.filters import Eq, Filter, Near, Range, all_of, haversine_km
+from townsquare.storage.filters import Eq, Filter, In, Near, Range, all_of, haversine_km
 from townsquare.storage.fulltext import for_dialect as fulltext_for
 from townsquare.storage.social_tables import Listing, Post, Reel
 from townsquare.storage.tables import User
@@ -149,6 +150,28 @@ def categories(vectors: VectorIndex, wanted: str | None = None) -> list[str]:
     return _cached(vectors, "categories", lambda: vectors.values("listings", "category"), wanted)
 
 
+def category_of(
+    embedder: EmbeddingBackend,
+    vectors: VectorIndex,
+    tuning: SearchSettings,
+    core: str,
+    *,
+    min_similarity: float | None = None,
+) -> str | None:
+    """The category a search's core words ask for (``query.infer_category`` with the
+    settings' neighbours and share), among the categories the index knows; neighbours count
+    from ``min_similarity`` (default: ``search.category_similarity``)."""
+    return infer_category(
+        core,
+        known=categories(vectors),
+        embedder=embedder,
+        vectors=vectors,
+        neighbours=tuning.category_neighbours,
+        share=tuning.category_share,
+        min_similarity=tuning.category_similarity if min_similarity is None else min_similarity,
+    )
+
+
 def listing_filter(
     user: User, filters: ListingFilters, vectors: VectorIndex, near: tuple[float, float] | None
 ) -> Filter:
@@ -177,8 +200,8 @@ def listing_filter(
                 None if filters.max_price is None else round(filters.max_price * 100),
             )
         )
-    if filters.condition is not None:
-        parts.append(Eq("condition", filters.condition))
+    if filters.condition:
+        parts.append(In("condition", tuple(filters.condition)))
     if near is not None:
         parts.append(Near(near[0], near[1], filters.radius_km))
     return all_of(*parts)
@@ -202,71 +225,6 @@ def _matched(listing: Listing, words: list[str]) -> list[str]:
     return found or ["meaning"]
 
 
-_NUMBER = r"(\d+(?:[.,]\d+)?)\s*(?:€|eur(?:os?)?|\$|dollars?)?"
-_MONEY = r"(?:€|eur\s*|\$)?\s*" + _NUMBER
-_PRICE_RULES: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
-    (re.compile(rf"\bbetween\s+{_MONEY}\s+and\s+{_MONEY}"), ("min_price", "max_price")),
-    # a bare range needs a currency: "2 to 5 year olds" is not a price
-    (
-        re.compile(r"(?:€|\$)\s*(\d+(?:[.,]\d+)?)\s*(?:-|to)\s*(?:€|\$)?\s*(\d+(?:[.,]\d+)?)"),
-        ("min_price", "max_price"),
-    ),
-    (
-        re.compile(r"\b(\d+(?:[.,]\d+)?)\s*(?:-|to)\s*(\d+(?:[.,]\d+)?)\s*(?:€|eur|\$|dollar)"),
-        ("min_price", "max_price"),
-    ),
-    (
-        re.compile(
-            rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bmax(?:imum)?|\bup to|"
-            rf"\bat most|\bno more than|<)\s*{_MONEY}"
-        ),
-        ("max_price",),
-    ),
-    (
-        re.compile(rf"(?:\bover|\babove|\bmore than|\bat least|\bmin(?:imum)?|>)\s*{_MONEY}"),
-        ("min_price",),
-    ),
-]
-_CONDITIONS = [
-    (re.compile(r"\blike[\s-]new\b|\bas new\b|\bmint\b"), "like_new"),
-    (re.compile(r"\bfor parts\b|\bbroken\b|\bnot working\b"), "for_parts"),
-    (re.compile(r"\bbrand[\s-]new\b|\bnew\b|\bunused\b"), "new"),
-    (re.compile(r"\bgood condition\b"), "good"),
-]
-
-
-def _fold(text: str) -> str:
-    """Lower case without accents: 'Alfama', 'alfama' and 'ALFAMA' are one place."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def read_filters(query: str, known_places: Sequence[str]) -> dict[str, Any]:
-    """Filters stated in the wording, read by rules: prices ('under 150', 'between 20 and
-    50', '€100-200'), a known place named anywhere ('near Alfama', 'in alfama') and a
-    condition ('like new', 'for parts'). What the rules cannot read is left out."""
-    folded = _fold(query)
-    out: dict[str, Any] = {}
-    for pattern, keys in _PRICE_RULES:
-        found = pattern.search(folded)
-        if found is None:
-            continue
-        for key, value in zip(keys, found.groups(), strict=True):
-            out.setdefault(key, float(value.replace(",", ".")))
-    places = sorted(known_places, key=len, reverse=True)  # "Alfama Sul" before "Alfama"
-    for place in places:
-        if re.search(rf"\b{re.escape(_fold(place))}\b", folded):
-            out["near"] = place
-            break
-    for pattern, condition in _CONDITIONS:
-        if pattern.search(folded):
-            out["condition"] = condition
-            break
-    if out.get("min_price", 0) > out.get("max_price", float("inf")):
-        out.pop("min_price")
-    return out
-
-
 def understand_schema(known_places: Sequence[str]) -> dict[str, Any]:
     """The JSON the model may answer: every value it could give is a valid filter."""
     return {
@@ -275,7 +233,7 @@ def understand_schema(known_places: Sequence[str]) -> dict[str, Any]:
             "max_price": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_PRICE},
             "min_price": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_PRICE},
             "near": {"enum": [*known_places, None]},
-            "condition": {"enum": ["new", "like_new", "good", "fair", "for_parts", None]},
+            "condition": {"enum": [*CONDITIONS, None]},
         },
         "required": ["max_price", "min_price", "near", "condition"],
         "additionalProperties": False,
@@ -319,7 +277,7 @@ async def understand(
             and float(value) not in read
         ):
             out[key] = float(value)
-    if raw.get("near") in known_places and _fold(str(raw["near"])) in _fold(query):
+    if raw.get("near") in known_places and fold(str(raw["near"])) in fold(query):
         out["near"] = raw["near"]
     return {**out, **ruled}
 
@@ -340,13 +298,22 @@ def search_listings(
     vectors: VectorIndex,
     tuning: SearchSettings,
     understood: dict[str, Any] | None = None,
+    words: str | None = None,
 ) -> ListingResults:
     """Hybrid search over the listings ``user`` may see, hard filters inside the index
-    (``tuning``: the similarity floor, the full-text weight and candidates)."""
+    (``tuning``: the similarity floor, the full-text weight and candidates).
+
+    ``words`` are what is searched when the filters were read from ``query`` (its core words);
+    empty words mean the query was only filters: the filtered list, nearest first. When no
+    result of the first page is what was searched for (no word of it in the title or
+    attributes, and a similarity under ``tuning.match_similarity``), ``nothing_matches`` is
+    set and the nearest matching items outside the filters come as ``alternatives``."""
+    searched = query if words is None else words
     near = parse_near(db, filters.near) if filters.near is not None else None
     where = listing_filter(user, filters, vectors, near)
     results = ListingResults(
         query=query,
+        searched=searched,
         page=page,
         page_size=page_size,
         total=0,
@@ -354,23 +321,73 @@ def search_listings(
         understood=understood or {},
         data=[],
     )
-    matches = fulltext(db, "listings", query, tuning.fulltext_candidates)
-    text_rank = vectors.filter_ids("listings", matches, where)[:CANDIDATES]
-    query_vector = embedder.embed_sync([query])[0]
-    vector_rank = [
-        i
-        for i, similarity in vectors.search("listings", query_vector, CANDIDATES, where)
-        if similarity >= tuning.min_similarity
-    ]
-    fused = rrf([text_rank, vector_rank], [tuning.fulltext_weight, 1.0])
-    ordered = sorted(fused, key=lambda i: (-fused[i], i))
-    results.total = len(ordered)
+    only_filters = not searched.strip()
+    query_vector = embedder.embed_sync([searched or query])[0]
+    ranked = _rank(db, vectors, searched, query_vector, where, tuning, only_filters)
+    results.total = len(ranked.order)
     start = (page - 1) * page_size
-    chosen = ordered[start : start + page_size]
-    if not chosen:
+    terms = _words(searched)
+    found = _hits(db, ranked, ranked.order[start : start + page_size], terms, near)
+    results.data = [hit for hit, _ in found]
+    if only_filters or page != 1 or any(_is_match(h, sim, tuning) for h, sim in found):
         return results
+    results.nothing_matches = True
+    if tuning.alternatives:
+        loose = listing_filter(user, ListingFilters(), vectors, None)
+        around = _rank(db, vectors, searched, query_vector, loose, tuning, False)
+        shown = {h.id for h in results.data}
+        wide = around.order[: 4 * tuning.alternatives + 4]
+        for hit, sim in _hits(db, around, wide, terms, near):
+            outside = _outside(hit, filters, near)
+            if hit.id in shown or not outside or not _is_match(hit, sim, tuning):
+                continue
+            results.alternatives.append(Alternative(**hit.model_dump(), outside=outside))
+            if len(results.alternatives) == tuning.alternatives:
+                break
+    return results
+
+
+class _Ranked(NamedTuple):
+    order: list[int]  # listing ids, best first
+    fused: dict[int, float]  # reciprocal-rank-fusion score
+    similarity: dict[int, float]  # cosine similarity of the vector hits
+
+
+def _rank(
+    db: Session,
+    vectors: VectorIndex,
+    words: str,
+    query_vector: Any,
+    where: Filter,
+    tuning: SearchSettings,
+    only_filters: bool,
+) -> _Ranked:
+    """Listing ids inside ``where`` by fused full-text and vector rank (no full text and no
+    similarity floor when the search is only filters)."""
+    text_rank = []
+    if not only_filters:
+        matches = fulltext(db, "listings", words, tuning.fulltext_candidates)
+        text_rank = vectors.filter_ids("listings", matches, where)[:CANDIDATES]
+    vector_hits = vectors.search("listings", query_vector, CANDIDATES, where)
+    floor = -1.0 if only_filters else tuning.min_similarity
+    vector_rank = [i for i, similarity in vector_hits if similarity >= floor]
+    fused = rrf([text_rank, vector_rank], [tuning.fulltext_weight, 1.0])
+    order = sorted(fused, key=lambda i: (-fused[i], i))
+    return _Ranked(order, fused, {i: float(sim) for i, sim in vector_hits})
+
+
+def _hits(
+    db: Session,
+    ranked: _Ranked,
+    chosen: list[int],
+    terms: list[str],
+    near: tuple[float, float] | None,
+) -> list[tuple[ListingHit, float]]:
+    """The hits of ``chosen`` (in order) with their vector similarity."""
+    if not chosen:
+        return []
     rows = {row.id: row for row in db.scalars(select(Listing).where(Listing.id.in_(chosen)))}
-    words = _words(query)
+    out = []
     for item_id in chosen:
         listing = rows.get(item_id)
         if listing is None:  # deleted since it was indexed
@@ -378,22 +395,47 @@ def search_listings(
         distance = None
         if near is not None and listing.lat is not None and listing.lon is not None:
             distance = round(float(haversine_km(listing.lat, listing.lon, *near)), 2)
-        results.data.append(
-            ListingHit(
-                id=listing.external_id,
-                title=listing.title,
-                price=f"{listing.price_cents / 100:.2f}",
-                currency=listing.currency,
-                category=listing.category,
-                condition=listing.condition,
-                location=listing.location,
-                attributes=listing.attributes,
-                score=round(fused[item_id], 6),
-                matched=_matched(listing, words),
-                distance_km=distance,
-            )
+        hit = ListingHit(
+            id=listing.external_id,
+            title=listing.title,
+            price=f"{listing.price_cents / 100:.2f}",
+            currency=listing.currency,
+            category=listing.category,
+            condition=listing.condition,
+            location=listing.location,
+            attributes=listing.attributes,
+            score=round(ranked.fused[item_id], 6),
+            matched=_matched(listing, terms),
+            distance_km=distance,
         )
-    return results
+        out.append((hit, ranked.similarity.get(item_id, 0.0)))
+    return out
+
+
+def _is_match(hit: ListingHit, similarity: float, tuning: SearchSettings) -> bool:
+    """The hit is what was searched for: a word of the search in its title or attributes, or
+    close enough in meaning."""
+    named = any(f == "title" or f.startswith("attributes.") for f in hit.matched)
+    return named or similarity >= tuning.match_similarity
+
+
+def _outside(
+    hit: ListingHit, filters: ListingFilters, near: tuple[float, float] | None
+) -> list[str]:
+    """The filters ``hit`` does not meet, in words ('over €40')."""
+    out = []
+    price = float(hit.price)
+    if filters.max_price is not None and price > filters.max_price:
+        out.append(f"over €{filters.max_price:g}")
+    if filters.min_price is not None and price < filters.min_price:
+        out.append(f"under €{filters.min_price:g}")
+    if filters.condition and hit.condition not in filters.condition:
+        out.append(hit.condition.replace("_", " "))
+    if filters.category is not None and hit.category != filters.category:
+        out.append(f"in {hit.category}")
+    if near is not None and (hit.distance_km is None or hit.distance_km > filters.radius_km):
+        out.append(f"not near {filters.near}")
+    return out
 
 
 def retrieve_sources(
@@ -405,14 +447,21 @@ def retrieve_sources(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
     tuning: SearchSettings,
+    filters: ListingFilters | None = None,
 ) -> Sources:
     """The best items for ``query`` across listings, public or visible posts and reels, as
-    numbered sources for a summary (each ranked by fused full-text and vector rank)."""
+    numbered sources for a summary (each ranked by fused full-text and vector rank); with
+    ``filters`` (the member's marketplace filters), only listings inside them."""
     query_vector = embedder.embed_sync([query])[0]
     groups = access.member_group_ids(db, user)
+    if filters is None:
+        listings_where = all_of(Eq("status", "active"), access.listings_filter(user))
+    else:
+        near = parse_near(db, filters.near) if filters.near is not None else None
+        listings_where = listing_filter(user, filters, vectors, near)
     scored: list[tuple[float, str, Any]] = []
     for collection, kind, where in (
-        ("listings", "listing", all_of(Eq("status", "active"), access.listings_filter(user))),
+        ("listings", "listing", listings_where),
         ("posts", "post", access.posts_filter(user, groups)),
         ("reels", "reel", access.reels_filter(user, groups)),
     ):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.features import prompts, structured
-from townsquare.features.search.schemas import Source
+from townsquare.features.search.schemas import ListingFilters, Source
 from townsquare.features.search.service import retrieve_sources
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import SearchSettings
@@ -31,6 +31,11 @@ INLINE_MARKER = re.compile(r"\s*\[\d+\]")
 
 class SummaryRequest(BaseModel):
     query: str = Field(min_length=1, description="What the member searched for.")
+    filters: ListingFilters | None = Field(
+        None,
+        description="The member's marketplace filters: only listings inside them are "
+        "summarised and cited (posts and reels are not listings and stay).",
+    )
 
 
 class Sentence(BaseModel):
@@ -106,8 +111,10 @@ async def summarize(
     vectors: VectorIndex,
     tuning: SearchSettings,
     limit: int = 6,
+    filters: ListingFilters | None = None,
 ) -> Summary:
-    """Answer ``query`` from the sources the member may see, every sentence cited."""
+    """Answer ``query`` from the sources the member may see (listings only inside
+    ``filters``), every sentence cited."""
     found = await anyio.to_thread.run_sync(
         partial(
             retrieve_sources,
@@ -118,6 +125,7 @@ async def summarize(
             embedder=embedder,
             vectors=vectors,
             tuning=tuning,
+            filters=filters,
         )
     )
     await anyio.to_thread.run_sync(db.commit)  # no connection held while the model writes
