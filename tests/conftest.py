@@ -80,6 +80,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # tools at random, so logic tests talk to the model and tests/features/assistant/ switch
         # the router on with the real embeddings
         "assistant": {"tool_mode": "off"},
+        # logic tests script the model's catch-up points and topics; the extractive core's
+        # own tests (tests/features/groups/test_core.py) switch "core" on
+        "writing": "model",
         # instant deterministic pictures; tests/features/imagine/ switch the real Open-NSFW
         # check on and run real (tiny) diffusers pipelines
         "images": {

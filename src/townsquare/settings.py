@@ -937,6 +937,14 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     watermark: WatermarkSettings = Field(default_factory=WatermarkSettings)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    writing: Literal["core", "model"] = Field(
+        "core",
+        description="Who writes catch-up points and topics. 'core' (default, right for the "
+        "bundled 135M model): real sentences of the key messages with who said them, and "
+        "threads' keyphrases with openers quoting a message; nothing invented. 'model': the "
+        "text model writes them (a bigger model or a GPU engine); a point or topic that fails "
+        "the junk check is dropped, and when none is left the core answers.",
+    )
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

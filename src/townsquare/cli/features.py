@@ -144,10 +144,14 @@ def suggest_topics_cli(
             TopicRequest(count=count),
             text=services.guarded_text,
             embedder=services.embed,
+            writing=services.settings.writing,
         )
         for topic in result.topics:
             console.print(f"- {topic.topic}: {topic.opener}", markup=False, highlight=False)
-        console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
+        if result.generation_id is None:
+            console.print("(from the messages' own words: the extractive core)")
+        else:
+            console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
 
     run_as(as_user, work)
 
@@ -173,7 +177,14 @@ def catch_up_cli(
     async def work(services: Any, db: Any, user: Any) -> None:
         group = access.group_visible_to(db, user, group_id)
         result = await catch_up(
-            db, services.sessions, user, group, moment, text=services.guarded_text
+            db,
+            services.sessions,
+            user,
+            group,
+            moment,
+            text=services.guarded_text,
+            embedder=services.embed,
+            writing=services.settings.writing,
         )
         if not result.points:
             console.print("Nothing new since then.")

@@ -386,7 +386,14 @@ class CatchUp(Tool):
             group,
         ):
             result = await catch_up(
-                db, env.sessions, user, group, now() - timedelta(hours=hours), text=env.text
+                db,
+                env.sessions,
+                user,
+                group,
+                now() - timedelta(hours=hours),
+                text=env.text,
+                embedder=env.embedder,
+                writing=env.settings.writing,
             )
         cards = [
             {
@@ -434,6 +441,7 @@ class SuggestTopics(Tool):
                 TopicRequest(count=int(arguments.get("count") or 3)),
                 text=env.text,
                 embedder=env.embedder,
+                writing=env.settings.writing,
             )
         cards = [{"type": "topic", "topic": t.topic, "opener": t.opener} for t in result.topics]
         text = (

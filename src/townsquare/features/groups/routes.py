@@ -36,6 +36,7 @@ async def topic_suggestions(
         body,
         text=services.guarded_text,
         embedder=services.embed,
+        writing=services.settings.writing,
     )
 
 
@@ -56,4 +57,6 @@ async def group_catch_up(
         group,
         since or now() - timedelta(days=1),
         text=services.guarded_text,
+        embedder=services.embed,
+        writing=services.settings.writing,
     )

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.features import prompts, structured
+from townsquare.features.groups import extract
+from townsquare.features.junk import junk_reasons
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.storage.social_tables import Group, GroupMessage
 from townsquare.storage.tables import User
@@ -40,7 +42,9 @@ class Topic(BaseModel):
 
 
 class Topics(BaseModel):
-    generation_id: int
+    generation_id: int | None = Field(
+        description="The recorded generation (None: the extractive core wrote them)."
+    )
     group_id: str
     topics: list[Topic]
     dropped: int
@@ -77,7 +81,14 @@ def _recent(db: Session, group: Group, since: datetime | None, limit: int) -> li
         query = query.where(GroupMessage.created_at > since)
     rows = db.execute(query.order_by(GroupMessage.created_at.desc()).limit(limit)).all()
     return [
-        {"id": m.external_id, "author": display or name, "text": m.text, "author_id": m.author_id}
+        {
+            "id": m.external_id,
+            "author": display or name,
+            "text": m.text,
+            "author_id": m.author_id,
+            "pk": m.id,
+            "reply_to_pk": m.reply_to_id,
+        }
         for m, display, name in reversed(rows)
     ]
 
@@ -104,13 +115,39 @@ async def suggest_topics(
     *,
     text: GuardedText,
     embedder: EmbeddingBackend,
+    writing: str = "model",
 ) -> Topics:
-    """Conversation starters for a group, grounded in its recent messages; topics already being
-    discussed are dropped."""
+    """Conversation starters for a group, grounded in its recent messages. ``writing="core"``:
+    the threads' keyphrases with openers quoting their messages (``extract``); ``"model"``:
+    the text model writes them, topics already being discussed are dropped, junk is dropped,
+    and when nothing is left the core answers."""
     context = Context("group_topics", user.id, user.role, group.id, subject=(), third_party=True)
     recent, withheld = await structured.screen_sources(
         text, await _recent_off_loop(db, group, None), lambda m: str(m["text"]), context
     )
+
+    async def core() -> Topics:
+        found: list[Topic] = []
+        if recent:
+            vectors = await embedder.embed([str(m["text"]) for m in recent])
+            made = extract.topic_suggestions(recent, vectors, count=request.count)
+            found = [Topic(topic=t["topic"], opener=t["opener"]) for t in made]
+            allowed = set(
+                await text.check_items([f"{t.topic}: {t.opener}" for t in found], context)
+            )
+            found = [t for t in found if f"{t.topic}: {t.opener}" in allowed]
+        return Topics(
+            generation_id=None,
+            group_id=group.external_id,
+            topics=found,
+            dropped=0,
+            withheld=[str(m["id"]) for m in withheld],
+        )
+
+    if writing == "core":
+        return await core()
+    names = [group.name, *{str(m["author"]) for m in recent}]
+    sources = [str(m["text"]) for m in recent]
     schema = {
         "type": "object",
         "required": ["topics"],
@@ -135,7 +172,13 @@ async def suggest_topics(
         safe_openers = set(
             await text.check_items([f"{t.topic}: {t.opener}" for t in topics], context)
         )
-        candidates = [t for t in topics if f"{t.topic}: {t.opener}" in safe_openers]
+        candidates = [
+            t
+            for t in topics
+            if f"{t.topic}: {t.opener}" in safe_openers
+            and not junk_reasons(t.topic, sources=sources, names=names, min_words=1)
+            and not junk_reasons(t.opener, sources=sources, names=names, opener=True)
+        ]
         fresh = candidates
         if recent and candidates:
             topic_vectors = await embedder.embed([t.topic for t in candidates])  # (t, d)
@@ -169,6 +212,8 @@ async def suggest_topics(
         items_checked_by_caller=True,
         contributors=[int(m["author_id"]) for m in recent],
     )
+    if not kept and recent:  # every generated topic failed a check: the core answers
+        return await core()
     return Topics(
         generation_id=generation_id,
         group_id=group.external_id,
@@ -204,8 +249,13 @@ async def catch_up(
     since: datetime,
     *,
     text: GuardedText,
+    embedder: EmbeddingBackend | None = None,
+    writing: str = "model",
 ) -> CatchUp:
-    """What a group said since ``since``: a few points, each citing the messages it comes from."""
+    """What a group said since ``since``: a few points, each citing the messages it comes from.
+    ``writing="core"`` (needs ``embedder``): real sentences of the key messages with who said
+    them (``extract``); ``"model"``: the text model writes the points, junk points are dropped,
+    and when none is left the core answers (with an embedder)."""
     since = since if since.tzinfo else since.replace(tzinfo=UTC)
     context = Context("group_catch_up", user.id, user.role, group.id, subject=(), third_party=True)
     messages, withheld = await structured.screen_sources(
@@ -220,6 +270,25 @@ async def catch_up(
             points=[],
             withheld=[str(m["id"]) for m in withheld],
         )
+
+    async def core() -> CatchUp:
+        assert embedder is not None
+        vectors = await embedder.embed([str(m["text"]) for m in messages])
+        made = [Point(**p) for p in extract.catch_up_points(messages, vectors, count=5)]
+        allowed = set(await text.check_items([p.text for p in made], context))
+        return CatchUp(
+            generation_id=None,
+            group_id=group.external_id,
+            since=since,
+            messages=len(messages),
+            points=[p for p in made if p.text in allowed],
+            withheld=[str(m["id"]) for m in withheld],
+        )
+
+    if writing == "core" and embedder is not None:
+        return await core()
+    names = [group.name, *{str(m["author"]) for m in messages}]
+    sources = [str(m["text"]) for m in messages]
     numbered = [{**m, "n": n} for n, m in enumerate(messages, start=1)]
     schema = {
         "type": "object",
@@ -248,7 +317,11 @@ async def catch_up(
 
     async def finish(found: list[Point]) -> tuple[list[Point], dict[str, Any]]:
         allowed = set(await text.check_items([p.text for p in found], context))
-        kept = [p for p in found if p.text in allowed]
+        kept = [
+            p
+            for p in found
+            if p.text in allowed and not junk_reasons(p.text, sources=sources, names=names)
+        ]
         return kept, {"points": [p.model_dump() for p in kept]}
 
     points, generation_id = await structured.generate_recorded(
@@ -273,6 +346,8 @@ async def catch_up(
         items_checked_by_caller=True,
         contributors=[int(m["author_id"]) for m in messages],
     )
+    if not points and embedder is not None:  # every written point was junk: the core answers
+        return await core()
     return CatchUp(
         generation_id=generation_id,
         group_id=group.external_id,
