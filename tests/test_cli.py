@@ -192,8 +192,7 @@ def test_group_topics_and_catch_up(env: Path) -> None:
         app, ["suggest", "topics", "g-sunday-bakers", "--count", "2", "--as", "root"]
     )
     assert topics.exit_code == 0, topics.output
-    # the default writing is the extractive core: the threads' own words, no generation
-    assert "extractive core" in topics.output
+    assert "generation" in topics.output
     caught = runner.invoke(
         app, ["catch-up", "g-sunday-bakers", "--since", "2026-01-01T00:00:00+00:00", "--as", "root"]
     )

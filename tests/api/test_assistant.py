@@ -101,7 +101,7 @@ def test_failure_mid_stream_sends_an_error_event_and_stores_nothing(
     client: TestClient, member_key: str, fake_text: FakeText
 ) -> None:
     cid = new_conversation(client, member_key)
-    fake_text.enqueue("this reply will break half way")
+    fake_text.enqueue("Sure. this reply will break half way")
     fake_text.fail_after = 3
     response = client.post(
         f"/api/conversations/{cid}/messages",
@@ -109,7 +109,8 @@ def test_failure_mid_stream_sends_an_error_event_and_stores_nothing(
         headers=auth(member_key),
     )
     payloads = sse_data(response.text)
-    assert streamed_text(payloads) == "this reply will"
+    # text goes out a sentence at a time (a sentence announcing cards is held back)
+    assert streamed_text(payloads) == "Sure."
     assert payloads[-1]["error"]["code"] == "backend_error"
     assert "[DONE]" not in payloads
     assert (
@@ -123,3 +124,49 @@ def test_failure_mid_stream_sends_an_error_event_and_stores_nothing(
     assert again.status_code == 200 and again.json()["reply"]["content"] == "fine now"
     messages = client.get(f"/api/conversations/{cid}", headers=auth(member_key)).json()["messages"]
     assert [m["content"] for m in messages] == ["again", "fine now"]
+
+
+def test_a_plain_answer_never_announces_cards_it_does_not_show(
+    client: TestClient, member_key: str, fake_text: FakeText
+) -> None:
+    """No tool ran, so no card is shown: 'Here are 2 reels' is not sent, streamed or not."""
+    cid = new_conversation(client, member_key)
+    fake_text.enqueue("Here are 2 reels about fado. Fado is the song of Lisbon.")
+    whole = client.post(
+        f"/api/conversations/{cid}/messages", json={"content": "fado?"}, headers=auth(member_key)
+    ).json()
+    assert whole["reply"]["content"] == "Fado is the song of Lisbon."
+    fake_text.enqueue("Fado is the song of Lisbon. I found 3 reels you will love!")
+    streamed = client.post(
+        f"/api/conversations/{cid}/messages",
+        json={"content": "fado?", "stream": True},
+        headers=auth(member_key),
+    )
+    assert streamed_text(sse_data(streamed.text)) == "Fado is the song of Lisbon."
+    fake_text.enqueue("Check these listings below.")
+    only = client.post(
+        f"/api/conversations/{cid}/messages", json={"content": "bikes?"}, headers=auth(member_key)
+    ).json()
+    assert "listings" not in only["reply"]["content"] and only["reply"]["content"]
+    stored = client.get(f"/api/conversations/{cid}", headers=auth(member_key)).json()["messages"]
+    assert not any("reels" in m["content"] for m in stored if m["role"] == "assistant")
+
+
+def test_the_stream_filter_says_what_the_whole_text_check_says() -> None:
+    from townsquare.features.assistant.grounding import CardClaimFilter, without_unshown_cards
+
+    for text in [
+        "**Bold** tip.\n\n- one\n- two",
+        "Sure! Here are 2 reels about fado. Fado is the music of Lisbon.\nEnjoy it!",
+        "Here are 3 listings for you.",
+        "Prices above 50 euros are common. Here is a tip: go early.",
+        "A.  B?\n\nC",
+    ]:
+        for size in (1, 3, 50):  # however the model's tokens fall
+            claims = CardClaimFilter()
+            pieces = [text[i : i + size] for i in range(0, len(text), size)]
+            streamed = "".join(claims.feed(p) for p in pieces) + claims.close()
+            assert streamed == without_unshown_cards(text), (text, size)
+    assert without_unshown_cards("Prices above 50 euros are common.") == (
+        "Prices above 50 euros are common."
+    )

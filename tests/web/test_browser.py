@@ -181,6 +181,26 @@ def test_a_member_asks_the_assistant_in_a_group_and_sees_the_reply(browser, town
     expect(opener).to_be_visible(timeout=15_000)
     opener.click()
     assert page.locator("#group-text").input_value() != ""
+
+    # a slow action shows its progress and can be stopped; a result can be regenerated
+    town.fake.delay_s = 4.0
+    try:
+        town.fake.enqueue('{"topics": [{"topic": "Slow topic", "opener": "Never shown?"}]}')
+        page.click("text=Suggest topics")
+        progress = page.locator("#topics-form-progress")
+        expect(progress).to_be_visible(timeout=5_000)
+        expect(progress.locator("[data-elapsed]")).to_have_text("1 s", timeout=5_000)
+        progress.get_by_role("button", name="Stop").click()
+        expect(page.locator("#topics")).to_contain_text("Stopped")
+        expect(progress).to_be_hidden()
+    finally:
+        town.fake.delay_s = 0.0
+    town.fake.enqueue('{"topics": [{"topic": "Hill repeats", "opener": "Hills on Sunday?"}]}')
+    page.click("text=Suggest topics")
+    expect(page.locator("#topics")).to_contain_text("Hill repeats", timeout=15_000)
+    town.fake.enqueue('{"topics": [{"topic": "Rest days", "opener": "How many rest days?"}]}')
+    page.locator("#topics").get_by_role("button", name="Regenerate").click()
+    expect(page.locator("#topics")).to_contain_text("Rest days", timeout=15_000)
     page.context.close()
 
 
@@ -247,7 +267,7 @@ def test_a_seller_drafts_edits_and_accepts_a_description(browser, town: Town) ->
     expect(text).to_be_visible(timeout=15_000)
     text.fill("Solid and clean. Collect in Alfama.")
     page.click("text=Accept description")
-    expect(page.locator("[role=status]")).to_contain_text("description is on the listing")
+    expect(page.locator("p.ok[role=status]")).to_contain_text("description is on the listing")
     expect(page.locator("article")).to_contain_text("Solid and clean. Collect in Alfama.")
     page.context.close()
 

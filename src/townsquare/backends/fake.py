@@ -30,7 +30,8 @@ class FakeText(TextBackend):
     """Replies with queued texts, or echoes the last user message.
 
     ``fail_after`` makes the next stream raise ``BackendError`` after that many deltas;
-    ``delay_s`` sleeps between deltas so tests can overlap requests.
+    ``delay_s`` sleeps between deltas (and once before a whole reply) so tests can overlap
+    requests.
     """
 
     backend_id: ClassVar[str] = "fake"
@@ -62,6 +63,8 @@ class FakeText(TextBackend):
     @override
     async def complete(self, messages: Sequence[Message], options: GenerationOptions) -> Completion:
         text = self._reply(messages, options)
+        if self.delay_s:  # a whole reply takes a while too (the web app's progress tests)
+            await asyncio.sleep(self.delay_s)
         words = text.split(" ")[: options.max_tokens]
         finish = "length" if len(text.split(" ")) > options.max_tokens else "stop"
         return Completion(

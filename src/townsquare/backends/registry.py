@@ -45,11 +45,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, target
 
 
-def model_path_for(target: str) -> Path:
-    """The GGUF file a ``llamacpp:`` spec points at."""
+BIGGER = "qwen-0.5b"
+
+
+def model_path_for(target: str, models_dir: Path | None = None) -> Path:
+    """The GGUF file a ``llamacpp:`` spec points at: 'bundled', 'qwen-0.5b' (the bigger local
+    model in ``models_dir``, its sha256 checked first) or a path."""
     from townsquare.backends.llamacpp import bundled_model_path
 
-    return bundled_model_path() if target == "bundled" else Path(target).expanduser()
+    if target == "bundled":
+        return bundled_model_path()
+    if target == BIGGER:
+        from townsquare.backends.bigger_model import bigger_model_path
+
+        return bigger_model_path(models_dir or Path("models"))
+    return Path(target).expanduser()
 
 
 def build_text_backend(settings: TextSettings) -> TextBackend:
@@ -76,7 +86,7 @@ def build_text_backend(settings: TextSettings) -> TextBackend:
     from townsquare.backends.llamacpp import LlamaCppText
 
     return LlamaCppText(
-        model_path_for(target),
+        model_path_for(target, settings.models_dir),
         n_ctx=settings.n_ctx,
         parallel=settings.parallel,
         n_batch=settings.n_batch,

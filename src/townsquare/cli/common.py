@@ -38,6 +38,10 @@ batch_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(batch_app, name="batch")
+model_app = typer.Typer(
+    help="The optional bigger local model (Qwen2.5-Coder-0.5B-Instruct).", no_args_is_help=True
+)
+app.add_typer(model_app, name="model")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # never cut a path or a fix in two
 

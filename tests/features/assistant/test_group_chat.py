@@ -231,6 +231,15 @@ def test_ingested_mentions_are_answered_once_and_outsiders_see_nothing(
     assert (
         outsider.post("/api/groups/g1/messages", json={"text": "@assistant hi"}).status_code == 404
     )
+    # an admin may post in a group they are not in, but a mention would never be answered:
+    # refused with the reason, and nothing stored
+    before = len(member.get("/api/groups/g1/messages", params={"limit": 200}).json()["data"])
+    refused = admin.post("/api/groups/g1/messages", json={"text": "@assistant what's new?"})
+    assert refused.status_code == 403, refused.text
+    assert "members of" in refused.json()["error"]["message"]
+    after = member.get("/api/groups/g1/messages", params={"limit": 200}).json()["data"]
+    assert len(after) == before
+    assert admin.post("/api/groups/g1/messages", json={"text": "Admins here."}).status_code == 201
 
 
 def test_personas_rename_restrict_and_switch_off_the_assistant(

@@ -165,6 +165,31 @@ def test_creator_replies_seller_drafts_and_plain_chat(
     assert plain["cards"] == [] and plain["content"] == "Hello! How can I help?"
 
 
+def test_a_description_is_drafted_for_the_listing_the_seller_names(
+    town: tuple[TestClient, dict[str, str], Services, FakeText],
+) -> None:
+    """Issue 25's defect: 'my <thing>' drafted for the seller's latest listing instead."""
+    client, keys, services, _fake = town
+    with services.sessions() as db:
+        seller_id = db.scalar(select(Listing.seller_id).limit(1))
+        mine = list(
+            db.scalars(
+                select(Listing).where(Listing.seller_id == seller_id).order_by(Listing.id.desc())
+            )
+        )
+    named = next(
+        m
+        for m in mine[1:]
+        if all(word not in m.title for other in mine if other is not m for word in [other.title])
+    )
+    answer = ask(client, keys["seller"], f"Write a description for my {named.title}")
+    [card] = answer["cards"]
+    assert card["listing_id"] == named.external_id, (named.title, card["listing_title"])
+    unknown = ask(client, keys["seller"], "Write a description for my spaceship")
+    assert unknown["cards"] == [] and "spaceship" in unknown["content"]
+    assert mine[0].title in unknown["content"]  # the seller's own listings, to choose from
+
+
 def test_a_blocked_request_never_reaches_a_tool(
     town: tuple[TestClient, dict[str, str], Services, FakeText],
 ) -> None:

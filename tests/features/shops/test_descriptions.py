@@ -131,6 +131,7 @@ def test_facts_and_invented() -> None:
     class L:
         title, category, condition, location = "Btwin kids' bike", "bikes", "like_new", "Alfama"
         price_cents, attributes = 8000, {"brand": "Btwin", "frame_size": "16 in"}
+        currency = "EUR"
 
     words, numbers = facts(L())  # type: ignore[arg-type]
     assert invented("A 16 in Btwin for 80 euros", words, numbers) == []
@@ -199,3 +200,57 @@ def test_a_claimed_kind_or_feature_the_listing_does_not_state_is_dropped(
     assert "electric" not in body["description"].lower()
     assert "A sturdy Btwin bike." in body["description"]
     assert "Gaming ready" in body["removed"]
+
+
+def test_the_listings_own_price_is_never_called_invented() -> None:
+    """Issue 25's defect: the check flagged the listing's price as written in a draft."""
+
+    class L:
+        title, category, condition, location = "Oak desk", "furniture", "good", "Graça"
+        price_cents, currency, attributes = 120000, "EUR", {"material": "oak"}
+
+    words, numbers = facts(L())  # type: ignore[arg-type]
+    for said in ["Yours for €1,200.", "Only 1.200 EUR.", "1200 euros, in Graça.", "€1200.00"]:
+        assert invented(said, words, numbers) == [], said
+    assert invented("Yours for €1,250.", words, numbers) == ["1,250"]
+
+
+def test_the_core_drafts_from_the_listings_facts_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """writing="core": a template of the listing's stated facts, no model call; every
+    attribute present, nothing the listing does not state (by the service's check and by the
+    evaluation's independent one)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench" / "evals"))
+    import checks
+
+    fake = FakeText()
+    services = Services.build(make_settings(tmp_path, writing="core"), text=fake)
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        for tone in ("friendly", "professional", "playful"):
+            response = client.post(
+                "/api/listings/l-active/description",
+                json={"tone": tone},
+                headers=auth(keys["member"]),
+            )
+            assert response.status_code == 200, response.text
+            draft = response.json()
+            assert draft["title"] == "Kids' bike" and draft["removed"] == []
+            assert "Btwin" in draft["description"] and "16 in" in draft["description"]
+            assert "80 EUR" in draft["description"]
+    assert fake.calls == []
+    with services.sessions() as db:
+        from sqlalchemy import select
+
+        from townsquare.storage.social_tables import Listing
+
+        listing = db.scalar(select(Listing).where(Listing.external_id == "l-active"))
+        assert listing is not None
+        words, numbers = facts(listing)
+        for text in [draft["description"], *draft["highlights"], *draft["tags"]]:
+            assert invented(text, words, numbers) == [], text
+        parts = [draft["title"], draft["description"], *draft["highlights"], *draft["tags"]]
+        assert checks.claims(listing, parts, kinds={"sofa", "laptop", "guitar"}) == []
+        assert checks.covers(listing, draft["description"]) == 1.0

@@ -158,3 +158,33 @@ async def test_a_post_with_nothing_to_comment_on_is_422(services: Services) -> N
             text=services.guarded_text,
         )
     assert info.value.field == "post" and "neither text nor an image" in info.value.message
+
+
+def test_the_core_suggests_the_towns_own_comments_on_similar_posts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """writing="core": comments members actually left on the posts most like this one."""
+    from townsquare.social.demo import seed
+    from townsquare.storage.social_tables import Comment, Post
+
+    fake = FakeText()
+    services = Services.build(make_settings(tmp_path, writing="core"), text=fake)
+    with services.sessions.begin() as db:
+        keys = seed(db, services.settings.ingest)
+    services.indexer.sync_all()
+    with services.sessions() as db:
+        said = set(db.scalars(select(Comment.text)))
+        post = db.scalar(select(Post).where(Post.group_id.is_(None)).limit(1))
+        assert post is not None
+        post_id = post.external_id
+    member = next(k for name, k in keys.items() if name not in {"sol.rivera", "dr.amelia.hart"})
+    with TestClient(create_app(services=services)) as client:
+        found = client.post(
+            f"/api/posts/{post_id}/comment-suggestions",
+            json={"count": 3, "tone": "curious"},
+            headers=auth(member),
+        )
+    assert found.status_code == 200, found.text
+    suggestions = found.json()["suggestions"]
+    assert len(suggestions) == 3 and len(set(suggestions)) == 3
+    assert set(suggestions) <= said and fake.calls == []
+    if any(s.endswith("?") for s in said):  # the curious tone puts questions first
+        assert suggestions[0].endswith("?")

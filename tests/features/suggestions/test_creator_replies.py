@@ -149,3 +149,58 @@ def test_shaping_never_cuts_off_the_emoji_it_adds() -> None:
     )
     shaped = shape("Go early, the queue gets long after noon and the best ones sell out", profile)
     assert len(shaped) <= 40 and shaped.endswith("🔥") and shaped == shaped.lower()
+
+
+def test_the_core_suggests_the_creators_own_past_replies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """writing="core": three of the creator's own earlier replies (to the fan messages most
+    like this one), unlike each other; no model call."""
+    from sqlalchemy import select
+
+    from townsquare.storage.social_tables import DMMessage
+    from townsquare.storage.tables import User
+
+    fake = FakeText()
+    services = Services.build(make_settings(tmp_path, writing="core"), text=fake)
+    with services.sessions.begin() as db:
+        keys = seed(db, services.settings.ingest)
+    with TestClient(create_app(services=services)) as client:
+        sol = auth(keys["sol.rivera"])
+        found = client.post(f"/api/dm-threads/{SOL_THREAD}/suggested-replies", headers=sol)
+    assert found.status_code == 200, found.text
+    replies = found.json()["replies"]
+    assert len(replies) == 3 and len(set(replies)) == 3 and fake.calls == []
+    assert found.json()["generation_id"]  # recorded: the creator can rate it
+    with services.sessions() as db:
+        creator = db.scalar(select(User).where(User.name == "sol.rivera"))
+        assert creator is not None
+        own = set(db.scalars(select(DMMessage.text).where(DMMessage.author_id == creator.id)))
+        names = "|".join(n.split()[0] for n in db.scalars(select(User.display_name)) if n)
+    # each is one of the creator's own replies, up to the fan's name
+    anonymous = {re.sub(rf"\b({names})\b", "X", past) for past in own}
+    for reply in replies:
+        assert re.sub(rf"\b({names})\b", "X", reply) in anonymous, reply
+
+
+def test_a_creator_with_no_past_replies_gets_not_enough_to_suggest_from(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    services = Services.build(make_settings(tmp_path, writing="core"), text=FakeText())
+    from tests.town import build_town
+
+    keys = build_town(services)
+    with TestClient(create_app(services=services)) as client:
+        # the creator's only thread: the fan wrote last, the creator never replied to anyone
+        client.put(
+            "/api/dm-messages/d3",
+            json={"thread": "t1", "author": "u-member", "text": "Any tips for sourdough?"},
+            headers=auth(keys["admin"]),
+        )
+        with services.sessions.begin() as db:
+            from sqlalchemy import delete
+
+            from townsquare.storage.social_tables import DMMessage
+
+            db.execute(delete(DMMessage).where(DMMessage.external_id == "d2"))
+        response = client.post(
+            "/api/dm-threads/t1/suggested-replies", headers=auth(keys["creator"])
+        )
+    assert response.status_code == 422, response.text
+    assert "Not enough to suggest from" in response.json()["error"]["message"]

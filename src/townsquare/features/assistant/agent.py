@@ -187,9 +187,9 @@ class Agent:
                 usage.completion_tokens + completion.usage.completion_tokens,
             )
             if not completion.tool_calls:
-                if not results:
+                if not results:  # no card is shown: no sentence may announce one
                     return ToolAnswer(
-                        completion.text,
+                        grounding.without_unshown_cards(completion.text),
                         [],
                         [],
                         completion=completion,

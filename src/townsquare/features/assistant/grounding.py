@@ -102,3 +102,87 @@ def problems(
         if len(name) >= 6 and name in folded and name not in shown and name not in allowed:
             found.append(f"names “{title}”, which no tool returned")
     return found
+
+
+# a sentence that points at cards: "Here are ...", "below", "these reels", "the cards"
+_THINGS = r"(listings?|reels?|videos?|clips?|topics?|results?|cards?|options?|items?|suggestions?)"
+ANNOUNCE = re.compile(
+    rf"\b(here (is|are) (some |a few |the |your |a |an )?(\w+ )?{_THINGS}|"
+    rf"(these|those|the following) (\w+ )?{_THINGS}|(see|shown|listed) (below|above))\b",
+    re.IGNORECASE,
+)
+SENTENCE_END = re.compile(r"((?<=[.!?…])[ \t]+|\s*\n\s*)")  # kept: Markdown needs its lines
+NO_CARDS = "I have nothing to show for that here."
+
+
+def announces_cards(sentence: str) -> bool:
+    """``sentence`` promises cards ("Here are 2 reels", "these listings", "3 topics")."""
+    return bool(COUNT.search(sentence) or ANNOUNCE.search(sentence))
+
+
+def _keep(parts: list[str]) -> tuple[str, bool]:
+    """(text, held): ``parts`` alternate sentence and separator; a sentence announcing cards
+    is left out with its separator (a line break stays, so Markdown keeps its shape)."""
+    out, held = [], False
+    for i in range(0, len(parts), 2):
+        sentence = parts[i]
+        separator = parts[i + 1] if i + 1 < len(parts) else ""
+        if announces_cards(sentence):
+            held = True
+            if "\n" in separator:
+                out.append("\n")
+            continue
+        out.append(sentence + separator)
+    return "".join(out), held
+
+
+def without_unshown_cards(text: str) -> str:
+    """``text`` without the sentences that announce cards, for an answer that shows none (a
+    model answering on its own: 'Here are 2 reels...' and no reel); ``NO_CARDS`` when nothing
+    is left."""
+    kept, _ = _keep(SENTENCE_END.split(text))
+    kept = kept.strip()
+    return kept if kept else (NO_CARDS if text.strip() else text)
+
+
+class CardClaimFilter:
+    """``without_unshown_cards`` over a stream: text is released a sentence at a time, and a
+    sentence that announces cards is held back. ``feed`` returns what may be sent now;
+    ``close`` the rest (``NO_CARDS`` when every sentence was held back)."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.pending = ""
+        self.sent = False
+        self.held = False
+
+    def feed(self, piece: str) -> str:
+        """What of the text so far may be sent: its whole sentences that announce nothing."""
+        self.buffer += piece
+        parts = SENTENCE_END.split(self.buffer)
+        if len(parts) < 3 or not parts[-1]:  # a separator is whole once text follows it
+            return ""
+        self.buffer = parts[-1]
+        return self._release(parts[:-1])
+
+    def close(self) -> str:
+        """The last sentence if it may be sent, or ``NO_CARDS`` if nothing could be."""
+        rest = self._release([self.buffer]) if self.buffer else ""
+        self.buffer = ""
+        if not self.sent and self.held:
+            self.sent = True
+            return NO_CARDS
+        return rest
+
+    def _release(self, parts: list[str]) -> str:
+        text, held = _keep(parts)
+        self.held = self.held or held
+        if not text.strip():
+            return ""
+        # the space or line break after a sentence goes out with the next one: a reply never
+        # ends in one
+        text = (self.pending + text) if self.sent else text.lstrip()
+        released = text.rstrip()
+        self.pending = text[len(released) :]
+        self.sent = True
+        return released

@@ -34,7 +34,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import GenerationOptions, Message
-from townsquare.errors import Busy, ContentBlocked, InvalidField, NotFound, TownsquareError
+from townsquare.errors import (
+    Busy,
+    ContentBlocked,
+    Forbidden,
+    InvalidField,
+    NotFound,
+    TownsquareError,
+)
 from townsquare.features import prompts
 from townsquare.features.assistant.agent import Agent
 from townsquare.features.assistant.service import check_system_prompt
@@ -367,6 +374,18 @@ class GroupChat:
         if not text or len(text) > limit:
             raise InvalidField(
                 f"text must have 1 to {limit} characters (ingest.max_text_chars).", "text"
+            )
+        persona = persona_of(db, group, self.settings)
+        if (
+            persona.enabled
+            and mentions(text, persona.name)
+            and access.membership_role(db, user, group.id) is None
+        ):
+            # it would be stored and never answered: refuse now, with the reason
+            raise Forbidden(
+                f"@{persona.name} answers members of {group.name} only, and you are not one "
+                "(an admin may read and post here without being a member). Join the group to "
+                f"ask, or post without @{persona.name}."
             )
         reply_to = None
         if body.reply_to is not None:

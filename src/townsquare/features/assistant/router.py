@@ -108,6 +108,11 @@ def imagine_arguments(text: str) -> dict[str, Any]:
     return {"prompt": prompt, **({"style": style} if style else {})}
 
 
+# the asking in a description request: what is left names the listing ('my oak desk')
+_DESCRIBE_WORDS = re.compile(
+    r"\b(write( up)?|draft|re-?write|descriptions?|describe|listings?|copy|text|blurb|ad|"
+    r"sell(ing)?|help|make|improve|better|nicer|item|post|title)\b"
+)
 GROUP_WORDS = {"group", "chat", "the", "and", "street", "sunday", "club"}  # too common alone
 GROUP_TOOLS = ("catch_up", "suggest_topics")
 ID = re.compile(r"\b([a-z]{1,3}-[\w.-]+)\b")
@@ -281,4 +286,8 @@ class Router:
         for candidate in ids:
             if candidate.startswith(prefix.get(tool, "?")):
                 return {key: candidate}
+        if tool == "draft_description":  # no id: the listing in the member's words
+            about = _DESCRIBE_WORDS.sub(" ", core_words(text, places))
+            about = " ".join(about.split())
+            return {"about": about} if about else {}
         return {}

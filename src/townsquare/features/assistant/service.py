@@ -8,7 +8,7 @@ mid-generation leaves the conversation exactly as it was.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from townsquare.backends.base import Completion, Delta, GenerationOptions, Message, Usage
 from townsquare.errors import InvalidField, NotFound, PromptTooLong
 from townsquare.features import prompts
+from townsquare.features.assistant import grounding
 from townsquare.features.assistant.agent import ToolAnswer
 from townsquare.features.assistant.schemas import (
     ConversationCreate,
@@ -283,8 +284,11 @@ async def reply(
 ) -> Exchange:
     """Generate the whole reply, then store the turn."""
     completion = await text.complete(turn.messages, turn.options, turn.context)
+    # no tool ran, so no card is shown: a sentence announcing cards is not sent
+    said = grounding.without_unshown_cards(completion.text)
+    completion = Completion(said, completion.finish_reason, completion.usage)
     return await anyio.to_thread.run_sync(
-        store_turn, sessions, turn, completion.text, completion, text.model_id
+        store_turn, sessions, turn, said, completion, text.model_id
     )
 
 
@@ -304,11 +308,21 @@ async def stream_reply(
     """
     pieces: list[str] = []
     finish, usage = "stop", Usage()
+    claims = grounding.CardClaimFilter()  # no tool ran: no sentence may announce cards
     async for delta in text.stream(turn.messages, turn.options, turn.context):
-        pieces.append(delta.text)
+        released = claims.feed(delta.text) if delta.text else ""
         if delta.finish_reason is not None:
             finish, usage = delta.finish_reason, delta.usage or Usage()
-        yield delta
+            released += claims.close()
+        pieces.append(released)
+        if released:
+            yield Delta(text=released)
+        if delta.finish_reason is not None or delta.tool_calls:
+            yield replace(delta, text="")
+    rest = claims.close()
+    if rest:  # a stream that ended without a finish reason
+        pieces.append(rest)
+        yield Delta(text=rest)
     full = "".join(pieces)
     stored = await anyio.to_thread.run_sync(
         store_turn, sessions, turn, full, Completion(full, finish, usage), text.model_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, ToolSpec
-from townsquare.errors import ImagesNotConfigured, NotFound, TownsquareError
+from townsquare.errors import ImagesNotConfigured, InvalidField, NotFound, TownsquareError
 from townsquare.features.assistant.router import match_group
 from townsquare.features.groups.service import TopicRequest, catch_up, now, suggest_topics
 from townsquare.features.imagine.schemas import STYLES
@@ -492,6 +493,9 @@ class SuggestComments(Tool):
                 post,
                 CommentRequest(count=3, tone=arguments.get("tone") or "supportive"),
                 text=env.text,
+                embedder=env.embedder,
+                vectors=env.vectors,
+                writing=env.settings.writing,
             )
         cards = [
             {
@@ -561,6 +565,7 @@ class SuggestReplies(Tool):
                 text=env.text,
                 embedder=env.embedder,
                 vectors=env.vectors,
+                writing=env.settings.writing,
             )
         cards = [
             {"type": "reply", "text": r, "thread_id": thread.external_id} for r in result.replies
@@ -575,30 +580,79 @@ class SuggestReplies(Tool):
         return ToolResult(self.name, arguments, cards, text, generation_id=result.generation_id)
 
 
-def _sellers_listing(db: Session, user: User, listing_id: str | None) -> Listing:
+_ABOUT_WORD = re.compile(r"[^\W\d_]{3,}")
+_LATEST = {"latest", "newest", "last", "recent", "new", "most"}
+
+
+def _words_of(text: str) -> set[str]:
+    return {w.lower().rstrip("s") for w in _ABOUT_WORD.findall(text)}
+
+
+def _sellers_listing(
+    db: Session, user: User, listing_id: str | None, about: str | None = None
+) -> Listing:
+    """The seller's listing the request means: the one named by id; else the one whose title,
+    category or attributes share most words with ``about`` ('my oak desk'); else their only
+    listing. Never a guess: with several listings and nothing that tells them apart, the
+    member is asked which (their titles listed)."""
     if listing_id:
         return access.listing_of_seller(db, user, listing_id)
-    listing = db.scalars(
-        select(Listing)
-        .where(Listing.seller_id == user.id)
-        .order_by(Listing.created_at.desc(), Listing.id.desc())
-        .limit(1)
-    ).first()
-    if listing is None:
+    mine = list(
+        db.scalars(
+            select(Listing)
+            .where(Listing.seller_id == user.id)
+            .order_by(Listing.created_at.desc(), Listing.id.desc())
+            .limit(50)
+        )
+    )
+    if not mine:
         raise NotFound("You have no listing yet. List an item first.")
-    return listing
+    titles = "; ".join(f"“{m.title}” ({m.external_id})" for m in mine[:8])
+    wanted = _words_of(about or "")
+    if wanted & _LATEST:  # 'my latest listing'
+        wanted -= _LATEST
+        if not wanted:
+            return mine[0]
+    if wanted:
+        scored = [
+            (
+                len(
+                    wanted
+                    & _words_of(" ".join([m.title, m.category, *map(str, m.attributes.values())]))
+                ),
+                m,
+            )
+            for m in mine
+        ]
+        best = max(score for score, _ in scored)
+        matches = [m for score, m in scored if score == best and best > 0]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(
+                f"None of your listings is “{about}”. Yours: {titles}. Name one of them."
+            )
+        mine = matches
+        titles = "; ".join(f"“{m.title}” ({m.external_id})" for m in mine[:8])
+    if len(mine) == 1:
+        return mine[0]
+    raise InvalidField(f"Which listing? Yours: {titles}. Say its name or id.", "listing")
 
 
 class DraftDescription(Tool):
     name = "draft_description"
     description = (
-        "Draft a title and description for one of the member's own listings (the latest by "
-        "default) from its facts only."
+        "Draft a title and description for one of the member's own listings (by id, or the one "
+        "their words name) from its facts only."
     )
     parameters: ClassVar[dict[str, Any]] = {
         "type": "object",
         "properties": {
             "listing": {"type": "string", "description": "A listing id."},
+            "about": {
+                "type": "string",
+                "description": "The listing in the member's words ('my oak desk') when no id.",
+            },
             "tone": {"enum": ["friendly", "professional", "playful"]},
         },
         "additionalProperties": False,
@@ -607,7 +661,9 @@ class DraftDescription(Tool):
     async def run(self, asker: Asker, arguments: dict[str, Any]) -> ToolResult:
         """A draft card to accept or edit."""
         env = self.env
-        async with self._member(asker, _sellers_listing, arguments.get("listing")) as (
+        async with self._member(
+            asker, _sellers_listing, arguments.get("listing"), arguments.get("about")
+        ) as (
             db,
             user,
             listing,
@@ -619,6 +675,7 @@ class DraftDescription(Tool):
                 listing,
                 DescriptionRequest(tone=arguments.get("tone") or "friendly"),
                 text=env.text,
+                writing=env.settings.writing,
             )
         card = {
             "type": "draft",

@@ -29,6 +29,7 @@ from townsquare.storage.social_tables import Group, GroupMessage
 from townsquare.storage.tables import User
 
 RECENT = 40  # messages the model reads
+CORE = "extractive-core"  # the "model" of what the extractive core wrote
 ALREADY_DISCUSSED = 0.6  # cosine similarity to a recent message that makes a topic "current"
 
 
@@ -42,9 +43,7 @@ class Topic(BaseModel):
 
 
 class Topics(BaseModel):
-    generation_id: int | None = Field(
-        description="The recorded generation (None: the extractive core wrote them)."
-    )
+    generation_id: int
     group_id: str
     topics: list[Topic]
     dropped: int
@@ -136,8 +135,20 @@ async def suggest_topics(
                 await text.check_items([f"{t.topic}: {t.opener}" for t in found], context)
             )
             found = [t for t in found if f"{t.topic}: {t.opener}" in allowed]
+        generation_id = await structured.record(  # so members can rate them
+            sessions,
+            feature=context.feature,
+            user_id=user.id,
+            inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
+            output={"topics": [t.model_dump() for t in found]},
+            model=CORE,
+            latency_ms=0.0,
+            attempts=0,
+            first_try_valid=True,
+            contributors=sorted({user.id, *(int(m["author_id"]) for m in recent)}),
+        )
         return Topics(
-            generation_id=None,
+            generation_id=generation_id,
             group_id=group.external_id,
             topics=found,
             dropped=0,
@@ -276,12 +287,25 @@ async def catch_up(
         vectors = await embedder.embed([str(m["text"]) for m in messages])
         made = [Point(**p) for p in extract.catch_up_points(messages, vectors, count=5)]
         allowed = set(await text.check_items([p.text for p in made], context))
+        points = [p for p in made if p.text in allowed]
+        generation_id = await structured.record(  # so members can rate them
+            sessions,
+            feature=context.feature,
+            user_id=user.id,
+            inputs={"group": group.external_id, "since": since.isoformat()},
+            output={"points": [p.model_dump() for p in points]},
+            model=CORE,
+            latency_ms=0.0,
+            attempts=0,
+            first_try_valid=True,
+            contributors=sorted({user.id, *(int(m["author_id"]) for m in messages)}),
+        )
         return CatchUp(
-            generation_id=None,
+            generation_id=generation_id,
             group_id=group.external_id,
             since=since,
             messages=len(messages),
-            points=[p for p in made if p.text in allowed],
+            points=points,
             withheld=[str(m["id"]) for m in withheld],
         )
 

@@ -35,7 +35,15 @@ async def draft_description(
         return found
 
     listing = await run_in_threadpool(find)
-    return await describe(db, services.sessions, user, listing, body, text=services.guarded_text)
+    return await describe(
+        db,
+        services.sessions,
+        user,
+        listing,
+        body,
+        text=services.guarded_text,
+        writing=services.settings.writing,
+    )
 
 
 @router.post("/{listing_id}/description/accept", openapi_extra={"x-access": "listing-seller"})

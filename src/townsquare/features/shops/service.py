@@ -29,7 +29,14 @@ from townsquare.storage.tables import User
 FEATURE = "product_description"
 SENTENCES = {"short": 2, "medium": 3, "long": 5}
 NOT_NAMES = {"I", "I'm", "I've", "I'll", "I'd", "OK"}
-NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+CURRENCY_WORDS = {
+    "EUR": "euro euros",
+    "USD": "dollar dollars",
+    "GBP": "pound pounds sterling",
+    "BRL": "real reais",
+}
+# a number as people write prices: 1200, 1,200, 1.200,50, 120.00
+NUMBER = re.compile(r"\d{1,3}(?:[,.]\d{3})+(?:[.,]\d{1,2})?(?!\d)|\d+(?:[.,]\d+)?")
 WORD = re.compile(r"[\w'-]+")
 # words whose presence claims a fact: invented unless the listing states them (claims.toml)
 CLAIMS: frozenset[str] = frozenset(
@@ -79,7 +86,10 @@ def facts(listing: Listing) -> tuple[set[str], set[str]]:
             listing.location,
             f"{listing.price_cents / 100:.2f}",
             str(listing.price_cents // 100),
-            *(f"{k} {v}" for k, v in listing.attributes.items()),
+            # the price's currency as a draft may write it: "120 EUR", "120 euros"
+            listing.currency,
+            CURRENCY_WORDS.get(listing.currency.upper(), ""),
+            *(f"{k} {k.replace('_', ' ')} {v}" for k, v in listing.attributes.items()),
         ]
     )
     words = {w.lower() for w in WORD.findall(text)}
@@ -99,12 +109,32 @@ def _claim(word: str) -> str | None:
     return None
 
 
+def number_value(written: str) -> float | None:
+    """The value of a number as written: '1,200' and '1.200' are 1200 (thousands), '1.200,50'
+    is 1200.5, '120,5' is 120.5."""
+    digits = written.replace(" ", "")
+    if re.fullmatch(r"\d{1,3}(,\d{3})+(\.\d+)?", digits):
+        digits = digits.replace(",", "")
+    elif re.fullmatch(r"\d{1,3}(\.\d{3})+(,\d+)?", digits):
+        digits = digits.replace(".", "").replace(",", ".")
+    else:
+        digits = digits.replace(",", ".")
+    try:
+        return float(digits)
+    except ValueError:
+        return None
+
+
 def invented(text: str, words: set[str], numbers: set[str]) -> list[str]:
-    """The numbers and claim words in ``text`` that the listing's facts do not state."""
+    """The numbers and claim words in ``text`` that the listing's facts do not state (a number
+    is stated when its value is: the price written '€1,200' is the listing's 1200.00)."""
+    values = {number_value(n) for n in numbers} - {None}
     found = [
         n
         for n in NUMBER.findall(text)
-        if n.replace(",", ".") not in numbers and n.replace(",", ".").split(".")[0] not in numbers
+        if n.replace(",", ".") not in numbers
+        and n.replace(",", ".").split(".")[0] not in numbers
+        and number_value(n) not in values
     ]
     for word in WORD.findall(text):
         claim = _claim(word)
@@ -160,6 +190,46 @@ def ground(raw: dict[str, Any], listing: Listing) -> tuple[dict[str, Any], list[
     return draft, removed, missing
 
 
+OPENERS = {
+    "friendly": "Up for grabs",
+    "professional": "For sale",
+    "playful": "Looking for a new home",
+}
+CONDITION_WORDS = {
+    "new": "new",
+    "like_new": "like new",
+    "good": "in good condition",
+    "fair": "in fair condition",
+    "for_parts": "sold for parts or repair",
+}
+
+
+def template_draft(listing: Listing, request: DescriptionRequest) -> dict[str, Any]:
+    """A draft from the listing's stated facts and nothing else (the extractive core): the
+    seller's title, its condition, place and price, and every attribute as written. The tone
+    changes only the opening words, which state nothing."""
+    attributes = [(k.replace("_", " "), str(v)) for k, v in sorted(listing.attributes.items())]
+    price = f"{listing.price_cents / 100:.2f}".removesuffix(".00")
+    where = f" in {listing.location}" if listing.location else ""
+    sentences = [
+        f"{OPENERS[request.tone]}: {listing.title}, {CONDITION_WORDS[listing.condition]}.",
+        f"{price} {listing.currency}{where}.",
+    ]
+    if attributes:
+        sentences.append("; ".join(f"{k.capitalize()}: {v}" for k, v in attributes) + ".")
+    highlights = [f"{k.capitalize()}: {v}" for k, v in attributes][:4]
+    highlights.append(CONDITION_WORDS[listing.condition].capitalize())
+    tags = [listing.category.lower()] + [
+        v.lower() for _, v in attributes if re.fullmatch(r"[\w-]{2,20}", v)
+    ]
+    return {
+        "title": listing.title,
+        "description": " ".join(sentences),
+        "highlights": highlights[:5],
+        "tags": list(dict.fromkeys(tags))[:6],
+    }
+
+
 def schema(length: str) -> dict[str, Any]:
     """The JSON schema of a description draft of ``length``."""
     return {
@@ -192,14 +262,38 @@ async def describe(
     request: DescriptionRequest,
     *,
     text: GuardedText,
+    writing: str = "model",
 ) -> Draft:
-    """Draft a title, description, highlights and tags from the listing's facts only; invented
-    claims are dropped and left-out attributes added."""
+    """Draft a title, description, highlights and tags from the listing's facts only.
+    ``writing="core"``: the template (``template_draft``), nothing outside the facts;
+    ``"model"``: the text model writes it, invented claims are dropped and left-out
+    attributes added."""
     if not listing.attributes:
         raise InvalidField(
-            "The listing has no attributes to describe. Add some first (brand, material, size, "
-            "colour...) with PUT /api/listings/{id}.",
+            "Not enough to describe from: the listing has no attributes. Add some first (brand, "
+            "material, size, colour...) with PUT /api/listings/{id}.",
             "attributes",
+        )
+    if writing == "core":
+        draft = template_draft(listing, request)
+        generation_id = await structured.record(
+            sessions,
+            feature=FEATURE,
+            user_id=user.id,
+            inputs={"listing": listing.external_id, **request.model_dump()},
+            output={**draft, "removed": [], "added_attributes": []},
+            model="extractive-core",
+            latency_ms=0.0,
+            attempts=0,
+            first_try_valid=True,
+            contributors=[user.id],
+        )
+        return Draft(
+            generation_id=generation_id,
+            listing_id=listing.external_id,
+            removed=[],
+            added_attributes=[],
+            **draft,
         )
     prompt = prompts.render(
         __file__,

@@ -29,7 +29,15 @@ async def comment_suggestions(
     """Short, distinct comments the member could leave on a post they can see."""
     post = await run_in_threadpool(access.post_visible_to, db, user, post_id)
     return await suggest_comments(
-        db, services.sessions, user, post, body, text=services.guarded_text
+        db,
+        services.sessions,
+        user,
+        post,
+        body,
+        text=services.guarded_text,
+        embedder=services.embed,
+        vectors=services.vectors,
+        writing=services.settings.writing,
     )
 
 
@@ -47,6 +55,7 @@ async def suggested_replies(
         text=services.guarded_text,
         embedder=services.embed,
         vectors=services.vectors,
+        writing=services.settings.writing,
     )
 
 

@@ -258,6 +258,42 @@ class _Inputs:
     styled: bool
     examples: list[dict[str, str]]
     fans: list[int]  # whose messages the prompt holds
+    fan_name: str = ""  # the fan being answered, as the creator would greet them
+    nearest: tuple[Exchange, ...] = ()  # the core's candidates: most similar first
+    names: tuple[tuple[int, str], ...] = ()  # (fan id, name) of the candidates' fans
+
+
+CORE_CANDIDATES = 12  # past exchanges the core chooses its three replies among
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[^\W\d_]+", text)}
+
+
+def core_replies(
+    nearest: list[Exchange], names: dict[int, str], fan_name: str, count: int = 3
+) -> list[str]:
+    """``count`` of the creator's own past replies to the fan messages most like this one
+    (most similar first), unlike each other (word overlap under 0.6: several intents), with
+    the one obvious slot adapted: the earlier fan's name becomes this fan's."""
+    chosen: list[str] = []
+    for exchange in nearest:
+        reply = exchange.reply.strip()
+        old = names.get(exchange.fan_id, "")
+        if old and fan_name and old != fan_name:
+            reply = re.sub(rf"\b{re.escape(old)}\b", fan_name, reply)
+        words = _words(reply)
+        if not words:
+            continue
+        if any(
+            len(words & _words(other)) / max(1, len(words | _words(other))) >= 0.6
+            for other in chosen
+        ):
+            continue
+        chosen.append(reply)
+        if len(chosen) == count:
+            break
+    return chosen
 
 
 def _inputs(
@@ -268,6 +304,7 @@ def _inputs(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
     use_style: bool | None,
+    core: bool = False,
 ) -> _Inputs:
     """Everything a suggestion needs from the database and the index (a worker thread)."""
     fan_messages = db.execute(
@@ -285,13 +322,38 @@ def _inputs(
     latest, fan_id = fan_messages[0]
     style = style_for(db, user)
     styled = style.enabled if use_style is None else use_style
-    found = (
-        similar_exchanges(db, user, latest, embedder=embedder, vectors=vectors) if styled else []
-    )
+    nearest: list[Exchange] = []
+    if core:
+        nearest = similar_exchanges(
+            db, user, latest, embedder=embedder, vectors=vectors, count=CORE_CANDIDATES
+        )
+    if core:
+        found = nearest[:EXAMPLES]
+    elif styled:
+        found = similar_exchanges(db, user, latest, embedder=embedder, vectors=vectors)
+    else:
+        found = []
     examples = [{"fan": e.fan, "reply": e.reply} for e in found]
     fans = [int(fan_id), *(e.fan_id for e in found)]
+    people = {int(fan_id), *(e.fan_id for e in nearest)}
+    names = {
+        uid: (display or name).split()[0]
+        for uid, display, name in db.execute(
+            select(User.id, User.display_name, User.name).where(User.id.in_(people))
+        )
+        if display or name
+    }
     db.commit()  # no connection held while the model writes
-    return _Inputs(latest, StyleProfile.model_validate(style.profile), styled, examples, fans)
+    return _Inputs(
+        latest,
+        StyleProfile.model_validate(style.profile),
+        styled,
+        examples,
+        fans,
+        fan_name=names.get(int(fan_id), ""),
+        nearest=tuple(nearest),
+        names=tuple(names.items()),
+    )
 
 
 async def suggest_replies(
@@ -304,11 +366,25 @@ async def suggest_replies(
     embedder: EmbeddingBackend,
     vectors: VectorIndex,
     use_style: bool | None = None,
+    writing: str = "model",
 ) -> Replies:
-    """Three replies for the creator to the thread's latest fan message."""
+    """Three replies for the creator to the thread's latest fan message. ``writing="core"``:
+    chosen among the creator's own past replies to the most similar fan messages
+    (``core_replies``; their style is theirs by construction); ``"model"``: the text model
+    writes them (with the style machinery when it is on)."""
     access.require_creator(user, "Suggested replies")
+    core = writing == "core"
     found = await anyio.to_thread.run_sync(
-        partial(_inputs, db, user, thread, embedder=embedder, vectors=vectors, use_style=use_style)
+        partial(
+            _inputs,
+            db,
+            user,
+            thread,
+            embedder=embedder,
+            vectors=vectors,
+            use_style=use_style,
+            core=core,
+        )
     )
     styled, profile = found.styled, found.profile
     # the fan's message (and the past ones in the examples) are other members' content: read
@@ -319,6 +395,30 @@ async def suggest_replies(
     if not verdict.allowed:
         raise ContentBlocked(
             "No replies are suggested for this message: " + verdict.reason, verdict.hazards
+        )
+    if core:
+        candidates = core_replies(list(found.nearest), dict(found.names), found.fan_name)
+        if not candidates:
+            raise InvalidField(
+                "Not enough to suggest from: you have no past replies to messages like this "
+                "one yet. Reply a few times, and suggestions will follow your own words.",
+                "thread",
+            )
+        kept = list(dict.fromkeys(r for r in await text.check_items(candidates, context) if r))
+        generation_id = await structured.record(
+            sessions,
+            feature=FEATURE,
+            user_id=user.id,
+            inputs={"thread": thread.external_id, "styled": True, "core": True},
+            output={"replies": kept},
+            model="extractive-core",
+            latency_ms=0.0,
+            attempts=0,
+            first_try_valid=True,
+            contributors=sorted({*found.fans, *(e.fan_id for e in found.nearest), user.id}),
+        )
+        return Replies(
+            generation_id=generation_id, thread_id=thread.external_id, styled=True, replies=kept
         )
     examples, _ = await structured.screen_sources(text, found.examples, lambda e: e["fan"], context)
     prompt = prompts.render(

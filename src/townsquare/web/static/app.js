@@ -104,3 +104,45 @@ if (document.readyState === "loading") {
 } else {
   startGroupEvents();
 }
+
+// Slow actions: while a request runs, its progress line counts the seconds; Stop aborts it
+// (htmx drops the answer) and says so; Regenerate sends the form again (or reloads the
+// element that loaded itself, e.g. the search summary).
+const running = new Map();
+
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const elt = event.detail.elt;
+  const selector = elt.getAttribute && elt.getAttribute("hx-indicator");
+  const indicator = selector ? document.querySelector(selector) : null;
+  const counter = indicator ? indicator.querySelector("[data-elapsed]") : null;
+  if (!counter) return;
+  const started = Date.now();
+  counter.textContent = "";
+  clearInterval(running.get(elt));
+  running.set(elt, setInterval(() => {
+    counter.textContent = `${Math.round((Date.now() - started) / 1000)} s`;
+  }, 1000));
+});
+
+document.addEventListener("htmx:afterRequest", (event) => {
+  clearInterval(running.get(event.detail.elt));
+  running.delete(event.detail.elt);
+});
+
+document.addEventListener("click", (event) => {
+  const stop = event.target.closest("[data-stop]");
+  if (stop) {
+    const elt = document.querySelector(stop.dataset.stop);
+    if (!elt) return;
+    htmx.trigger(elt, "htmx:abort");
+    const target = document.querySelector(elt.getAttribute("hx-target") || `#${elt.id}`);
+    if (target) target.replaceChildren(node("p", "muted", "Stopped: nothing was changed."));
+    return;
+  }
+  const again = event.target.closest("[data-regenerate]");
+  if (again) {
+    const elt = document.querySelector(again.dataset.regenerate);
+    if (elt instanceof HTMLFormElement) elt.requestSubmit();
+    else if (elt) htmx.trigger(elt, "regenerate");
+  }
+});
