@@ -5,8 +5,9 @@
 The bigger model is Qwen2.5-Coder-0.5B-Instruct (`make bigger-model`; docs/models.md). For each
 model, one at a time (never two model processes at once):
 
-1. speed: first-token latency and decode tokens/s of one stream (a 60-token prompt, 64 new
-   tokens, median of 5, after one warm-up);
+1. speed: first-token latency and decode tokens/s of one stream (a ~40-token prompt that
+   differs from the first word each run, so no cached prompt is reused; 64 new tokens; median
+   of 5 after one warm-up), re-measured on a quiet machine with ``--only-speed``;
 2. ``tool_mode=model``: the model chooses among the assistant's nine tools itself (constrained
    calls, tool_choice auto) on issue 25's new request set (bench/data/assistant_requests_new.jsonl,
    110 requests; none of them ever tuned anything): tool-choice accuracy and no-tool false
@@ -77,10 +78,20 @@ from townsquare.storage.tables import User  # noqa: E402
 
 OUT = ROOT / "bench/results/models.json"
 DATA = ROOT / "bench/data"
-PROMPT = (
-    "You help members of a neighbourhood app. In two sentences, suggest how a new member can "
-    "meet people in the running group and the bakers' group this week."
-)
+# six prompts of about 40 tokens that differ from their first words, so no run reuses the
+# cached prompt of another (the first token is measured from a cold prompt)
+PROMPTS = [
+    f"{opening} In two sentences, suggest how a new member of a neighbourhood app can meet "
+    "people in the running group and the bakers' group this week."
+    for opening in (
+        "Hello there.",
+        "Good morning!",
+        "Quick question for you.",
+        "I just moved to Lisbon.",
+        "My neighbour asked me this.",
+        "Please help a newcomer.",
+    )
+]
 
 
 class Capture(TextBackend):
@@ -125,12 +136,12 @@ def load(name: str) -> list[dict[str, Any]]:
 
 async def speed(text: TextBackend) -> dict[str, float]:
     firsts, rates = [], []
-    for run in range(6):
+    for run, prompt in enumerate(PROMPTS):
         start = time.perf_counter()
         first = None
         tokens = 0
         async for delta in text.stream(
-            [Message("user", PROMPT)],
+            [Message("user", prompt)],
             GenerationOptions(max_tokens=64, temperature=0.0, stop=()),
         ):
             if delta.text:
@@ -396,8 +407,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundled,qwen-0.5b")
     parser.add_argument("--windows", type=int, default=12)
+    parser.add_argument(
+        "--only-speed",
+        action="store_true",
+        help="re-measure only the speeds, on a quiet machine, into the existing results",
+    )
+    parser.add_argument(
+        "--only-langchain",
+        action="store_true",
+        help="rerun only the LangChain loop, into the existing results",
+    )
     args = parser.parse_args()
     started = time.time()
+    if args.only_langchain:
+        kept = json.loads(OUT.read_text())
+        models_dir = Settings().text.models_dir
+        for name in args.models.split(","):
+            loop = langchain_loop(f"llamacpp:{name}", models_dir)
+            kept["models"].setdefault(name, {})["langchain"] = loop
+        OUT.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: v.get("langchain") for k, v in kept["models"].items()}, indent=1))
+        return
+    if args.only_speed:
+        kept = json.loads(OUT.read_text())
+        models_dir = Settings().text.models_dir
+
+        async def measure(name: str) -> dict[str, float]:
+            model = LlamaCppText(model_path_for(name, models_dir), n_ctx=4096, seed=1234)
+            try:
+                return await speed(model)
+            finally:
+                await model.aclose()
+
+        for name in args.models.split(","):
+            kept["models"].setdefault(name, {})["speed"] = asyncio.run(measure(name))
+        OUT.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: v.get("speed") for k, v in kept["models"].items()}, indent=1))
+        return
     embed = SentenceEmbeddings(bundled_embedding_path())
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "models": {}}
     for name in args.models.split(","):

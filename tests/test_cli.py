@@ -165,9 +165,14 @@ def test_index_rebuild_is_resumable_and_search_finds(env: Path) -> None:
 def test_suggest_comments(env: Path) -> None:
     assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
     runner.invoke(app, ["users", "create", "root", "--role", "admin"])
+    unindexed = runner.invoke(app, ["suggest", "comments", "p-001", "--as", "root"])
+    assert unindexed.exit_code == 1 and "Not enough to suggest from" in unindexed.output
+    assert runner.invoke(app, ["index", "rebuild"]).exit_code == 0
     result = runner.invoke(app, ["suggest", "comments", "p-001", "--count", "2", "--as", "root"])
     assert result.exit_code == 0, result.output
-    assert "- fake text" in result.output and "generation" in result.output
+    # the default writing is the extractive core: the town's own comments on similar posts
+    assert result.output.count("\n- ") == 2 and "fake text" not in result.output
+    assert "generation" in result.output
     missing = runner.invoke(app, ["suggest", "comments", "p-none", "--as", "root"])
     assert missing.exit_code == 1 and "no post 'p-none'" in missing.output
     bad = runner.invoke(
@@ -182,7 +187,8 @@ def test_summarize(env: Path) -> None:
     runner.invoke(app, ["users", "create", "root", "--role", "admin"])
     result = runner.invoke(app, ["summarize", "kids bike", "--as", "root"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "fake text [1]" in result.output and "[1] " in result.output
+    # the default writing is the extractive core: each sentence a source's own words
+    assert "[1]" in result.output and "[1] " in result.output and "fake text" not in result.output
 
 
 def test_group_topics_and_catch_up(env: Path) -> None:
@@ -212,7 +218,9 @@ def test_describe(env: Path) -> None:
     runner.invoke(app, ["users", "create", "root", "--role", "admin"])
     result = runner.invoke(app, ["describe", "l-0001", "--tone", "professional", "--as", "root"])
     assert result.exit_code == 0, result.output
-    assert "Details:" in result.output and "(draft " in result.output
+    # the default writing is the extractive core: a template of the listing's own facts
+    assert "For sale: " in result.output and "(draft " in result.output
+    assert "removed as invented: 0" in result.output
     assert (
         runner.invoke(app, ["describe", "l-0001", "--length", "epic", "--as", "root"]).exit_code
         == 2
@@ -223,7 +231,9 @@ def test_suggest_replies(env: Path) -> None:
     assert runner.invoke(app, ["seed", "demo"]).exit_code == 0
     result = runner.invoke(app, ["suggest", "replies", "dm-sol.rivera-00", "--as", "sol.rivera"])
     assert result.exit_code == 0, result.output
-    assert "style off" in result.output and "- fake text" in result.output
+    # the default writing is the extractive core: the creator's own past replies
+    assert "in your style" in result.output and "fake text" not in result.output
+    assert result.output.count("\n- ") == 3
     assert (
         runner.invoke(app, ["suggest", "replies", "dm-sol.rivera-00", "--as", "mia"]).exit_code == 1
     )
@@ -290,7 +300,11 @@ def test_commands_that_do_not_generate_never_load_the_chat_model(
         result = runner.invoke(app, command)
         assert result.exit_code == 0, result.output
     assert built == []
+    # the extractive core (the default writing) needs no chat model either
     assert runner.invoke(app, ["describe", "l-0000"]).exit_code == 0
+    assert built == []
+    drafted = runner.invoke(app, ["describe", "l-0000"], env={"TOWNSQUARE_WRITING": "model"})
+    assert drafted.exit_code == 0, drafted.output
     assert built == ["fake"]
 
 

@@ -90,7 +90,10 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
             init = runner.invoke(app, ["init"])
             admin_key = next(w for w in init.output.split() if w.startswith("ts_"))
             seeded = runner.invoke(app, ["seed", "demo"])
+            # as `make run` does: the extractive core finds similar posts through the index
+            indexed = runner.invoke(app, ["index", "rebuild"])
         assert seeded.exit_code == 0, seeded.output
+        assert indexed.exit_code == 0, indexed.output
         keys = {
             "KEY": key_after(seeded.output, "mia"),
             "CREATOR_KEY": key_after(seeded.output, "sol.rivera"),

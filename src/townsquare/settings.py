@@ -949,8 +949,9 @@ class Settings(BaseSettings):
     writing: Literal["core", "model"] = Field(
         "core",
         description="Who writes catch-up points, topics, comment suggestions, creators' suggested "
-        "replies and product descriptions. 'core' (default, right for the bundled 135M "
-        "model): real sentences of the key messages with who said them; threads' keyphrases "
+        "replies, product descriptions and search summaries. 'core' (default, right for the "
+        "bundled 135M model): one cited sentence of each best source's own words; real "
+        "sentences of the key messages with who said them; threads' keyphrases "
         "with openers quoting a message; the town's own comments on the most similar posts; "
         "the creator's own past replies to the most similar fan messages; a template of the "
         "listing's stated facts; nothing invented. 'model': the "

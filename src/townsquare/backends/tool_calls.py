@@ -11,7 +11,10 @@ grammar) that allows exactly what ``tool_choice`` allows:
 
 So every call a local model makes names a real tool with arguments that match its schema: a
 small model can still choose badly, but never malformed. The reply is then parsed back into
-``Completion.tool_calls`` (ids ``call_<hex>``).
+``Completion.tool_calls`` (ids ``call_<hex>``). With ``auto``, a reply that only repeats calls
+already made and answered since the member's last message is generated again as an answer
+(``tool_choice="none"``): the results would be the same, and a small model would otherwise
+call the same tool forever (LangChain's two-step loop never ended).
 """
 
 from __future__ import annotations
@@ -216,6 +219,25 @@ def arguments_of(call: ToolCall, tools: Sequence[ToolSpec]) -> dict[str, Any]:
     return arguments
 
 
+def _key(name: str, arguments: str) -> tuple[str, str]:
+    try:
+        canonical = json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+    except ValueError:
+        canonical = arguments
+    return name, canonical
+
+
+def repeats(messages: Sequence[Message], calls: Sequence[ToolCall]) -> bool:
+    """Every call in ``calls`` was already made (same function, same arguments) after the
+    last user message."""
+    made: set[tuple[str, str]] = set()
+    for message in reversed(messages):
+        if message.role == "user":
+            break
+        made |= {_key(c.name, c.arguments) for c in message.tool_calls}
+    return bool(made) and all(_key(c.name, c.arguments) in made for c in calls)
+
+
 def constrained(options: GenerationOptions) -> GenerationOptions:
     """The options of the constrained generation: the call schema, room for the call."""
     return replace(
@@ -238,6 +260,10 @@ async def complete(
         return await backend.complete(messages, options)
     completion = await backend.complete(as_text(messages, options), constrained(options))
     content, calls = parse(completion.text)
+    if calls and options.tool_choice == "auto" and repeats(messages, calls):
+        # the same call again, answered already since the member's last message: its result
+        # would be the same, so the only progress is an answer (a small model otherwise loops)
+        return await complete(backend, messages, replace(options, tool_choice="none"))
     return Completion(
         content,
         "tool_calls" if calls else completion.finish_reason,

@@ -258,6 +258,7 @@ def summarize_cli(
             embedder=services.embed,
             vectors=services.vectors,
             tuning=services.settings.search,
+            writing=services.settings.writing,
         )
         if not result.sources:
             console.print("Nothing found to summarise. Try other words.")

@@ -42,7 +42,11 @@ def _fold(text: str) -> str:
 
 
 def _pieces(word: str, vocabulary: frozenset[str]) -> int:
-    """How many pieces WordPiece's greedy longest match cuts ``word`` into (99: it cannot)."""
+    """How many pieces WordPiece's greedy longest match cuts ``word`` into (99: it cannot);
+    a word with an apostrophe or hyphen counts by its longest part ("you're": "you", "re")."""
+    parts = re.split(r"['\u2019-]", word)
+    if len(parts) > 1:
+        return max(_pieces(part, vocabulary) for part in parts if part) if any(parts) else 0
     word = _fold(word)
     pieces, start = 0, 0
     while start < len(word):

@@ -295,3 +295,31 @@ def test_a_query_of_only_filters_is_the_filtered_list(
     found = search(client, keys["outsider"], q="under 60", understand=1)
     assert found["searched"] == "" and found["understood"] == {"max_price": 60.0}
     assert ids(found) == ["bike-cheap"] and found["nothing_matches"] is False
+
+
+def test_the_core_summary_cites_only_listings_inside_the_filters(
+    client: TestClient, keys: dict[str, str], services: Services, fake_text: FakeText
+) -> None:
+    services.settings.writing = "core"
+    calls = len(fake_text.calls)
+    response = client.post(
+        "/api/search/summary",
+        json={"query": "bike", "filters": {"max_price": 60, "condition": ["fair", "good"]}},
+        headers=auth(keys["outsider"]),
+    )
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    listings = {s["n"]: s for s in summary["sources"] if s["kind"] == "listing"}
+    assert listings and {s["id"] for s in listings.values()} <= {"bike-cheap"}
+    for sentence in summary["sentences"]:
+        [n] = sentence["citations"]
+        source = next(s for s in summary["sources"] if s["n"] == n)
+        assert source["title"] in sentence["text"] or source["snippet"][:20] in sentence["text"]
+    assert "Old city bike: 40 EUR, fair, Alfama." in summary["answer"]
+    assert len(fake_text.calls) == calls  # no model call
+    bad = client.post(
+        "/api/search/summary",
+        json={"query": "bike", "filters": {"condition": ["shiny"]}},
+        headers=auth(keys["outsider"]),
+    )
+    assert bad.status_code == 422

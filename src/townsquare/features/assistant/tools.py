@@ -286,6 +286,7 @@ class SearchSummary(Tool):
                 embedder=env.embedder,
                 vectors=env.vectors,
                 tuning=env.settings.search,
+                writing=env.settings.writing,
             )
         cards: list[dict[str, Any]] = (
             [{"type": "summary", "sentences": [s.model_dump() for s in summary.sentences]}]

@@ -170,4 +170,5 @@ async def search_summary(
         vectors=services.vectors,
         tuning=services.settings.search,
         filters=body.filters,
+        writing=services.settings.writing,
     )

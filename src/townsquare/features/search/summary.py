@@ -100,6 +100,28 @@ def cited(raw: Any, count: int) -> tuple[list[Sentence], int]:
     return kept, removed
 
 
+CORE_SENTENCES = 4
+CONDITION_WORDS = {"like_new": "like new", "for_parts": "for parts"}
+
+
+def core_sentence(source: Source) -> str:
+    """One sentence of the source's own words: a listing's title, price, condition and place;
+    a post's first sentence, quoted; a reel's caption."""
+    if source.kind == "listing":
+        price, _, rest = source.snippet.partition(", ")
+        condition, _, place = rest.partition(", ")
+        place = place.split(". ", 1)[0].rstrip(".")
+        bits = [price.removesuffix(".00").replace(".00 ", " ")]
+        bits += [b for b in (CONDITION_WORDS.get(condition, condition), place) if b]
+        return f"{source.title}: {', '.join(bits)}."
+    if source.kind == "post":
+        first = re.split(r"(?<=[.!?])\s+", " ".join(source.snippet.split()), maxsplit=1)[0]
+        if len(first) > 200:
+            first = first[:200].rsplit(" ", 1)[0] + "…"
+        return f"A member wrote: “{first}”"
+    return f"A reel: “{source.title}”."
+
+
 async def summarize(
     db: Session,
     sessions: sessionmaker[Session],
@@ -112,9 +134,12 @@ async def summarize(
     tuning: SearchSettings,
     limit: int = 6,
     filters: ListingFilters | None = None,
+    writing: str = "model",
 ) -> Summary:
     """Answer ``query`` from the sources the member may see (listings only inside
-    ``filters``), every sentence cited."""
+    ``filters``), every sentence cited. ``writing="core"``: one sentence of each of the best
+    sources' own words (``core_sentence``), citing it; ``"model"``: the text model writes the
+    sentences under a schema that lets them cite only the sources given."""
     found = await anyio.to_thread.run_sync(
         partial(
             retrieve_sources,
@@ -142,6 +167,33 @@ async def summarize(
             answer="",
             sentences=[],
             sources=[],
+            withheld=[s.id for s in withheld],
+        )
+    if writing == "core":
+        chosen = usable[:CORE_SENTENCES]
+        made = [Sentence(text=core_sentence(source), citations=[source.n]) for source in chosen]
+        allowed = set(await text.check_items([m.text for m in made], context))
+        kept = [m for m in made if m.text in allowed]
+        answer = " ".join(f"{m.text} [{m.citations[0]}]" for m in kept)
+        generation_id = await structured.record(
+            sessions,
+            feature=FEATURE,
+            user_id=user.id,
+            inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in usable]},
+            output={"answer": answer},
+            model="extractive-core",
+            latency_ms=0.0,
+            attempts=0,
+            first_try_valid=True,
+            contributors=sorted({user.id, *(s.owner_id for s in chosen if s.owner_id is not None)}),
+        )
+        return Summary(
+            generation_id=generation_id,
+            query=query,
+            answer=answer,
+            sentences=kept,
+            sources=usable,
+            removed_sentences=len(made) - len(kept),
             withheld=[s.id for s in withheld],
         )
     count = len(usable)

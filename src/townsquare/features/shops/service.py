@@ -220,7 +220,7 @@ def template_draft(listing: Listing, request: DescriptionRequest) -> dict[str, A
     highlights = [f"{k.capitalize()}: {v}" for k, v in attributes][:4]
     highlights.append(CONDITION_WORDS[listing.condition].capitalize())
     tags = [listing.category.lower()] + [
-        v.lower() for _, v in attributes if re.fullmatch(r"[\w-]{2,20}", v)
+        v.lower() for _, v in attributes if re.fullmatch(r"[^\W\d_][\w-]{1,19}", v)
     ]
     return {
         "title": listing.title,
