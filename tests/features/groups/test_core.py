@@ -120,3 +120,20 @@ def test_the_api_answers_from_the_core_by_default(client: TestClient, services: 
     assert topics.status_code == 200 and topics.json()["generation_id"]
     for topic in topics.json()["topics"]:
         assert topic["topic"] in topic["opener"]
+
+
+def test_an_empty_group_gets_not_enough_to_suggest_from(
+    client: TestClient, services: Services
+) -> None:
+    keys = build_town(services)
+    member = auth(keys["member"])
+    for writing in ("core", "model"):  # never invented topics, whoever writes
+        services.settings.writing = writing  # type: ignore[assignment]
+        response = client.post("/api/groups/g1/topic-suggestions", json={}, headers=member)
+        if response.status_code == 200:  # the town's group has messages: empty it first
+            admin = auth(keys["admin"])
+            for message in client.get("/api/groups/g1/messages", headers=member).json()["data"]:
+                client.delete(f"/api/messages/{message['id']}", headers=admin)
+            response = client.post("/api/groups/g1/topic-suggestions", json={}, headers=member)
+        assert response.status_code == 422, response.text
+        assert "Not enough to suggest from" in response.json()["error"]["message"]

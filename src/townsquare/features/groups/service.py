@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
+from townsquare.errors import InvalidField
 from townsquare.features import prompts, structured
 from townsquare.features.groups import extract
 from townsquare.features.junk import junk_reasons
@@ -121,8 +122,14 @@ async def suggest_topics(
     the text model writes them, topics already being discussed are dropped, junk is dropped,
     and when nothing is left the core answers."""
     context = Context("group_topics", user.id, user.role, group.id, subject=(), third_party=True)
+    read = await _recent_off_loop(db, group, None)
+    if not read:  # nothing to draw topics from: said, never invented
+        raise InvalidField(
+            f"Not enough to suggest from: {group.name} has no messages yet. Post a few first.",
+            "group",
+        )
     recent, withheld = await structured.screen_sources(
-        text, await _recent_off_loop(db, group, None), lambda m: str(m["text"]), context
+        text, read, lambda m: str(m["text"]), context
     )
 
     async def core() -> Topics:
