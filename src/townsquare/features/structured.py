@@ -198,6 +198,35 @@ async def record(sessions: sessionmaker[Session], **fields: Any) -> int:
     return await anyio.to_thread.run_sync(partial(_record, sessions, **fields))
 
 
+CORE = "extractive-core"  # the ``model`` of what a feature's extractive core wrote
+
+
+async def record_core(
+    sessions: sessionmaker[Session],
+    context: Context,
+    *,
+    inputs: dict[str, Any],
+    output: dict[str, Any],
+    contributors: Sequence[int] = (),
+) -> int:
+    """Record what an extractive core (``writing = "core"``) returned, as a generation members
+    can rate like any other: no prompt and no model answer (nothing to train on)."""
+    return await record(
+        sessions,
+        feature=context.feature,
+        user_id=context.user_id,
+        inputs=inputs,
+        output=output,
+        model=CORE,
+        latency_ms=0.0,
+        attempts=0,
+        first_try_valid=True,
+        contributors=sorted(
+            {*contributors, *([context.user_id] if context.user_id is not None else [])}
+        ),
+    )
+
+
 def _record(
     sessions: sessionmaker[Session],
     *,

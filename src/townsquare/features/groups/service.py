@@ -30,7 +30,6 @@ from townsquare.storage.social_tables import Group, GroupMessage
 from townsquare.storage.tables import User
 
 RECENT = 40  # messages the model reads
-CORE = "extractive-core"  # the "model" of what the extractive core wrote
 ALREADY_DISCUSSED = 0.6  # cosine similarity to a recent message that makes a topic "current"
 
 
@@ -142,16 +141,11 @@ async def suggest_topics(
                 await text.check_items([f"{t.topic}: {t.opener}" for t in found], context)
             )
             found = [t for t in found if f"{t.topic}: {t.opener}" in allowed]
-        generation_id = await structured.record(  # so members can rate them
+        generation_id = await structured.record_core(
             sessions,
-            feature=context.feature,
-            user_id=user.id,
+            context,
             inputs={"group": group.external_id, "messages": [m["id"] for m in recent]},
             output={"topics": [t.model_dump() for t in found]},
-            model=CORE,
-            latency_ms=0.0,
-            attempts=0,
-            first_try_valid=True,
             contributors=sorted({user.id, *(int(m["author_id"]) for m in recent)}),
         )
         return Topics(
@@ -295,16 +289,11 @@ async def catch_up(
         made = [Point(**p) for p in extract.catch_up_points(messages, vectors, count=5)]
         allowed = set(await text.check_items([p.text for p in made], context))
         points = [p for p in made if p.text in allowed]
-        generation_id = await structured.record(  # so members can rate them
+        generation_id = await structured.record_core(
             sessions,
-            feature=context.feature,
-            user_id=user.id,
+            context,
             inputs={"group": group.external_id, "since": since.isoformat()},
             output={"points": [p.model_dump() for p in points]},
-            model=CORE,
-            latency_ms=0.0,
-            attempts=0,
-            first_try_valid=True,
             contributors=sorted({user.id, *(int(m["author_id"]) for m in messages)}),
         )
         return CatchUp(

@@ -175,16 +175,11 @@ async def summarize(
         allowed = set(await text.check_items([m.text for m in made], context))
         kept = [m for m in made if m.text in allowed]
         answer = " ".join(f"{m.text} [{m.citations[0]}]" for m in kept)
-        generation_id = await structured.record(
+        generation_id = await structured.record_core(
             sessions,
-            feature=FEATURE,
-            user_id=user.id,
+            context,
             inputs={"query": query, "sources": [f"{s.kind}:{s.id}" for s in usable]},
             output={"answer": answer},
-            model="extractive-core",
-            latency_ms=0.0,
-            attempts=0,
-            first_try_valid=True,
             contributors=sorted({user.id, *(s.owner_id for s in chosen if s.owner_id is not None)}),
         )
         return Summary(

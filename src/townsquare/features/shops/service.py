@@ -276,17 +276,11 @@ async def describe(
         )
     if writing == "core":
         draft = template_draft(listing, request)
-        generation_id = await structured.record(
+        generation_id = await structured.record_core(
             sessions,
-            feature=FEATURE,
-            user_id=user.id,
+            Context(FEATURE, user.id, user.role, subject=(listing.title,)),
             inputs={"listing": listing.external_id, **request.model_dump()},
             output={**draft, "removed": [], "added_attributes": []},
-            model="extractive-core",
-            latency_ms=0.0,
-            attempts=0,
-            first_try_valid=True,
-            contributors=[user.id],
         )
         return Draft(
             generation_id=generation_id,

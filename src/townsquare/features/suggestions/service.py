@@ -231,16 +231,11 @@ async def _core(
             "Not enough to suggest from: no similar post here has comments yet.", "post"
         )
     safe = (await text.check_items(candidates, context))[: request.count]
-    generation_id = await structured.record(
+    generation_id = await structured.record_core(
         sessions,
-        feature=FEATURE,
-        user_id=user.id,
+        context,
         inputs={"post": post.external_id, "count": request.count, "tone": request.tone},
         output={"suggestions": safe, "dropped": 0},
-        model="extractive-core",
-        latency_ms=0.0,
-        attempts=0,
-        first_try_valid=True,
         contributors=sorted({user.id, post.author_id, *(a for _, a in found)}),
     )
     return CommentSuggestions(

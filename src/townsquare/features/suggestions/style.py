@@ -405,16 +405,11 @@ async def suggest_replies(
                 "thread",
             )
         kept = list(dict.fromkeys(r for r in await text.check_items(candidates, context) if r))
-        generation_id = await structured.record(
+        generation_id = await structured.record_core(
             sessions,
-            feature=FEATURE,
-            user_id=user.id,
+            context,
             inputs={"thread": thread.external_id, "styled": True, "core": True},
             output={"replies": kept},
-            model="extractive-core",
-            latency_ms=0.0,
-            attempts=0,
-            first_try_valid=True,
             contributors=sorted({*found.fans, *(e.fan_id for e in found.nearest), user.id}),
         )
         return Replies(
