@@ -48,7 +48,9 @@ def test_sse_streams_the_real_reply_and_stores_it(
     assert len(content_chunks) >= 2  # streamed piece by piece, not in one block
     text = streamed_text(payloads)
     stored = payloads[-2]["townsquare"]["reply"]
-    assert stored["content"] == text and stored["completion_tokens"] == len(content_chunks)
+    # a sentence's first words go out together (held until they announce no cards), then
+    # one chunk per token
+    assert stored["content"] == text and stored["completion_tokens"] >= len(content_chunks)
     messages = real_client.get(f"/api/conversations/{cid}", headers=auth(key)).json()["messages"]
     assert [m["content"] for m in messages] == ["Name a colour.", text]
 

@@ -120,69 +120,87 @@ def announces_cards(sentence: str) -> bool:
     return bool(COUNT.search(sentence) or ANNOUNCE.search(sentence))
 
 
-def _keep(parts: list[str]) -> tuple[str, bool]:
-    """(text, held): ``parts`` alternate sentence and separator; a sentence announcing cards
-    is left out with its separator (a line break stays, so Markdown keeps its shape)."""
-    out, held = [], False
-    for i in range(0, len(parts), 2):
-        sentence = parts[i]
-        separator = parts[i + 1] if i + 1 < len(parts) else ""
-        if announces_cards(sentence):
-            held = True
-            if "\n" in separator:
-                out.append("\n")
-            continue
-        out.append(sentence + separator)
-    return "".join(out), held
+HOLD_WORDS = 6  # how far into a sentence an announcement is looked for before it streams
 
 
 def without_unshown_cards(text: str) -> str:
     """``text`` without the sentences that announce cards, for an answer that shows none (a
     model answering on its own: 'Here are 2 reels...' and no reel); ``NO_CARDS`` when nothing
-    is left."""
-    kept, _ = _keep(SENTENCE_END.split(text))
-    kept = kept.strip()
-    return kept if kept else (NO_CARDS if text.strip() else text)
+    is left. The same as ``CardClaimFilter`` over a stream, by construction."""
+    claims = CardClaimFilter()
+    return (claims.feed(text) + claims.close()).strip()
 
 
 class CardClaimFilter:
-    """``without_unshown_cards`` over a stream: text is released a sentence at a time, and a
-    sentence that announces cards is held back. ``feed`` returns what may be sent now;
-    ``close`` the rest (``NO_CARDS`` when every sentence was held back)."""
+    """Holds back, in a stream, a sentence that announces cards. Each sentence is held until
+    its first ``HOLD_WORDS`` words are in (announcements open a sentence: "Here are 2
+    reels", "I found 3 listings", "These videos"); one that announces nothing by then, or
+    ends sooner without announcing, streams on word by word; one that does is dropped whole.
+    ``feed`` returns what may be sent now, ``close`` the rest (``NO_CARDS`` when every
+    sentence was dropped). A line break of a dropped sentence stays: Markdown keeps its
+    shape."""
 
     def __init__(self) -> None:
-        self.buffer = ""
-        self.pending = ""
+        self.buffer = ""  # the current sentence's text not yet sent
+        self.open = False  # the current sentence was judged innocent and streams on
         self.sent = False
         self.held = False
+        self.pending = ""  # whitespace after the last text sent, sent with the next text
 
     def feed(self, piece: str) -> str:
-        """What of the text so far may be sent: its whole sentences that announce nothing."""
+        """What of the text so far may be sent."""
         self.buffer += piece
-        parts = SENTENCE_END.split(self.buffer)
-        if len(parts) < 3 or not parts[-1]:  # a separator is whole once text follows it
-            return ""
-        self.buffer = parts[-1]
-        return self._release(parts[:-1])
+        out = []
+        while True:
+            end = SENTENCE_END.search(self.buffer)
+            if end is None or end.end() == len(self.buffer):  # no whole separator yet
+                break
+            sentence, separator = self.buffer[: end.start()], end.group(0)
+            self.buffer = self.buffer[end.end() :]
+            out.append(self._sentence(sentence, separator))
+        if self.buffer:
+            if self.open:
+                out.append(self._emit(self.buffer))
+                self.buffer = ""
+            elif len(self.buffer.split()) > HOLD_WORDS and not announces_cards(self.buffer):
+                self.open = True
+                out.append(self._emit(self.buffer))
+                self.buffer = ""
+        return "".join(out)
 
     def close(self) -> str:
-        """The last sentence if it may be sent, or ``NO_CARDS`` if nothing could be."""
-        rest = self._release([self.buffer]) if self.buffer else ""
+        """The rest, or ``NO_CARDS`` if nothing could be sent."""
+        rest = self._sentence(self.buffer, "") if self.buffer.strip() else ""
         self.buffer = ""
         if not self.sent and self.held:
             self.sent = True
             return NO_CARDS
         return rest
 
-    def _release(self, parts: list[str]) -> str:
-        text, held = _keep(parts)
-        self.held = self.held or held
-        if not text.strip():
+    def _sentence(self, sentence: str, separator: str) -> str:
+        """A whole sentence: sent (what was not sent yet of it), or dropped."""
+        was_open, self.open = self.open, False
+        if not was_open and announces_cards(sentence):
+            self.held = True
+            if "\n" in separator and self.sent:
+                self.pending += "\n"
             return ""
-        # the space or line break after a sentence goes out with the next one: a reply never
-        # ends in one
-        text = (self.pending + text) if self.sent else text.lstrip()
-        released = text.rstrip()
-        self.pending = text[len(released) :]
+        return self._emit(sentence) + self._space(separator)
+
+    def _space(self, separator: str) -> str:
+        self.pending += separator
+        return ""
+
+    def _emit(self, text: str) -> str:
+        if not text:
+            return ""
+        if not self.sent:
+            text = text.lstrip()
+            if not text:
+                return ""
+        out = self.pending + text if self.sent else text
+        self.pending = ""
+        trimmed = out.rstrip()
+        self.pending = out[len(trimmed) :]
         self.sent = True
-        return released
+        return trimmed

@@ -608,7 +608,7 @@ def _sellers_listing(
     )
     if not mine:
         raise NotFound("You have no listing yet. List an item first.")
-    titles = "; ".join(f"“{m.title}” ({m.external_id})" for m in mine[:8])
+    titles = "; ".join(f"{m.title} ({m.external_id})" for m in mine[:8])
     wanted = _words_of(about or "")
     if wanted & _LATEST:  # 'my latest listing'
         wanted -= _LATEST
@@ -634,7 +634,7 @@ def _sellers_listing(
                 f"None of your listings is “{about}”. Yours: {titles}. Name one of them."
             )
         mine = matches
-        titles = "; ".join(f"“{m.title}” ({m.external_id})" for m in mine[:8])
+        titles = "; ".join(f"{m.title} ({m.external_id})" for m in mine[:8])
     if len(mine) == 1:
         return mine[0]
     raise InvalidField(f"Which listing? Yours: {titles}. Say its name or id.", "listing")
