@@ -35,6 +35,7 @@ from townsquare.features.suggestions import routes as suggestion_api
 from townsquare.features.suggestions.schemas import CommentRequest
 from townsquare.features.suggestions.style import StyleUpdate, style_for, style_out, update_style
 from townsquare.social import access, reads
+from townsquare.social.schemas import CONDITIONS
 from townsquare.storage.social_tables import (
     Comment,
     DMMessage,
@@ -50,7 +51,6 @@ from townsquare.web.common import LoginRequired, ViewerDep, render, viewer
 
 router = APIRouter(include_in_schema=False)
 HOME_GROUPS = 50  # the home page lists at most this many of the member's groups
-CONDITIONS = ("new", "like_new", "good", "fair", "for_parts")
 
 
 def rule(name: str) -> dict[str, Any]:
@@ -578,7 +578,6 @@ async def market_summary(
     condition: Annotated[list[str] | None, Query(max_length=5)] = None,
     near: Annotated[str, Query(max_length=200)] = "",
     radius_km: Annotated[str, Query(max_length=20)] = "",
-    read: Annotated[str, Query(max_length=1)] = "0",
 ) -> HTMLResponse:
     """A summary of the results with numbered citations linking to them (a fragment): the
     same filters as the results (only listings inside them are cited)."""

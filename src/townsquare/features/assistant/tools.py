@@ -42,6 +42,7 @@ from townsquare.features.suggestions.style import suggest_replies
 from townsquare.safety.pipeline import GuardedText
 from townsquare.settings import Settings
 from townsquare.social import access
+from townsquare.social.schemas import CONDITIONS
 from townsquare.storage.social_tables import (
     DMMessage,
     DMParticipant,
@@ -55,8 +56,6 @@ from townsquare.storage.tables import User
 from townsquare.storage.vectors import VectorIndex
 
 log = logging.getLogger("townsquare.assistant")
-
-CONDITIONS = ["new", "like_new", "good", "fair", "for_parts"]
 
 
 @dataclass
@@ -200,8 +199,8 @@ class SearchListings(Tool):
             "category": {"type": "string"},
             "condition": {
                 "anyOf": [
-                    {"enum": CONDITIONS},
-                    {"type": "array", "items": {"enum": CONDITIONS}, "minItems": 1},
+                    {"enum": list(CONDITIONS)},
+                    {"type": "array", "items": {"enum": list(CONDITIONS)}, "minItems": 1},
                 ],
                 "description": "The condition accepted, or the list of those accepted.",
             },

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from townsquare.backends.base import EmbeddingBackend
+from townsquare.social.schemas import CONDITIONS  # best first
 from townsquare.storage.filters import Eq
 from townsquare.storage.vectors import VectorIndex
 
-CONDITIONS = ("new", "like_new", "good", "fair", "for_parts")  # best first
 RANK = {c: i for i, c in enumerate(CONDITIONS)}
 
 
@@ -111,13 +111,13 @@ def read_conditions(text: str) -> list[str] | None:
         phrase = match.group(0)
         before, after = folded[: match.start()], folded[match.end() :]
         negated = _NEGATION.search(before) is not None
-        loose = phrase in _LOOSE and not named - _LOOSE
-        if loose and not (negated or _OR_BETTER.match(after) or _AT_LEAST.search(before)):
+        widened = bool(_OR_BETTER.match(after) or _AT_LEAST.search(before))
+        if phrase in _LOOSE and not named - _LOOSE and not (negated or widened):
             continue
         if negated:
             refused.add(condition)
             continue
-        if _OR_BETTER.match(after) or _AT_LEAST.search(before):
+        if widened:
             wanted.update(c for c in CONDITIONS if RANK[c] <= RANK[condition])
         else:
             wanted.add(condition)

@@ -6,10 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from townsquare.social.schemas import MAX_PRICE
+from townsquare.social.schemas import CONDITIONS, MAX_PRICE
 
 Condition = Literal["new", "like_new", "good", "fair", "for_parts"]
-CONDITION_ORDER = ("new", "like_new", "good", "fair", "for_parts")  # best first
 
 
 class ListingFilters(BaseModel):
@@ -32,7 +31,7 @@ class ListingFilters(BaseModel):
         if isinstance(value, str):
             return [value]
         if isinstance(value, list | tuple | set):
-            order = {c: i for i, c in enumerate(CONDITION_ORDER)}  # unknown ones: Literal's 422
+            order = {c: i for i, c in enumerate(CONDITIONS)}  # unknown ones: Literal's 422
             return sorted(set(value), key=lambda c: order.get(c, 99)) if value else None
         return value
 

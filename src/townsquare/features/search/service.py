@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from townsquare.backends.base import EmbeddingBackend, GenerationOptions, Message
 from townsquare.errors import BackendError, InvalidField
 from townsquare.features.search.indexer import COLLECTIONS
-from townsquare.features.search.query import CONDITIONS, fold, infer_category, read_filters
+from townsquare.features.search.query import fold, infer_category, read_filters
 from townsquare.features.search.schemas import (
     Alternative,
     ListingFilters,
@@ -36,7 +36,7 @@ from townsquare.features.search.schemas import (
 from townsquare.safety.pipeline import Context, GuardedText
 from townsquare.settings import SearchSettings
 from townsquare.social import access
-from townsquare.social.schemas import MAX_PRICE
+from townsquare.social.schemas import CONDITIONS, MAX_PRICE
 from townsquare.storage.filters import Eq, Filter, In, Near, Range, all_of, haversine_km
 from townsquare.storage.fulltext import for_dialect as fulltext_for
 from townsquare.storage.social_tables import Listing, Post, Reel

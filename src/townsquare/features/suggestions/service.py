@@ -81,6 +81,7 @@ TONE_CUES = {
     "funny": re.compile(r"\b(haha|lol|ha)\b|😂|🤣|😄|😆", re.I),
 }
 NEIGHBOURS = 8  # similar posts whose comments the core chooses among
+RESPONSE_SET = 200  # most comments read from them (the newest)
 
 
 def _response_set(
@@ -102,9 +103,10 @@ def _response_set(
     )
     order = {post_id: rank for rank, (post_id, _) in enumerate(hits)}
     rows = db.execute(
-        select(Comment.text, Comment.author_id, Comment.post_id).where(
-            Comment.post_id.in_(list(order)), Comment.author_id != user.id
-        )
+        select(Comment.text, Comment.author_id, Comment.post_id)
+        .where(Comment.post_id.in_(list(order)), Comment.author_id != user.id)
+        .order_by(Comment.id.desc())
+        .limit(RESPONSE_SET)  # a post with thousands of comments costs the same
     ).all()
     db.commit()
     return [(t, a) for t, a, p in sorted(rows, key=lambda r: order[r[2]])]
