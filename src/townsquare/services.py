@@ -263,6 +263,7 @@ class Services:
                 threshold=settings.assistant.router_threshold,
                 rule_bonus=settings.assistant.router_rule_bonus,
                 categorize=partial(search_service.category_of, embedder, index, settings.search),
+                cue_similarity=settings.search.category_similarity,
             ),
         )
         built.retention = RetentionSweeper(sessions, settings.privacy)

@@ -50,13 +50,19 @@ CUES: dict[str, re.Pattern[str]] = {
     ),
     "search_summary": re.compile(
         r"\b(summari[sz]e|sum up|overview|say(s|ing)? about|said about|word around|take on|"
-        r"buzz|think about|recommend for|tips on|talk about|what (do|does|are|has|did) (the )?"
+        r"buzz|think (about|of)|recommend(s|ed|ations?)?|tips (on|from)|advice (on|from|about)|"
+        r"opinions? (on|of|about)|talk about|posts? (about|on)|(posted|written) about|"
+        r"has any(one|body)|any(one|body) (know|posted|written|tried)|"
+        r"(everyone|people|neighbours|locals|folks) (think|say|like|recommend)|"
+        r"where do (people|neighbours|locals|folks)|what (do|does|are|has|did) (the )?"
         r"(town|people|locals|neighbours|folks|community))\b"
     ),
     "recommend_reels": re.compile(r"\b(watch|watching|videos?|reels?|clips?|film|tutorial)\b"),
     "catch_up": re.compile(
         r"\b(miss(ed)?|catch (me )?up|recap|news|highlights|tl;?dr|up to speed|what happened|"
-        r"latest in|been (talking|said)|up to lately|decide|summari[sz]e)\b"
+        r"latest in|been (talking|said)|up to lately|decide|summari[sz]e|fill me in|"
+        r"since (yesterday|last \w+|this morning|(mon|tues|wednes|thurs|fri|satur|sun)day)|"
+        r"while i was (away|out|gone|offline))\b"
     ),
     "suggest_topics": re.compile(
         r"\b(topics?|conversation starters?|opener|icebreakers?|discussion|discuss|get people "
@@ -176,14 +182,18 @@ class Router:
         rule_bonus: float,
         examples: Sequence[tuple[str, str]] | None = None,
         vectors: npt.NDArray[np.float32] | None = None,
-        categorize: Callable[[str], str | None] | None = None,
+        categorize: Callable[..., str | None] | None = None,
+        cue_similarity: float = 0.5,
     ) -> None:
         """``examples`` default to the bundled ones; ``vectors`` are their embeddings when the
         caller has them (the benchmark's leave-one-out), else they are embedded on first use.
         ``categorize`` names the listing category of a search's core words (search's
-        ``infer_category`` over the town's listings; none without it)."""
+        ``category_of`` over the town's listings, called with ``min_similarity``; none
+        without it); words whose nearest listing is ``cue_similarity`` similar and whose
+        neighbours agree are a marketplace cue."""
         self.embedder = embedder
         self.categorize = categorize
+        self.cue_similarity = cue_similarity
         self.threshold = threshold
         self.rule_bonus = rule_bonus
         self._examples = list(examples) if examples is not None else None
@@ -231,14 +241,18 @@ class Router:
         ``groups`` are the names of the member's groups; ``here`` the group the request was
         made in (the default group of catch-up and topics)."""
         scores = self.scores(text)
-        category = None
-        if self.categorize is not None and "search_listings" in scores:
+        folded = _fold(text)
+        if "search_listings" in scores and not CUES["search_listings"].search(folded):
             core = core_words(text, places)
-            category = self.categorize(core) if core else None
             # words that most of the town's nearest listings share a category with are a
             # thing to buy: the marketplace cue, as if a cue word were there (never twice)
-            if category is not None and not CUES["search_listings"].search(_fold(text)):
-                scores["search_listings"] += self.rule_bonus
+            if self.categorize is not None and core:
+                cue = self.categorize(core, min_similarity=self.cue_similarity, use_named=False)
+                if cue is not None:
+                    scores["search_listings"] += self.rule_bonus
+            # a place the listings name points at the marketplace, half as much
+            if read_filters(text, places).get("near"):
+                scores["search_listings"] += self.rule_bonus / 2
         named = match_group(text, groups)
         if named is not None:
             for tool in GROUP_TOOLS:  # a named group points at the group tools, half as much
@@ -250,7 +264,7 @@ class Router:
         best = max(candidates, key=lambda k: candidates[k])
         if best == NONE or candidates[best] < self.threshold:
             return Route(None, {}, scores)
-        arguments = self.arguments(best, text, places, named or here, category=category)
+        arguments = self.arguments(best, text, places, named or here)
         return Route(best, arguments, scores)
 
     def arguments(
@@ -259,17 +273,14 @@ class Router:
         text: str,
         places: Sequence[str],
         group: str | None,
-        *,
-        category: str | None = None,
     ) -> dict[str, Any]:
         """The arguments of ``tool`` read from ``text`` by rules (search's own parser for the
-        marketplace; ``category``: the one already inferred, if any)."""
+        marketplace, with its category floor: the request is known to be a search now)."""
         ids = ID.findall(text)
         if tool == "search_listings":
             filters = read_filters(text, places)
             core = core_words(text, places)
-            if category is None and self.categorize is not None and core:
-                category = self.categorize(core)
+            category = self.categorize(core) if self.categorize is not None and core else None
             if category:
                 filters["category"] = category
             return {"query": core or text.strip(), **filters}

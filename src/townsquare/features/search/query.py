@@ -10,9 +10,11 @@ What the rules read:
   'good or better' -> {good, like_new, new}; a negation ('not for parts', "isn't broken",
   'anything but fair') removes a condition from the set (from every condition when nothing else
   is asked for);
-- **a category**: the request's own words equal a category ('books'), else the categories of
-  the listings nearest in meaning to its core words, when most of them agree ('sci-fi novels'
-  -> books). Never a guess: no category when the neighbours disagree.
+- **a category**: the request's words are a category ('books'), else the categories of the
+  listings nearest in meaning to its core words, when most of those close to the nearest
+  agree ('sci-fi novels' -> books; 'balance bike' -> kids where the town lists them there),
+  else the one category the words name ('kitchen stuff'). Never a guess: no category when
+  the neighbours disagree and the words name none or several.
 
 What is left after the asking, the prices, places and conditions is the request's core words,
 the text that is searched.
@@ -92,6 +94,11 @@ _NEGATION = re.compile(
     r"\b(not|no|never|nothing|without|except|excluding|avoid|anything but|other than|"
     r"\w+n'?t)\b(\s+[\w']+){0,3}\s*$"
 )
+# words that say it must work: every condition but for parts ("not working" is for parts)
+_WORKS = re.compile(
+    r"(?<!not )(?<!n't )\b(that works|which works|works( fine| well)?|working|in working order|"
+    r"fully functional)\b"
+)
 _OR_BETTER = re.compile(r"^\s*(or|and)\s+(better|above|up|newer)\b")
 _AT_LEAST = re.compile(r"\b(at least|minimum|min\.?)\s*$")
 # a bare 'good' or 'fair' is a condition only beside another kind of condition, negated, or
@@ -106,6 +113,8 @@ def read_conditions(text: str) -> list[str] | None:
     refused: set[str] = set()
     found = list(_CONDITION.finditer(folded))
     named = {m.lastgroup for m in found}
+    if _WORKS.search(folded) and "for_parts" not in named:
+        refused.add("for_parts")
     for match in found:
         condition = str(match.lastgroup)
         phrase = match.group(0)
@@ -162,7 +171,7 @@ _FILLER = re.compile(
     r"i|like|tonight|from|here|has|have|said|chatter|knows|care|up|max|cheap|decent|over|"
     r"under|below|less than|up to|between|euros?|eur|near|others?|budget|or|better|less|more|"
     r"one|ones|that'?s|that|which|isn'?t|not|no|but|anything|only|condition|shape|state|"
-    r"at least|at most|is fine|fine|ok|okay)\b"
+    r"at least|at most|than|cheaper|is fine|fine|ok|okay)\b"
 )
 _PRICE = re.compile(r"[€$]?\s*\d+(?:[.,]\d+)?\s*(?:€|euros?|eur|\$)?", re.IGNORECASE)
 
@@ -196,21 +205,44 @@ def infer_category(
     neighbours: int,
     share: float,
     min_similarity: float,
+    margin: float,
+    use_named: bool = True,
 ) -> str | None:
-    """The category ``core`` asks for: one the words name as a whole ('books'), else the
-    category of most of the ``neighbours`` active listings nearest in meaning (at least
-    ``share`` of those above ``min_similarity``); None when they disagree or nothing is near."""
+    """The category ``core`` asks for: a category's name ('books'); else the category of most
+    (at least ``share``) of the active listings nearest in meaning: among the ``neighbours``
+    nearest, those within ``margin`` of the nearest one, which must be at least
+    ``min_similarity`` similar ('balance bike' -> kids, where the town lists them); else, with
+    ``use_named``, the one category the words name ('kitchen stuff'). None when nothing
+    agrees."""
     words = core.split()
     if not words:
         return None
-    singular = " ".join(_singular(w) for w in words)
-    for category in known:
-        if singular == _singular(fold(category)):
-            return category
+    singular = [_singular(w.strip("'")) for w in words]
+    named = [c for c in known if _singular(fold(c)) in singular]
+    if " ".join(singular) in {_singular(fold(c)) for c in named}:
+        return named[0]  # the words are a category's name
+    voted = _vote(core, embedder, vectors, neighbours, share, min_similarity, margin, known)
+    if voted is None and len(named) == 1 and use_named:
+        return named[0]  # 'kitchen stuff': no cluster agrees, one category is named
+    return voted
+
+
+def _vote(
+    core: str,
+    embedder: EmbeddingBackend,
+    vectors: VectorIndex,
+    neighbours: int,
+    share: float,
+    min_similarity: float,
+    margin: float,
+    known: Sequence[str],
+) -> str | None:
     vector = embedder.embed_sync([core])[0]
     hits = vectors.search("listings", vector, neighbours, Eq("status", "active"))
-    near = [item for item, similarity in hits if similarity >= min_similarity]
-    if len(near) < max(2, neighbours // 3):
+    if not hits or hits[0][1] < min_similarity:
+        return None
+    near = [item for item, similarity in hits if similarity >= hits[0][1] - margin]
+    if len(near) < 2:  # one listing alone is no agreement
         return None
     found: list[str] = []
     for category in known:  # one small lookup per category, over the neighbours only

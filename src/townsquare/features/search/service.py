@@ -157,10 +157,13 @@ def category_of(
     core: str,
     *,
     min_similarity: float | None = None,
+    use_named: bool = True,
 ) -> str | None:
     """The category a search's core words ask for (``query.infer_category`` with the
-    settings' neighbours and share), among the categories the index knows; neighbours count
-    from ``min_similarity`` (default: ``search.category_similarity``)."""
+    settings' neighbours, share and margin), among the categories the index knows; the nearest
+    listing must be ``min_similarity`` similar (default: ``search.category_floor``; the
+    router's marketplace cue asks for ``search.category_similarity`` and the neighbours'
+    agreement alone, ``use_named=False``)."""
     return infer_category(
         core,
         known=categories(vectors),
@@ -168,7 +171,9 @@ def category_of(
         vectors=vectors,
         neighbours=tuning.category_neighbours,
         share=tuning.category_share,
-        min_similarity=tuning.category_similarity if min_similarity is None else min_similarity,
+        min_similarity=tuning.category_floor if min_similarity is None else min_similarity,
+        margin=tuning.category_margin,
+        use_named=use_named,
     )
 
 
