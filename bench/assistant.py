@@ -269,8 +269,12 @@ async def model_choice(services: Services, held_out: list[dict[str, Any]]) -> di
 
 
 NEW = ROOT / "bench/data/assistant_requests_new.jsonl"
-# written before the router's second pass (2026-12-07) and kept out of it: the report set
+# written before the router's second pass (2026-12-07): its report set, then the third pass's
+# tuning set
 FRESH = ROOT / "bench/data/assistant_requests_fresh.jsonl"
+# written before the third pass, after the fresh set's figures and before reading its misses:
+# the third pass's report set, kept out of every rule, example and threshold
+THIRD = ROOT / "bench/data/assistant_requests_third.jsonl"
 NEW_FILTERS = ("category", "max_price", "min_price", "near")
 
 
@@ -298,8 +302,9 @@ async def new_set(
 ) -> dict[str, Any]:
     """A request set written apart from the router: its tool choice and arguments, and the
     search box's reading of the marketplace requests (the same parser: rules, then the category
-    from the town's listings). ``NEW``: issue 25's set, written before the issue-25 changes and
-    the set the second pass was tuned on; ``FRESH``: written before that pass, kept out of it."""
+    from the town's listings). ``NEW``: issue 25's set, written before the issue-25 changes,
+    tuned on in the second pass; ``FRESH``: that pass's report set, tuned on in the third;
+    ``THIRD``: the third pass's report set."""
     from townsquare.features.search.query import core_words, read_filters
     from townsquare.features.search.service import category_of
 
@@ -444,6 +449,7 @@ async def run_new() -> dict[str, Any]:
         result = {
             "new_set": await new_set(services, places, groups, NEW),
             "fresh_set": await new_set(services, places, groups, FRESH),
+            "third_set": await new_set(services, places, groups, THIRD),
         }
         await services.aclose()
     return result
@@ -472,7 +478,9 @@ def main() -> None:
     result["seconds"] = round(time.time() - started, 1)
     result["machine"] = {"cpus": os.cpu_count()}
     kept = json.loads(OUT.read_text()) if OUT.exists() else {}
-    result |= {k: kept[k] for k in ("new_set", "fresh_set") if k in kept}  # --only-new's
+    result |= {
+        k: kept[k] for k in ("new_set", "fresh_set", "third_set") if k in kept
+    }  # --only-new's
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     summary = {

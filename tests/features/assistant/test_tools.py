@@ -220,6 +220,9 @@ def test_argument_rules() -> None:
     assert match_group("what are the runners up to", groups) == "Riverside Runners"
     assert match_group("what do people think about the bakery", groups) is None
     assert match_group("street food reels", groups) is None
+    # a word anyone uses is no group's name: running, neighbours
+    assert match_group("what's a good stretch after running?", groups) is None
+    assert match_group("what are neighbours saying about the noise?", groups) is None
 
 
 def test_grounding_check_catches_invented_counts_and_names() -> None:

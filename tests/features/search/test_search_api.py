@@ -238,6 +238,11 @@ def test_sources_respect_access(client: TestClient, keys: dict[str, str]) -> Non
         ("speaker, budget 60", {"max_price": 60.0}),
         ("40 euros or less", {"max_price": 40.0}),
         ("headphones no more than 45 euros", {"max_price": 45.0}),
+        ("a lamp, nothing over 30", {"max_price": 30.0}),
+        ("chair, 25 euros max", {"max_price": 25.0}),
+        ("rug in good shape at least", {"condition": ["new", "like_new", "good"]}),
+        ("a printer that works", {"condition": ["new", "like_new", "good", "fair"]}),
+        ("printer not working", {"condition": ["for_parts"]}),
     ],
 )
 def test_the_rules_read_filters_from_the_wording(query: str, read: dict[str, Any]) -> None:
@@ -323,3 +328,69 @@ def test_the_core_summary_cites_only_listings_inside_the_filters(
         headers=auth(keys["outsider"]),
     )
     assert bad.status_code == 422
+
+
+def test_the_words_left_are_what_is_searched() -> None:
+    from townsquare.features.search.query import core_words
+
+    assert core_words("kettle no more than 20 euros") == "kettle"
+    assert core_words("hose reel in Alfama", ["Alfama"]) == "hose reel"
+
+
+class _Listings:
+    """A few listings' vectors and categories: the two calls ``infer_category`` makes."""
+
+    def __init__(self, embedder: Any, items: list[tuple[str, str]]) -> None:
+        self.vectors = embedder.embed_sync([title for title, _ in items])
+        self.categories = [category for _, category in items]
+
+    def search(self, collection: str, query: Any, k: int, where: Any) -> list[tuple[int, float]]:
+        similarity = self.vectors @ query
+        order = sorted(range(len(similarity)), key=lambda i: -similarity[i])[:k]
+        return [(i, float(similarity[i])) for i in order]
+
+    def filter_ids(self, collection: str, ids: Any, where: Any) -> list[int]:
+        return [i for i in ids if self.categories[i] == where.value]
+
+
+def test_the_category_is_the_near_cluster_s_then_the_one_named() -> None:
+    from townsquare.backends.fake import FakeEmbeddings
+    from townsquare.features.search.query import infer_category
+
+    embedder = FakeEmbeddings(dimensions=256)
+    listings = _Listings(
+        embedder,
+        [
+            ("balance bike wooden", "kids"),
+            ("balance bike red", "kids"),
+            ("balance bike small", "kids"),
+            ("road bike carbon", "bikes"),
+            ("city bike old", "bikes"),
+            ("stand mixer", "kitchen"),
+            ("toaster", "kitchen"),
+            ("wooden toy kitchen", "kids"),
+        ],
+    )
+    known = ["bikes", "kids", "kitchen"]
+
+    def infer(core: str, **tuning: Any) -> str | None:
+        return infer_category(
+            core,
+            known=known,
+            embedder=embedder,
+            vectors=listings,  # type: ignore[arg-type]
+            neighbours=10,
+            share=0.6,
+            min_similarity=tuning.pop("min_similarity", 0.25),
+            margin=0.1,
+            **tuning,
+        )
+
+    assert infer("bikes") == "bikes"  # the words are a category's name
+    # 'bike' names a category, but the listings nearest to 'balance bike' are for kids
+    assert infer("balance bike") == "kids"
+    # nothing near 'stuff': the one category named decides, unless names are not asked for
+    assert infer("kitchen stuff") == "kitchen"
+    assert infer("kitchen stuff", use_named=False) is None
+    assert infer("kitchen stuff", min_similarity=0.9, use_named=False) is None
+    assert infer("spaceship") is None  # nothing near, nothing named

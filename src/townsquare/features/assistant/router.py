@@ -57,7 +57,11 @@ CUES: dict[str, re.Pattern[str]] = {
         r"where do (people|neighbours|locals|folks)|what (do|does|are|has|did) (the )?"
         r"(town|people|locals|neighbours|folks|community))\b"
     ),
-    "recommend_reels": re.compile(r"\b(watch|watching|videos?|reels?|clips?|film|tutorial)\b"),
+    # 'reel' alone is also a thing ('hose reel'): only as 'a reel', 'reel about'
+    "recommend_reels": re.compile(
+        r"\b(watch|watching|videos?|reels|(a|the|this|that) reel|reel (about|of|on|with)|clips?|"
+        r"film|tutorial)\b"
+    ),
     "catch_up": re.compile(
         r"\b(miss(ed)?|catch (me )?up|recap|news|highlights|tl;?dr|up to speed|what happened|"
         r"latest in|been (talking|said)|up to lately|decide|summari[sz]e|fill me in|"
@@ -119,7 +123,23 @@ _DESCRIBE_WORDS = re.compile(
     r"\b(write( up)?|draft|re-?write|descriptions?|describe|listings?|copy|text|blurb|ad|"
     r"sell(ing)?|help|make|improve|better|nicer|item|post|title)\b"
 )
-GROUP_WORDS = {"group", "chat", "the", "and", "street", "sunday", "club"}  # too common alone
+# too common alone: 'what are neighbours saying' names no group
+GROUP_WORDS = {
+    "group",
+    "chat",
+    "the",
+    "and",
+    "street",
+    "sunday",
+    "club",
+    "neighbours",
+    "neighbors",
+    "friends",
+    "members",
+    "people",
+    "community",
+    "town",
+}
 GROUP_TOOLS = ("catch_up", "suggest_topics")
 ID = re.compile(r"\b([a-z]{1,3}-[\w.-]+)\b")
 
@@ -156,7 +176,9 @@ def match_group(text: str, groups: Sequence[str]) -> str | None:
     """The group among ``groups`` whose name the request names (whole or by a distinctive
     word: 'the bakers' finds 'Sunday Bakers'), the one with most words matched; None if none."""
     folded = _fold(text)
-    words = {_stem(w) for w in re.findall(r"\w+", folded)}
+    # the name's own words, singular or plural ('runners', 'runner'), not what derives from
+    # them ('running' is what anyone does)
+    words = {_stem(w) for w in re.findall(r"\w+", folded) if not w.endswith("ing")}
     best, best_score = None, 0.0
     for group in groups:
         score = 0.0
@@ -245,7 +267,8 @@ class Router:
         if "search_listings" in scores and not CUES["search_listings"].search(folded):
             core = core_words(text, places)
             # words that most of the town's nearest listings share a category with are a
-            # thing to buy: the marketplace cue, as if a cue word were there (never twice)
+            # thing to buy: the marketplace cue, as if a cue word were there (never twice:
+            # 'an image of a penguin selling lemonade' is no purchase)
             if self.categorize is not None and core:
                 cue = self.categorize(core, min_similarity=self.cue_similarity, use_named=False)
                 if cue is not None:

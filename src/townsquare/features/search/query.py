@@ -58,15 +58,18 @@ _PRICE_RULES: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
     (
         re.compile(
             rf"(?:\bunder|\bbelow|\bless than|\bcheaper than|\bmax(?:imum)?|\bup to|\bat most|"
-            rf"\bno more than|\bbudget(?: of| is|:)?|\bnot (?:more|over) than|<)\s*{_MONEY}"
+            rf"\bno more than|\bbudget(?: of| is|:)?|\bnot (?:more|over) than|"
+            rf"\b(?:nothing|not|never) (?:over|above|more than)|<)\s*{_MONEY}"
         ),
         ("max_price",),
     ),
     (re.compile(rf"{_MONEY}\s*(?:or|and) (?:less|under|below|cheaper)\b"), ("max_price",)),
+    (re.compile(rf"{_MONEY}\s*(?:max(?:imum)?|tops|at most)\b"), ("max_price",)),
     (
         # 'no more than 45' is a most, read above
         re.compile(
-            rf"(?:\bover|\babove|(?<!no )(?<!not )\bmore than|\bat least|\bmin(?:imum)?|>)"
+            rf"(?:(?<!nothing )(?<!not )(?<!never )\bover|(?<!nothing )(?<!not )\babove|"
+            rf"(?<!no )(?<!not )(?<!nothing )\bmore than|\bat least|\bmin(?:imum)?|>)"
             rf"\s*{_MONEY}"
         ),
         ("min_price",),
@@ -99,7 +102,9 @@ _WORKS = re.compile(
     r"(?<!not )(?<!n't )\b(that works|which works|works( fine| well)?|working|in working order|"
     r"fully functional)\b"
 )
-_OR_BETTER = re.compile(r"^\s*(or|and)\s+(better|above|up|newer)\b")
+_OR_BETTER = re.compile(
+    r"^\s*((condition|shape|state)\s+)?((or|and)\s+(better|above|up|newer)|at least|minimum)\b"
+)
 _AT_LEAST = re.compile(r"\b(at least|minimum|min\.?)\s*$")
 # a bare 'good' or 'fair' is a condition only beside another kind of condition, negated, or
 # with 'or better': "a good bike for a fair price" is no filter ('good condition' always is)
@@ -167,7 +172,7 @@ _FILLER = re.compile(
     r"market(place)?|listed|around here|a|an|the|me|my|for|of|on|about|in|to|with|what'?s|what|"
     r"does|do|did|is|are|say|says|saying|said|people|town|community|locals|folks|neighbours|"
     r"summari[sz]e|sum up|overview|give|tell|word|around|take|buzz|think|tips|posts?|messages?|"
-    r"and|recommend|watch|watching|videos?|reels?|clips?|something|short|could|should|can|you|"
+    r"and|recommend|watch|watching|videos?|reels|clips?|something|short|could|should|can|you|"
     r"i|like|tonight|from|here|has|have|said|chatter|knows|care|up|max|cheap|decent|over|"
     r"under|below|less than|up to|between|euros?|eur|near|others?|budget|or|better|less|more|"
     r"one|ones|that'?s|that|which|isn'?t|not|no|but|anything|only|condition|shape|state|"
@@ -241,8 +246,14 @@ def _vote(
     hits = vectors.search("listings", vector, neighbours, Eq("status", "active"))
     if not hits or hits[0][1] < min_similarity:
         return None
-    near = [item for item, similarity in hits if similarity >= hits[0][1] - margin]
-    if len(near) < 2:  # one listing alone is no agreement
+    # the close cluster, and at least the three nearest above the floor: one listing far
+    # nearer than the rest (the very one asked for) is no agreement
+    near = [
+        item
+        for n, (item, similarity) in enumerate(hits)
+        if similarity >= min_similarity and (n < 3 or similarity >= hits[0][1] - margin)
+    ]
+    if len(near) < 2:
         return None
     found: list[str] = []
     for category in known:  # one small lookup per category, over the neighbours only
