@@ -9,7 +9,8 @@ model, one at a time (never two model processes at once):
    differs from the first word each run, so no cached prompt is reused; 64 new tokens; median
    of 5 after one warm-up), re-measured on a quiet machine with ``--only-speed``;
 2. ``tool_mode=model``: the model chooses among the assistant's nine tools itself (constrained
-   calls, tool_choice auto) on issue 25's new request set (bench/data/assistant_requests_new.jsonl,
+   calls, tool_choice auto; in the call markup its chat template teaches, when it has one,
+   and also in the generic JSON form for comparison) on issue 25's new request set (bench/data/assistant_requests_new.jsonl,
    110 requests; none of them ever tuned anything): tool-choice accuracy and no-tool false
    positives, beside the router's figures in assistant.json;
 3. the writing features' generative path (``writing = "model"``): catch-up and topics on the
@@ -107,6 +108,7 @@ class Capture(TextBackend):
         self.supports_schema = inner.supports_schema
         self.supports_logprobs = inner.supports_logprobs
         self.supports_tools = inner.supports_tools
+        self.tool_markup = inner.tool_markup
         self.is_local = inner.is_local
         self.message_overhead_tokens = inner.message_overhead_tokens
 
@@ -370,6 +372,39 @@ def langchain_loop(spec: str, models_dir: Path | None) -> dict[str, Any]:
     }
 
 
+def build_services(capture: Capture, embed: SentenceEmbeddings, data: Path) -> Services:
+    """The demo town on ``data`` with ``tool_mode = "model"`` and the generative writing path."""
+    settings = Settings(
+        data_dir=data,
+        log_json=False,
+        safety={"moderation": "off"},
+        assistant={"tool_mode": "model"},
+        writing="model",
+        # one evaluating member asks hundreds of times: no daily budget (a tool prompt of the
+        # Hermes template is ~1,000 tokens)
+        quotas={"user_tokens_per_day": 10**9, "user_requests_per_minute": 10**6},
+    )
+    services = Services.build(settings, text=capture, embed=embed)
+    with services.sessions.begin() as db:
+        seed(db, settings.ingest)
+        evaluator = User(name="eval-member", external_id="u-eval-member", display_name="Eve")
+        db.add(evaluator)
+    services.indexer.sync_all()
+    return services
+
+
+async def tool_forms(capture: Capture, services: Services) -> dict[str, Any]:
+    """Tool choice in the model's own call markup (read from its chat template, when it has
+    one) and in the generic JSON form, on the same model."""
+    out: dict[str, Any] = {"markup": capture.inner.tool_markup and capture.inner.tool_markup.name}
+    out["tool_mode_model"] = await tool_choice(services)
+    if capture.inner.tool_markup is not None:
+        capture.tool_markup = None
+        out["tool_mode_model_generic_form"] = await tool_choice(services)
+        capture.tool_markup = capture.inner.tool_markup
+    return out
+
+
 async def one(spec: str, embed: SentenceEmbeddings, windows: int) -> dict[str, Any]:
     models_dir = Settings().text.models_dir  # where `make bigger-model` put it
     path = model_path_for(spec.split(":", 1)[1], models_dir)
@@ -379,27 +414,27 @@ async def one(spec: str, embed: SentenceEmbeddings, windows: int) -> dict[str, A
     print(f"{spec}: speed", flush=True)
     out["speed"] = await speed(model)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            log_json=False,
-            safety={"moderation": "off"},
-            assistant={"tool_mode": "model"},
-            writing="model",
-        )
-        services = Services.build(settings, text=capture, embed=embed)
-        with services.sessions.begin() as db:
-            seed(db, settings.ingest)
-            evaluator = User(name="eval-member", external_id="u-eval-member", display_name="Eve")
-            db.add(evaluator)
-        services.indexer.sync_all()
+        services = build_services(capture, embed, Path(tmp))
         print(f"{spec}: tool choice", flush=True)
-        out["tool_mode_model"] = await tool_choice(services)
+        out |= await tool_forms(capture, services)
         print(f"{spec}: writing", flush=True)
         out["writing_model"] = await writing(services, capture, windows)
         await services.aclose()
     await model.aclose()
     print(f"{spec}: langchain", flush=True)
     out["langchain"] = langchain_loop(spec, models_dir)
+    return out
+
+
+async def only_tools(name: str, embed: SentenceEmbeddings) -> dict[str, Any]:
+    path = model_path_for(name, Settings().text.models_dir)
+    model = LlamaCppText(path, n_ctx=4096, seed=1234)
+    capture = Capture(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        services = build_services(capture, embed, Path(tmp))
+        out = await tool_forms(capture, services)
+        await services.aclose()
+    await model.aclose()
     return out
 
 
@@ -417,8 +452,25 @@ def main() -> None:
         action="store_true",
         help="rerun only the LangChain loop, into the existing results",
     )
+    parser.add_argument(
+        "--only-tools",
+        action="store_true",
+        help="rerun only tool choice (both call forms) and the LangChain loop, into the results",
+    )
     args = parser.parse_args()
     started = time.time()
+    if args.only_tools:
+        kept = json.loads(OUT.read_text())
+        embed = SentenceEmbeddings(bundled_embedding_path())
+        models_dir = Settings().text.models_dir
+        for name in args.models.split(","):
+            entry = kept["models"].setdefault(name, {})
+            entry.pop("tool_mode_model_generic_form", None)
+            entry |= asyncio.run(only_tools(name, embed))
+            entry["langchain"] = langchain_loop(f"llamacpp:{name}", models_dir)
+            OUT.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps(kept["models"], indent=1)[:3000])
+        return
     if args.only_langchain:
         kept = json.loads(OUT.read_text())
         models_dir = Settings().text.models_dir

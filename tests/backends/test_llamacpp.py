@@ -82,3 +82,53 @@ def test_loading_the_model_logs_no_context_warning(caplog: pytest.LogCaptureFixt
         backend = LlamaCppText(bundled_model_path(), n_ctx=512, parallel=1)
         asyncio.run(backend.aclose())
     assert not [r for r in caplog.records if "n_ctx" in r.getMessage()]
+
+
+async def test_a_template_s_own_call_markup_holds_the_reply(real_text: LlamaCppText) -> None:
+    """The bundled model's template shows no tools; given a Hermes-style one (as Qwen 2.5's
+    GGUF carries), the tools and an earlier call are rendered in that markup and the reply is
+    held to it: a call that parses, or an answer that begins like none."""
+    from dataclasses import replace
+
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from tests.backends.test_tool_calls import HERMES_TEMPLATE, WEATHER
+    from townsquare.backends import tool_calls
+    from townsquare.backends.base import ToolCall
+
+    assert real_text.tool_markup is None  # SmolLM2's own template has no tools
+    saved = real_text._format
+    real_text._format = Jinja2ChatFormatter(HERMES_TEMPLATE, eos_token="<|im_end|>", bos_token="")
+    real_text.tool_markup = tool_calls.HERMES
+    try:
+        required = GenerationOptions(
+            max_tokens=96,
+            temperature=0,
+            tools=(WEATHER,),
+            tool_choice="required",
+            parallel_tool_calls=False,
+        )
+        ask = [Message("user", "What's the weather in Lisbon?")]
+        [call] = (await tool_calls.complete(real_text, ask, required)).tool_calls
+        assert call.name == "get_weather" and isinstance(json.loads(call.arguments), dict)
+        auto = replace(required, tool_choice="auto")
+        for text in ("What's the weather in Lisbon?", "Say hello to the group."):
+            out = await tool_calls.complete(real_text, [Message("user", text)], auto)
+            assert out.tool_calls or (out.text.strip() and out.text.lstrip()[0] not in "{<`"), (
+                out.text
+            )
+        earlier = [
+            *ask,
+            Message("assistant", "", (ToolCall("call_1", "get_weather", '{"city": "Lisbon"}'),)),
+            Message("tool", "Sunny, 21 C.", tool_call_id="call_1"),
+        ]
+        prompt = real_text._format(
+            messages=[tool_calls.template_message(m) for m in earlier],
+            tools=tool_calls.template_tools(auto),
+        ).prompt
+        assert '"name": "get_weather", "description"' in prompt  # the tools, as the file shows
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lisbon"}}' in prompt
+        assert "<tool_response>\nSunny, 21 C." in prompt
+    finally:
+        real_text._format = saved
+        real_text.tool_markup = None

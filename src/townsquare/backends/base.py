@@ -37,6 +37,19 @@ class ToolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolMarkup:
+    """How a model's own chat template asks it to write a function call: each call is a JSON
+    object ``{"name": ..., <arguments_key>: {...}}`` between ``opener`` and ``closer``
+    (Hermes and Qwen: ``<tool_call>\n`` and ``\n</tool_call>``). Read from the template by
+    ``tool_calls.markup_of``."""
+
+    name: str
+    opener: str
+    closer: str
+    arguments_key: str = "arguments"
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One chat message. An assistant message may carry ``tool_calls``; a ``tool`` message
     answers the call ``tool_call_id``."""
@@ -129,6 +142,10 @@ class TextBackend(ABC):
     supports_schema: ClassVar[bool] = False
     # native function calling (else ``backends/tool_calls.py`` constrains the output to a call)
     supports_tools: ClassVar[bool] = False
+    # a local model whose chat template shows tools and calls in its own markup: the
+    # backend renders ``options.tools`` with the template and constrains a reply to the
+    # markup; ``tool_calls`` reads the calls back (None: the generic JSON form)
+    tool_markup: ToolMarkup | None = None
     supports_logprobs: ClassVar[bool] = False
     is_local: ClassVar[bool] = False  # a single in-process model behind our own queue
 

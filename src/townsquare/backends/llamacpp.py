@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 import anyio
 from typing_extensions import override
 
+from townsquare.backends import tool_calls
 from townsquare.backends.base import (
     Completion,
     Delta,
@@ -254,8 +255,11 @@ class LlamaCppText(TextBackend):
         metadata = self._model.metadata()
         eos = self._model.token_eos()
         bos = self._model.token_bos()
+        template = metadata.get("tokenizer.chat_template")
+        # the model's own call markup, when its template shows tools (else the generic form)
+        self.tool_markup = tool_calls.markup_of(template)
         self._format = llama_chat_format.Jinja2ChatFormatter(
-            template=metadata.get("tokenizer.chat_template") or CHATML,
+            template=template or CHATML,
             eos_token=self._model.token_get_text(eos) if eos != -1 else "",
             bos_token=self._model.token_get_text(bos) if bos != -1 else "",
         )
@@ -317,7 +321,13 @@ class LlamaCppText(TextBackend):
     def _sampler(self, options: GenerationOptions) -> Any:
         llama_grammar: Any = importlib.import_module("llama_cpp.llama_grammar")
         grammar = None
-        if options.schema is not None:
+        if self.tool_markup is not None and tool_calls.wants_tools(options):
+            grammar = json_grammar(
+                tool_calls.markup_grammar(
+                    self.tool_markup, options, llama_grammar.json_schema_to_gbnf
+                )
+            )
+        elif options.schema is not None:
             try:
                 grammar = json_grammar(
                     llama_grammar.json_schema_to_gbnf(json.dumps(options.schema))
@@ -363,7 +373,12 @@ class LlamaCppText(TextBackend):
         options: GenerationOptions,
         emit: Callable[[object], None],
     ) -> Request:
-        rendered = self._format(messages=[{"role": m.role, "content": m.content} for m in messages])
+        tools = None
+        if self.tool_markup is not None and tool_calls.wants_tools(options):
+            tools = tool_calls.template_tools(options)  # shown in the template's own words
+        rendered = self._format(
+            messages=[tool_calls.template_message(m) for m in messages], tools=tools
+        )
         prompt = self._tokenize(rendered.prompt, special=True)
         limit = self._engine.n_ctx_seq
         if len(prompt) + 1 > limit:

@@ -20,6 +20,7 @@ from townsquare.backends.base import (
     GenerationOptions,
     Message,
     TextBackend,
+    ToolMarkup,
 )
 from townsquare.errors import InvalidRequest
 from townsquare.settings import EmbedSettings, TextSettings
@@ -163,6 +164,11 @@ class LazyText(TextBackend):
     def model_id(self) -> str:  # type: ignore[override]
         """The real backend's model id (loads it)."""
         return self.backend.model_id
+
+    @property
+    def tool_markup(self) -> ToolMarkup | None:  # type: ignore[override]
+        """The real backend's call markup (loads it)."""
+        return self.backend.tool_markup
 
     @property
     def context_window(self) -> int:  # type: ignore[override]

@@ -11,7 +11,15 @@ grammar) that allows exactly what ``tool_choice`` allows:
 
 So every call a local model makes names a real tool with arguments that match its schema: a
 small model can still choose badly, but never malformed. The reply is then parsed back into
-``Completion.tool_calls`` (ids ``call_<hex>``). With ``auto``, a reply that only repeats calls
+``Completion.tool_calls`` (ids ``call_<hex>``).
+
+A GGUF whose chat template has tools of its own (Qwen 2.5, Hermes: ``<tool_call>``; Llama 3.x:
+``{"name": ..., "parameters": ...}``) is asked in its own words instead: ``markup_of`` reads
+the markup from the template, the backend renders the tools, earlier calls and tool results
+with the template, and constrains the reply to that markup (``markup_grammar``: calls, or a
+plain answer that does not begin like one); ``parse_markup`` reads the calls back.
+
+With ``auto``, a reply that only repeats calls
 already made and answered since the member's last message is generated again as an answer
 (``tool_choice="none"``): the results would be the same, and a small model would otherwise
 call the same tool forever (LangChain's two-step loop never ended).
@@ -20,8 +28,9 @@ call the same tool forever (LangChain's two-step loop never ended).
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +44,7 @@ from townsquare.backends.base import (
     Message,
     TextBackend,
     ToolCall,
+    ToolMarkup,
     ToolSpec,
     Usage,
 )
@@ -42,6 +52,142 @@ from townsquare.errors import BackendError
 
 MAX_PARALLEL = 4  # calls one local reply may make when parallel_tool_calls is on
 MIN_TOKENS = 192  # a call with its arguments needs room, whatever max_tokens the caller asked
+
+
+HERMES = ToolMarkup("hermes", "<tool_call>\n", "\n</tool_call>", "arguments")
+LLAMA3_JSON = ToolMarkup("llama3-json", "", "", "parameters")
+
+
+def markup_of(template: str | None) -> ToolMarkup | None:
+    """The call markup a chat template teaches its model, or None when it shows no tools (the
+    generic JSON form is used): ``<tool_call>`` tags (Qwen 2.5, Hermes, SmolLM3), or Llama 3.x's
+    bare ``{"name": ..., "parameters": ...}``."""
+    if not template or "tools" not in template:
+        return None
+    if "<tool_call>" in template:
+        return HERMES
+    if "Given the following functions" in template and '"parameters"' in template:
+        return LLAMA3_JSON
+    return None
+
+
+def template_tools(options: GenerationOptions) -> list[dict[str, Any]]:
+    """The offered tools as chat templates expect them (OpenAI's form)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": _parameters(tool),
+            },
+        }
+        for tool in offered(options)
+    ]
+
+
+def template_message(message: Message) -> dict[str, Any]:
+    """One message as chat templates expect it: calls with their arguments as objects, a
+    tool's result with the id of the call it answers."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": _loads(c.arguments or "{}")},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)
+
+
+def markup_grammar(
+    markup: ToolMarkup, options: GenerationOptions, to_gbnf: Callable[[str], str]
+) -> str:
+    """A GBNF grammar for a reply in ``markup`` that honours ``tools``, ``tool_choice`` and
+    ``parallel_tool_calls``: one or more calls (``to_gbnf`` turns each call's JSON schema into
+    rules), or, with ``auto``, an answer whose first character begins no call and no JSON."""
+    item = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool.name},
+                    markup.arguments_key: _parameters(tool),
+                },
+                "required": ["name", markup.arguments_key],
+            }
+            for tool in offered(options)
+        ]
+    }
+    rules = re.sub(r"^root\s*::=", "call ::=", to_gbnf(json.dumps(item)), flags=re.MULTILINE)
+    parts = [_literal(markup.opener)] if markup.opener else []
+    parts.append("call")
+    if markup.closer:
+        parts.append(_literal(markup.closer))
+    one = " ".join(parts)
+    more = MAX_PARALLEL - 1 if options.parallel_tool_calls else 0
+    calls = f'{one} ("\\n" {one}){{0,{more}}}' if more else one
+    if options.tool_choice != "auto":
+        return f"root ::= {calls}\n{rules}"
+    # an answer's first character (after spaces) begins no call, no JSON object and no code
+    # fence: a model that would write its call bare or fenced is held to the markup
+    first = sorted({(markup.opener or "{")[0], "{", "`"})
+    excluded = "".join("\\" + c if c in "[]\\^-" else c for c in first)
+    answer = f"answer ::= [ \\t\\n]* [^{excluded} \\t\\n\\x00] [^\\x00]*"
+    return f"root ::= {calls} | answer\n{answer}\n{rules}"
+
+
+def parse_markup(markup: ToolMarkup, text: str) -> tuple[str, tuple[ToolCall, ...]]:
+    """(content, calls) from a reply generated under ``markup_grammar``: calls when it begins
+    like one, else the whole text as the answer."""
+    decoder = json.JSONDecoder()
+    begins = markup.opener.strip() or "{"
+    if not text.lstrip().startswith(begins):
+        return text, ()
+    calls: list[ToolCall] = []
+    position = 0
+    while True:
+        position = _skip_space(text, position)
+        if position >= len(text):
+            break
+        if markup.opener.strip():
+            if not text.startswith(markup.opener.strip(), position):
+                break
+            position = _skip_space(text, position + len(markup.opener.strip()))
+        try:
+            raw, position = decoder.raw_decode(text, position)
+        except ValueError as exc:
+            raise BackendError(
+                "The model's reply was cut before its function call was complete. Ask for "
+                "more max_tokens."
+            ) from exc
+        if isinstance(raw, dict) and "name" in raw:
+            arguments = raw.get(markup.arguments_key, {})
+            calls.append(
+                ToolCall(
+                    f"call_{uuid.uuid4().hex[:24]}",
+                    str(raw["name"]),
+                    json.dumps(arguments, ensure_ascii=False),
+                )
+            )
+        position = _skip_space(text, position)
+        if markup.closer.strip() and text.startswith(markup.closer.strip(), position):
+            position += len(markup.closer.strip())
+    return "", tuple(calls)
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
 
 
 def wants_tools(options: GenerationOptions) -> bool:
@@ -252,14 +398,22 @@ def constrained(options: GenerationOptions) -> GenerationOptions:
 async def complete(
     backend: TextBackend, messages: Sequence[Message], options: GenerationOptions
 ) -> Completion:
-    """``backend.complete`` with function calling, native or constrained."""
+    """``backend.complete`` with function calling: native, in the template's own markup, or
+    constrained to the generic JSON form."""
+    markup = backend.tool_markup
     if not wants_tools(options):
-        plain = messages if backend.supports_tools else flatten(messages)
+        plain = messages if backend.supports_tools or markup else flatten(messages)
         return await backend.complete(plain, replace(options, tools=()))
     if backend.supports_tools:
         return await backend.complete(messages, options)
-    completion = await backend.complete(as_text(messages, options), constrained(options))
-    content, calls = parse(completion.text)
+    if markup is not None:  # the backend renders the tools and holds the reply to the markup
+        completion = await backend.complete(
+            messages, replace(options, max_tokens=max(options.max_tokens, MIN_TOKENS))
+        )
+        content, calls = parse_markup(markup, completion.text)
+    else:
+        completion = await backend.complete(as_text(messages, options), constrained(options))
+        content, calls = parse(completion.text)
     if calls and options.tool_choice == "auto" and repeats(messages, calls):
         # the same call again, answered already since the member's last message: its result
         # would be the same, so the only progress is an answer (a small model otherwise loops)
@@ -279,7 +433,7 @@ async def stream(
     """``backend.stream`` with function calling. Constrained replies arrive whole: their JSON
     is parsed at the end, then sent as one content delta or one delta of calls."""
     if not wants_tools(options):
-        plain = messages if backend.supports_tools else flatten(messages)
+        plain = messages if backend.supports_tools or backend.tool_markup else flatten(messages)
         async for delta in backend.stream(plain, replace(options, tools=())):
             yield delta
         return
