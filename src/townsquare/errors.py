@@ -18,7 +18,8 @@
     ├── InvalidBatch                422 invalid_batch        (carries the bad rows)
     ├── ContentBlocked              422 content_blocked      (carries hazard codes)
     ├── Busy                        429 busy                 (carries retry_after seconds)
-    │   └── QuotaExceeded           429 quota_exceeded
+    │   ├── QuotaExceeded           429 quota_exceeded
+    │   └── TooManyStreams          429 too_many_streams
     └── BackendError                502 backend_error
         ├── InvalidOutput           502 invalid_output       (structured output failed twice)
         └── BackendUnavailable      503 backend_unavailable
@@ -145,6 +146,12 @@ class QuotaExceeded(Busy):
     """A per-user or per-group quota is used up until its window ends."""
 
     code = "quota_exceeded"
+
+
+class TooManyStreams(Busy):
+    """A member already holds as many open event streams as a replica allows."""
+
+    code = "too_many_streams"
 
 
 class BackendError(TownsquareError):

@@ -799,8 +799,16 @@ class AssistantSettings(BaseModel):
         1.0,
         gt=0,
         le=60,
-        description="How often a group's event stream looks for new messages (sooner when this "
-        "process stored one).",
+        description="How often each group with open streams on this replica is checked for new "
+        "messages (one primary-key read per group, whatever the number of streams; sooner when "
+        "this process stored one).",
+    )
+    events_per_member: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Open group event streams one member may hold on one replica; one more "
+        "gets 429 (close a tab, or reuse one stream per group).",
     )
     events_max_s: float = Field(
         300.0,

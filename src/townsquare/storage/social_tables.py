@@ -3,10 +3,18 @@
 Every ingestible row carries the host app's ``external_id`` (unique per kind): ingestion upserts
 by it, so sending the same batch twice changes nothing. Messages are soft-deleted
 (``deleted_at``) because conversations keep their shape; everything else is deleted for real.
+
+A group's messages are numbered in commit order (``GroupMessage.seq``): a flush that adds
+messages to a group takes the group's next numbers by raising ``Group.message_seq`` in the same
+transaction, and the row lock that update holds until commit makes every other writer of that
+group wait, so a reader that has seen number n has seen every number below it. Ids are not
+that: on PostgreSQL a transaction can commit id 2 before another commits id 1, and a stream
+reading ``id > 1`` would never deliver it.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +28,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
+    inspect,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from townsquare.storage.tables import Base, UTCDateTime, utcnow
 
@@ -39,6 +50,8 @@ class Group(Base):
     kind: Mapped[str] = mapped_column(String(16), default="chat")  # chat | community
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the last number given to one of its messages (0019; see the module docstring)
+    message_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Membership(Base):
@@ -67,6 +80,7 @@ class GroupRead(Base):
 
 class GroupMessage(Base):
     __tablename__ = "group_messages"
+    __table_args__ = (UniqueConstraint("group_id", "seq", name="uq_group_messages_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(EXTERNAL_ID), unique=True)
@@ -83,6 +97,32 @@ class GroupMessage(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # the assistant's reply: its generation, which the member who asked may rate (0017)
     generation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # its number in the group, in commit order (0019; given at flush by _number_messages)
+    seq: Mapped[int] = mapped_column(Integer)
+
+
+@event.listens_for(Session, "before_flush")
+def _number_messages(session: Session, _context: object, _instances: object) -> None:
+    """Give the group messages this flush adds their groups' next numbers (see the module
+    docstring), groups in id order so two writers never wait on each other in a circle."""
+    new: dict[int, list[GroupMessage]] = defaultdict(list)
+    for obj in sorted(
+        (o for o in session.new if isinstance(o, GroupMessage)),
+        key=lambda o: inspect(o).insert_order or 0,
+    ):
+        if obj.seq is None:
+            new[obj.group_id].append(obj)
+    for group_id in sorted(new):
+        messages = new[group_id]
+        last = session.execute(
+            update(Group)
+            .where(Group.id == group_id)
+            .values(message_seq=Group.message_seq + len(messages))
+            .returning(Group.message_seq)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        for n, message in enumerate(messages, start=last - len(messages) + 1):
+            message.seq = n
 
 
 class Post(Base):

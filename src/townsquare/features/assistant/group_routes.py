@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from townsquare.api.deps import CurrentUser, DbDep, ServicesDep
+from townsquare.errors import TooManyStreams
 from townsquare.features.assistant.groups import (
     GroupMessageIn,
     PersonaIn,
@@ -86,12 +87,23 @@ async def group_events(
         ),
     ] = None,
 ) -> StreamingResponse:
-    """The group's new messages as Server-Sent Events (``event: message``, ``id`` to resume
-    with ``Last-Event-ID``), the assistant's replies included."""
+    """The group's new messages as Server-Sent Events (``event: message``), the assistant's
+    replies included, in commit order. Each event's ``id`` is the message's number in the
+    group (``seq``): resume with ``Last-Event-ID`` and nothing is missed or repeated. 429 when
+    the member already holds ``assistant.events_per_member`` streams on this replica."""
+
+    chat = services.group_chat
+    cap = services.settings.assistant.events_per_member
+    if chat.open_streams(user.id) >= cap:
+        raise TooManyStreams(
+            f"You already have {cap} group event streams open on this server "
+            "(assistant.events_per_member). Close one, or use one stream per group.",
+            retry_after=5,
+        )
 
     def find() -> tuple[int, int]:
         group = access.group_visible_to(db, user, group_id)
-        latest = services.group_chat.latest_id(group.id)
+        latest = chat.latest_seq(group.id)
         db.commit()
         return group.id, latest
 
@@ -101,7 +113,7 @@ async def group_events(
         after = int(last_event_id)
     limit = services.settings.assistant.events_max_s if max_s is None else max_s
     return StreamingResponse(
-        services.group_chat.events(user.id, group_row, after, max_s=limit),
+        chat.events(user.id, group_row, after, max_s=limit),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -66,6 +66,8 @@ log = logging.getLogger("townsquare.assistant")
 FEATURE = "group_assistant"
 TOOL_NAMES = [t.name for t in TOOLS]
 STATS_KEPT = 1000  # the latest answers' timings (a long-running server keeps no more)
+MEMBERSHIP_CHECK_S = 15.0  # an idle stream still checks this often that its member is in
+READ_LIMIT = 100  # messages one read of a stream returns
 CUT = "\n\n(My reply was cut at the length limit.)"
 
 
@@ -245,7 +247,14 @@ class GroupChat:
         self.stats = MentionStats()
         self._queue: asyncio.Queue[int] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        # the event streams of this process: per group, its open streams, its watcher task,
+        # the last committed number it saw, and the events that wake streams and the watcher
+        self._streams: dict[int, int] = {}
+        self._per_member: dict[int, int] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._seen: dict[int, int] = {}
         self._changed: dict[int, asyncio.Event] = {}
+        self._nudges: dict[int, asyncio.Event] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -256,7 +265,7 @@ class GroupChat:
         if self._workers and not all(t.done() for t in self._workers):
             return
         self._loop = asyncio.get_running_loop()
-        self._changed = {}  # events of this loop only
+        self._changed, self._nudges = {}, {}  # events of this loop only
         self._queue = asyncio.Queue(self.settings.assistant.mention_queue)
         self._workers = [
             self._loop.create_task(self._work(), name=f"mentions-{i}")
@@ -358,10 +367,15 @@ class GroupChat:
             )
 
     def notify(self, group_id: int) -> None:
-        """Wake the event streams of ``group_id``."""
-        self._on_owner(self._set_changed, group_id)
+        """A message of ``group_id`` was committed here: its watcher looks now."""
+        self._on_owner(self._nudge, group_id)
 
-    def _set_changed(self, group_id: int) -> None:
+    def _nudge(self, group_id: int) -> None:
+        event = self._nudges.get(group_id)
+        if event is not None:
+            event.set()
+
+    def _wake(self, group_id: int) -> None:
         event = self._changed.pop(group_id, None)
         if event is not None:
             event.set()
@@ -637,9 +651,11 @@ class GroupChat:
     # --- the event stream --------------------------------------------------------------------
 
     def _since(
-        self, user_id: int, group_id: int, after: int, limit: int = 100
+        self, user_id: int, group_id: int, after: int, limit: int = READ_LIMIT
     ) -> list[tuple[int, dict[str, Any]]] | None:
-        """New messages of the group after row ``after``; None when the member left it."""
+        """The group's messages numbered after ``after``, in order (see
+        ``storage/social_tables.py``: numbers follow commit order); None when the member left
+        it."""
         with self.sessions() as db:
             user = db.get(User, user_id)
             group = db.get(Group, group_id)
@@ -652,10 +668,10 @@ class GroupChat:
                 .join(User, User.id == GroupMessage.author_id)
                 .where(
                     GroupMessage.group_id == group_id,
-                    GroupMessage.id > after,
+                    GroupMessage.seq > after,
                     GroupMessage.deleted_at.is_(None),
                 )
-                .order_by(GroupMessage.id)
+                .order_by(GroupMessage.seq)
                 .limit(limit)
             ).all()
             parents = {
@@ -668,50 +684,103 @@ class GroupChat:
             }
             return [
                 (
-                    m.id,
+                    m.seq,
                     message_view(m, group, ext or name, parents.get(m.reply_to_id or -1), display),
                 )
                 for m, ext, name, display in rows
             ]
 
-    def latest_id(self, group_id: int) -> int:
-        """The group's newest message row (a stream starts after it unless told otherwise)."""
+    def latest_seq(self, group_id: int) -> int:
+        """The number of the group's last committed message (a stream starts after it unless
+        told otherwise)."""
         with self.sessions() as db:
-            return int(
-                db.scalar(
-                    select(func.coalesce(func.max(GroupMessage.id), 0)).where(
-                        GroupMessage.group_id == group_id
-                    )
-                )
-                or 0
+            return int(db.scalar(select(Group.message_seq).where(Group.id == group_id)) or 0)
+
+    def open_streams(self, user_id: int) -> int:
+        """Event streams ``user_id`` holds open on this replica."""
+        return self._per_member.get(user_id, 0)
+
+    async def _watch(self, group_id: int) -> None:
+        """The group's one watcher in this process while streams of it are open: one
+        primary-key read of its last committed number every ``assistant.events_poll_s`` (at
+        once when this process committed a message), waking the streams when it grew."""
+        try:
+            while self._streams.get(group_id):
+                seq = await finish_in_thread(self.latest_seq, group_id)
+                if seq > self._seen.get(group_id, 0):
+                    self._seen[group_id] = seq
+                    self._wake(group_id)
+                nudge = self._nudges.setdefault(group_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.assistant.events_poll_s):
+                        await nudge.wait()
+                nudge.clear()
+        except Exception:  # a database hiccup: the streams read on their own checks meanwhile
+            log.exception("the watcher of group %s stopped", group_id)
+        finally:
+            self._watchers.pop(group_id, None)
+
+    def _open(self, user_id: int, group_id: int) -> None:
+        self._per_member[user_id] = self._per_member.get(user_id, 0) + 1
+        self._streams[group_id] = self._streams.get(group_id, 0) + 1
+        watcher = self._watchers.get(group_id)
+        if watcher is None or watcher.done():
+            self._watchers[group_id] = asyncio.get_running_loop().create_task(
+                self._watch(group_id), name=f"group-events-{group_id}"
             )
+
+    def _close(self, user_id: int, group_id: int) -> None:
+        for counts, key in ((self._per_member, user_id), (self._streams, group_id)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+        if group_id not in self._streams:
+            self._nudge(group_id)  # its watcher sees no stream left and ends
 
     async def events(
         self, user_id: int, group_id: int, after: int, *, max_s: float
     ) -> AsyncIterator[str]:
-        """SSE lines: each new message as ``id: <n>`` / ``event: message`` / ``data: {...}``,
-        a comment every 15 s to keep proxies from closing the stream; ends if the member
-        leaves the group."""
-        last_ping = time.monotonic()
-        deadline = last_ping + max_s
-        yield ": connected\n\n"
-        while True:
-            changed = self._changed.setdefault(group_id, asyncio.Event())
-            found = await finish_in_thread(self._since, user_id, group_id, after)
-            if found is None:
-                yield 'event: end\ndata: {"reason": "not a member"}\n\n'
-                return
-            for row_id, view in found:
-                after = row_id
-                yield f"id: {row_id}\nevent: message\ndata: {json.dumps(view)}\n\n"
-            if found:
-                continue
-            if time.monotonic() >= deadline:
-                return
-            if time.monotonic() - last_ping > 15:
-                last_ping = time.monotonic()
-                yield ": ping\n\n"
-            wait = min(self.settings.assistant.events_poll_s, deadline - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wait)):
-                    await changed.wait()
+        """SSE lines: each new message as ``id: <number>`` / ``event: message`` /
+        ``data: {...}``, in commit order, a comment every 15 s to keep proxies from closing the
+        stream; ends if the member leaves the group (noticed at the next message or within
+        ``MEMBERSHIP_CHECK_S``). Idle streams cost nothing: the group's watcher reads for all of
+        them (``_watch``)."""
+        self._open(user_id, group_id)
+        try:
+            last_ping = time.monotonic()
+            deadline = last_ping + max_s
+            check_at = 0.0  # read at once: the messages after a Last-Event-ID
+            yield ": connected\n\n"
+            while True:
+                now = time.monotonic()
+                if self._seen.get(group_id, 0) > after or now >= check_at:
+                    check_at = now + MEMBERSHIP_CHECK_S
+                    committed = self._seen.get(group_id, 0)
+                    found = await finish_in_thread(self._since, user_id, group_id, after)
+                    if found is None:
+                        yield 'event: end\ndata: {"reason": "not a member"}\n\n'
+                        return
+                    for seq, view in found:
+                        after = seq
+                        yield f"id: {seq}\nevent: message\ndata: {json.dumps(view)}\n\n"
+                    if len(found) >= READ_LIMIT:
+                        check_at = 0.0  # more to read
+                        continue
+                    # numbers up to what was committed before the read and not returned are
+                    # deleted messages: nothing to wait for
+                    after = max(after, committed)
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if now - last_ping > 15:
+                    last_ping = now
+                    yield ": ping\n\n"
+                wait = min(deadline, last_ping + 15, check_at) - now
+                if self._seen.get(group_id, 0) > after:
+                    continue
+                changed = self._changed.setdefault(group_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wait)):
+                        await changed.wait()
+        finally:
+            self._close(user_id, group_id)
