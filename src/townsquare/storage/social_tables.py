@@ -32,7 +32,7 @@ from sqlalchemy import (
     inspect,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import InstanceState, Mapped, Session, mapped_column
 
 from townsquare.storage.tables import Base, UTCDateTime, utcnow
 
@@ -101,17 +101,25 @@ class GroupMessage(Base):
     seq: Mapped[int] = mapped_column(Integer)
 
 
+def _insert_order(obj: object) -> int:
+    state: InstanceState[Any] = inspect(obj)
+    return state.insert_order or 0
+
+
 @event.listens_for(Session, "before_flush")
 def _number_messages(session: Session, _context: object, _instances: object) -> None:
     """Give the group messages this flush adds their groups' next numbers (see the module
-    docstring), groups in id order so two writers never wait on each other in a circle."""
+    docstring), groups in id order so two writers never wait on each other in a circle; the
+    vector change log's rows likewise, from its counter."""
+    added: list[GroupMessage | VectorItem] = [
+        o for o in session.new if isinstance(o, GroupMessage | VectorItem)
+    ]
+    added.sort(key=_insert_order)
     new: dict[int, list[GroupMessage]] = defaultdict(list)
-    for obj in sorted(
-        (o for o in session.new if isinstance(o, GroupMessage)),
-        key=lambda o: inspect(o).insert_order or 0,
-    ):
-        if obj.seq is None:
+    for obj in added:
+        if isinstance(obj, GroupMessage) and obj.seq is None:
             new[obj.group_id].append(obj)
+    logged = [o for o in added if isinstance(o, VectorItem) and o.seq is None]
     for group_id in sorted(new):
         messages = new[group_id]
         last = session.execute(
@@ -123,6 +131,16 @@ def _number_messages(session: Session, _context: object, _instances: object) -> 
         ).scalar_one()
         for n, message in enumerate(messages, start=last - len(messages) + 1):
             message.seq = n
+    if logged:
+        last = session.execute(
+            update(LogCounter)
+            .where(LogCounter.name == "vector_items")
+            .values(value=LogCounter.value + len(logged))
+            .returning(LogCounter.value)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        for n, item in enumerate(logged, start=last - len(logged) + 1):
+            item.seq = n
 
 
 class Post(Base):
@@ -255,17 +273,30 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class LogCounter(Base):
+    """The last number given in a change log that readers follow by number (0020): the row is
+    raised in the writer's transaction, and its lock, held until commit, keeps numbers in
+    commit order (as ``Group.message_seq`` does for a group's messages)."""
+
+    __tablename__ = "log_counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class VectorItem(Base):
     """One embedded item, and the change log every process's vector index follows.
 
-    Every change is a new row (ids only grow: AUTOINCREMENT), so a reader that has seen rows up
-    to id N fetches ``id > N`` to catch up; a deletion leaves a tombstone (``vector`` NULL).
-    At most one row per (collection, item).
+    Every change is a new row numbered in commit order (``seq``, from the ``vector_items``
+    counter), so a reader that has seen rows up to number N fetches ``seq > N`` to catch up
+    and misses nothing (ids do not do that on PostgreSQL: a later id can commit first); a
+    deletion leaves a tombstone (``vector`` NULL). At most one row per (collection, item).
     """
 
     __tablename__ = "vector_items"
     __table_args__ = (
         UniqueConstraint("collection", "item_id"),
+        UniqueConstraint("seq", name="uq_vector_items_seq"),
         {"sqlite_autoincrement": True},
     )
 
@@ -278,6 +309,8 @@ class VectorItem(Base):
     )  # float32 little-endian
     # the item's filterable metadata (status, price, group ...), kept beside its vector
     attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # its number in the change log, in commit order (0020; given at flush)
+    seq: Mapped[int] = mapped_column(Integer)
 
 
 class Generation(Base):

@@ -188,7 +188,7 @@ class EmbeddedVectorIndex(VectorIndex):
         self.exact_subset_max = exact_subset_max
         self.poll_s = poll_s
         self._collections: dict[str, _Collection] = {}
-        self._seen = 0  # newest vector_items id applied
+        self._seen = 0  # the last vector_items number (seq) applied
         self._lock = threading.RLock()
         self._refreshing = threading.Lock()
         self._building: set[str] = set()
@@ -229,22 +229,22 @@ class EmbeddedVectorIndex(VectorIndex):
             with self.sessions() as db:
                 rows = db.execute(
                     select(
-                        VectorItem.id,
+                        VectorItem.seq,
                         VectorItem.collection,
                         VectorItem.item_id,
                         VectorItem.content_hash,
                         VectorItem.vector,
                         VectorItem.attrs,
                     )
-                    .where(VectorItem.id > self._seen)
-                    .order_by(VectorItem.id)
+                    .where(VectorItem.seq > self._seen)
+                    .order_by(VectorItem.seq)
                 ).all()
             with self._lock:
-                for row_id, collection, item_id, content_hash, blob, attrs in rows:
-                    if row_id <= self._seen:
+                for seq, collection, item_id, content_hash, blob, attrs in rows:
+                    if seq <= self._seen:
                         continue
                     self._apply(collection, item_id, content_hash, blob, attrs)
-                    self._seen = row_id
+                    self._seen = seq
 
     def _apply(
         self,

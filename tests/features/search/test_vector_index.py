@@ -242,3 +242,41 @@ def test_pgvector(postgres: str) -> None:
         assert index.vector("items", 8) is not None
     finally:
         index.close()
+
+
+def test_the_change_log_is_followed_in_commit_order(tmp_path: Path) -> None:
+    """On the suite's database (PostgreSQL in its leg): a writer that took its number first
+    commits first, so a follower that read past a later row has not skipped an earlier one."""
+    from tests.conftest import _close, make_settings
+    from townsquare.services import Services
+    from townsquare.storage.social_tables import VectorItem
+
+    services = Services.build(make_settings(tmp_path))
+    writer = EmbeddedVectorIndex(services.sessions)
+    reader = EmbeddedVectorIndex(services.sessions, poll_s=3600)
+    vectors = unit(np.random.default_rng(5), 2)
+    reader.refresh()
+    slow = services.sessions()
+    slow.add(
+        VectorItem(
+            collection="c",
+            item_id=1,
+            content_hash="first",
+            vector=vectors[0].astype("<f4").tobytes(),
+        )
+    )
+    slow.flush()  # it has its number, not yet committed
+    later = threading.Thread(target=writer.upsert, args=("c", [2], vectors[1:2], ["second"]))
+    later.start()
+    later.join(0.5)
+    assert later.is_alive()  # the second writer waits for the first one's commit
+    reader.refresh()
+    assert reader.hashes("c") == {}
+    slow.commit()
+    slow.close()
+    later.join(30)
+    reader.refresh()
+    assert reader.hashes("c") == {1: "first", 2: "second"}
+    for index in (writer, reader):
+        index.close()
+    _close(services)
