@@ -829,7 +829,24 @@ class WebhookSettings(BaseModel):
         2.0, gt=0, le=3600, description="Wait before the first retry; doubled for each next one."
     )
     backoff_max_s: float = Field(600.0, gt=0, le=86_400, description="Longest wait between tries.")
-    timeout_s: float = Field(10.0, gt=0, le=120, description="How long one delivery may take.")
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long one delivery may take, all of it (connecting, sending, the "
+        "answer); a delivery is leased for twice this, so no replica sends it again while an "
+        "attempt can still be running.",
+    )
+    per_target: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Deliveries one process sends to the same webhook at once; other webhooks "
+        "are not kept waiting by a slow one.",
+    )
+    concurrency: int = Field(
+        16, ge=1, le=512, description="Deliveries one process sends at once, all webhooks together."
+    )
     stop_grace_s: float = Field(
         5.0,
         ge=0,

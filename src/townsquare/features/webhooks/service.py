@@ -10,8 +10,13 @@ the signature header
 
 and marks each delivered on a 2xx; otherwise it waits ``backoff_s * 2**(attempt-1)`` (at most
 ``backoff_max_s``) and tries again, and after ``max_attempts`` the delivery is 'dead': listed
-for admins, who can retry it. Several replicas share the table; a delivery is claimed by moving
-its ``next_attempt_at`` forward in one UPDATE, so only one replica posts it at a time.
+for admins, who can retry it. Several replicas share the table; a delivery is claimed just
+before it is sent by moving its ``next_attempt_at`` forward in one conditional UPDATE (its
+lease: twice ``timeout_s``), and the attempt is cut off after ``timeout_s`` whatever the
+receiver does, so no replica sends it again while an attempt may still be running (at least
+once, never twice within the timeout). A process sends up to ``webhooks.concurrency``
+deliveries at once and at most ``webhooks.per_target`` to one webhook, so a slow receiver holds
+only its own slots.
 
 Webhook URLs must be http(s); a host that resolves to a loopback, private, link-local or
 reserved address, in any IPv4 or IPv6 form (IPv4-mapped, 6to4, NAT64...), is refused unless
@@ -319,24 +324,64 @@ class Sender:
 
     async def _loop(self) -> None:
         async with httpx.AsyncClient(timeout=self.settings.timeout_s) as client:
-            while not self._stopping:
-                try:
-                    while await self.send_due(client) and not self._stopping:
-                        pass
-                except Exception:  # a broken database must not end the loop for good
-                    log.exception("webhook sending failed; trying again shortly")
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel that
-                # lands as the event is set, and stop() then waited for ever
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.poll_s):
-                        await self._wake.wait()
-                self._wake.clear()
+            inflight: dict[asyncio.Task[None], int] = {}  # task -> its webhook
+            try:
+                while not self._stopping:
+                    try:
+                        await self._fill(client, inflight)
+                    except Exception:  # a broken database must not end the loop for good
+                        log.exception("webhook sending failed; trying again shortly")
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancel
+                    # that lands as the event is set, and stop() then waited for ever
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.poll_s):
+                            await asyncio.wait(
+                                {waker, *inflight}, return_when=asyncio.FIRST_COMPLETED
+                            )
+                    waker.cancel()
+                    self._wake.clear()
+                    for task in [t for t in inflight if t.done()]:
+                        del inflight[task]
+            finally:
+                if inflight:  # stopping: the attempts in flight finish (stop() bounds it)
+                    try:
+                        await asyncio.wait(set(inflight))
+                    except asyncio.CancelledError:  # cut off: their leases lapse, sent later
+                        for task in inflight:
+                            task.cancel()
+                        raise
 
-    def _claim(self, limit: int = 20) -> list[tuple[int, str, str, dict[str, Any], int]]:
-        """Due deliveries, each claimed for ``timeout_s`` (another replica skips it)."""
+    async def _fill(
+        self, client: httpx.AsyncClient, inflight: dict[asyncio.Task[None], int]
+    ) -> None:
+        """Claim due deliveries for the free slots (``webhooks.concurrency`` in all,
+        ``webhooks.per_target`` per webhook) and start sending each."""
+        while not self._stopping:
+            busy: dict[int, int] = {}
+            for hook_id in inflight.values():
+                busy[hook_id] = busy.get(hook_id, 0) + 1
+            free = self.settings.concurrency - len(inflight)
+            if free <= 0:
+                return
+            claimed = await finish_in_thread(self._claim, free, busy)
+            if not claimed:
+                return
+            for delivery in claimed:
+                task = asyncio.get_running_loop().create_task(self._send(client, *delivery[:4]))
+                inflight[task] = delivery[4]
+
+    def _claim(
+        self, limit: int = 20, busy: dict[int, int] | None = None
+    ) -> list[tuple[int, str, str, dict[str, Any], int]]:
+        """Due deliveries for the free slots, each claimed for twice ``timeout_s`` (another
+        replica skips it): (delivery, url, secret, payload, webhook), at most
+        ``webhooks.per_target`` per webhook counting ``busy`` (its deliveries in flight)."""
         now = datetime.now(UTC)
         lease = now + timedelta(seconds=self.settings.timeout_s * 2)
-        claimed = []
+        taken = dict(busy or {})
+        full = [h for h, n in taken.items() if n >= self.settings.per_target]
+        claimed: list[tuple[int, str, str, dict[str, Any], int]] = []
         with self.sessions.begin() as db:
             rows = db.execute(
                 select(WebhookDelivery, Webhook)
@@ -344,11 +389,14 @@ class Sender:
                 .where(
                     WebhookDelivery.status == "pending",
                     WebhookDelivery.next_attempt_at <= now,
+                    Webhook.id.not_in(full),
                 )
                 .order_by(WebhookDelivery.next_attempt_at)
-                .limit(limit)
+                .limit(limit * 4)  # some belong to webhooks whose slots fill on the way
             ).all()
             for delivery, hook in rows:
+                if len(claimed) >= limit or taken.get(hook.id, 0) >= self.settings.per_target:
+                    continue
                 won = db.execute(  # type: ignore[attr-defined]
                     update(WebhookDelivery)
                     .where(
@@ -358,9 +406,8 @@ class Sender:
                     .values(next_attempt_at=lease)
                 ).rowcount
                 if won:
-                    claimed.append(
-                        (delivery.id, hook.url, hook.secret, delivery.payload, delivery.attempts)
-                    )
+                    taken[hook.id] = taken.get(hook.id, 0) + 1
+                    claimed.append((delivery.id, hook.url, hook.secret, delivery.payload, hook.id))
         return claimed
 
     def _record(self, delivery_id: int, ok: bool, status: int | None, error: str) -> None:
@@ -393,15 +440,33 @@ class Sender:
                 row.next_attempt_at = now + timedelta(seconds=backoff(self.settings, row.attempts))
 
     async def send_due(self, client: httpx.AsyncClient) -> int:
-        """Post every delivery that is due now; the number sent (delivered or not)."""
-        claimed = await finish_in_thread(self._claim)
-        for delivery_id, url, secret, payload, _ in claimed:
-            if self._stopping:  # claims lapse after their lease: sent on the next start
-                break
-            body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":"))
-            data = body.encode()
-            ok, status, error = False, None, ""
-            try:
+        """Send every delivery that is due now, as the loop would, and wait for them; the
+        number sent (delivered or not). For tests and one-off runs."""
+        inflight: dict[asyncio.Task[None], int] = {}
+        sent = 0
+        while True:
+            await self._fill(client, inflight)
+            if not inflight:
+                return sent
+            done, _ = await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del inflight[task]
+                sent += 1
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        delivery_id: int,
+        url: str,
+        secret: str,
+        payload: dict[str, Any],
+    ) -> None:
+        """One attempt, cut off after ``timeout_s`` in all, and its outcome recorded."""
+        body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":"))
+        data = body.encode()
+        ok, status, error = False, None, ""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
                 # checked again now and connected to the address that was checked
                 target = await check_url(url, allow_private=self.settings.allow_private_targets)
                 response = await client.post(
@@ -416,12 +481,13 @@ class Sender:
                     },
                     extensions=target.extensions,
                 )
-                status = response.status_code
-                ok = 200 <= status < 300
-                error = "" if ok else f"HTTP {status}"
-            except InvalidField as exc:
-                error = exc.message
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            await finish_in_thread(self._record, delivery_id, ok, status, error)
-        return len(claimed)
+            status = response.status_code
+            ok = 200 <= status < 300
+            error = "" if ok else f"HTTP {status}"
+        except InvalidField as exc:
+            error = exc.message
+        except TimeoutError:
+            error = f"no answer within webhooks.timeout_s ({self.settings.timeout_s:g} s)"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        await finish_in_thread(self._record, delivery_id, ok, status, error)
