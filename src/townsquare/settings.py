@@ -528,6 +528,13 @@ class SafetySettings(BaseModel):
     redteam_concurrency: int = Field(
         2, ge=1, le=64, description="Red-team attempts in flight at once."
     )
+    redteam_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A running red-team run writes a heartbeat this often; one silent for three "
+        "of these (the process running it died) is marked failed, so a new run can start.",
+    )
     redteam_gate_asr: float = Field(
         0.15,
         ge=0.0,

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,14 @@ from townsquare.app import create_app
 from townsquare.backends.fake import FakeText
 from townsquare.backends.llamacpp import LlamaCppText
 from townsquare.backends.sentence_embed import SentenceEmbeddings
-from townsquare.errors import ConfigurationError
+from townsquare.errors import ConfigurationError, Conflict
 from townsquare.safety import redteam
 from townsquare.safety.datasets import Wheel, split_of
 from townsquare.services import Services
 from townsquare.settings import Settings
 from townsquare.social.demo import seed
 from townsquare.storage.social_tables import Group
+from townsquare.storage.tables import RedteamRunRow, utcnow
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +217,36 @@ def test_quick_suite_gate_on_the_real_model(
     assert summary["over_refusal"] <= settings.safety.redteam_gate_over_refusal, summary[
         "over_refused"
     ]
+
+
+def test_a_run_whose_process_died_is_marked_failed_and_frees_the_start(tmp_path: Path) -> None:
+    """A replica killed mid-run leaves its row 'running'; once it has been silent for three
+    heartbeats the next start marks it failed instead of answering 409 for ever."""
+    services = Services.build(make_settings(tmp_path, safety={"redteam_heartbeat_s": 1.0}))
+    admin = add_user(services, "boss", role="admin")
+    dead = redteam.start(services.sessions, "quick", "a replica that died", heartbeat_s=1.0)
+    with pytest.raises(Conflict):  # still beating a moment ago: another start waits
+        redteam.start(services.sessions, "quick", "too soon", heartbeat_s=1.0)
+    with services.sessions.begin() as db:
+        row = db.get(RedteamRunRow, dead)
+        assert row is not None
+        row.heartbeat_at = utcnow() - timedelta(seconds=10)  # silent since
+    with TestClient(create_app(services=services)) as client:
+        listed = client.get("/api/redteam/runs", headers=auth(admin)).json()["data"]
+        assert listed[0]["id"] == dead and listed[0]["status"] == "failed"
+        assert "heartbeat" in listed[0]["error"]
+    fresh = redteam.start(services.sessions, "quick", "this one", heartbeat_s=1.0)
+    assert fresh != dead
+    asyncio.run(services.aclose())
+
+
+async def test_a_running_run_beats(tmp_path: Path) -> None:
+    services = Services.build(make_settings(tmp_path))
+    run = redteam.start(services.sessions, "quick", "here", heartbeat_s=0.05)
+    with services.sessions() as db:
+        first = db.get(RedteamRunRow, run).heartbeat_at  # type: ignore[union-attr]
+    async with redteam.beating(services.sessions, run, 0.05):
+        await asyncio.sleep(0.3)
+    with services.sessions.begin() as db:
+        assert db.get(RedteamRunRow, run).heartbeat_at > first  # type: ignore[union-attr, operator]
+    await services.aclose()

@@ -161,20 +161,23 @@ async def _run(
 
     name = url or "this town (in-process)"
     try:
-        run_id = redteam.start(services.sessions, suite, name)
+        run_id = redteam.start(
+            services.sessions, suite, name, heartbeat_s=safety.redteam_heartbeat_s
+        )
         try:
-            if url is None:
-                summary = await redteam.run_in_process(
-                    create_app(services=services),
-                    services,
-                    garak,
-                    suite,
-                    name=name,
-                    max_tokens=safety.redteam_max_tokens,
-                    concurrency=safety.redteam_concurrency,
-                )
-            else:
-                summary = await remote(url)
+            async with redteam.beating(services.sessions, run_id, safety.redteam_heartbeat_s):
+                if url is None:
+                    summary = await redteam.run_in_process(
+                        create_app(services=services),
+                        services,
+                        garak,
+                        suite,
+                        name=name,
+                        max_tokens=safety.redteam_max_tokens,
+                        concurrency=safety.redteam_concurrency,
+                    )
+                else:
+                    summary = await remote(url)
         except BaseException as exc:
             redteam.finish(services.sessions, run_id, None, error=repr(exc))
             raise

