@@ -794,13 +794,36 @@ class AssistantSettings(BaseModel):
         12, ge=0, le=200, description="Recent group messages the assistant reads when mentioned."
     )
     mention_concurrency: int = Field(
-        2, ge=1, le=64, description="Group mentions answered at the same time (the rest wait)."
+        2,
+        ge=1,
+        le=64,
+        description="Group mentions one replica answers at the same time (the rest wait in the "
+        "jobs table; a group or member with one being answered waits for it, so no group or "
+        "member holds every worker).",
     )
     mention_queue: int = Field(
         256,
         ge=1,
         le=100_000,
-        description="Mentions that may wait; beyond this a mention is logged and left unanswered.",
+        description="Mentions that may wait in one group; beyond this a mention is logged and "
+        "left unanswered.",
+    )
+    mention_lease_s: float = Field(
+        60.0,
+        gt=1,
+        le=3600,
+        description="A mention being answered is leased for this long and renewed while it is; "
+        "if its replica dies, another takes it over once the lease lapses.",
+    )
+    mention_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of a mention whose answer failed before it is dropped."
+    )
+    mention_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often idle mention workers look for mentions queued by other replicas "
+        "or left by one that died (at once for those this replica queued).",
     )
     events_poll_s: float = Field(
         1.0,

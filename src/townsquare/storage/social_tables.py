@@ -99,6 +99,9 @@ class GroupMessage(Base):
     generation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # its number in the group, in commit order (0019; given at flush by _number_messages)
     seq: Mapped[int] = mapped_column(Integer)
+    # the assistant's reply: the mention it answers, unique, so a mention is answered once
+    # whatever replicas race (0022)
+    answers_id: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
 
 
 def _insert_order(obj: object) -> int:

@@ -7,10 +7,14 @@ context (that group's messages only) and the asking member's permissions for too
 the host app by webhook (``group.message.created``, enqueued in the same transaction) and every
 member's open event stream (``GET /api/groups/{id}/events``).
 
-Mentions are answered by a few workers (``assistant.mention_concurrency``) behind a bounded
-queue; a message is answered at most once (a reply to it by the assistant already stored means
-done), so resending a batch never doubles a reply. A mention in a group whose persona is
-switched off is ignored and logged.
+Mentions are durable jobs (``storage/jobs.py``): queued in the database when the message is
+stored, keyed by the message, and answered by a few workers per replica
+(``assistant.mention_concurrency``) that lease them, so a stop, a crash or a redeploy loses none
+(another replica, or the next start, takes a lapsed lease over) and a batch re-sent to two
+replicas queues one job. A reply records the mention it answers under a unique key, so a
+mention is answered once whatever races. A group or member with a mention being answered
+waits for it while others' are answered. A mention in a group whose persona is switched off is
+ignored and logged.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from townsquare.features.webhooks.service import Sender
 from townsquare.safety.pipeline import Context, GuardedText, model_seconds
 from townsquare.settings import Settings
 from townsquare.social import access
+from townsquare.storage import jobs
 from townsquare.storage.social_tables import (
     Generation,
     Group,
@@ -66,6 +71,7 @@ log = logging.getLogger("townsquare.assistant")
 FEATURE = "group_assistant"
 TOOL_NAMES = [t.name for t in TOOLS]
 STATS_KEPT = 1000  # the latest answers' timings (a long-running server keeps no more)
+MENTION = "mention"  # the jobs' kind
 MEMBERSHIP_CHECK_S = 15.0  # an idle stream still checks this often that its member is in
 READ_LIMIT = 100  # messages one read of a stream returns
 CUT = "\n\n(My reply was cut at the length limit.)"
@@ -245,7 +251,7 @@ class GroupChat:
         self.settings = settings
         self.sender = sender
         self.stats = MentionStats()
-        self._queue: asyncio.Queue[int] | None = None
+        self._jobs_ready: asyncio.Event | None = None
         self._workers: list[asyncio.Task[None]] = []
         # the event streams of this process: per group, its open streams, its watcher task,
         # the last committed number it saw, and the events that wake streams and the watcher
@@ -266,7 +272,7 @@ class GroupChat:
             return
         self._loop = asyncio.get_running_loop()
         self._changed, self._nudges = {}, {}  # events of this loop only
-        self._queue = asyncio.Queue(self.settings.assistant.mention_queue)
+        self._jobs_ready = asyncio.Event()
         self._workers = [
             self._loop.create_task(self._work(), name=f"mentions-{i}")
             for i in range(self.settings.assistant.mention_concurrency)
@@ -282,7 +288,7 @@ class GroupChat:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers = []
-        self._queue = None
+        self._jobs_ready = None
         self._loop = None
 
     def _on_owner(self, callback: Any, *args: Any) -> None:
@@ -300,18 +306,23 @@ class GroupChat:
             loop.call_soon_threadsafe(callback, *args)
 
     def waiting(self) -> int:
-        """Mentions queued and not yet answered (a metrics gauge)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Mentions queued or being answered, on every replica."""
+        with self.sessions() as db:
+            return jobs.pending(db, MENTION)
 
-    async def drain(self) -> None:
-        """Wait until every queued mention is answered (tests, benchmarks)."""
-        if self._queue is not None:
-            await self._queue.join()
+    async def drain(self, timeout_s: float = 300.0) -> None:
+        """Wait until every queued mention is answered or dropped (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while await finish_in_thread(self.waiting) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     # --- new messages ------------------------------------------------------------------------
 
-    def _mentioning(self, external_ids: Sequence[str]) -> tuple[set[int], list[int]]:
-        """(groups that changed, messages that mention their group's assistant)."""
+    def _mentioning(
+        self, external_ids: Sequence[str]
+    ) -> tuple[set[int], list[tuple[int, int, int]]]:
+        """(groups that changed, (message, group, author) of those that mention their group's
+        assistant)."""
         with self.sessions() as db:
             rows = db.execute(
                 select(
@@ -333,11 +344,37 @@ class GroupChat:
                 select(User.id).where(User.external_id == self.settings.assistant.user_id)
             ).first()
         asked = [
-            m
+            (m, g, author)
             for m, g, text, author in rows
             if author != bot and mentions(text, names.get(g, self.settings.assistant.name))
         ]
         return groups, asked
+
+    def _queue_mentions(self, asked: Sequence[tuple[int, int, int]]) -> int:
+        """One job per mention (``storage/jobs.py``; a mention queued before, here or on another
+        replica, is not queued again); the number queued."""
+        queued = 0
+        cap = self.settings.assistant.mention_queue
+        with self.sessions() as db:
+            for message_id, group_id, author_id in asked:
+                if jobs.pending(db, MENTION, group_id=group_id) >= cap:
+                    log.error(
+                        "mention %s not answered: %s mentions are waiting in its group "
+                        "(assistant.mention_queue)",
+                        message_id,
+                        cap,
+                    )
+                    continue
+                queued += jobs.enqueue(
+                    db,
+                    MENTION,
+                    str(message_id),
+                    payload={"message": message_id},
+                    group_id=group_id,
+                    user_id=author_id,
+                )
+            db.commit()
+        return queued
 
     async def received(self, external_ids: Sequence[str]) -> None:
         """Messages were stored (ingested or posted): wake the groups' streams and queue the
@@ -348,23 +385,15 @@ class GroupChat:
         groups, asked = await finish_in_thread(self._mentioning, wanted)
         for group_id in groups:
             self.notify(group_id)
-        for message_id in asked:
-            if self._queue is None:
-                log.warning("mention %s not answered: the assistant is not running", message_id)
-                continue
-            self._on_owner(self._enqueue, message_id)
-
-    def _enqueue(self, message_id: int) -> None:
-        if self._queue is None:
+        if not asked:
             return
-        try:
-            self._queue.put_nowait(message_id)
-        except asyncio.QueueFull:
-            log.error(
-                "mention %s not answered: %s mentions are waiting (assistant.mention_queue)",
-                message_id,
-                self._queue.qsize(),
-            )
+        queued: int = await finish_in_thread(self._queue_mentions, asked)
+        if queued:
+            self._on_owner(self._ready)
+
+    def _ready(self) -> None:
+        if self._jobs_ready is not None:
+            self._jobs_ready.set()
 
     def notify(self, group_id: int) -> None:
         """A message of ``group_id`` was committed here: its watcher looks now."""
@@ -438,15 +467,58 @@ class GroupChat:
     # --- answering ---------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        assert self._queue is not None
+        """One mention worker: lease a due mention (any replica's), answer it while renewing
+        the lease, record the outcome; idle, wait to be told or ``mention_poll_s``."""
+        settings = self.settings.assistant
         while True:
-            message_id = await self._queue.get()
+            try:
+                job = await finish_in_thread(self._claim)
+            except Exception:  # a database hiccup: look again shortly
+                log.exception("could not look for mentions to answer")
+                job = None
+            if job is None:
+                ready = self._jobs_ready
+                if ready is not None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(settings.mention_poll_s):
+                            await ready.wait()
+                    ready.clear()
+                continue
+            job_id, message_id = job
+            renewing = asyncio.get_running_loop().create_task(self._renew(job_id))
+            error = ""
             try:
                 await self.answer(message_id)
-            except Exception:  # one failed answer must not stop the worker
+            except Exception as exc:  # one failed answer must not stop the worker
                 log.exception("answering mention %s failed", message_id)
+                error = repr(exc)
             finally:
-                self._queue.task_done()
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+            await finish_in_thread(self._finish, job_id, error)
+
+    def _claim(self) -> tuple[int, int] | None:
+        with self.sessions() as db:
+            job = jobs.claim(db, MENTION, self.settings.assistant.mention_lease_s)
+            return (job.id, int(job.payload["message"])) if job is not None else None
+
+    def _finish(self, job_id: int, error: str) -> None:
+        with self.sessions() as db:
+            jobs.finish(db, job_id, error=error, attempts=self.settings.assistant.mention_attempts)
+
+    async def _renew(self, job_id: int) -> None:
+        lease = self.settings.assistant.mention_lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await finish_in_thread(self._renew_once, job_id, lease)
+            except Exception:  # a database hiccup: the next renewal tries again
+                log.exception("could not renew the lease of mention job %s", job_id)
+
+    def _renew_once(self, job_id: int, lease: float) -> None:
+        with self.sessions() as db:
+            jobs.renew(db, job_id, lease)
 
     def _prepare(self, message_id: int) -> Prepared | None:
         settings = self.settings
@@ -603,7 +675,7 @@ class GroupChat:
 
     def _store(
         self, prepared: Prepared, text: str, cards: list[dict[str, Any]], model: str | None
-    ) -> str:
+    ) -> str | None:
         """Store the reply in the group (and, when the ``model`` wrote it, as a generation the
         asker may rate and training exports may use); queue its webhook."""
         with self.sessions.begin() as db:
@@ -619,10 +691,16 @@ class GroupChat:
                 text=text,
                 cards=cards or None,
                 reply_to_id=asked.id,
+                answers_id=asked.id,
                 created_at=datetime.now(UTC),
             )
             db.add(reply)
-            db.flush()
+            try:
+                with db.begin_nested():
+                    db.flush()
+            except IntegrityError:  # another worker answered it meanwhile: keep that one
+                log.info("mention %s was answered meanwhile", prepared.message_id)
+                return None
             if model is not None:
                 generation = Generation(
                     feature=FEATURE,
