@@ -190,7 +190,11 @@ async def test_one_watcher_reads_for_every_stream_of_a_group(
     listeners = [
         asyncio.create_task(listen(n, user)) for n, user in enumerate((member, moderator, member))
     ]
-    await asyncio.sleep(0.2)
+    for _ in range(200):  # until the three streams are open
+        if chat._streams.get(group) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert chat._streams.get(group) == 3
     assert len([t for t in chat._watchers.values() if not t.done()]) == 1
 
     def other_replica() -> None:

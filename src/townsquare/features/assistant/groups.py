@@ -784,7 +784,11 @@ class GroupChat:
         once when this process committed a message), waking the streams when it grew."""
         try:
             while self._streams.get(group_id):
-                seq = await finish_in_thread(self.latest_seq, group_id)
+                try:
+                    seq = await finish_in_thread(self.latest_seq, group_id)
+                except Exception:  # a database hiccup: look again at the next poll
+                    log.exception("the watcher of group %s could not read", group_id)
+                    seq = 0
                 if seq > self._seen.get(group_id, 0):
                     self._seen[group_id] = seq
                     self._wake(group_id)
@@ -793,8 +797,6 @@ class GroupChat:
                     async with asyncio.timeout(self.settings.assistant.events_poll_s):
                         await nudge.wait()
                 nudge.clear()
-        except Exception:  # a database hiccup: the streams read on their own checks meanwhile
-            log.exception("the watcher of group %s stopped", group_id)
         finally:
             self._watchers.pop(group_id, None)
 
