@@ -17,7 +17,12 @@ crash, and Ray Data against the in-process path.
    ``--rows``) embedded by the bundled MiniLM in this process, then by Ray Data (2 actors on
    a local Ray instance with 2 CPUs; the timing includes starting the actors and loading the
    model in each, not starting Ray).
-5. ``--suites``: the whole test suite on SQLite and on PostgreSQL (``--database=postgresql``),
+5. ``mentions_unanswered`` / ``mentions_answered_twice`` (``--only-mentions`` runs just this):
+   two replicas (replies take 1 s each: ``fake:1.0``), 18 @-mentions from 6 members in 3
+   groups put through the balancer in one batch per group, then one replica stopped at once,
+   by SIGKILL and, in a second run, SIGTERM, and started again; after 90 s, mentions with no
+   reply and mentions replied to twice, counted in PostgreSQL.
+6. ``--suites``: the whole test suite on SQLite and on PostgreSQL (``--database=postgresql``),
    pass counts side by side (about 30 minutes).
 
 Figures go to stdout and bench/results/scale.json.
@@ -233,6 +238,77 @@ def quotas_and_crash(work: Path, uri: str, redis_url: str) -> dict[str, Any]:
     }
 
 
+def mentions_after_a_stop(work: Path, uri: str, redis_url: str, sig: int) -> dict[str, int]:
+    """18 mentions, one replica stopped with ``sig`` as they are answered and started again:
+    how many are never answered, and how many answered twice."""
+    name = signal.Signals(sig).name.lower()
+    directory = work / f"mentions-{name}"
+    directory.mkdir()
+    cluster = Cluster(
+        directory,
+        fresh_database(uri, f"bench_mentions_{name}"),
+        redis_url,
+        settings={
+            "TOWNSQUARE_TEXT__BACKEND": "fake:1.0",
+            "TOWNSQUARE_ASSISTANT__TOOL_MODE": "off",
+            "TOWNSQUARE_ASSISTANT__MENTION_LEASE_S": "5",
+            "TOWNSQUARE_ASSISTANT__MENTION_POLL_S": "0.5",
+        },
+    )
+    groups, members = ["g-a", "g-b", "g-c"], [f"u-{n}" for n in range(6)]
+    try:
+        cluster.start()
+        admin = key_in(cluster.command("users", "create", "ops", "--role", "admin"))
+        ops = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(base_url=cluster.url, headers=ops, timeout=30) as client:
+            for member in members:
+                client.put(f"/api/users/{member}", json={"name": member}).raise_for_status()
+            for n, group in enumerate(groups):
+                mine = members[2 * n : 2 * n + 2]
+                client.put(
+                    f"/api/groups/{group}",
+                    json={"name": group, "members": [{"user": m} for m in mine]},
+                ).raise_for_status()
+            for n, group in enumerate(groups):  # one batch per group, to either replica
+                batch = [
+                    {
+                        "external_id": f"ask-{group}-{k}",
+                        "group": group,
+                        "author": members[2 * n + k % 2],
+                        "text": f"@assistant question {k}?",
+                    }
+                    for k in range(6)
+                ]
+                client.post("/api/messages:batch", json=batch).raise_for_status()
+        time.sleep(1.5)  # some answered, some being answered, the rest waiting
+        cluster.kill(0, sig)
+        cluster.start_replica(0)
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(cluster.env["TOWNSQUARE_DATABASE_URL"])
+        count = text(
+            "SELECT a.external_id, COUNT(r.id) FROM group_messages a LEFT JOIN group_messages r "
+            "ON r.reply_to_id = a.id AND r.author_id <> a.author_id "
+            "WHERE a.external_id LIKE 'ask-%' GROUP BY a.external_id"
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            with engine.connect() as db:
+                replies = dict(db.execute(count).all())
+            if all(replies.get(f"ask-{g}-{k}", 0) for g in groups for k in range(6)):
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        engine.dispose()
+    finally:
+        cluster.stop()
+    unanswered = sum(1 for g in groups for k in range(6) if not replies.get(f"ask-{g}-{k}"))
+    twice = sum(1 for v in replies.values() if v > 1)
+    print(f"mentions ({name}): {unanswered} of 18 unanswered, {twice} answered twice")
+    return {f"mentions_unanswered_{name}": unanswered, f"mentions_answered_twice_{name}": twice}
+
+
 def ray_embedding(rows: int) -> dict[str, Any]:
     import ray
 
@@ -322,7 +398,31 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--suites", action="store_true")
+    parser.add_argument(
+        "--only-mentions",
+        action="store_true",
+        help="only the mentions-after-a-stop runs, merged into the existing results",
+    )
     args = parser.parse_args()
+    if args.only_mentions:
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(scratch)
+            server = start_postgres(work)
+            redis = RedisServer(work)
+            redis.start()
+            try:
+                found: dict[str, Any] = {}
+                for sig in (signal.SIGKILL, signal.SIGTERM):
+                    found |= mentions_after_a_stop(work, server.get_uri(), redis.url, sig)
+            finally:
+                redis.stop()
+                server.cleanup()
+        out = ROOT / "bench" / "results" / "scale.json"
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        kept |= found
+        out.write_text(json.dumps(kept, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return
     for tool in ("wrk", "haproxy", "redis-server"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed: apt-get install wrk haproxy redis-server")
@@ -339,6 +439,8 @@ def main() -> None:
             uri = server.get_uri()
             results |= throughput(work, uri, redis.url, args.duration)
             results |= quotas_and_crash(work, uri, redis.url)
+            for sig in (signal.SIGKILL, signal.SIGTERM):
+                results |= mentions_after_a_stop(work, uri, redis.url, sig)
         finally:
             redis.stop()
             server.cleanup()
