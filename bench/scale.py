@@ -31,6 +31,7 @@ Figures go to stdout and bench/results/scale.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +395,21 @@ def suites() -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[Path, str, str]]:
+    """A scratch directory, PostgreSQL (its URI) and Redis (its URL), stopped afterwards."""
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        server = start_postgres(work)
+        redis = RedisServer(work)
+        redis.start()
+        try:
+            yield work, server.get_uri(), redis.url
+        finally:
+            redis.stop()
+            server.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=15)
@@ -405,18 +422,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.only_mentions:
-        with tempfile.TemporaryDirectory() as scratch:
-            work = Path(scratch)
-            server = start_postgres(work)
-            redis = RedisServer(work)
-            redis.start()
-            try:
-                found: dict[str, Any] = {}
-                for sig in (signal.SIGKILL, signal.SIGTERM):
-                    found |= mentions_after_a_stop(work, server.get_uri(), redis.url, sig)
-            finally:
-                redis.stop()
-                server.cleanup()
+        found: dict[str, Any] = {}
+        with servers() as (work, uri, redis_url):
+            for sig in (signal.SIGKILL, signal.SIGTERM):
+                found |= mentions_after_a_stop(work, uri, redis_url, sig)
         out = ROOT / "bench" / "results" / "scale.json"
         kept = json.loads(out.read_text()) if out.exists() else {}
         kept |= found
@@ -430,20 +439,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "duration_s": args.duration,
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch)
-        server = start_postgres(work)
-        redis = RedisServer(work)
-        redis.start()
-        try:
-            uri = server.get_uri()
-            results |= throughput(work, uri, redis.url, args.duration)
-            results |= quotas_and_crash(work, uri, redis.url)
-            for sig in (signal.SIGKILL, signal.SIGTERM):
-                results |= mentions_after_a_stop(work, uri, redis.url, sig)
-        finally:
-            redis.stop()
-            server.cleanup()
+    with servers() as (work, uri, redis_url):
+        results |= throughput(work, uri, redis_url, args.duration)
+        results |= quotas_and_crash(work, uri, redis_url)
+        for sig in (signal.SIGKILL, signal.SIGTERM):
+            results |= mentions_after_a_stop(work, uri, redis_url, sig)
     results |= ray_embedding(args.rows)
     if args.suites:
         results |= suites()

@@ -15,6 +15,7 @@ reading ``id > 1`` would never deliver it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -124,26 +125,28 @@ def _number_messages(session: Session, _context: object, _instances: object) -> 
             new[obj.group_id].append(obj)
     logged = [o for o in added if isinstance(o, VectorItem) and o.seq is None]
     for group_id in sorted(new):
-        messages = new[group_id]
-        last = session.execute(
-            update(Group)
-            .where(Group.id == group_id)
-            .values(message_seq=Group.message_seq + len(messages))
-            .returning(Group.message_seq)
-            .execution_options(synchronize_session=False)
-        ).scalar_one()
-        for n, message in enumerate(messages, start=last - len(messages) + 1):
-            message.seq = n
+        _take_numbers(session, new[group_id], Group.message_seq, Group.id == group_id)
     if logged:
-        last = session.execute(
-            update(LogCounter)
-            .where(LogCounter.name == "vector_items")
-            .values(value=LogCounter.value + len(logged))
-            .returning(LogCounter.value)
-            .execution_options(synchronize_session=False)
-        ).scalar_one()
-        for n, item in enumerate(logged, start=last - len(logged) + 1):
-            item.seq = n
+        _take_numbers(session, logged, LogCounter.value, LogCounter.name == "vector_items")
+
+
+def _take_numbers(
+    session: Session,
+    rows: Sequence[GroupMessage | VectorItem],
+    counter: Any,
+    where: Any,
+) -> None:
+    """Raise ``counter`` (the row ``where`` picks) by ``len(rows)`` and number ``rows`` with the
+    numbers taken, in order; the row stays locked until the transaction ends."""
+    last = session.execute(
+        update(counter.class_)
+        .where(where)
+        .values({counter.key: counter + len(rows)})
+        .returning(counter)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    for n, row in enumerate(rows, start=last - len(rows) + 1):
+        row.seq = n
 
 
 class Post(Base):
