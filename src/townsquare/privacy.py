@@ -116,9 +116,17 @@ class RetentionSweeper:
     """Runs ``sweep`` every ``privacy.sweep_every_s`` beside requests (off the event loop); the
     first sweep comes one interval after the start."""
 
-    def __init__(self, sessions: sessionmaker[Session], settings: PrivacySettings) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: PrivacySettings,
+        *,
+        also: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        """``also``: more housekeeping run with each sweep (the image files no row uses)."""
         self.sessions = sessions
         self.settings = settings
+        self.also = also
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -147,6 +155,8 @@ class RetentionSweeper:
             await asyncio.sleep(self.settings.sweep_every_s)
             try:
                 done = await finish_in_thread(sweep, self.sessions, self.settings)
+                if self.also is not None:
+                    done |= await finish_in_thread(self.also)
                 if any(done.values()):
                     log.info("retention sweep", extra=done)
             except Exception:  # a database hiccup: the next sweep tries again

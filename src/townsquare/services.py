@@ -24,7 +24,7 @@ from townsquare.features.assistant.agent import Agent
 from townsquare.features.assistant.groups import GroupChat
 from townsquare.features.assistant.router import Router
 from townsquare.features.assistant.tools import ToolEnv, build_tools
-from townsquare.features.imagine.service import ImageService
+from townsquare.features.imagine.service import ImageService, sweep_orphans
 from townsquare.features.search import service as search_service
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
@@ -266,7 +266,15 @@ class Services:
                 cue_similarity=settings.search.category_similarity,
             ),
         )
-        built.retention = RetentionSweeper(sessions, settings.privacy)
+        built.retention = RetentionSweeper(
+            sessions,
+            settings.privacy,
+            also=lambda: {
+                "orphan_images": sweep_orphans(
+                    sessions, built.images.blobs, settings.images.orphan_grace_s
+                )
+            },
+        )
         built.webhook_sender = Sender(
             sessions,
             settings.webhooks,

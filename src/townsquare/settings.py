@@ -629,6 +629,13 @@ class WatermarkSettings(BaseModel):
 class ImageSettings(BaseModel):
     """Imagine and Reimagine: the image engine, its limits, and what every image goes through."""
 
+    orphan_grace_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="An image file no image row uses (its process died between writing the "
+        "file and storing the row) is deleted by the periodic sweep once it is this old.",
+    )
     backend: str = Field(
         "none",
         description="Image engine: 'none' (image routes answer 503), 'diffusers:/path/to/"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -501,3 +502,36 @@ def test_sizes_are_checked_against_the_engine() -> None:
     assert engine.generate("a", size=Size(256, 256))[0].size == (256, 256)
     assert Size.parse(" 512X768 ") == Size(512, 768)
     assert str(Size(3, 4)) == "3x4"
+
+
+def test_files_no_image_row_uses_are_swept_after_their_grace(
+    town: tuple[Services, TestClient, dict[str, str]],
+) -> None:
+    """A process that died between writing an image file and storing its row left the file;
+    the sweep deletes it once it is older than images.orphan_grace_s, and nothing else."""
+    from townsquare.features.imagine.service import sweep_orphans
+
+    services, client, keys = town
+    made = client.post("/api/imagine", json={"prompt": "a red bike"}, headers=auth(keys["member"]))
+    assert made.status_code == 200, made.text
+    blobs = services.images.blobs
+    root = services.settings.data_dir / "blobs"
+    kept = {p.name for p in root.rglob("*") if p.is_file()}  # the image's own file
+    orphan = blobs.put(b"a file whose row was never stored")
+    fresh = blobs.put(b"a file whose row is being stored right now")
+    crashed = root / orphan[:2] / ".tmp-left-by-a-crash"
+    crashed.write_bytes(b"half a file")
+    old = time.time() - 7200
+    for path in [*root.rglob("*")]:
+        if path.is_file() and path.name != fresh:
+            os.utime(path, (old, old))
+    assert sweep_orphans(services.sessions, blobs, grace_s=3600, batch=1) == 1
+    left = {p.name for p in root.rglob("*") if p.is_file()}
+    assert left == kept | {fresh}  # the used one, and the young one
+    assert (
+        client.get(made.json()["data"][0]["url"], headers=auth(keys["member"])).status_code == 200
+    )
+    # a file written again is young again: the same bytes for a new row are not swept
+    os.utime(root / fresh[:2] / fresh, (old, old))
+    assert blobs.put(b"a file whose row is being stored right now") == fresh
+    assert sweep_orphans(services.sessions, blobs, grace_s=3600) == 0

@@ -495,6 +495,33 @@ class ImageService:
             self.blobs.delete(digest)
 
 
+def sweep_orphans(
+    sessions: sessionmaker[Session], blobs: BlobStore, grace_s: float, batch: int = 500
+) -> int:
+    """Delete the image files no row uses that are older than ``grace_s`` (a crash between
+    writing the file and storing its row; see ``storage/blobs.py``); the number deleted.
+    Reads the files in batches, one query per batch."""
+    deleted = 0
+    chunk: list[str] = []
+
+    def settle() -> int:
+        with sessions() as db:
+            used = set(db.scalars(select(ImageRow.blob).where(ImageRow.blob.in_(chunk))))
+        gone = [d for d in chunk if d not in used]
+        for digest in gone:
+            blobs.delete(digest, older_than_s=grace_s)
+        chunk.clear()
+        return len(gone)
+
+    for digest in blobs.older_than(grace_s):
+        chunk.append(digest)
+        if len(chunk) >= batch:
+            deleted += settle()
+    if chunk:
+        deleted += settle()
+    return deleted
+
+
 def public_names(db: Session, rows: list[ImageRow]) -> dict[str, Any]:
     """The external ids of the users, groups and images ``rows`` point at (one query each)."""
     users = {r.user_id for r in rows if r.user_id}
