@@ -56,10 +56,17 @@ from townsquare.storage.db import (
     private_dir,
     wait_for_database,
 )
+from townsquare.storage.jobs import forget_finished
 from townsquare.storage.tables import SafetyEventRow
 from townsquare.storage.vectors import EmbeddedVectorIndex, VectorIndex
 
 log = logging.getLogger("townsquare.services")
+
+
+def forget_jobs(sessions: sessionmaker[Session], days: float) -> int:
+    """``storage.jobs.forget_finished`` in a session of its own (the periodic sweep)."""
+    with sessions() as db:
+        return forget_finished(db, days)
 
 
 @dataclass
@@ -272,7 +279,8 @@ class Services:
             also=lambda: {
                 "orphan_images": sweep_orphans(
                     sessions, built.images.blobs, settings.images.orphan_grace_s
-                )
+                ),
+                "finished_jobs": forget_jobs(sessions, settings.assistant.mention_jobs_kept_days),
             },
         )
         built.webhook_sender = Sender(

@@ -825,6 +825,13 @@ class AssistantSettings(BaseModel):
     mention_attempts: int = Field(
         3, ge=1, le=20, description="Tries of a mention whose answer failed before it is dropped."
     )
+    mention_jobs_kept_days: float = Field(
+        7.0,
+        gt=0,
+        le=3650,
+        description="Answered and dropped mention jobs are deleted by the periodic sweep after "
+        "this many days (a dropped one stays visible in the jobs table until then).",
+    )
     mention_poll_s: float = Field(
         1.0,
         gt=0,

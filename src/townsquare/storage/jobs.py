@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -171,3 +172,24 @@ def finish(db: Session, job_id: int, *, error: str = "", attempts: int = 3) -> s
     state = job.state
     db.commit()
     return state
+
+
+def forget_finished(db: Session, days: float, batch: int = 1000) -> int:
+    """Delete done and dead jobs queued more than ``days`` ago (the table would otherwise
+    grow for ever; a re-sent mention is still answered once: its reply's key stays); the
+    number deleted. Batches of ``batch`` rows, each committed."""
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    deleted = 0
+    while True:
+        ids = list(
+            db.scalars(
+                select(Job.id)
+                .where(Job.state.in_(("done", "dead")), Job.created_at < cutoff)
+                .limit(batch)
+            )
+        )
+        if not ids:
+            return deleted
+        db.execute(delete(Job).where(Job.id.in_(ids)))
+        db.commit()
+        deleted += len(ids)

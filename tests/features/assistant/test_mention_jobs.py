@@ -136,3 +136,24 @@ def test_claims_share_the_workers_between_groups_and_members(
         assert jobs.claim(db, "mention", 60).key == "a2"  # type: ignore[union-attr]
         job = db.get(Job, third.id)
         assert job is not None and job.run_after > datetime.now(UTC)
+
+
+def test_finished_jobs_are_forgotten_after_their_days(town: tuple[Services, FakeText]) -> None:
+    """The jobs table does not grow for ever: done and dead jobs older than the setting go,
+    queued and running ones stay whatever their age."""
+    from townsquare.services import forget_jobs
+
+    services, _ = town
+    with services.sessions() as db:
+        for key, state in [("old-done", "done"), ("old-dead", "dead"), ("old-queued", "queued")]:
+            jobs.enqueue(db, "mention", key)
+            db.commit()
+            job = db.scalars(select(Job).where(Job.key == key)).one()
+            job.state, job.created_at = state, datetime.now(UTC) - timedelta(days=10)
+        jobs.enqueue(db, "mention", "new-done")
+        db.commit()
+        db.scalars(select(Job).where(Job.key == "new-done")).one().state = "done"
+        db.commit()
+    assert forget_jobs(services.sessions, days=7) == 2
+    with services.sessions() as db:
+        assert set(db.scalars(select(Job.key))) == {"old-queued", "new-done"}
