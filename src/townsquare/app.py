@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             return
         built = await anyio.to_thread.run_sync(partial(Services.build, settings, metrics=metrics))
         app.state.services = built
+        # the watermark key agrees with the other replicas' (or this replica refuses to start)
+        await anyio.to_thread.run_sync(built.provenance)
         if isinstance(built.moderator, EmbeddedModerator):  # before the first request, not in it
             await anyio.to_thread.run_sync(built.moderator.warm)
         # The models and libraries loaded above are about half a million long-lived objects: a

@@ -24,6 +24,7 @@
         ├── InvalidOutput           502 invalid_output       (structured output failed twice)
         └── BackendUnavailable      503 backend_unavailable
             ├── ImagesNotConfigured 503 images_not_configured
+            ├── BlobStoreUnavailable 503 blob_store_unavailable (the image store is down)
             └── QuotasUnavailable   503 quotas_unavailable  (Redis down, fallback 'closed')
 
 Every message says what to do next: it is shown to the caller as it is.
@@ -182,6 +183,12 @@ class ImagesNotConfigured(BackendUnavailable):
             "diffusers pipeline on disk, e.g. SD-Turbo) or 'openai:http://host:port/v1#model' "
             "(an OpenAI Images server); see docs/imagine.md."
         )
+
+
+class BlobStoreUnavailable(BackendUnavailable):
+    """The image store (S3-compatible object storage, the database) did not answer."""
+
+    code = "blob_store_unavailable"
 
 
 class QuotasUnavailable(BackendUnavailable):

@@ -126,6 +126,11 @@ class Metrics:
             ["tool", "outcome"],
             registry=self.registry,
         )
+        self.text_model_ready = Gauge(
+            "townsquare_text_model_ready",
+            "1 when the text model answered the last readiness check (/readyz), else 0.",
+            registry=self.registry,
+        )
         self.mentions_waiting = Gauge(
             "townsquare_assistant_mentions_waiting",
             "Group @-mentions queued and not yet answered.",

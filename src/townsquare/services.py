@@ -47,7 +47,7 @@ from townsquare.safety.policy import PolicyStore
 from townsquare.safety.provenance import Provenance
 from townsquare.settings import Settings
 from townsquare.social.ingest import Removal
-from townsquare.storage.blobs import LocalBlobs
+from townsquare.storage.blobs import open_blobs
 from townsquare.storage.db import (
     BackgroundWriter,
     make_engine,
@@ -301,7 +301,7 @@ class Services:
             provenance=built.provenance,
             guarded=built.guarded_text,
             quotas=quotas,
-            blobs=LocalBlobs(image_settings.blob_dir or Path(settings.data_dir) / "blobs"),
+            blobs=open_blobs(image_settings, Path(settings.data_dir), sessions),
             nsfw=(
                 NsfwCheck(image_settings.nsfw_threshold)
                 if image_settings.nsfw_check == "block"

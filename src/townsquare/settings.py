@@ -626,8 +626,51 @@ class WatermarkSettings(BaseModel):
     )
 
 
+class S3Settings(BaseModel):
+    """An S3-compatible object store for image files (``images.blob_store = 's3'``)."""
+
+    bucket: str = Field(
+        "",
+        max_length=63,
+        description="The bucket image files go into (`townsquare init` creates it when it is "
+        "missing and the credentials allow).",
+    )
+    prefix: str = Field(
+        "images/", max_length=200, description="Key prefix inside the bucket ('' for none)."
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="The store's URL for S3-compatible servers (MinIO, SeaweedFS, Ceph, R2), "
+        "e.g. http://minio:9000; unset: AWS S3 itself.",
+    )
+    region: str = Field("us-east-1", description="The bucket's region.")
+    access_key_id: str | None = Field(
+        None, description="Access key (unset: boto3's usual chain: environment, role, file)."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="Secret of access_key_id.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="How long one call to the store may take."
+    )
+    redirect: bool = Field(
+        False,
+        description="Image file URLs answer 307 to a presigned GET on the store instead of "
+        "passing the bytes through townsquare (members' browsers must reach endpoint_url).",
+    )
+    presign_ttl_s: int = Field(
+        300, ge=10, le=7 * 86_400, description="How long a presigned GET works."
+    )
+
+
 class ImageSettings(BaseModel):
     """Imagine and Reimagine: the image engine, its limits, and what every image goes through."""
+
+    blob_store: Literal["local", "s3", "database"] = Field(
+        "local",
+        description="Where image files are kept: 'local' (blob_dir: one replica, or a shared "
+        "volume), 's3' (an S3-compatible object store, images.s3.*: several replicas) or "
+        "'database' (rows in the database: several replicas, small deployments).",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings)
 
     orphan_grace_s: float = Field(
         3600.0,
@@ -734,6 +777,11 @@ class ImageSettings(BaseModel):
         if self.default_size not in self.sizes:
             raise ValueError(
                 f"default_size {self.default_size} is not one of sizes ({', '.join(self.sizes)})"
+            )
+        if self.blob_store == "s3" and not self.s3.bucket:
+            raise ValueError(
+                "blob_store is 's3' but images.s3.bucket is empty: set "
+                "TOWNSQUARE_IMAGES__S3__BUCKET to the bucket's name"
             )
         return self
 

@@ -14,6 +14,24 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready.json()["checks"] == {"database": True, "text_model": True}
 
 
+def test_a_model_that_is_down_is_reported_not_a_reason_to_leave_the_balancer(
+    client: TestClient, services: Services, member_key: str
+) -> None:
+    async def down() -> bool:
+        return False
+
+    services.text.ready = down  # type: ignore[method-assign]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200  # the pod still serves search, pages, ingestion
+    assert ready.json() == {
+        "status": "degraded",
+        "checks": {"database": True, "text_model": False},
+    }
+    assert "townsquare_text_model_ready 0.0" in client.get("/metrics").text
+    listings = client.get("/api/listings/search", params={"q": "bike"}, headers=auth(member_key))
+    assert listings.status_code == 200
+
+
 def test_readyz_fails_when_the_database_is_gone(client: TestClient, services: Services) -> None:
     original, services.engine = services.engine, create_engine("sqlite:////nonexistent/dir/x.db")
     try:

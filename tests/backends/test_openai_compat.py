@@ -49,6 +49,7 @@ async def test_errors_are_translated(
         await remote.complete([Message("user", "word " * 3000)], GenerationOptions(max_tokens=4))
     server, key = live_server
     wrong_model = OpenAICompatText(f"{server.url}/v1", "no-such-model", api_key=key)
+    assert not await wrong_model.ready()  # not announced: caught before any generation
     with pytest.raises(BackendUnavailable, match="does not serve model 'no-such-model'"):
         await wrong_model.complete([Message("user", "hi")], GenerationOptions(max_tokens=4))
     nobody = OpenAICompatText(f"http://127.0.0.1:{free_port()}/v1", "m")

@@ -4,6 +4,7 @@ variable they set is a real setting with a valid value."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import shutil
 import subprocess
@@ -133,3 +134,138 @@ def test_every_environment_variable_is_a_real_setting(monkeypatch: pytest.Monkey
     settings = Settings()
     assert settings.quotas.store == "redis"
     assert settings.routing.pools["batch"].concurrency == 16
+
+
+# --- every model name a deploy file asks for is one its server announces ------------------
+
+# vLLM's tool-call parser for each model family the deploy files may name
+TOOL_PARSERS = {
+    "qwen2.5": "hermes",
+    "hermes": "hermes",
+    "llama-3": "llama3_json",
+    "mistral": "mistral",
+}
+
+
+def _flag(args: list[str], name: str) -> list[str]:
+    """The values after ``name`` in a command line (up to the next flag)."""
+    if name not in args:
+        return []
+    values = []
+    for value in args[args.index(name) + 1 :]:
+        if value.startswith("--"):
+            break
+        values.append(value)
+    return values
+
+
+def vllm_problems(where: str, args: list[str]) -> tuple[set[str], list[str]]:
+    """The names a vLLM command line announces, and what is wrong with its tool flags."""
+    model = _flag(args, "--model")[0]
+    problems = []
+    if "--enable-auto-tool-choice" not in args:
+        problems.append(
+            f"{where}: vLLM refuses tool_choice 'auto' without --enable-auto-tool-choice"
+        )
+    family = next((f for f in TOOL_PARSERS if f in model.lower()), None)
+    parser = _flag(args, "--tool-call-parser")
+    if family is None or parser != [TOOL_PARSERS[family]]:
+        problems.append(f"{where}: --tool-call-parser {parser} does not fit {model}")
+    return set(_flag(args, "--served-model-name")) or {model}, problems
+
+
+def _asked(value: str) -> tuple[str, str]:
+    """(host, model name) of an ``openai:http://HOST:PORT/v1#NAME`` backend."""
+    url, _, name = value.removeprefix("openai:").partition("#")
+    return url.split("//", 1)[1].split(":", 1)[0].split("/", 1)[0], name
+
+
+def model_name_problems(
+    compose: dict[str, Any], kubernetes: list[dict[str, Any]], ray_announces: str
+) -> list[str]:
+    """Every mismatch between a model name a town asks for and what its server announces."""
+    problems: list[str] = []
+    # Compose: the server is the service named in the URL
+    announced: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        command = [str(a) for a in service.get("command") or []]
+        if "vllm" in str(service.get("image", "")):
+            announced[name], found = vllm_problems(f"compose {name}", command)
+            problems += found
+        elif command[:2] == ["serve", "run"]:
+            announced[name] = {ray_announces}
+    for name, service in compose["services"].items():
+        backend = (service.get("environment") or {}).get("TOWNSQUARE_TEXT__BACKEND", "")
+        if backend.startswith("openai:"):
+            host, model = _asked(backend)
+            if model not in announced.get(host, set()):
+                problems.append(
+                    f"compose {name} asks {host} for '{model}', which announces "
+                    f"{sorted(announced.get(host, set()))}"
+                )
+    # Kubernetes: the Service named in the URL selects the workload running vLLM
+    services = {d["metadata"]["name"]: d for d in kubernetes if d["kind"] == "Service"}
+    workloads = [d for d in kubernetes if d["kind"] in ("Deployment", "StatefulSet")]
+    for doc in kubernetes:
+        backend = (doc.get("data") or {}).get("TOWNSQUARE_TEXT__BACKEND", "")
+        if not backend.startswith("openai:"):
+            continue
+        host, model = _asked(backend)
+        selector = services[host]["spec"]["selector"]
+        names: set[str] = set()
+        for workload in workloads:
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            if selector.items() <= labels.items():
+                for container in workload["spec"]["template"]["spec"]["containers"]:
+                    found_names, found = vllm_problems(f"kubernetes {host}", container["args"])
+                    names |= found_names
+                    problems += found
+        if model not in names:
+            problems.append(
+                f"kubernetes asks {host} for '{model}', which announces {sorted(names)}"
+            )
+    return problems
+
+
+def _ray_announces() -> str:
+    """What deploy/ray/serve.yaml's model server lists on /v1/models, asked the real way."""
+    from fastapi.testclient import TestClient
+
+    from townsquare.backends.registry import build_text_backend
+    from townsquare.serving import create_model_app
+
+    (application,) = documents(DEPLOY / "ray" / "serve.yaml")[0]["applications"]
+    settings = Settings(**application["args"]["settings"])
+    backend = build_text_backend(settings.text)
+    key = application["args"]["api_key"]
+    with TestClient(create_model_app(settings, backend, key)) as client:
+        listed = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
+    asyncio.run(backend.aclose())
+    (entry,) = listed["data"]
+    return str(entry["id"])
+
+
+@pytest.mark.model
+def test_every_model_name_a_deploy_file_asks_for_is_announced_by_its_server() -> None:
+    compose = documents(DEPLOY / "compose.yaml")[0]
+    kubernetes = [doc for _, doc in manifests()]
+    ray_announces = _ray_announces()
+    assert model_name_problems(compose, kubernetes, ray_announces) == []
+    # the check fails on the two mistakes that shipped before (a 404 on every generation,
+    # and vLLM refusing tool_choice "auto")
+    broken = copy.deepcopy(compose)
+    broken["services"]["app"]["environment"] = {
+        "TOWNSQUARE_TEXT__BACKEND": f"openai:http://model:8000/v1#{ray_announces}.Q4_1"
+    }
+    assert any("announces" in p for p in model_name_problems(broken, kubernetes, ray_announces))
+    no_tools = copy.deepcopy(kubernetes)
+    for doc in no_tools:
+        for container in (
+            doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        ):
+            if "--enable-auto-tool-choice" in container.get("args", []):
+                container["args"].remove("--enable-auto-tool-choice")
+    assert any(
+        "--enable-auto-tool-choice" in p
+        for p in model_name_problems(compose, no_tools, ray_announces)
+    )

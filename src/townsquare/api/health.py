@@ -44,15 +44,18 @@ async def healthz(request: Request, services: ServicesDep) -> dict[str, str]:
 
 @router.get("/readyz", openapi_extra={"x-access": "public"})
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
-    """The model is loaded (or the remote engine answers) and the database is reachable."""
+    """Ready when what this pod itself needs answers: the database. The text model's health
+    is reported in the body (``text_model``) and in ``townsquare_text_model_ready``, not in
+    the status: a model server that is down makes generation routes answer 503 while search,
+    pages and ingestion keep serving, instead of taking every replica out of the balancer."""
     await _guard(request, services)
-    checks = {
-        "database": await run_in_threadpool(services.database_ok),
-        "text_model": await services.text.ready(),
-    }
-    ready = all(checks.values())
+    database = await run_in_threadpool(services.database_ok)
+    model = await services.text.ready()
+    services.metrics.text_model_ready.set(1 if model else 0)
+    status = "ready" if database and model else "degraded" if database else "unavailable"
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        {"status": status, "checks": {"database": database, "text_model": model}},
+        200 if database else 503,
     )
 
 

@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 
 from townsquare.api.deps import CurrentUser, ServicesDep
 from townsquare.errors import Forbidden, InvalidField, InvalidImage, ModelNotFound, NotFound
-from townsquare.features.imagine.routes import png_response
+from townsquare.features.imagine.routes import file_response
 from townsquare.features.imagine.schemas import MAX_SEED, STYLES
 from townsquare.features.imagine.service import Ask, Made
 from townsquare.services import Services
@@ -205,4 +205,4 @@ def signed_image_file(
         digest = db.scalar(select(ImageRow.blob).where(ImageRow.external_id == image_id))
     if digest is None:
         raise NotFound("The image behind this link was deleted.")
-    return png_response(services.images.blobs.get(digest), digest)
+    return file_response(services, digest)

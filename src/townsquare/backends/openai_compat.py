@@ -228,11 +228,14 @@ class OpenAICompatText(TextBackend):
 
     @override
     async def ready(self) -> bool:
+        """The server answers and announces the model asked for. Some servers (llama.cpp's)
+        answer any name, so a misspelt one would pass every call; others answer 404 on every
+        generation: either way it is caught here, not in production."""
         try:
-            await self._client.models.list()
+            listed = await self._client.models.list()
         except openai.OpenAIError:
             return False
-        return True
+        return self.remote_model in {model.id for model in listed.data}
 
     @override
     async def aclose(self) -> None:

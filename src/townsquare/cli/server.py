@@ -73,6 +73,12 @@ def init() -> None:
     settings = settings_or_exit()
     engine = command_engine(settings)
     migrate(engine)
+    if settings.images.blob_store == "s3":
+        from townsquare.storage.blobs import S3Blobs
+
+        store = S3Blobs(settings.images.s3)
+        made = store.make_bucket()
+        console.print(f"{'Created' if made else 'Found'} the image bucket: {store.name}.")
     with make_sessions(engine).begin() as db:
         if count_users(db):
             console.print("Database is up to date; users already exist.")
@@ -195,6 +201,7 @@ def doctor() -> None:
     except TownsquareError as exc:
         report(False, f"embedding backend {settings.embed.backend}", exc.message)
     _check_images(settings, report)
+    _check_blobs(settings, report)
     if problems:
         console.print(f"\n{problems} problem(s) found.")
         raise typer.Exit(1)
@@ -219,6 +226,20 @@ def _check_images(settings: Any, report: Any) -> None:
         engine.close()
     except TownsquareError as exc:
         report(False, f"image backend {settings.images.backend}", exc.message)
+
+
+def _check_blobs(settings: Any, report: Any) -> None:
+    """The image file store answers (an object store or the database, where one is set)."""
+    if settings.images.blob_store != "s3":
+        return
+    from townsquare.storage.blobs import S3Blobs
+
+    try:
+        store = S3Blobs(settings.images.s3)
+        store.exists("0" * 64)
+        report(True, f"image files: {store.name} answers")
+    except TownsquareError as exc:
+        report(False, "image file store", exc.message)
 
 
 @model_app.command("assemble")

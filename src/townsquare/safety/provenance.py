@@ -32,13 +32,20 @@ from townsquare.errors import ConfigurationError, InvalidImage, PayloadTooLarge,
 from townsquare.safety import watermark
 from townsquare.settings import Settings, WatermarkSettings
 from townsquare.storage.social_tables import ImageRow, ProvenanceRecord
+from townsquare.storage.tables import DeploymentKey
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 KEY_FILE = "watermark.key"
 
 
-def resolve_key(settings: Settings) -> bytes:
-    """The watermark key: the setting, or a random one kept in ``<data_dir>/watermark.key``."""
+def resolve_key(settings: Settings, sessions: sessionmaker[Session] | None = None) -> bytes:
+    """The watermark key: the setting, or a random one kept in ``<data_dir>/watermark.key``.
+
+    With ``sessions``, the key's fingerprint is checked against the one the database records
+    (the first replica to start records its own): a replica whose key differs, or that would
+    mint a new one while others already mark images, refuses to start (``ConfigurationError``)
+    instead of marking images no other replica can read or signing URLs they refuse.
+    """
     if settings.watermark.key is not None:
         secret = settings.watermark.key.get_secret_value()
         if len(secret) < 16:
@@ -46,10 +53,22 @@ def resolve_key(settings: Settings) -> bytes:
                 "watermark.key is shorter than 16 characters. Use a long random secret, e.g. "
                 "the output of `python -c 'import secrets; print(secrets.token_hex(32))'`."
             )
-        return hashlib.sha256(secret.encode()).digest()
+        key = hashlib.sha256(secret.encode()).digest()
+        if sessions is not None:
+            _agree(sessions, key, "watermark.key (TOWNSQUARE_WATERMARK__KEY)")
+        return key
     path = Path(settings.data_dir) / KEY_FILE
+    created = False
     if not path.exists():
-        _create_key_file(path)
+        if sessions is not None and (known := _recorded(sessions)) is not None:
+            raise ConfigurationError(
+                f"Other replicas already mark images with a watermark key (fingerprint "
+                f"{known[:12]}, recorded in the database), and this one has none: {path} is "
+                "missing and watermark.key is unset. Give every replica the same key: set "
+                "TOWNSQUARE_WATERMARK__KEY from the deployment's Secret (docs/scaling.md), or "
+                "copy watermark.key from the data directory that made it."
+            )
+        created = _create_key_file(path)
     secret = path.read_text().strip()
     if len(secret) < KEY_HEX_CHARS:
         raise ConfigurationError(
@@ -57,16 +76,59 @@ def resolve_key(settings: Settings) -> bytes:
             "(it may have been cut short by a crash). If no image was marked with it yet, "
             "delete the file and start again; otherwise restore it from a backup."
         )
-    return hashlib.sha256(secret.encode()).digest()
+    key = hashlib.sha256(secret.encode()).digest()
+    if sessions is not None:
+        try:
+            _agree(sessions, key, str(path))
+        except ConfigurationError:
+            if created:  # made just now and never used: leave nothing behind
+                path.unlink(missing_ok=True)
+            raise
+    return key
 
 
 KEY_HEX_CHARS = 64
+KEY_NAME = "watermark"
 
 
-def _create_key_file(path: Path) -> None:
+def fingerprint(key: bytes) -> str:
+    """A name for the key that reveals nothing of it (kept in ``deployment_keys``)."""
+    return hashlib.sha256(b"townsquare key fingerprint\x00" + key).hexdigest()
+
+
+def _recorded(sessions: sessionmaker[Session]) -> str | None:
+    with sessions() as db:
+        return db.scalar(select(DeploymentKey.fingerprint).where(DeploymentKey.name == KEY_NAME))
+
+
+def _agree(sessions: sessionmaker[Session], key: bytes, source: str) -> None:
+    """Record the key's fingerprint if none is; refuse a key that differs from the record."""
+    mine = fingerprint(key)
+    known = _recorded(sessions)
+    if known is None:
+        try:
+            with sessions() as db:
+                db.add(DeploymentKey(name=KEY_NAME, fingerprint=mine))
+                db.commit()
+            return
+        except IntegrityError:  # another replica recorded its key at the same moment
+            known = _recorded(sessions)
+    if known != mine:
+        raise ConfigurationError(
+            f"This replica's watermark key (from {source}, fingerprint {mine[:12]}) is not "
+            f"the one the other replicas use (fingerprint {str(known)[:12]}, recorded in the "
+            "database). Images marked by one could not be read by the other, and signed image "
+            "links would fail. Set the same TOWNSQUARE_WATERMARK__KEY on every replica from "
+            "the deployment's Secret. To change the key on purpose (marks made under the old "
+            "one can no longer be read), delete the row 'watermark' of deployment_keys first."
+        )
+
+
+def _create_key_file(path: Path) -> bool:
     """Create the key file whole or not at all: written to a private temporary file first,
     then linked into place (``link`` fails if the name exists), so a process starting at the
-    same moment reads either no file or the complete key, never an empty one."""
+    same moment reads either no file or the complete key, never an empty one. Whether this
+    call made it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".watermark-key-")
     try:
@@ -76,9 +138,10 @@ def _create_key_file(path: Path) -> None:
             os.fsync(handle.fileno())
         os.link(tmp, path)
     except FileExistsError:
-        pass  # another process made it first: use theirs
+        return False  # another process made it first: use theirs
     finally:
         os.unlink(tmp)
+    return True
 
 
 @cache
@@ -210,7 +273,7 @@ class Provenance:
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.limits = settings.watermark
-        self.key = resolve_key(settings)
+        self.key = resolve_key(settings, sessions)
         self.detecting = Bounded(
             "Image checking",
             concurrency=self.limits.detect_concurrency,

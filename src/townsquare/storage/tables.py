@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     text,
@@ -217,3 +218,25 @@ class QuotaCounter(Base):
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     total: Mapped[int] = mapped_column(BigInteger)
     expires: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class BlobRow(Base):
+    """An image file kept in the database (``images.blob_store = database``)."""
+
+    __tablename__ = "blobs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    # written (or written again) at: the orphan sweep spares young blobs
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class DeploymentKey(Base):
+    """The fingerprint of a key every replica must share (the watermark key): a replica whose
+    key differs refuses to start instead of marking images no other replica can read."""
+
+    __tablename__ = "deployment_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -8,6 +8,7 @@ marked PNG stored by the image service's single path.
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import RedirectResponse
 
 from townsquare.api.deps import CurrentUser, DbDep, Limit, ServicesDep
 from townsquare.features.imagine.schemas import (
@@ -18,6 +19,7 @@ from townsquare.features.imagine.schemas import (
     VersionTree,
 )
 from townsquare.features.imagine.service import outs
+from townsquare.services import Services
 from townsquare.social import access
 
 router = APIRouter(tags=["imagine"])
@@ -74,8 +76,19 @@ def get_image(image_id: str, user: CurrentUser, db: DbDep) -> ImageOut:
 )
 def image_file(image_id: str, user: CurrentUser, db: DbDep, services: ServicesDep) -> Response:
     """The image's PNG (with its invisible mark)."""
-    row, png = services.images.file(db, user, image_id)
-    return png_response(png, row.blob)
+    digest = access.image_visible_to(db, user, image_id).blob
+    db.close()  # the file may come from an object store: no connection held meanwhile
+    return file_response(services, digest)
+
+
+def file_response(services: Services, digest: str) -> Response:
+    """The blob's PNG, or a 307 to the object store's presigned GET (``images.s3.redirect``)."""
+    settings = services.settings.images
+    if settings.blob_store == "s3" and settings.s3.redirect:
+        url = services.images.blobs.url(digest, settings.s3.presign_ttl_s)
+        if url:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return png_response(services.images.blobs.get(digest), digest)
 
 
 def png_response(png: bytes, digest: str) -> Response:

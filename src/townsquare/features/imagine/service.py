@@ -21,6 +21,7 @@ All methods block (model, numpy, database): call them from worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -37,6 +38,7 @@ from townsquare.admission import Bounded
 from townsquare.backends.base import Message
 from townsquare.backends.images import ImageBackend, Size
 from townsquare.errors import (
+    BlobStoreUnavailable,
     ContentBlocked,
     ImagesNotConfigured,
     InvalidField,
@@ -344,7 +346,9 @@ class ImageService:
         except BaseException:
             provenance.forget(payloads)
             for digest in digests:
-                self.blobs.delete(digest)
+                # a store that is down now: the orphan sweep removes the file later
+                with contextlib.suppress(BlobStoreUnavailable):
+                    self.blobs.delete(digest)
             raise
         return made
 
@@ -419,11 +423,6 @@ class ImageService:
             return image, load_image(mask, limits) if mask is not None else None
 
         return self.make(user, replace(ask, mask_sent=mask is not None), upload=decode)
-
-    def file(self, db: Session, user: User, image_id: str) -> tuple[ImageRow, bytes]:
-        """An image's PNG, if the member may see it (404 otherwise)."""
-        row = access.image_visible_to(db, user, image_id)
-        return row, self.blobs.get(row.blob)
 
     def gallery(
         self,
