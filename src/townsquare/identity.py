@@ -32,9 +32,10 @@ def _as_utc(moment: datetime) -> datetime:
 
 
 def create_user(
-    db: Session, name: str, *, role: str = "member", display_name: str = ""
+    db: Session, name: str, *, role: str = "member", display_name: str = "", key: str | None = None
 ) -> tuple[User, str]:
-    """Create a user and a first API key; returns (user, key). The caller commits."""
+    """Create a user and a first API key (``key``, or a random one); returns (user, key). The
+    caller commits."""
     if not NAME_PATTERN.match(name):
         raise InvalidRequest(
             f"'{name}' is not a valid user name: use 1-64 lowercase letters, digits, '.', '_' "
@@ -50,12 +51,18 @@ def create_user(
     user = User(name=name, role=role, display_name=display_name or name)
     db.add(user)
     db.flush()
-    return user, issue_key(db, user, label="first key")
+    return user, issue_key(db, user, label="first key", key=key)
 
 
-def issue_key(db: Session, user: User, *, label: str = "") -> str:
-    """Create and return a new API key for ``user`` (stored hashed). The caller commits."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+def issue_key(db: Session, user: User, *, label: str = "", key: str | None = None) -> str:
+    """Create and return a new API key for ``user`` (stored hashed): ``key`` as given (from a
+    deployment's Secret), or a random one. The caller commits."""
+    if key is not None and (not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 32):
+        raise InvalidRequest(
+            f"An API key given to townsquare starts with '{KEY_PREFIX}' and has at least 32 "
+            'more characters, e.g. "ts_$(openssl rand -hex 24)".'
+        )
+    key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     db.add(ApiKey(user_id=user.id, prefix=key[:10], key_hash=_digest(key), label=label))
     return key
 

@@ -136,6 +136,7 @@ class Services:
             settings.resolved_database_url,
             pool_size=settings.resolved_pool_size,
             pool_timeout_s=settings.database_pool_timeout_s,
+            prepared_statements=settings.database_prepared_statements,
         )
         wait_for_database(engine, timeout_s=settings.database_connect_timeout_s)
         migrate(engine)
@@ -383,6 +384,19 @@ class Services:
         self.engine.dispose()
 
 
+def _same_database(one: str, other: str) -> bool:
+    """Whether two URLs name the same database (the driver part aside)."""
+    from sqlalchemy.engine import make_url
+
+    a, b = make_url(one), make_url(other)
+    return a.get_backend_name() == b.get_backend_name() and (
+        a.host,
+        a.port,
+        a.database,
+        a.username,
+    ) == (b.host, b.port, b.database, b.username)
+
+
 def build_vector_index(
     settings: Settings, sessions: sessionmaker[Session], dimensions: int
 ) -> VectorIndex:
@@ -398,8 +412,15 @@ def build_vector_index(
     if spec.startswith("pgvector:"):
         from townsquare.storage.pgvector import PgVectorIndex
 
+        url = spec.removeprefix("pgvector:")
+        engine = sessions.kw["bind"]
+        same = _same_database(url, settings.resolved_database_url)
         return PgVectorIndex(
-            spec.removeprefix("pgvector:"), dimensions, pool_size=settings.resolved_pool_size
+            url,
+            dimensions,
+            pool_size=settings.resolved_pool_size,
+            engine=engine if same else None,
+            prepared_statements=settings.database_prepared_statements,
         )
     raise InvalidRequest(
         f"Unknown search.vector_index '{spec}'. Use 'embedded' or "

@@ -1039,6 +1039,13 @@ class Settings(BaseSettings):
         "the process starts in.",
         json_schema_extra={"shown_default": "~/.local/share/townsquare"},
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="The first admin's API key, for `townsquare init` on a cluster: taken from "
+        "the deployment's Secret and never printed ('ts_' and at least 32 more characters, "
+        'e.g. "ts_$(openssl rand -hex 24)"). Unset: init makes a random key and prints it '
+        "once.",
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the database; default is sqlite:///<data_dir>/townsquare.db "
@@ -1048,9 +1055,16 @@ class Settings(BaseSettings):
         None,
         ge=1,
         le=10_000,
-        description="Database connections kept per process. Default: server.threads + "
-        "text.parallel + text.max_queue + 4, so no request ever waits for a connection (each "
-        "holds at most one). Lower it for PostgreSQL servers shared by many replicas.",
+        description="Database connections kept per process (opened as needed). Default: "
+        "server.threads + text.parallel + text.max_queue + 4 (+ server.threads with a pgvector "
+        "index, which shares the pool), so no request ever waits for a connection. Lower it "
+        "for PostgreSQL servers shared by many replicas, or put PgBouncer in front.",
+    )
+    database_prepared_statements: bool = Field(
+        True,
+        description="Let the PostgreSQL driver prepare statements it runs often. Set false "
+        "behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements): "
+        "a statement prepared on one server connection is missing on the next.",
     )
     database_pool_timeout_s: float = Field(
         30.0,
@@ -1120,7 +1134,10 @@ class Settings(BaseSettings):
         """Database connections per process (see ``database_pool_size``)."""
         if self.database_pool_size is not None:
             return self.database_pool_size
-        return self.server.threads + self.text.parallel + self.text.max_queue + 4
+        # a pgvector index in the same database shares this pool (services.build_vector_index)
+        # and a request may hold a session while it searches: room for one more per thread
+        index = self.server.threads if self.search.vector_index.startswith("pgvector:") else 0
+        return self.server.threads + self.text.parallel + self.text.max_queue + 4 + index
 
     @property
     def resolved_database_url(self) -> str:

@@ -61,14 +61,26 @@ def test_the_kubernetes_check_catches_mistakes() -> None:
 
 
 def test_the_app_is_ready_on_readyz_migrated_by_a_job_and_the_model_asks_for_a_gpu() -> None:
+    """What a platform engineer needs to apply them: probes, a disruption budget, an Ingress,
+    a migration Job that prints no key, GPU tolerations and a model cache that survives."""
     by_kind = {(d["kind"], d["metadata"]["name"]): d for _, d in manifests()}
     app = by_kind[("Deployment", "townsquare")]["spec"]["template"]["spec"]["containers"][0]
     assert app["readinessProbe"]["httpGet"]["path"] == "/readyz"
     job = by_kind[("Job", "townsquare-migrate")]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"] == ["townsquare", "init"]
-    model = by_kind[("Deployment", "model")]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"] == ["townsquare", "init", "--never-print-key"]
+    model_set = by_kind[("StatefulSet", "model")]["spec"]
+    model = model_set["template"]["spec"]["containers"][0]
     assert model["resources"]["requests"]["nvidia.com/gpu"] == 1
-    assert {"Service"} <= {kind for kind, _ in by_kind}
+    assert model_set["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # the weights' cache survives restarts: a claim per replica, not an emptyDir
+    assert model_set["volumeClaimTemplates"][0]["metadata"]["name"] == "cache"
+    assert {"cache"} <= {m["name"] for m in model["volumeMounts"]}
+    assert {"Service", "PodDisruptionBudget", "Ingress"} <= {kind for kind, _ in by_kind}
+    # a slow start is not killed by liveness; no volume that needs ReadWriteMany
+    assert app["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert "PersistentVolumeClaim" not in {kind for kind, _ in by_kind}
+    secret = by_kind[("Secret", "townsquare")]["stringData"]
+    assert {"TOWNSQUARE_WATERMARK__KEY", "TOWNSQUARE_ADMIN_KEY"} <= set(secret)
 
 
 def compose_check(path: Path) -> subprocess.CompletedProcess[str]:

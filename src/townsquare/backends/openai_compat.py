@@ -63,6 +63,12 @@ def _request_kwargs(options: GenerationOptions) -> dict[str, Any]:
     elif options.json_object:
         kwargs["response_format"] = {"type": "json_object"}
     if options.tools:
+        choice = options.tool_choice
+        named = choice not in {"auto", "none", "required"}
+        # a named choice goes as "required" with that one tool: the same request, in the form
+        # every server reads (llama.cpp's server rejects the object form and falls back to
+        # "auto" with every tool; tests/backends/test_llama_server.py)
+        offered = [t for t in options.tools if t.name == choice] if named else options.tools
         kwargs["tools"] = [
             {
                 "type": "function",
@@ -72,14 +78,12 @@ def _request_kwargs(options: GenerationOptions) -> dict[str, Any]:
                     "parameters": t.parameters,
                 },
             }
-            for t in options.tools
+            for t in offered or options.tools
         ]
-        choice = options.tool_choice
-        kwargs["tool_choice"] = (
-            choice
-            if choice in {"auto", "none", "required"}
-            else {"type": "function", "function": {"name": choice}}
-        )
+        if named and not offered:  # a name no tool has: the server says what is wrong
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": choice}}
+        else:
+            kwargs["tool_choice"] = "required" if named else choice
         if not options.parallel_tool_calls:
             kwargs["parallel_tool_calls"] = False
     if options.logprobs is not None:

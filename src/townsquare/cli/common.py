@@ -84,7 +84,10 @@ def command_engine(settings: Settings) -> Any:
     ends)."""
     from townsquare.storage.db import make_engine
 
-    return make_engine(settings.resolved_database_url)
+    return make_engine(
+        settings.resolved_database_url,
+        prepared_statements=settings.database_prepared_statements,
+    )
 
 
 def migrated_sessions(settings: Settings) -> Any:

@@ -12,6 +12,7 @@ from townsquare.cli.common import (
     command_engine,
     console,
     err,
+    fail,
     model_app,
     settings_or_exit,
 )
@@ -65,8 +66,18 @@ def serve(
 
 
 @app.command()
-def init() -> None:
-    """Migrate the database and, if it has no users, create the first admin and print its key."""
+def init(
+    never_print_key: Annotated[
+        bool,
+        typer.Option(
+            "--never-print-key",
+            help="Refuse to make a random admin key (which would be printed, e.g. to pod "
+            "logs): the first admin's key must come from TOWNSQUARE_ADMIN_KEY.",
+        ),
+    ] = False,
+) -> None:
+    """Migrate the database and, if it has no users, create the first admin: with the key in
+    TOWNSQUARE_ADMIN_KEY (never printed), or a random key printed once."""
     from townsquare.identity import count_users, create_user
     from townsquare.storage.db import make_sessions, migrate
 
@@ -83,7 +94,24 @@ def init() -> None:
         if count_users(db):
             console.print("Database is up to date; users already exist.")
             return
-        user, key = create_user(db, "admin", role="admin", display_name="Admin")
+        given = settings.admin_key.get_secret_value() if settings.admin_key else ""
+        if not given and never_print_key:
+            err.print(
+                "[red]Error:[/red] the database is migrated, but there is no admin yet and "
+                "--never-print-key forbids a random key. Set TOWNSQUARE_ADMIN_KEY (from the "
+                "deployment's Secret) and run init again."
+            )
+            raise typer.Exit(1)
+        try:
+            user, key = create_user(
+                db, "admin", role="admin", display_name="Admin", key=given or None
+            )
+        except TownsquareError as exc:
+            raise fail(exc) from exc
+    if given:  # the operator holds it already (their Secret): never printed, e.g. to pod logs
+        console.print("Created the first admin, 'admin', with the key from TOWNSQUARE_ADMIN_KEY.")
+        engine.dispose()
+        return
     host, port = settings.server.host, settings.server.port
     typer.echo(
         f"Created the first admin, '{user.name}'. Its API key (shown only now, keep it):\n\n"

@@ -60,7 +60,9 @@ def resolve_key(settings: Settings, sessions: sessionmaker[Session] | None = Non
     path = Path(settings.data_dir) / KEY_FILE
     created = False
     if not path.exists():
-        if sessions is not None and (known := _recorded(sessions)) is not None:
+        known = _recorded(sessions) if sessions is not None else None
+        # a process of the same data directory may have made (then recorded) it meanwhile
+        if known is not None and not path.exists():
             raise ConfigurationError(
                 f"Other replicas already mark images with a watermark key (fingerprint "
                 f"{known[:12]}, recorded in the database), and this one has none: {path} is "
@@ -68,7 +70,7 @@ def resolve_key(settings: Settings, sessions: sessionmaker[Session] | None = Non
                 "TOWNSQUARE_WATERMARK__KEY from the deployment's Secret (docs/scaling.md), or "
                 "copy watermark.key from the data directory that made it."
             )
-        created = _create_key_file(path)
+        created = known is None and _create_key_file(path)
     secret = path.read_text().strip()
     if len(secret) < KEY_HEX_CHARS:
         raise ConfigurationError(

@@ -23,12 +23,20 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x746F776E  # "town": the advisory lock id every replica takes to migrate
 log = logging.getLogger("townsquare.storage")
 
 
-def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    pool_timeout_s: float = 30.0,
+    prepared_statements: bool = True,
+) -> Engine:
     """Create the engine; for SQLite, make the directory and switch on WAL and foreign keys.
 
+    ``prepared_statements=False`` is for PgBouncer's transaction pooling (docs/scaling.md).
     The pool holds ``pool_size`` connections and never more: callers size it so that every
     thread that may use the database at once (each holds at most one connection) gets one
     without waiting (``Settings.resolved_pool_size``).
@@ -42,6 +50,10 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout_s: float = 30.0) 
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        if not prepared_statements and "psycopg" in url:
+            # behind PgBouncer in transaction mode (before 1.21) a statement psycopg prepared
+            # on one server connection is missing on the next: never prepare
+            kwargs["connect_args"] = {"prepare_threshold": None}
     if ":memory:" not in url:
         kwargs.update(pool_size=pool_size, max_overflow=0)
     engine = create_engine(url, **kwargs)
@@ -119,8 +131,20 @@ def _alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema."""
-    command.upgrade(_alembic_config(engine), "head")
+    """Bring the database to the newest schema. Processes that start together migrate one at
+    a time: on PostgreSQL under an advisory lock (migrations/env.py), on a SQLite file under
+    an exclusive lock on ``<file>.migrate-lock`` (SQLite's own locking does not cover
+    Alembic's read-then-create, and half of six processes started at once crashed)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        command.upgrade(_alembic_config(engine), "head")
+        return
+    import fcntl
+
+    lock = Path(database).with_name(Path(database).name + ".migrate-lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        command.upgrade(_alembic_config(engine), "head")
 
 
 def migration_status(engine: Engine) -> tuple[str | None, str | None]:

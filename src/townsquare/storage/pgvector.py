@@ -12,9 +12,10 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from typing_extensions import override
 
+from townsquare.storage.db import MIGRATION_LOCK
 from townsquare.storage.filters import Everything, Filter, to_sql
 from townsquare.storage.vectors import Attrs, VectorIndex, Vectors, attrs_hash
 
@@ -39,14 +40,27 @@ class PgVectorIndex(VectorIndex):
         table: str = "townsquare_vectors",
         ef_search: int = 100,
         pool_size: int = 20,
+        engine: Engine | None = None,
+        prepared_statements: bool = True,
     ) -> None:
+        """``engine``: the app's own, when the vectors live in the app's database (one pool
+        per process, not two: 2 x 20 x replicas exceeded PostgreSQL's 100 connections)."""
         if not table.isidentifier():
             raise ValueError("table must be a plain SQL identifier")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        self.engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0)
+        self.owns_engine = engine is None
+        self.engine = engine or create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=0,
+            connect_args={} if prepared_statements else {"prepare_threshold": None},
+        )
         self.table, self.dimensions, self.ef_search = table, dimensions, ef_search
         with self.engine.begin() as db:
+            # replicas starting together create the table one at a time (the migrations' lock)
+            db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             db.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
             db.execute(
                 text(
@@ -243,4 +257,5 @@ class PgVectorIndex(VectorIndex):
 
     @override
     def close(self) -> None:
-        self.engine.dispose()
+        if self.owns_engine:
+            self.engine.dispose()

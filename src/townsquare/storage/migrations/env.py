@@ -9,9 +9,8 @@ from alembic import context
 from sqlalchemy import text
 
 from townsquare.storage import social_tables  # noqa: F401  (registers its tables)
+from townsquare.storage.db import MIGRATION_LOCK
 from townsquare.storage.tables import Base
-
-MIGRATION_LOCK = 0x746F776E  # "town": the advisory lock id every replica takes to migrate
 
 config = context.config
 engine = config.attributes["engine"]
