@@ -74,9 +74,17 @@ def _deployment() -> Any:
         """One model replica: loads the backend once and answers OpenAI chat requests."""
 
         def __init__(self, settings: dict[str, Any], api_key: str | None) -> None:
+            import ray
+
             from townsquare.backends.registry import build_text_backend
 
             town = Settings(**settings)
+            if town.text.n_threads is None:
+                # as many threads as the CPUs this replica reserved: llama.cpp would otherwise
+                # take every core of the node and fight the replicas beside it
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)  # type: ignore[no-untyped-call]
+                town.text.n_threads = max(1, int(cpus))
+            self.threads = town.text.n_threads
             self.model_app = create_model_app(town, build_text_backend(town.text), api_key)
 
         def __serve_build_asgi_app__(self) -> FastAPI:

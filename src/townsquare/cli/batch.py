@@ -13,6 +13,28 @@ import typer
 from townsquare.cli.common import batch_app, build_services, console, err, fail, settings_or_exit
 from townsquare.errors import TownsquareError
 
+
+def _runtime_env(value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--runtime-env is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter('--runtime-env is a JSON object, e.g. \'{"pip": ["townsquare"]}\'')
+    return parsed
+
+
+RuntimeEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime-env",
+        help="With --ray: Ray's runtime environment for the workers, as JSON (merged over "
+        'townsquare\'s: HF_HUB_OFFLINE=1, no usage stats), e.g. \'{"pip": ["townsquare==0.1.0"]}\' '
+        "where workers do not run the townsquare image.",
+    ),
+]
 RayOption = Annotated[
     str | None,
     typer.Option(
@@ -30,6 +52,7 @@ def reindex(
         str | None, typer.Option(help="listings, posts or reels (default: all three).")
     ] = None,
     actors: Annotated[int, typer.Option(help="With --ray: copies of the embedding model.")] = 2,
+    runtime_env: RuntimeEnvOption = None,
 ) -> None:
     """Embed every item of the catalogue again and rebuild both search indexes (after a new
     embedding model, or a restore)."""
@@ -42,10 +65,11 @@ def reindex(
         raise typer.Exit(2)
     settings = settings_or_exit()
     services = build_services(settings)
+    embedder: Any = None
     try:
         indexer = services.indexer
         if ray is not None:
-            connect(ray)
+            connect(ray, env=_runtime_env(runtime_env))
             embedder = RayEmbeddings(
                 settings.embed,
                 model_id=services.embed.model_id,
@@ -60,6 +84,8 @@ def reindex(
     except TownsquareError as exc:
         raise fail(exc) from exc
     finally:
+        if embedder is not None:
+            embedder.close()  # the job's actors (one pool for every batch)
         asyncio.run(services.aclose())
 
 
@@ -70,6 +96,7 @@ def watermark_scan(
     out: Annotated[
         Path | None, typer.Option(help="Write one JSON line per image here (default: stdout).")
     ] = None,
+    runtime_env: RuntimeEnvOption = None,
 ) -> None:
     """Check every image under a folder for this installation's watermark; one JSON line per
     image with its registry record when found."""
@@ -90,6 +117,7 @@ def watermark_scan(
             resolve_key(settings),
             max_pixels=settings.watermark.max_pixels,
             ray_address=ray,
+            ray_env=_runtime_env(runtime_env),
         )
     except TownsquareError as exc:
         raise fail(exc) from exc
@@ -134,6 +162,7 @@ def redteam(
     model: Annotated[str, typer.Option(help="Model name sent to /v1.")] = "default",
     shards: Annotated[int, typer.Option(help="With --ray: tasks the suite is split into.")] = 4,
     out: Annotated[Path | None, typer.Option(help="Write the summary JSON here.")] = None,
+    runtime_env: RuntimeEnvOption = None,
 ) -> None:
     """A red-team sweep against a running server, split over Ray tasks with --ray."""
     from townsquare.batch import redteam_sweep
@@ -153,6 +182,7 @@ def redteam(
             concurrency=safety.redteam_concurrency,
             datasets_dir=safety.datasets_dir,
             ray_address=ray,
+            ray_env=_runtime_env(runtime_env),
             shards=shards,
         )
     except TownsquareError as exc:
