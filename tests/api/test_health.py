@@ -43,6 +43,21 @@ def test_readyz_fails_when_the_database_is_gone(client: TestClient, services: Se
     assert response.json()["checks"]["database"] is False
 
 
+def test_a_database_that_does_not_answer_is_a_503_to_retry_not_a_500(
+    client: TestClient, services: Services, member_key: str
+) -> None:
+    broken = create_engine("sqlite:////nonexistent/dir/x.db")
+    services.sessions.configure(bind=broken)
+    try:
+        response = client.get("/api/me", headers=auth(member_key))
+    finally:
+        services.sessions.configure(bind=services.engine)
+        broken.dispose()
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert response.json()["error"]["code"] == "database_unavailable"
+    assert client.get("/api/me", headers=auth(member_key)).status_code == 200  # back at once
+
+
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     assert (
         client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]

@@ -71,7 +71,12 @@ class Cluster:
         *,
         replicas: int = 2,
         settings: dict[str, str] | None = None,
+        own_data_dirs: bool = False,
     ) -> None:
+        """``own_data_dirs``: each replica gets a data directory of its own (a pod's disk), so
+        nothing may be shared through it (the watermark key comes from the settings, image
+        files from the database or an object store)."""
+        self.own_data_dirs = own_data_dirs
         self.directory = directory
         self.env = {
             **os.environ,
@@ -118,9 +123,12 @@ class Cluster:
         """Start replica ``index`` and wait until it is ready."""
         log = open(self.directory / f"replica{index}.log", "ab")  # noqa: SIM115 (kept open)
         self.logs.append(log)
+        env = dict(self.env)
+        if self.own_data_dirs:
+            env["TOWNSQUARE_DATA_DIR"] = str(self.directory / f"data{index}")
         process = subprocess.Popen(
             [sys.executable, "-m", "townsquare", "serve", "--port", str(self.ports[index])],
-            env=self.env,
+            env=env,
             stdout=log,
             stderr=log,
         )

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -154,6 +154,22 @@ def install(app: FastAPI) -> None:
         )
         return JSONResponse(
             error_payload(request.url.path, 503, "database_busy", message),
+            503,
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # the connection dropped (a restart, a failover) or SQLite stayed locked: nothing was
+        # committed by this request, and the next one gets a fresh connection (pre-ping)
+        log.warning("the database did not answer: %s", str(exc).splitlines()[0][:300])
+        message = (
+            "The database did not answer (it may be restarting). Send the request again in a "
+            "few seconds."
+        )
+        return JSONResponse(
+            error_payload(request.url.path, 503, "database_unavailable", message),
             503,
             headers={"Retry-After": "2"},
         )
