@@ -281,3 +281,58 @@ def test_every_model_name_a_deploy_file_asks_for_is_announced_by_its_server() ->
         "--enable-auto-tool-choice" in p
         for p in model_name_problems(compose, no_tools, ray_announces)
     )
+
+
+# --- KubeRay: RayService and RayJob on the townsquare image ---------------------------------
+
+
+def kuberay() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.name}:{doc['kind']}", doc)
+        for path in sorted((DEPLOY / "kuberay").glob("*.yaml"))
+        for doc in documents(path)
+    ]
+
+
+def _cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]
+    return dict(spec["rayClusterConfig"] if doc["kind"] == "RayService" else spec["rayClusterSpec"])
+
+
+@pytest.mark.parametrize(("name", "doc"), kuberay(), ids=[n for n, _ in kuberay()])
+def test_kuberay_pods_follow_the_kubernetes_schemas_and_reserve_what_ray_is_told(
+    name: str, doc: dict[str, Any]
+) -> None:
+    import kubernetes_validate
+    import ray
+
+    assert doc["apiVersion"] == "ray.io/v1"
+    cluster = _cluster_spec(doc)
+    assert cluster["rayVersion"] == ray.__version__  # the image's Ray, not another
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "check"},
+            "spec": group["template"]["spec"],
+        }
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        (container,) = group["template"]["spec"]["containers"]
+        image, _, tag = container["image"].rpartition(":")
+        assert "/" in image and tag, "an image with a registry and a tag"
+        cpus = int(group["rayStartParams"]["num-cpus"])
+        if cpus:  # Ray schedules on what the container was given, no more
+            assert int(container["resources"]["requests"]["cpu"]) == cpus
+
+
+def test_the_rayservice_serves_the_same_application_as_deploy_ray() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    (service,) = [d for _, d in kuberay() if d["kind"] == "RayService"]
+    served = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(served)
+    plain = documents(DEPLOY / "ray" / "serve.yaml")[0]
+    assert served["applications"] == plain["applications"]  # one application, two ways to run
+    (job,) = [d for _, d in kuberay() if d["kind"] == "RayJob"]
+    assert job["spec"]["entrypoint"].startswith("townsquare batch ")
