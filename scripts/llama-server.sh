@@ -10,15 +10,9 @@ set -euo pipefail
 python=${1:-python3}
 only_cached=${2:-}
 version=${TOWNSQUARE_LLAMA_VERSION:-0.3.36}
-# AVX512 only where this CPU has it, as scripts/llama-wheel.sh does (a binary built with it
-# dies with "Illegal instruction" on AVX2-only CPUs); the flags are part of the cache key
-base="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
-  base="$base -DGGML_AVX512=ON"
-  grep -qw avx512_vnni /proc/cpuinfo && base="$base -DGGML_AVX512_VNNI=ON"
-else
-  base="$base -DGGML_AVX512=OFF"
-fi
+# the CPU's flags in $base (AMX off; AVX512 only where the CPU has it)
+# shellcheck source=scripts/llama-cpu-flags.sh
+. "$(dirname "$0")/llama-cpu-flags.sh"
 flags=${TOWNSQUARE_LLAMA_CMAKE_ARGS:-"$base"}
 key=$(printf 'server %s %s' "$version" "$flags" | sha256sum | cut -c1-16)
 cache=${TOWNSQUARE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/townsquare/wheels}/llama-server-$version-$key

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.scale.cluster import free_port
+from tests.scale.cluster import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ALIAS = "SmolLM2-135M-Instruct"
@@ -90,10 +90,4 @@ class LlamaServer:
         raise RuntimeError("llama-server did not become ready in 120 s")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.scale.cluster import free_port
+from tests.scale.cluster import free_port, stop_process
 
 ACCESS_KEY = "townsquare-test"
 SECRET_KEY = "townsquare-test-secret"
@@ -103,13 +103,7 @@ class SeaweedS3:
         raise RuntimeError(f"weed server did not answer in {seconds:.0f} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def settings(self, bucket: str) -> dict[str, str]:
         """townsquare's ``images.s3`` settings for ``bucket`` on this server."""

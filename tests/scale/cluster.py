@@ -39,6 +39,18 @@ backend replicas
 """
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 15) -> None:
+    """Terminate ``process`` if it runs, and kill it if it has not exited in ``timeout_s``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -171,13 +183,7 @@ class Cluster:
     def stop(self) -> None:
         """Stop everything."""
         for process in [*self.processes, self.haproxy]:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
         for log in self.logs:
             log.close()
 
