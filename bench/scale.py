@@ -30,6 +30,15 @@ crash, and Ray Data against the in-process path.
    streamed ``--runs`` times straight to it with the official ``openai`` client, and as many
    times through townsquare's ``openai:`` backend, interleaved; median tokens/s of the second
    divided by the first.
+8. ``--chaos`` (``--chaos-seconds``): three replicas with disks of their own on PostgreSQL,
+   Redis and a real S3-compatible store (SeaweedFS), members chatting, @-mentioning, making
+   and remixing images, event streams, webhooks to a local receiver and a red-team run; two
+   replicas SIGKILLed and restarted and PostgreSQL restarted in turn: ``events_lost``,
+   ``mentions_unanswered``, ``mentions_answered_twice``, ``webhooks_lost``,
+   ``webhooks_duplicated_within_timeout``, ``stuck_jobs``, ``cross_replica_image_misses``,
+   ``acknowledged_writes_lost``.
+9. ``replicas3_vs_1`` (``--only-replicas3``): as 1, with three replicas against one and every
+   query embedded by the model (``embed.cache_size = 0``).
 
 Figures go to stdout and bench/results/scale.json.
 """
@@ -119,21 +128,32 @@ def key_in(output: str) -> str:
     return re.findall(r"\bts_[A-Za-z0-9_\-]+", output)[-1]
 
 
-def throughput(work: Path, uri: str, redis_url: str, seconds: int) -> dict[str, Any]:
+def throughput(
+    work: Path,
+    uri: str,
+    redis_url: str,
+    seconds: int,
+    counts: tuple[int, int] = (1, 2),
+    cache: bool = True,
+) -> dict[str, Any]:
+    """Search requests/s through HAProxy with ``counts[0]`` and ``counts[1]`` replicas; with
+    ``cache=False`` every query is embedded by the model (``embed.cache_size = 0``)."""
     rates = {}
-    for replicas in (1, 2):
+    for replicas in counts:
+        name = f"tp{replicas}{'' if cache else 'nocache'}"
         cluster = Cluster(
-            work / f"tp{replicas}",
-            fresh_database(uri, f"bench_tp{replicas}"),
+            work / name,
+            fresh_database(uri, f"bench_{name}"),
             redis_url,
             replicas=replicas,
             settings={
                 "TOWNSQUARE_EMBED__BACKEND": "sentence:bundled",
                 "TOWNSQUARE_QUOTAS__USER_REQUESTS_PER_MINUTE": "0",
                 "TOWNSQUARE_DATABASE_POOL_SIZE": "30",
+                **({} if cache else {"TOWNSQUARE_EMBED__CACHE_SIZE": "0"}),
             },
         )
-        (work / f"tp{replicas}").mkdir()
+        (work / name).mkdir()
         try:
             cluster.command("init")
             cluster.command("seed", "demo", "--if-empty")
@@ -145,6 +165,13 @@ def throughput(work: Path, uri: str, redis_url: str, seconds: int) -> dict[str, 
         finally:
             cluster.stop()
         print(f"{replicas} replica(s): {rates[replicas]:.1f} requests/s")
+    low, high = counts
+    if not cache:
+        return {
+            f"requests_s_{low}_replica_nocache": round(rates[low], 1),
+            f"requests_s_{high}_replicas_nocache": round(rates[high], 1),
+            f"replicas{high}_vs_{low}": round(rates[high] / rates[low], 3),
+        }
     return {
         "requests_s_1_replica": round(rates[1], 1),
         "requests_s_2_replicas": round(rates[2], 1),
@@ -871,9 +898,23 @@ def main() -> None:
         "--chaos", action="store_true", help="only the chaos run (replicas and PostgreSQL killed)"
     )
     parser.add_argument("--chaos-seconds", type=int, default=60)
+    parser.add_argument(
+        "--only-replicas3",
+        action="store_true",
+        help="only replicas3_vs_1: 3 replicas / 1, every query embedded by the model",
+    )
     parser.add_argument("--only-openai", action="store_true", help="only the openai: backend")
     parser.add_argument("--runs", type=int, default=7, help="runs of --only-openai")
     args = parser.parse_args()
+    if args.only_replicas3:
+        with servers() as (work, uri, redis_url):
+            found = throughput(work, uri, redis_url, args.duration, (1, 3), cache=False)
+        out = ROOT / "bench" / "results" / "scale.json"
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        kept |= found
+        out.write_text(json.dumps(kept, indent=2) + "\n")
+        print(json.dumps(found, indent=2))
+        return
     if args.chaos:
         with tempfile.TemporaryDirectory() as scratch:
             work = Path(scratch)
