@@ -108,6 +108,8 @@ def wrk(url: str, key: str, seconds: int) -> float:
             "-t2",
             "-c32",
             f"-d{seconds}s",
+            "--timeout",
+            "30s",
             "-s",
             str(script),
             "-H",
@@ -121,6 +123,9 @@ def wrk(url: str, key: str, seconds: int) -> float:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", done.stdout)
     if errors:
         raise SystemExit(f"wrk saw {errors.group(1)} failed responses:\n{done.stdout}")
+    timeouts = re.search(r"Socket errors:.*timeout (\d+)", done.stdout)
+    if timeouts and int(timeouts.group(1)):  # not answered within 30 s: not a rate to report
+        raise SystemExit(f"wrk saw {timeouts.group(1)} requests time out:\n{done.stdout}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
 
 
