@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         # bound; the database pool is sized from it (Settings.resolved_pool_size)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.server.threads
         if services is not None:
-            services.start_background()
+            services.start_background(app)
             try:
                 yield
             finally:
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             target=_reconcile, args=(built,), name="index-reconcile", daemon=True
         )
         reconcile.start()
-        built.start_background()
+        built.start_background(app)
         try:
             yield
         finally:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,7 @@ from townsquare.features.assistant.groups import GroupChat
 from townsquare.features.assistant.router import Router
 from townsquare.features.assistant.tools import ToolEnv, build_tools
 from townsquare.features.imagine.service import ImageService, sweep_orphans
+from townsquare.features.safety.runs import RunWorker
 from townsquare.features.search import service as search_service
 from townsquare.features.search.indexer import Indexer
 from townsquare.features.suggestions.style import examples_collection
@@ -92,6 +93,7 @@ class Services:
     group_chat: GroupChat = field(init=False)  # @-mentions in groups, group event streams
     webhook_sender: Sender = field(init=False)
     retention: RetentionSweeper = field(init=False)
+    redteam_runs: RunWorker = field(init=False)  # red-team runs claimed from the jobs table
     images: ImageService = field(init=False)  # Imagine, Reimagine: the one path for images
     owns_text: bool = True
     pool_backends: list[TextBackend] = field(default_factory=list)  # pools' own engines
@@ -293,6 +295,7 @@ class Services:
             sessions, built.agent, built.guarded_text, settings, built.webhook_sender
         )
         metrics.mentions_waiting.set_function(built.group_chat.waiting)
+        built.redteam_runs = RunWorker(built)
         built.owns_images = images == "configured"
         image_settings = settings.images
         built.images = ImageService(
@@ -329,13 +332,15 @@ class Services:
         built.deletion_hooks.append(forget_images)
         return built
 
-    def start_background(self) -> None:
-        """Start the work that runs beside requests (mention answers, webhook deliveries) on
-        the running event loop."""
+    def start_background(self, app: Any = None) -> None:
+        """Start the work that runs beside requests (mention answers, webhook deliveries,
+        red-team runs against ``app``) on the running event loop."""
         self.stopping = asyncio.Event()  # these services may serve one app after another
         self.webhook_sender.start()
         self.group_chat.start()
         self.retention.start()
+        if app is not None:
+            self.redteam_runs.start(app)
 
     async def stop_background(self) -> None:
         """Stop what ``start_background`` started, and work requests left running (red-team
@@ -344,6 +349,7 @@ class Services:
         (Cancelling at once would abandon the worker threads of its in-process requests with
         their database sessions open.)"""
         self.stopping.set()
+        await self.redteam_runs.stop()
         await self.retention.stop()
         await self.group_chat.stop()
         await self.webhook_sender.stop()

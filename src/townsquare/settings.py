@@ -532,8 +532,16 @@ class SafetySettings(BaseModel):
         10.0,
         gt=0,
         le=3600,
-        description="A running red-team run writes a heartbeat this often; one silent for three "
-        "of these (the process running it died) is marked failed, so a new run can start.",
+        description="A running red-team run writes a heartbeat this often (and renews its "
+        "job's lease); one silent for three of these (its replica died) is taken over by "
+        "another replica and run again from the start.",
+    )
+    redteam_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Tries a red-team run gets (a failure, or a replica dying under it) before "
+        "it is marked failed.",
     )
     redteam_gate_asr: float = Field(
         0.15,

