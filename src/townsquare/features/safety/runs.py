@@ -56,17 +56,28 @@ class RunWorker:
     def start(self, app: Any) -> None:
         """Claim and run red-team jobs against ``app`` (the ASGI app this replica serves)."""
         self.app = app
+        # an event of this loop's own: the services may serve one app (and loop) after another
         self.wake = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._loop(), name="redteam-runs")
+        self.task = asyncio.get_running_loop().create_task(
+            self._loop(self.wake), name="redteam-runs"
+        )
 
     async def stop(self) -> None:
-        """Stop claiming; a run in progress ends when ``services.stopping`` tells it to, and
-        its job goes back to the queue for another replica."""
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        """Stop claiming. A run in progress ends when ``services.stopping`` tells it to (what
+        it has in flight is answered) and its job goes back to the queue for another replica;
+        one still running after ``server.shutdown_timeout_s`` is cancelled, and handed back
+        all the same."""
+        task, self.task = self.task, None
+        if task is None:
+            return
+        self.wake.set()
+        done, _ = await asyncio.wait(
+            {task}, timeout=self.services.settings.server.shutdown_timeout_s
+        )
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     def poke(self) -> None:
         """A job was queued here: look at once instead of at the next poll."""
@@ -75,27 +86,28 @@ class RunWorker:
     def _claim(self) -> tuple[int, int, str] | None:
         with self.services.sessions() as db:
             job = jobs.claim(db, KIND, self.lease_s)
-            return (
-                None if job is None else (job.id, int(job.key), job.payload.get("suite", "quick"))
-            )
+            if job is None:
+                return None
+            return job.id, int(job.key), str(job.payload.get("suite", "quick"))
 
-    async def _loop(self) -> None:
+    async def _loop(self, wake: asyncio.Event) -> None:
         poll_s = self.services.settings.safety.redteam_heartbeat_s
-        while not self.services.stopping.is_set():
+        stopping = self.services.stopping
+        while not stopping.is_set():
             try:
                 claimed = await finish_in_thread(self._claim)
             except Exception:  # a database hiccup: look again at the next poll
                 log.exception("could not look for red-team runs")
                 claimed = None
             if claimed is None:
-                self.wake.clear()
+                wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=poll_s)
+                    await asyncio.wait_for(wake.wait(), timeout=poll_s)
                 continue
-            task = asyncio.get_running_loop().create_task(self._run(*claimed))
-            self.services.background_tasks.add(task)  # waited for when the app stops
-            task.add_done_callback(self.services.background_tasks.discard)
-            await asyncio.wait({task})
+            if stopping.is_set():  # claimed as the replica began to stop: hand it back
+                await finish_in_thread(_release, self.services, claimed[0])
+                return
+            await self._run(*claimed)
 
     async def _run(self, job_id: int, run_id: int, suite: str) -> None:
         services = self.services
