@@ -28,8 +28,11 @@ from townsquare.settings import Settings
 
 pytestmark = pytest.mark.scale
 
-# every process of the test's cluster, the drivers included, uses Ray's token authentication
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of the cluster's processes, read when each starts (the test's database
+    is named in it): every one, the drivers included, uses Ray's token authentication."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", **extra}
 
 
 def _node(args: list[str], directory: Path) -> subprocess.Popen[bytes]:
@@ -40,7 +43,7 @@ def _node(args: list[str], directory: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [str(ray), "start", "--block", *args],
             cwd=directory,
-            env=ENV,
+            env=_env(),
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -52,7 +55,7 @@ def driver(directory: Path, code: str, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=directory,
-        env=ENV,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -66,7 +69,7 @@ def townsquare(directory: Path, *args: str, **env: str) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "townsquare", *args],
         cwd=directory,
-        env={**ENV, **env},
+        env=_env(**env),
         capture_output=True,
         text=True,
         timeout=300,
