@@ -888,6 +888,13 @@ def servers() -> Iterator[tuple[Path, str, str]]:
             server.cleanup()
 
 
+def merge(found: dict[str, Any]) -> None:
+    """Merge ``found`` into bench/results/scale.json, keeping the figures of other runs."""
+    out = ROOT / "bench" / "results" / "scale.json"
+    kept = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps(kept | found, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=15)
@@ -914,10 +921,7 @@ def main() -> None:
     if args.only_replicas3:
         with servers() as (work, uri, redis_url):
             found = throughput(work, uri, redis_url, args.duration, (1, 3), cache=False)
-        out = ROOT / "bench" / "results" / "scale.json"
-        kept = json.loads(out.read_text()) if out.exists() else {}
-        kept |= found
-        out.write_text(json.dumps(kept, indent=2) + "\n")
+        merge(found)
         print(json.dumps(found, indent=2))
         return
     if args.chaos:
@@ -931,17 +935,11 @@ def main() -> None:
             finally:
                 redis.stop()
                 server.cleanup()
-        out = ROOT / "bench" / "results" / "scale.json"
-        kept = json.loads(out.read_text()) if out.exists() else {}
-        kept |= found
-        out.write_text(json.dumps(kept, indent=2) + "\n")
+        merge(found)
         return
     if args.only_suites or args.only_openai:
         found = suites() if args.only_suites else openai_backend(args.runs)
-        out = ROOT / "bench" / "results" / "scale.json"
-        kept = json.loads(out.read_text()) if out.exists() else {}
-        kept |= found
-        out.write_text(json.dumps(kept, indent=2) + "\n")
+        merge(found)
         print(json.dumps(found, indent=2))
         return
     if args.only_mentions:
@@ -949,10 +947,7 @@ def main() -> None:
         with servers() as (work, uri, redis_url):
             for sig in (signal.SIGKILL, signal.SIGTERM):
                 found |= mentions_after_a_stop(work, uri, redis_url, sig)
-        out = ROOT / "bench" / "results" / "scale.json"
-        kept = json.loads(out.read_text()) if out.exists() else {}
-        kept |= found
-        out.write_text(json.dumps(kept, indent=2) + "\n")
+        merge(found)
         print(json.dumps(found, indent=2))
         return
     for tool in ("wrk", "haproxy", "redis-server"):
