@@ -766,15 +766,8 @@ def openai_backend(runs: int) -> dict[str, Any]:
     from townsquare.backends.llamacpp import bundled_model_path
     from townsquare.backends.openai_compat import OpenAICompatText
 
-    binary = (
-        llama_server_binary()
-        or subprocess.run(
-            [str(ROOT / "scripts" / "llama-server.sh"), sys.executable],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    binary = llama_server_binary(build=True)
+    assert binary is not None
     prompt = "Write a long, detailed story about a bicycle repair shop in Lisbon."
     rates: dict[str, list[float]] = {"direct": [], "backend": []}
     with (
@@ -865,7 +858,11 @@ def suites() -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started),
         }
         print(f"{database}: {tail}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return {
+        "suite_commit": commit,
         "suite_sqlite": counts["sqlite"],
         "suite_postgresql": counts["postgresql"],
         "suite_pass_counts_equal": counts["sqlite"].get("passed")

@@ -36,8 +36,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 import _serve  # noqa: E402
+from tests.llama_server import llama_server_binary  # noqa: E402
 
 SYSTEM = "You are a helpful assistant for a neighbourhood community app."
 SINGLE = [
@@ -248,15 +250,7 @@ def main() -> None:
     bundled = bundled_model_path()
     weights = prepare_weights(bundled, "auto", default_cache_dir())  # the file the server loads
     threads = os.cpu_count() or 1
-    binary = (
-        args.llama_server
-        or subprocess.run(
-            [str(ROOT / "scripts" / "llama-server.sh"), sys.executable],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    binary = args.llama_server or llama_server_binary(build=True)
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "model": bundled.name,

